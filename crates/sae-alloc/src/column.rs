@@ -9,13 +9,6 @@ use crate::{AllocError, Capacities, ScoreMatrix, Selection};
 /// many scores, which keeps the strided column walk cache- and prefetch-friendly.
 const BLOCK: usize = 128;
 
-/// Per-column scan state: a candidate buffer and the running admission threshold.
-struct Column {
-    capacity: usize,
-    threshold: f32,
-    buf: Vec<u64>,
-}
-
 /// Keeps, for every feature `f`, its `capacities[f]` largest tokens (ties: lower row first).
 ///
 /// Columns are processed in blocks; inside a block the rows are streamed once and each column
@@ -54,43 +47,55 @@ pub fn column_topm(scores: &ScoreMatrix, capacities: &Capacities) -> Result<Sele
     Ok(to_rows(scores, &picks))
 }
 
+/// Columns compared per branch-free test.
+const LANE: usize = 16;
+
 /// Top rank keys (index = row) of columns `first..first + caps.len()`, one list per column.
+///
+/// Each column's admission threshold is NaN while its buffer fills (`!(x <= NaN)` admits
+/// everything, `-inf` included) and then the smallest kept score; a later row with an equal
+/// score loses its tie, so admission is `!(x <= threshold)`, i.e. strictly greater.
 fn scan_block(scores: &ScoreMatrix, first: usize, caps: &[u32]) -> Vec<Vec<u64>> {
-    let mut columns: Vec<Column> = caps
-        .iter()
-        .map(|&c| Column {
-            capacity: c as usize,
-            // Capacity 0 admits nothing; otherwise the first `capacity` rows fill the buffer.
-            threshold: f32::INFINITY,
-            buf: Vec::with_capacity(2 * (c as usize).max(8)),
-        })
-        .collect();
     let width = caps.len();
+    let mut thresholds: Vec<f32> = caps
+        .iter()
+        .map(|&c| if c == 0 { f32::INFINITY } else { f32::NAN })
+        .collect();
+    let mut bufs: Vec<Vec<u64>> = caps
+        .iter()
+        .map(|&c| Vec::with_capacity(2 * (c as usize).max(8) + 1))
+        .collect();
     for row in 0..scores.rows() {
         let run = &scores.row(row)[first..first + width];
-        for (col, &x) in columns.iter_mut().zip(run) {
-            if row < col.capacity {
-                col.buf.push(rank_key(x, row as u32));
-                if row + 1 == col.capacity {
-                    col.threshold = min_score(&col.buf);
+        for (lane, start) in run.chunks(LANE).zip((0..width).step_by(LANE)) {
+            let t = &thresholds[start..start + lane.len()];
+            if !lane
+                .iter()
+                .zip(t)
+                .fold(false, |any, (&x, &t)| any | !(x <= t))
+            {
+                continue;
+            }
+            for (j, &x) in lane.iter().enumerate() {
+                let col = start + j;
+                if x <= thresholds[col] {
+                    continue;
                 }
-            } else if x > col.threshold {
-                // Rows arrive in order: an equal score from a later row loses its tie.
-                col.buf.push(rank_key(x, row as u32));
-                if col.buf.len() >= 2 * col.capacity.max(8) {
-                    keep_largest(&mut col.buf, col.capacity);
-                    col.threshold = min_score(&col.buf);
+                let (buf, capacity) = (&mut bufs[col], caps[col] as usize);
+                buf.push(rank_key(x, row as u32));
+                if buf.len() == capacity && thresholds[col].is_nan() {
+                    thresholds[col] = min_score(buf);
+                } else if buf.len() >= 2 * capacity.max(8) {
+                    keep_largest(buf, capacity);
+                    thresholds[col] = min_score(buf);
                 }
             }
         }
     }
-    columns
-        .into_iter()
-        .map(|mut col| {
-            keep_largest(&mut col.buf, col.capacity);
-            col.buf
-        })
-        .collect()
+    bufs.iter_mut()
+        .zip(caps)
+        .for_each(|(buf, &c)| keep_largest(buf, c as usize));
+    bufs
 }
 
 fn min_score(buf: &[u64]) -> f32 {

@@ -12,15 +12,114 @@ const BINS: usize = 1 << 16;
 
 /// Keeps the `budget` largest scores anywhere in the matrix (ties: lower row-major index first).
 ///
-/// Radix select on order-preserving keys, no sort: pass 1 histograms the high 16 key bits,
-/// pass 2 histograms the low 16 bits inside the boundary bin, which fixes the exact threshold
-/// key and how many of its ties to keep; pass 3 collects the kept positions in row-major order.
+/// Usually one streaming pass: a strided sample gives a score that about `budget` (plus a
+/// safety margin) entries exceed; one vectorised pass collects those candidates, and an exact
+/// selection among them fixes the cut. When the sample misjudges (too few candidates, or far
+/// too many, e.g. under massive ties), a radix select on order-preserving keys takes over:
+/// 16 + 16 bits of histograms, then a collecting pass. Both give the same, exact result.
 pub fn global_topk(scores: &ScoreMatrix, budget: usize) -> Result<Selection, AllocError> {
-    let data = scores.data();
-    let available = data.len();
+    let available = scores.data().len();
     if budget > available {
         return Err(AllocError::BudgetTooLarge { budget, available });
     }
+    if budget > 0 && budget < available {
+        if let Some(bound) = sample_bound(scores.data(), budget) {
+            if let Some(selection) = select_above(scores, budget, bound)? {
+                return Ok(selection);
+            }
+        }
+    }
+    radix_select(scores, budget)
+}
+
+/// Candidates collected beyond the expected count before the sampled path gives up.
+const SLACK: f64 = 4.0;
+
+/// A score that, judging by a strided sample, a little more than `budget` entries reach.
+fn sample_bound(data: &[f32], budget: usize) -> Option<f32> {
+    const SAMPLE: usize = 1 << 15;
+    let stride = (data.len() / SAMPLE).max(1);
+    let mut sample: Vec<f32> = data
+        .iter()
+        .step_by(stride)
+        .copied()
+        .filter(|x| !x.is_nan())
+        .collect();
+    let expected = budget as f64 * sample.len() as f64 / data.len() as f64;
+    let rank = (expected + 4.0 * expected.sqrt() + 16.0) as usize;
+    if rank >= sample.len() {
+        return None;
+    }
+    let (_, bound, _) = sample.select_nth_unstable_by(rank, |a, b| b.total_cmp(a));
+    Some(*bound)
+}
+
+/// The exact selection from the candidates `>= bound`; `None` when there are fewer than
+/// `budget` of them, or so many that the sample was clearly wrong.
+fn select_above(
+    scores: &ScoreMatrix,
+    budget: usize,
+    bound: f32,
+) -> Result<Option<Selection>, AllocError> {
+    let data = scores.data();
+    let too_many = (budget as f64 * SLACK) as usize + PART_LEN;
+    let parts: Vec<Option<Vec<u64>>> = data
+        .par_chunks(PART_LEN)
+        .enumerate()
+        .map(|(part, chunk)| {
+            scores.check_no_nan(chunk, part * PART_LEN)?;
+            let share = (too_many as f64 * chunk.len() as f64 / data.len() as f64) as usize + 1024;
+            Ok(candidates(chunk, part * PART_LEN, bound, share))
+        })
+        .collect::<Result<_, AllocError>>()?;
+    let Some(parts) = parts.into_iter().collect::<Option<Vec<_>>>() else {
+        return Ok(None);
+    };
+    let count: usize = parts.iter().map(Vec::len).sum();
+    if count < budget {
+        return Ok(None);
+    }
+    // Rank key of an entry: score key, then lower flat index first.
+    let rank = |i: u64| (u128::from(score_key(data[i as usize])) << 64) | u128::from(!i);
+    let mut ranked: Vec<u128> = parts.iter().flatten().map(|&i| rank(i)).collect();
+    let (_, &mut cut, _) = ranked.select_nth_unstable_by(budget - 1, |a, b| b.cmp(a));
+    let kept: Vec<u64> = parts
+        .into_iter()
+        .flatten()
+        .filter(|&i| rank(i) >= cut)
+        .collect();
+    debug_assert_eq!(kept.len(), budget);
+    Ok(Some(Selection::from_sorted_flat(
+        data,
+        scores.rows(),
+        scores.cols(),
+        &kept,
+    )))
+}
+
+/// Flat indices (ascending) of the scores of a part `>= bound`; `None` past `limit` of them.
+fn candidates(chunk: &[f32], start: usize, bound: f32, limit: usize) -> Option<Vec<u64>> {
+    const LANE: usize = 16;
+    let mut flat = Vec::new();
+    for (l, lane) in chunk.chunks(LANE).enumerate() {
+        if !lane.iter().fold(false, |any, &x| any | (x >= bound)) {
+            continue;
+        }
+        for (j, &x) in lane.iter().enumerate() {
+            if x >= bound {
+                flat.push((start + l * LANE + j) as u64);
+            }
+        }
+        if flat.len() > limit {
+            return None;
+        }
+    }
+    Some(flat)
+}
+
+/// The radix-select path (see [`global_topk`]).
+fn radix_select(scores: &ScoreMatrix, budget: usize) -> Result<Selection, AllocError> {
+    let data = scores.data();
     let high = histogram(scores, |_| true, |key| (key >> 16) as usize)?;
     if budget == 0 {
         return Ok(Selection::empty(scores.rows(), scores.cols()));
@@ -128,4 +227,34 @@ fn collect_part(chunk: &[f32], start: usize, threshold: u32, max_ties: usize) ->
         }
     }
     flat
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// The sampled path, whatever bound it is given, and the radix path agree exactly.
+    #[test]
+    fn sampled_and_radix_paths_agree() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for case in 0..40 {
+            let (rows, cols) = (rng.random_range(1..300), rng.random_range(1..400));
+            let levels = if case % 2 == 0 { 5 } else { 100_000 };
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|_| rng.random_range(-levels..levels) as f32 / 7.0)
+                .collect();
+            let m = ScoreMatrix::new(&data, rows, cols).unwrap();
+            let budget = rng.random_range(1..=rows * cols);
+            let exact = radix_select(&m, budget).unwrap();
+            assert_eq!(global_topk(&m, budget).unwrap(), exact);
+            for _ in 0..5 {
+                let bound = data[rng.random_range(0..data.len())];
+                if let Some(sampled) = select_above(&m, budget, bound).unwrap() {
+                    assert_eq!(sampled, exact, "bound {bound}, budget {budget}");
+                }
+            }
+        }
+    }
 }

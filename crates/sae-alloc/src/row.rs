@@ -26,7 +26,7 @@ pub fn row_topk(scores: &ScoreMatrix, k: usize) -> Result<Selection, AllocError>
             .zip(values.par_chunks_mut(k * ROWS_PER_TASK))
             .enumerate()
             .try_for_each_init(
-                || Vec::with_capacity(2 * k),
+                || Vec::with_capacity(2 * k.max(8) + LANE),
                 |buf, (task, (feat_out, val_out))| {
                     let first = task * ROWS_PER_TASK;
                     for (i, (f, v)) in feat_out
@@ -62,26 +62,36 @@ pub(crate) fn top_of_slice(slice: &[f32], k: usize, buf: &mut Vec<u64>) {
     }
     let mut threshold = admission_threshold(buf);
     // Scores arrive in index order, so a later score equal to the threshold loses its tie:
-    // admission is strictly greater. Lanes of 8 are tested branch-free first, so the common
-    // "nothing here beats the threshold" case stays vectorised.
-    let mut i = k;
-    while i < slice.len() {
-        let end = (i + 8).min(slice.len());
-        let lane = &slice[i..end];
+    // admission is strictly greater. Fixed-size lanes are tested branch-free first, so the
+    // common "nothing here beats the threshold" case stays vectorised.
+    let rest = &slice[k..];
+    let mut lanes = rest.chunks_exact(LANE);
+    for (lane_index, lane) in lanes.by_ref().enumerate() {
+        let lane: &[f32; LANE] = lane.try_into().expect("exact chunk");
         if lane.iter().fold(false, |any, &x| any | (x > threshold)) {
-            for (j, &x) in lane.iter().enumerate() {
-                if x > threshold {
-                    buf.push(rank_key(x, (i + j) as u32));
-                }
-            }
+            admit(lane, k + lane_index * LANE, threshold, buf);
             if buf.len() >= cap {
                 keep_largest(buf, k);
                 threshold = admission_threshold(buf);
             }
         }
-        i = end;
     }
+    let tail = lanes.remainder();
+    admit(tail, slice.len() - tail.len(), threshold, buf);
     keep_largest(buf, k);
+}
+
+/// Scores compared per branch-free test.
+const LANE: usize = 16;
+
+/// Pushes the rank keys of the scores of `lane` (starting at index `start`) above `threshold`.
+#[inline]
+fn admit(lane: &[f32], start: usize, threshold: f32, buf: &mut Vec<u64>) {
+    for (j, &x) in lane.iter().enumerate() {
+        if x > threshold {
+            buf.push(rank_key(x, (start + j) as u32));
+        }
+    }
 }
 
 /// Writes the kept keys of `buf` out in ascending index order.

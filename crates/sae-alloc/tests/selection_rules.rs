@@ -68,6 +68,21 @@ proptest! {
         );
     }
 
+    /// Tall matrices exercise the column rule's pruning (buffers refilled many times).
+    #[test]
+    fn column_topm_matches_oracle_on_tall_columns(
+        (data, rows, cols) in (200..1500usize, 1..4usize).prop_flat_map(|(r, c)| {
+            (prop::collection::vec(score(), r * c), Just(r), Just(c))
+        }),
+        cap in 0..40u32,
+    ) {
+        let caps: Vec<u32> = (0..cols as u32).map(|c| (cap + 7 * c) % 41).collect();
+        let budget = caps.iter().map(|&c| c as usize).sum();
+        let capacities = Capacities::from_vec(caps.clone(), budget).unwrap();
+        let matrix = ScoreMatrix::new(&data, rows, cols).unwrap();
+        prop_assert_eq!(column_topm(&matrix, &capacities).unwrap(), oracle_columns(&data, rows, cols, &caps));
+    }
+
     #[test]
     fn zipf_capacities_sum_to_budget_and_follow_rank(
         features in 1..300usize,
