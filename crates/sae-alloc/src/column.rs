@@ -55,6 +55,7 @@ const LANE: usize = 16;
 /// Each column's admission threshold is NaN while its buffer fills (`!(x <= NaN)` admits
 /// everything, `-inf` included) and then the smallest kept score; a later row with an equal
 /// score loses its tie, so admission is `!(x <= threshold)`, i.e. strictly greater.
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN thresholds are the point
 fn scan_block(scores: &ScoreMatrix, first: usize, caps: &[u32]) -> Vec<Vec<u64>> {
     let width = caps.len();
     let mut thresholds: Vec<f32> = caps

@@ -22,12 +22,12 @@ pub fn global_topk(scores: &ScoreMatrix, budget: usize) -> Result<Selection, All
     if budget > available {
         return Err(AllocError::BudgetTooLarge { budget, available });
     }
-    if budget > 0 && budget < available {
-        if let Some(bound) = sample_bound(scores.data(), budget) {
-            if let Some(selection) = select_above(scores, budget, bound)? {
-                return Ok(selection);
-            }
-        }
+    if budget > 0
+        && budget < available
+        && let Some(bound) = sample_bound(scores.data(), budget)
+        && let Some(selection) = select_above(scores, budget, bound)?
+    {
+        return Ok(selection);
     }
     radix_select(scores, budget)
 }
