@@ -66,30 +66,36 @@ fn scan_block(scores: &ScoreMatrix, first: usize, caps: &[u32]) -> Vec<Vec<u64>>
         .iter()
         .map(|&c| Vec::with_capacity(2 * (c as usize).max(8) + 1))
         .collect();
+    let mut admit = |row: usize, col: usize, x: f32, thresholds: &mut [f32]| {
+        let (buf, capacity) = (&mut bufs[col], caps[col] as usize);
+        buf.push(rank_key(x, row as u32));
+        if buf.len() == capacity && thresholds[col].is_nan() {
+            thresholds[col] = min_score(buf);
+        } else if buf.len() >= 2 * capacity.max(8) {
+            keep_largest(buf, capacity);
+            thresholds[col] = min_score(buf);
+        }
+    };
+    let full = width - width % LANE;
     for row in 0..scores.rows() {
         let run = &scores.row(row)[first..first + width];
-        for (lane, start) in run.chunks(LANE).zip((0..width).step_by(LANE)) {
-            let t = &thresholds[start..start + lane.len()];
-            if !lane
-                .iter()
-                .zip(t)
-                .fold(false, |any, (&x, &t)| any | !(x <= t))
-            {
+        for start in (0..full).step_by(LANE) {
+            let x: &[f32; LANE] = run[start..start + LANE].try_into().expect("full lane");
+            let t: &[f32; LANE] = thresholds[start..start + LANE]
+                .try_into()
+                .expect("full lane");
+            if !x.iter().zip(t).fold(false, |any, (&x, &t)| any | !(x <= t)) {
                 continue;
             }
-            for (j, &x) in lane.iter().enumerate() {
-                let col = start + j;
-                if x <= thresholds[col] {
-                    continue;
+            for (j, &x) in x.iter().enumerate() {
+                if !(x <= thresholds[start + j]) {
+                    admit(row, start + j, x, &mut thresholds);
                 }
-                let (buf, capacity) = (&mut bufs[col], caps[col] as usize);
-                buf.push(rank_key(x, row as u32));
-                if buf.len() == capacity && thresholds[col].is_nan() {
-                    thresholds[col] = min_score(buf);
-                } else if buf.len() >= 2 * capacity.max(8) {
-                    keep_largest(buf, capacity);
-                    thresholds[col] = min_score(buf);
-                }
+            }
+        }
+        for col in full..width {
+            if !(run[col] <= thresholds[col]) {
+                admit(row, col, run[col], &mut thresholds);
             }
         }
     }
