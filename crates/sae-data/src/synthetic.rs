@@ -1,8 +1,8 @@
 //! Synthetic activations with a known dictionary, for measuring feature recovery.
 //!
 //! Sample `i` is `sum_f a_f * D_f + noise`, where `D` holds unit-norm true feature directions,
-//! the active set has a Poisson-distributed size and draws features by a Zipf law, and the
-//! magnitudes `a_f` are non-negative. Every sample is a pure function of `(seed, i)`: its
+//! each feature fires independently with a probability that follows a Zipf law in its rank
+//! (so the number of active features varies), and the magnitudes `a_f` are non-negative. Every sample is a pure function of `(seed, i)`: its
 //! randomness is ChaCha stream `i` under a key derived from the seed, so batches are generated
 //! in parallel and are identical for any thread count, and a cursor is just an index.
 
@@ -23,10 +23,12 @@ pub struct SyntheticConfig {
     pub d: usize,
     /// Number of true features.
     pub features: usize,
-    /// Zipf exponent of feature frequencies: feature `f` (0-based rank) is drawn with weight
-    /// `(f + 1)^-zipf_exponent`. Zero makes all features equally frequent.
+    /// Zipf exponent of feature frequencies: feature `f` (0-based rank) fires with probability
+    /// proportional to `(f + 1)^-zipf_exponent` (capped at 1). Zero makes all features equally
+    /// frequent.
     pub zipf_exponent: f64,
-    /// Mean number of active features per sample (Poisson distributed, so it varies).
+    /// Mean number of active features per sample. Features fire independently, so the count
+    /// varies from sample to sample.
     pub mean_active: f64,
     /// Smallest magnitude of an active feature.
     pub magnitude_min: f32,
@@ -69,21 +71,23 @@ fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
 }
 
-/// A Poisson draw by inversion (the means used here are small).
-fn poisson(rng: &mut ChaCha8Rng, mean: f64) -> usize {
-    let mut k = 0;
-    let mut p = (-mean).exp();
-    let mut cdf = p;
-    let u: f64 = rng.random();
-    while u > cdf && k < 10_000 {
-        k += 1;
-        p *= mean / k as f64;
-        cdf += p;
-        if p == 0.0 && cdf < u {
-            break;
+/// Firing probabilities `min(1, s * (f + 1)^-exponent)`, with `s` found by bisection so they
+/// sum to `mean_active`.
+fn zipf_probabilities(features: usize, exponent: f64, mean_active: f64) -> Vec<f64> {
+    let weights: Vec<f64> = (0..features)
+        .map(|f| ((f + 1) as f64).powf(-exponent))
+        .collect();
+    let total = |s: f64| weights.iter().map(|w| (s * w).min(1.0)).sum::<f64>();
+    let (mut lo, mut hi) = (0.0, 1.0 / weights[features - 1]);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if total(mid) < mean_active {
+            lo = mid;
+        } else {
+            hi = mid;
         }
     }
-    k
+    weights.iter().map(|w| (hi * w).min(1.0)).collect()
 }
 
 /// The synthetic generator: a [`BatchSource`] whose true dictionary is known.
@@ -92,8 +96,8 @@ pub struct SyntheticSource {
     config: SyntheticConfig,
     /// `features x d`, unit-norm rows.
     dictionary: Vec<f32>,
-    /// Cumulative Zipf weights, normalised to end at 1.
-    cdf: Vec<f64>,
+    /// Firing probability of each feature, non-increasing in the rank.
+    probabilities: Vec<f64>,
     /// Each feature's correlated partner.
     partners: Vec<u32>,
     key: [u8; 32],
@@ -113,7 +117,7 @@ impl SyntheticSource {
         let finite_non_negative = |x: f64| x.is_finite() && x >= 0.0;
         if !finite_non_negative(c.zipf_exponent)
             || !finite_non_negative(c.mean_active)
-            || c.mean_active > 1000.0
+            || c.mean_active > c.features as f64
             || !(0.0..=1.0).contains(&c.correlation)
             || !finite_non_negative(f64::from(c.noise_std))
             || !finite_non_negative(f64::from(c.magnitude_min))
@@ -145,14 +149,7 @@ impl SyntheticSource {
                 (if other >= f { other + 1 } else { other }) as u32
             })
             .collect();
-        let mut total = 0.0;
-        let mut cdf: Vec<f64> = (0..c.features)
-            .map(|f| {
-                total += ((f + 1) as f64).powf(-c.zipf_exponent);
-                total
-            })
-            .collect();
-        cdf.iter_mut().for_each(|x| *x /= total);
+        let probabilities = zipf_probabilities(c.features, c.zipf_exponent, c.mean_active);
         let mut key = [0u8; 32];
         for (i, chunk) in key.chunks_exact_mut(8).enumerate() {
             chunk.copy_from_slice(&mix(&[c.seed, SAMPLES, i as u64]).to_le_bytes());
@@ -160,7 +157,7 @@ impl SyntheticSource {
         Ok(Self {
             config,
             dictionary,
-            cdf,
+            probabilities,
             partners,
             key,
             index: 0,
@@ -178,17 +175,10 @@ impl SyntheticSource {
         &self.dictionary
     }
 
-    /// Probability that one Zipf draw picks each feature (normalised weights).
-    pub fn feature_weights(&self) -> Vec<f64> {
-        let mut previous = 0.0;
-        self.cdf
-            .iter()
-            .map(|&c| {
-                let w = c - previous;
-                previous = c;
-                w
-            })
-            .collect()
+    /// Probability that each feature fires in a sample (before correlated partners are added);
+    /// sums to `mean_active`.
+    pub fn feature_probabilities(&self) -> &[f64] {
+        &self.probabilities
     }
 
     /// A generator over the evaluation indices (from [`EVAL_START`]), disjoint from training.
@@ -209,31 +199,47 @@ impl SyntheticSource {
 
     fn draw_active(&self, rng: &mut ChaCha8Rng) -> Vec<(usize, f32)> {
         let c = &self.config;
-        let k = poisson(rng, c.mean_active).min(c.features);
-        let mut active: Vec<(usize, f32)> = Vec::with_capacity(2 * k);
-        let magnitude = |rng: &mut ChaCha8Rng| {
-            c.magnitude_min + (c.magnitude_max - c.magnitude_min) * rng.random::<f32>()
-        };
-        let mut attempts = 0;
-        while active.len() < k && attempts < 64 * (k + 1) {
-            attempts += 1;
-            let u: f64 = rng.random();
-            let f = self.cdf.partition_point(|&x| x <= u).min(c.features - 1);
-            if active.iter().any(|&(g, _)| g == f) {
-                continue;
+        let p = &self.probabilities;
+        let n = p.len();
+        let mut active: Vec<usize> = Vec::new();
+        // Independent Bernoulli draws by thinning: candidates are proposed at rate q = p[f], an
+        // upper bound for every later feature since p is non-increasing, found by geometric
+        // skips, and accepted with p[g] / q. Costs about mean_active draws, not `features`.
+        let mut f = 0;
+        while f < n {
+            let q = p[f];
+            if q <= 0.0 {
+                break;
             }
-            let a = magnitude(rng);
-            active.push((f, a));
-            if c.correlation > 0.0 && rng.random::<f64>() < c.correlation {
-                let p = self.partners[f] as usize;
-                if !active.iter().any(|&(g, _)| g == p) {
-                    let a = magnitude(rng);
-                    active.push((p, a));
+            if q < 1.0 {
+                let u = 1.0 - rng.random::<f64>();
+                let skip = (u.ln() / (-q).ln_1p()).floor();
+                if skip >= (n - f) as f64 {
+                    break;
+                }
+                f += skip as usize;
+            }
+            if p[f] >= q || rng.random::<f64>() * q < p[f] {
+                active.push(f);
+            }
+            f += 1;
+        }
+        if c.correlation > 0.0 {
+            for i in 0..active.len() {
+                let partner = self.partners[active[i]] as usize;
+                if rng.random::<f64>() < c.correlation && !active.contains(&partner) {
+                    active.push(partner);
                 }
             }
+            active.sort_unstable();
         }
-        active.sort_unstable_by_key(|&(f, _)| f);
         active
+            .into_iter()
+            .map(|f| {
+                let a = c.magnitude_min + (c.magnitude_max - c.magnitude_min) * rng.random::<f32>();
+                (f, a)
+            })
+            .collect()
     }
 
     /// Writes sample `index` (`d` values) into `out`.
