@@ -23,7 +23,7 @@ fn unit_rows(rows: &[f32], d: usize) -> Vec<f32> {
 /// If `d` is zero or a length is not a multiple of `d`.
 pub fn max_cosines(learned: &[f32], truth: &[f32], d: usize) -> Vec<f32> {
     assert!(
-        d > 0 && learned.len() % d == 0 && truth.len() % d == 0,
+        d > 0 && learned.len().is_multiple_of(d) && truth.len().is_multiple_of(d),
         "dictionaries of {} and {} values are not whole rows of width {d}",
         learned.len(),
         truth.len()

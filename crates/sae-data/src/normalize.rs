@@ -40,7 +40,7 @@ impl Normalizer {
     /// With `center`, the per-dimension mean is estimated and subtracted before the scale is
     /// measured. Fails on an empty, ragged, non-finite or all-zero sample.
     pub fn estimate(sample: &[f32], d: usize, center: bool) -> Result<Self, DataError> {
-        if d == 0 || sample.is_empty() || sample.len() % d != 0 {
+        if d == 0 || sample.is_empty() || !sample.len().is_multiple_of(d) {
             return Err(DataError::config(format!(
                 "normalizer sample of {} values is not a non-empty whole number of rows of width {d}",
                 sample.len()

