@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dtype::first_non_finite;
 use crate::error::DataError;
+use crate::source::BatchSource;
 
 /// Maps activations `x` to `(x - mean) * scale`, and back.
 ///
@@ -87,6 +88,18 @@ impl Normalizer {
             scale: (d as f64 / mean_squared_norm).sqrt() as f32,
             mean,
         })
+    }
+
+    /// Estimates the normalizer from the next `rows` rows of `source` (which advances; pass an
+    /// evaluation source or a fresh copy to leave a training stream where it is).
+    pub fn estimate_from(
+        source: &mut dyn BatchSource,
+        rows: usize,
+        center: bool,
+    ) -> Result<Self, DataError> {
+        let mut sample = Vec::new();
+        source.next_batch(rows, &mut sample)?;
+        Self::estimate(&sample, source.d(), center)
     }
 
     /// Normalises rows in place (`rows.len()` a multiple of the mean's width when centring).

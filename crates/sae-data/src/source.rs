@@ -22,6 +22,24 @@ pub trait BatchSource: Send {
     fn restore(&mut self, cursor: &Cursor) -> Result<(), DataError>;
 }
 
+impl<S: BatchSource + ?Sized> BatchSource for Box<S> {
+    fn d(&self) -> usize {
+        (**self).d()
+    }
+
+    fn next_batch(&mut self, rows: usize, out: &mut Vec<f32>) -> Result<(), DataError> {
+        (**self).next_batch(rows, out)
+    }
+
+    fn cursor(&self) -> Cursor {
+        (**self).cursor()
+    }
+
+    fn restore(&mut self, cursor: &Cursor) -> Result<(), DataError> {
+        (**self).restore(cursor)
+    }
+}
+
 /// A position in a [`BatchSource`]; serialise it into checkpoints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Cursor {

@@ -199,6 +199,16 @@ pub struct ShardStream {
 }
 
 impl ShardStream {
+    /// Opens the shards at `source` (a file, a directory or a glob, see [`ShardSet::open`]) and
+    /// builds a stream over them.
+    pub fn open(
+        source: impl AsRef<std::path::Path>,
+        tensor: &str,
+        config: StreamConfig,
+    ) -> Result<Self, DataError> {
+        Self::new(ShardSet::open(source, tensor)?, config)
+    }
+
     /// Builds a stream over `set` positioned at the start of epoch 0.
     ///
     /// Fails if the configuration is out of range or every row is held out.
@@ -242,13 +252,33 @@ impl ShardStream {
         self.normalizer.as_ref()
     }
 
-    /// Estimates a [`Normalizer`] from `sample_rows` rows spread evenly over the shards.
+    /// Estimates a [`Normalizer`] from `sample_rows` training rows spread evenly over the
+    /// shards (held-out rows are not looked at).
     pub fn estimate_normalizer(
         &self,
         sample_rows: usize,
         center: bool,
     ) -> Result<Normalizer, DataError> {
-        let sample = self.set.sample_rows(sample_rows)?;
+        let count = (sample_rows as u64).min(self.train_rows) as usize;
+        // Training blocks in file order; row k of the training rows lies in the block whose
+        // prefix sum first exceeds k.
+        let mut ends = Vec::with_capacity(self.train.len());
+        let mut total = 0u64;
+        for b in &self.train {
+            total += u64::from(b.rows);
+            ends.push(total);
+        }
+        let ids: Vec<(u32, u64)> = (0..count as u64)
+            .map(|i| {
+                let k = (u128::from(i) * u128::from(total) / count as u128) as u64;
+                let at = ends.partition_point(|&end| end <= k);
+                let block = self.train[at];
+                let first = ends[at] - u64::from(block.rows);
+                (block.shard, block.start + (k - first))
+            })
+            .collect();
+        let mut sample = vec![0.0; count * self.set.d()];
+        decode_rows(&self.set, &ids, None, &mut sample)?;
         Normalizer::estimate(&sample, self.set.d(), center)
     }
 

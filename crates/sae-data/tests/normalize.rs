@@ -3,7 +3,7 @@
 mod common;
 
 use common::noise;
-use sae_data::Normalizer;
+use sae_data::{BatchSource, Normalizer, SyntheticConfig, SyntheticSource};
 
 fn mean_squared_norm(rows: &[f32], d: usize) -> f32 {
     rows.chunks_exact(d)
@@ -59,4 +59,25 @@ fn bad_samples_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains("row 1 column 0"), "{msg}");
+}
+
+#[test]
+fn estimate_from_a_boxed_source() {
+    let config = SyntheticConfig {
+        noise_std: 0.0,
+        ..SyntheticConfig::default()
+    };
+    let training = SyntheticSource::new(config).unwrap();
+    let mut eval: Box<dyn BatchSource> = Box::new(training.held_out());
+    let n = Normalizer::estimate_from(&mut eval, 4096, false).unwrap();
+    let mut batch = Vec::new();
+    let mut training: Box<dyn BatchSource> = Box::new(training);
+    training.next_batch(4096, &mut batch).unwrap();
+    n.apply(&mut batch);
+    let d = training.d();
+    let mean_squared = mean_squared_norm(&batch, d);
+    assert!(
+        (mean_squared - d as f32).abs() < 0.05 * d as f32,
+        "{mean_squared}"
+    );
 }

@@ -269,3 +269,19 @@ fn normalizer_is_applied_to_batches() {
     }
     let _ = Normalizer::identity();
 }
+
+#[test]
+fn normalizer_estimate_ignores_held_out_rows() {
+    let dir = TempDir::new("norm-holdout");
+    shards(&dir);
+    // Hold out the big shard whose values are large; only shards a and b are measured.
+    let config = StreamConfig {
+        hold_out: HoldOut::LastShards { count: 1 },
+        ..config()
+    };
+    let stream = ShardStream::open(dir.path(), "activations", config).unwrap();
+    let n = stream.estimate_normalizer(10_000, false).unwrap();
+    let mut rows = numbered_rows(100, D, 0);
+    rows.extend(numbered_rows(37, D, 1000));
+    assert_eq!(n, Normalizer::estimate(&rows, D, false).unwrap());
+}
