@@ -116,6 +116,9 @@ impl Shard {
 
     /// Decodes rows `start..start + out.len() / d` into `out`, rejecting NaN and infinities
     /// with an error naming the row.
+    ///
+    /// # Panics
+    /// If `out.len()` is not a multiple of `d` or the rows run past the end of the shard.
     pub fn read_rows(&self, start: u64, out: &mut [f32]) -> Result<(), DataError> {
         let d = self.layout.d;
         let count = (out.len() / d) as u64;
