@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sae_data::{
-    BatchSource, Dtype, ShardSet, ShardStream, StreamConfig, TensorRef, write_safetensors,
+    BatchSource, Dtype, ShardSet, ShardStream, StreamConfig, SyntheticConfig, SyntheticSource,
+    TensorRef, write_safetensors,
 };
 
 const ROWS: usize = 4096;
@@ -104,12 +105,27 @@ fn batches(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Synthetic ground truth at the default size (d = 64, 512 features), 4096 rows a batch.
+fn synthetic(c: &mut Criterion) {
+    let mut group = c.benchmark_group("synthetic_4096x64");
+    group.throughput(Throughput::Elements(4096 * 64));
+    let mut source = SyntheticSource::new(SyntheticConfig::default()).unwrap();
+    let mut out = Vec::new();
+    group.bench_function("default_config", |b| {
+        b.iter(|| {
+            source.next_batch(4096, &mut out).unwrap();
+            black_box(&out);
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = batches
+    targets = batches, synthetic
 }
 criterion_main!(benches);
