@@ -21,6 +21,7 @@ use crate::source::{BatchSource, Cursor, ShardCursor};
 
 /// Which rows are reserved for evaluation and never streamed for training.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HoldOut {
     /// Train on everything.
     #[default]

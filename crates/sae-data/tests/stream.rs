@@ -285,3 +285,25 @@ fn normalizer_estimate_ignores_held_out_rows() {
     rows.extend(numbered_rows(37, D, 1000));
     assert_eq!(n, Normalizer::estimate(&rows, D, false).unwrap());
 }
+
+#[test]
+fn config_reads_from_json_with_defaults() {
+    let config: StreamConfig = serde_json::from_str(
+        r#"{"seed": 3, "hold_out": {"fraction": {"fraction": 0.1, "seed": 2}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        config,
+        StreamConfig {
+            seed: 3,
+            hold_out: HoldOut::Fraction {
+                fraction: 0.1,
+                seed: 2
+            },
+            ..StreamConfig::default()
+        }
+    );
+    let config: StreamConfig =
+        serde_json::from_str(r#"{"hold_out": {"last_shards": {"count": 1}}}"#).unwrap();
+    assert_eq!(config.hold_out, HoldOut::LastShards { count: 1 });
+}
