@@ -91,6 +91,28 @@ pub(crate) fn decode(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Whether encoded values hold a NaN or an infinity (an all-ones exponent), tested on the
+/// stored bits: for 16-bit types that scans half the bytes of the decoded values.
+#[inline]
+pub(crate) fn has_non_finite(dtype: Dtype, bytes: &[u8]) -> bool {
+    fn any_exponent_all_ones_16(bytes: &[u8], exponent: u16) -> bool {
+        let hits = bytes.as_chunks::<2>().0.iter().fold(0u16, |acc, c| {
+            acc | u16::from(u16::from_le_bytes(*c) & exponent == exponent)
+        });
+        hits != 0
+    }
+    match dtype {
+        Dtype::F32 => {
+            let hits = bytes.as_chunks::<4>().0.iter().fold(0u32, |acc, c| {
+                acc | u32::from(u32::from_le_bytes(*c) & 0x7f80_0000 == 0x7f80_0000)
+            });
+            hits != 0
+        }
+        Dtype::F16 => any_exponent_all_ones_16(bytes, 0x7c00),
+        Dtype::Bf16 => any_exponent_all_ones_16(bytes, 0x7f80),
+    }
+}
+
 /// Index of the first NaN or infinite value, if any; the common all-finite case is one
 /// vectorised pass.
 #[inline]
@@ -162,6 +184,22 @@ mod tests {
             let reference = half::f16::from_bits(*b).to_f32();
             for x in [a, m] {
                 assert!(x.to_bits() == reference.to_bits() || (x.is_nan() && reference.is_nan()));
+            }
+        }
+    }
+
+    #[test]
+    fn non_finite_bits_are_detected_for_every_dtype() {
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::Bf16] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut values = vec![1.0, -2.5, 65504.0, 1e-7, 0.0];
+                let mut bytes = Vec::new();
+                encode(dtype, &values, &mut bytes);
+                assert!(!has_non_finite(dtype, &bytes), "{dtype:?}");
+                values[3] = bad;
+                bytes.clear();
+                encode(dtype, &values, &mut bytes);
+                assert!(has_non_finite(dtype, &bytes), "{dtype:?} {bad}");
             }
         }
     }

@@ -131,17 +131,27 @@ impl Shard {
         let size = self.layout.dtype.size();
         let begin = self.layout.data_start + start as usize * d * size;
         let bytes = &self.map[begin..begin + out.len() * size];
-        dtype::decode(self.layout.dtype, bytes, out);
-        self.check_finite(start, out)
+        self.decode_checked(start, bytes, out)
     }
 
-    /// Decodes row `row` into `out` (`out.len() == d`) without the finiteness check.
+    /// Decodes row `row` into `out` (`out.len() == d`), rejecting NaN and infinities.
     #[inline]
-    pub(crate) fn decode_row(&self, row: u64, out: &mut [f32]) {
+    pub(crate) fn decode_row(&self, row: u64, out: &mut [f32]) -> Result<(), DataError> {
         let size = self.layout.dtype.size();
         let row_bytes = self.layout.d * size;
         let begin = self.layout.data_start + row as usize * row_bytes;
-        dtype::decode(self.layout.dtype, &self.map[begin..begin + row_bytes], out);
+        self.decode_checked(row, &self.map[begin..begin + row_bytes], out)
+    }
+
+    /// Decodes `bytes`, the rows from `start` on, into `out`; on a non-finite value, names it.
+    #[inline]
+    fn decode_checked(&self, start: u64, bytes: &[u8], out: &mut [f32]) -> Result<(), DataError> {
+        dtype::decode(self.layout.dtype, bytes, out);
+        if dtype::has_non_finite(self.layout.dtype, bytes) {
+            self.check_finite(start, out)
+        } else {
+            Ok(())
+        }
     }
 
     /// Hints the CPU to start loading row `row`, so a shuffled gather overlaps its cache
@@ -154,8 +164,8 @@ impl Shard {
     }
 
     /// Checks that `values`, the decoded rows from `start` on, are finite.
-    #[inline]
-    pub(crate) fn check_finite(&self, start: u64, values: &[f32]) -> Result<(), DataError> {
+    #[cold]
+    fn check_finite(&self, start: u64, values: &[f32]) -> Result<(), DataError> {
         match dtype::first_non_finite(values) {
             None => Ok(()),
             Some(i) => Err(DataError::NonFinite {

@@ -170,8 +170,7 @@ fn decode_rows(
                     set.shards()[s as usize].prefetch_row(r);
                 }
                 let shard = &set.shards()[s as usize];
-                shard.decode_row(r, row);
-                shard.check_finite(r, row)?;
+                shard.decode_row(r, row)?;
             }
             if let Some(n) = normalizer {
                 n.apply(out);
