@@ -35,7 +35,7 @@
 //! let set = ShardSet::open(&path, "activations")?;
 //! let mut stream = ShardStream::new(set, StreamConfig { shuffle_rows: 256, ..Default::default() })?;
 //! let normalizer = stream.estimate_normalizer(500, false)?;
-//! stream.set_normalizer(Some(normalizer));
+//! stream.set_normalizer(Some(normalizer))?;
 //! let mut batch = Vec::new();
 //! stream.next_batch(128, &mut batch)?;
 //! let cursor = serde_json::to_string(&stream.cursor()).expect("cursor serialises");

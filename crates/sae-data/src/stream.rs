@@ -148,6 +148,17 @@ fn split_blocks(
     Ok((train, held))
 }
 
+/// Checks that a normalizer's mean (if any) is `d` wide.
+fn check_width(normalizer: Option<&Normalizer>, d: usize) -> Result<(), DataError> {
+    match normalizer.and_then(|n| n.mean.as_ref()) {
+        Some(mean) if mean.len() != d => Err(DataError::config(format!(
+            "normalizer mean has {} values but the shards have d = {d}",
+            mean.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Decodes the rows `ids` (shard, row) into `out`, checking finiteness and normalising, on
 /// all rayon threads.
 fn decode_rows(
@@ -243,8 +254,12 @@ impl ShardStream {
     }
 
     /// Applies `normalizer` to every batch from now on (`None` for raw activations).
-    pub fn set_normalizer(&mut self, normalizer: Option<Normalizer>) {
+    ///
+    /// Fails if its mean is not `d` wide.
+    pub fn set_normalizer(&mut self, normalizer: Option<Normalizer>) -> Result<(), DataError> {
+        check_width(normalizer.as_ref(), self.set.d())?;
         self.normalizer = normalizer;
+        Ok(())
     }
 
     /// The normalizer applied to batches, if any.
@@ -458,8 +473,12 @@ impl HeldOutRows {
     }
 
     /// Applies `normalizer` to the rows read from now on.
-    pub fn set_normalizer(&mut self, normalizer: Option<Normalizer>) {
+    ///
+    /// Fails if its mean is not `d` wide.
+    pub fn set_normalizer(&mut self, normalizer: Option<Normalizer>) -> Result<(), DataError> {
+        check_width(normalizer.as_ref(), self.set.d())?;
         self.normalizer = normalizer;
+        Ok(())
     }
 
     /// Decodes held-out rows `start..start + out.len() / d` into `out`.

@@ -2,9 +2,10 @@
 //!
 //! Sample `i` is `sum_f a_f * D_f + noise`, where `D` holds unit-norm true feature directions,
 //! each feature fires independently with a probability that follows a Zipf law in its rank
-//! (so the number of active features varies), and the magnitudes `a_f` are non-negative. Every sample is a pure function of `(seed, i)`: its
-//! randomness is ChaCha stream `i` under a key derived from the seed, so batches are generated
-//! in parallel and are identical for any thread count, and a cursor is just an index.
+//! (so the number of active features varies), and the magnitudes `a_f` are non-negative.
+//! Every sample is a pure function of `(seed, i)`: its randomness is ChaCha stream `i` under a
+//! key derived from the seed, so batches are generated in parallel and are identical for any
+//! thread count, and a cursor is just an index.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -97,7 +97,7 @@ fn minilm_streams_normalised_shuffled_batches() {
         "{}",
         normalizer.scale
     );
-    stream.set_normalizer(Some(normalizer));
+    stream.set_normalizer(Some(normalizer)).unwrap();
 
     let mut batch = Vec::new();
     let mut squared = 0.0;

@@ -253,7 +253,18 @@ fn normalizer_is_applied_to_batches() {
     let mut raw = ShardStream::new(shards(&dir), config()).unwrap();
     let mut scaled = ShardStream::new(shards(&dir), config()).unwrap();
     let normalizer = scaled.estimate_normalizer(387, true).unwrap();
-    scaled.set_normalizer(Some(normalizer.clone()));
+    scaled.set_normalizer(Some(normalizer.clone())).unwrap();
+    let wrong = Normalizer {
+        scale: 1.0,
+        mean: Some(vec![0.0; D + 1]),
+    };
+    assert!(
+        scaled
+            .set_normalizer(Some(wrong))
+            .unwrap_err()
+            .to_string()
+            .contains("d = 4")
+    );
     let (mut a, mut b) = (Vec::new(), Vec::new());
     raw.next_batch(387, &mut a).unwrap();
     scaled.next_batch(387, &mut b).unwrap();
