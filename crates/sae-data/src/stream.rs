@@ -1,0 +1,562 @@
+//! Shuffled, resumable streaming over shards, and the held-out evaluation rows.
+//!
+//! Rows are grouped into contiguous blocks (`block_rows`, good for reading). Each epoch the
+//! training blocks of all shards are permuted together; consecutive runs of permuted blocks
+//! form shuffle windows of about `shuffle_rows` rows, and the rows of a window are permuted
+//! again. Both permutations derive from `(seed, epoch, window)`, so a [`ShardCursor`] of a few
+//! integers restores the stream exactly, and a window costs only its row indices in memory:
+//! rows are decoded straight from the mapped files into the batch.
+
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::DataError;
+use crate::normalize::Normalizer;
+use crate::shards::ShardSet;
+use crate::source::{BatchSource, Cursor, ShardCursor};
+
+/// Which rows are reserved for evaluation and never streamed for training.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldOut {
+    /// Train on everything.
+    #[default]
+    None,
+    /// Each block is held out with probability `fraction`, decided by a hash of
+    /// `(seed, shard index, block index)`: deterministic, and independent of the shuffle seed.
+    Fraction {
+        /// Expected share of rows held out, in `[0, 1]`.
+        fraction: f64,
+        /// Seed of the split.
+        seed: u64,
+    },
+    /// The last `count` shards (in the set's sorted order) are held out whole.
+    LastShards {
+        /// Number of shards held out.
+        count: usize,
+    },
+}
+
+/// How a [`ShardStream`] shuffles and splits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamConfig {
+    /// Shuffle seed.
+    pub seed: u64,
+    /// Rows per shuffle window: rows within a window are fully permuted. Costs 16 bytes a row.
+    pub shuffle_rows: usize,
+    /// Rows per contiguous block, the unit of the cross-shard permutation and of the hold-out.
+    pub block_rows: usize,
+    /// Rows reserved for evaluation.
+    pub hold_out: HoldOut,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            shuffle_rows: 1 << 18,
+            block_rows: 64,
+            hold_out: HoldOut::None,
+        }
+    }
+}
+
+/// A contiguous run of rows of one shard.
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    shard: u32,
+    start: u64,
+    rows: u32,
+}
+
+/// SplitMix64 finaliser folded over `parts`: independent seeds for every `(purpose, indices)`.
+pub(crate) fn mix(parts: &[u64]) -> u64 {
+    let mut h = 0x9e37_79b9_7f4a_7c15u64;
+    for &p in parts {
+        h ^= p;
+        h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+    }
+    h
+}
+
+const EPOCH_ORDER: u64 = 1;
+const WINDOW_ORDER: u64 = 2;
+const HOLD_OUT: u64 = 3;
+
+/// In-place Fisher-Yates shuffle, portable across platforms (64-bit draws).
+fn shuffle<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
+    for i in (1..items.len()).rev() {
+        let j = rng.random_range(0..=i as u64) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// Splits the set into blocks: (training, held out).
+fn split_blocks(
+    set: &ShardSet,
+    config: &StreamConfig,
+) -> Result<(Vec<Block>, Vec<Block>), DataError> {
+    if config.block_rows == 0 || config.block_rows > u32::MAX as usize {
+        return Err(DataError::config("block_rows must be in 1..=u32::MAX"));
+    }
+    if config.shuffle_rows == 0 {
+        return Err(DataError::config("shuffle_rows must be at least 1"));
+    }
+    match config.hold_out {
+        HoldOut::Fraction { fraction, .. } if !(0.0..=1.0).contains(&fraction) => {
+            return Err(DataError::config(format!(
+                "hold-out fraction {fraction} is not in [0, 1]"
+            )));
+        }
+        HoldOut::LastShards { count } if count > set.shards().len() => {
+            return Err(DataError::config(format!(
+                "cannot hold out {count} of {} shards",
+                set.shards().len()
+            )));
+        }
+        _ => {}
+    }
+    let n_shards = set.shards().len();
+    let (mut train, mut held) = (Vec::new(), Vec::new());
+    for (s, shard) in set.shards().iter().enumerate() {
+        let step = config.block_rows as u64;
+        for (b, start) in (0..shard.rows()).step_by(config.block_rows).enumerate() {
+            let block = Block {
+                shard: s as u32,
+                start,
+                rows: step.min(shard.rows() - start) as u32,
+            };
+            let held_out = match config.hold_out {
+                HoldOut::None => false,
+                HoldOut::Fraction { fraction, seed } => {
+                    let h = mix(&[seed, HOLD_OUT, s as u64, b as u64]);
+                    ((h >> 11) as f64 / (1u64 << 53) as f64) < fraction
+                }
+                HoldOut::LastShards { count } => s + count >= n_shards,
+            };
+            if held_out { &mut held } else { &mut train }.push(block);
+        }
+    }
+    Ok((train, held))
+}
+
+/// Checks that a normalizer's mean (if any) is `d` wide.
+fn check_width(normalizer: Option<&Normalizer>, d: usize) -> Result<(), DataError> {
+    match normalizer.and_then(|n| n.mean.as_ref()) {
+        Some(mean) if mean.len() != d => Err(DataError::config(format!(
+            "normalizer mean has {} values but the shards have d = {d}",
+            mean.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Decodes the rows `ids` (shard, row) into `out`, checking finiteness and normalising, on
+/// all rayon threads.
+fn decode_rows(
+    set: &ShardSet,
+    ids: &[(u32, u64)],
+    normalizer: Option<&Normalizer>,
+    out: &mut [f32],
+) -> Result<(), DataError> {
+    const CHUNK: usize = 64;
+    let d = set.d();
+    out.par_chunks_mut(d * CHUNK)
+        .zip(ids.par_chunks(CHUNK))
+        .try_for_each(|(out, ids)| {
+            const AHEAD: usize = 4;
+            for &(s, r) in ids.iter().take(AHEAD) {
+                set.shards()[s as usize].prefetch_row(r);
+            }
+            for (i, (row, &(s, r))) in out.chunks_exact_mut(d).zip(ids).enumerate() {
+                if let Some(&(s, r)) = ids.get(i + AHEAD) {
+                    set.shards()[s as usize].prefetch_row(r);
+                }
+                let shard = &set.shards()[s as usize];
+                shard.decode_row(r, row)?;
+            }
+            if let Some(n) = normalizer {
+                n.apply(out);
+            }
+            Ok(())
+        })
+}
+
+/// Shuffled training batches from a [`ShardSet`], resumable through its [`Cursor`].
+#[derive(Debug)]
+pub struct ShardStream {
+    set: Arc<ShardSet>,
+    config: StreamConfig,
+    train: Vec<Block>,
+    held: Vec<Block>,
+    train_rows: u64,
+    blocks_per_window: usize,
+    epoch: u64,
+    window: u64,
+    offset: usize,
+    /// Training blocks (indices into `train`) in this epoch's order.
+    order: Vec<u32>,
+    /// Rows of the current window in their shuffled order.
+    rows: Vec<(u32, u64)>,
+    normalizer: Option<Normalizer>,
+}
+
+impl ShardStream {
+    /// Opens the shards at `source` (a file, a directory or a glob, see [`ShardSet::open`]) and
+    /// builds a stream over them.
+    pub fn open(
+        source: impl AsRef<std::path::Path>,
+        tensor: &str,
+        config: StreamConfig,
+    ) -> Result<Self, DataError> {
+        Self::new(ShardSet::open(source, tensor)?, config)
+    }
+
+    /// Builds a stream over `set` positioned at the start of epoch 0.
+    ///
+    /// Fails if the configuration is out of range or every row is held out.
+    pub fn new(set: ShardSet, config: StreamConfig) -> Result<Self, DataError> {
+        let (train, held) = split_blocks(&set, &config)?;
+        let train_rows: u64 = train.iter().map(|b| u64::from(b.rows)).sum();
+        if train_rows == 0 {
+            return Err(DataError::Empty {
+                what: format!(
+                    "every one of the {} rows is held out; nothing left to train on",
+                    set.rows()
+                ),
+            });
+        }
+        let blocks_per_window = config.shuffle_rows.div_ceil(config.block_rows).max(1);
+        let mut stream = Self {
+            set: Arc::new(set),
+            config,
+            train,
+            held,
+            train_rows,
+            blocks_per_window,
+            epoch: 0,
+            window: 0,
+            offset: 0,
+            order: Vec::new(),
+            rows: Vec::new(),
+            normalizer: None,
+        };
+        stream.load(0, 0);
+        Ok(stream)
+    }
+
+    /// Applies `normalizer` to every batch from now on (`None` for raw activations).
+    ///
+    /// Fails if its mean is not `d` wide.
+    pub fn set_normalizer(&mut self, normalizer: Option<Normalizer>) -> Result<(), DataError> {
+        check_width(normalizer.as_ref(), self.set.d())?;
+        self.normalizer = normalizer;
+        Ok(())
+    }
+
+    /// The normalizer applied to batches, if any.
+    pub fn normalizer(&self) -> Option<&Normalizer> {
+        self.normalizer.as_ref()
+    }
+
+    /// Estimates a [`Normalizer`] from `sample_rows` training rows spread evenly over the
+    /// shards (held-out rows are not looked at).
+    pub fn estimate_normalizer(
+        &self,
+        sample_rows: usize,
+        center: bool,
+    ) -> Result<Normalizer, DataError> {
+        let count = (sample_rows as u64).min(self.train_rows) as usize;
+        // Training blocks in file order; row k of the training rows lies in the block whose
+        // prefix sum first exceeds k.
+        let mut ends = Vec::with_capacity(self.train.len());
+        let mut total = 0u64;
+        for b in &self.train {
+            total += u64::from(b.rows);
+            ends.push(total);
+        }
+        let ids: Vec<(u32, u64)> = (0..count as u64)
+            .map(|i| {
+                let k = (u128::from(i) * u128::from(total) / count as u128) as u64;
+                let at = ends.partition_point(|&end| end <= k);
+                let block = self.train[at];
+                let first = ends[at] - u64::from(block.rows);
+                (block.shard, block.start + (k - first))
+            })
+            .collect();
+        let mut sample = vec![0.0; count * self.set.d()];
+        decode_rows(&self.set, &ids, None, &mut sample)?;
+        Normalizer::estimate(&sample, self.set.d(), center)
+    }
+
+    /// The shards streamed.
+    pub fn shard_set(&self) -> &ShardSet {
+        &self.set
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StreamConfig {
+        &self.config
+    }
+
+    /// Rows in one epoch (all rows not held out).
+    pub fn train_rows(&self) -> u64 {
+        self.train_rows
+    }
+
+    /// The held-out rows, in file order, with this stream's normalizer.
+    pub fn held_out(&self) -> HeldOutRows {
+        HeldOutRows::new(
+            Arc::clone(&self.set),
+            self.held.clone(),
+            self.normalizer.clone(),
+        )
+    }
+
+    fn windows_per_epoch(&self) -> u64 {
+        self.train.len().div_ceil(self.blocks_per_window) as u64
+    }
+
+    /// Positions the stream at the start of `(epoch, window)`, rebuilding its orders.
+    fn load(&mut self, epoch: u64, window: u64) {
+        if self.order.is_empty() || epoch != self.epoch {
+            self.order = (0..self.train.len() as u32).collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(&[self.config.seed, EPOCH_ORDER, epoch]));
+            shuffle(&mut self.order, &mut rng);
+        }
+        self.epoch = epoch;
+        self.window = window;
+        self.offset = 0;
+        let first = window as usize * self.blocks_per_window;
+        let last = (first + self.blocks_per_window).min(self.order.len());
+        self.rows.clear();
+        for &b in &self.order[first..last] {
+            let block = self.train[b as usize];
+            self.rows.extend(
+                (block.start..block.start + u64::from(block.rows)).map(|r| (block.shard, r)),
+            );
+        }
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(mix(&[self.config.seed, WINDOW_ORDER, epoch, window]));
+        shuffle(&mut self.rows, &mut rng);
+    }
+
+    fn advance_window(&mut self) {
+        if self.window + 1 < self.windows_per_epoch() {
+            self.load(self.epoch, self.window + 1);
+        } else {
+            self.load(self.epoch + 1, 0);
+        }
+    }
+}
+
+impl BatchSource for ShardStream {
+    fn d(&self) -> usize {
+        self.set.d()
+    }
+
+    fn next_batch(&mut self, rows: usize, out: &mut Vec<f32>) -> Result<(), DataError> {
+        let d = self.set.d();
+        // Every value is overwritten; resizing without clearing skips a memset per batch.
+        out.resize(rows * d, 0.0);
+        let mut filled = 0;
+        while filled < rows {
+            if self.offset == self.rows.len() {
+                self.advance_window();
+            }
+            let take = (rows - filled).min(self.rows.len() - self.offset);
+            decode_rows(
+                &self.set,
+                &self.rows[self.offset..self.offset + take],
+                self.normalizer.as_ref(),
+                &mut out[filled * d..(filled + take) * d],
+            )?;
+            self.offset += take;
+            filled += take;
+        }
+        Ok(())
+    }
+
+    fn cursor(&self) -> Cursor {
+        Cursor::Shards(ShardCursor {
+            seed: self.config.seed,
+            epoch: self.epoch,
+            window: self.window,
+            offset: self.offset as u64,
+            shards: self.set.shards().len() as u64,
+            train_rows: self.train_rows,
+        })
+    }
+
+    fn restore(&mut self, cursor: &Cursor) -> Result<(), DataError> {
+        let Cursor::Shards(c) = cursor else {
+            return Err(DataError::CursorMismatch {
+                reason: format!("{cursor:?} is not a shard-stream cursor"),
+            });
+        };
+        let mismatch = |reason: String| Err(DataError::CursorMismatch { reason });
+        if c.seed != self.config.seed {
+            return mismatch(format!(
+                "cursor seed {} but stream seed {}",
+                c.seed, self.config.seed
+            ));
+        }
+        if c.shards != self.set.shards().len() as u64 || c.train_rows != self.train_rows {
+            return mismatch(format!(
+                "cursor was taken on {} shards / {} training rows, this stream has {} / {}",
+                c.shards,
+                c.train_rows,
+                self.set.shards().len(),
+                self.train_rows
+            ));
+        }
+        if c.window >= self.windows_per_epoch() {
+            return mismatch(format!(
+                "window {} but an epoch has {} windows",
+                c.window,
+                self.windows_per_epoch()
+            ));
+        }
+        self.order.clear();
+        self.load(c.epoch, c.window);
+        if c.offset > self.rows.len() as u64 {
+            return mismatch(format!(
+                "offset {} but window {} holds {} rows",
+                c.offset,
+                c.window,
+                self.rows.len()
+            ));
+        }
+        self.offset = c.offset as usize;
+        Ok(())
+    }
+}
+
+/// The held-out rows of a [`ShardStream`], in file order, for evaluation.
+///
+/// As a [`BatchSource`] it cycles through the rows in order; [`HeldOutRows::batches`] makes one
+/// pass.
+#[derive(Debug)]
+pub struct HeldOutRows {
+    set: Arc<ShardSet>,
+    /// Every held-out row as (shard, row), in file order.
+    ids: Vec<(u32, u64)>,
+    position: u64,
+    normalizer: Option<Normalizer>,
+}
+
+impl HeldOutRows {
+    fn new(set: Arc<ShardSet>, blocks: Vec<Block>, normalizer: Option<Normalizer>) -> Self {
+        let ids = blocks
+            .iter()
+            .flat_map(|b| (b.start..b.start + u64::from(b.rows)).map(move |r| (b.shard, r)))
+            .collect();
+        Self {
+            set,
+            ids,
+            position: 0,
+            normalizer,
+        }
+    }
+
+    /// Number of held-out rows.
+    pub fn rows(&self) -> u64 {
+        self.ids.len() as u64
+    }
+
+    /// Applies `normalizer` to the rows read from now on.
+    ///
+    /// Fails if its mean is not `d` wide.
+    pub fn set_normalizer(&mut self, normalizer: Option<Normalizer>) -> Result<(), DataError> {
+        check_width(normalizer.as_ref(), self.set.d())?;
+        self.normalizer = normalizer;
+        Ok(())
+    }
+
+    /// Decodes held-out rows `start..start + out.len() / d` into `out`.
+    pub fn read(&self, start: u64, out: &mut [f32]) -> Result<(), DataError> {
+        let count = out.len() / self.set.d();
+        let start = start as usize;
+        if start + count > self.ids.len() {
+            return Err(DataError::config(format!(
+                "held-out rows {start}..{} requested, only {} exist",
+                start + count,
+                self.ids.len()
+            )));
+        }
+        decode_rows(
+            &self.set,
+            &self.ids[start..start + count],
+            self.normalizer.as_ref(),
+            out,
+        )
+    }
+
+    /// One pass over the held-out rows in batches of `batch_rows` (the last may be shorter).
+    pub fn batches(
+        &self,
+        batch_rows: usize,
+    ) -> impl Iterator<Item = Result<Vec<f32>, DataError>> + '_ {
+        let d = self.set.d();
+        let batch_rows = batch_rows.max(1);
+        (0..self.ids.len()).step_by(batch_rows).map(move |start| {
+            let count = batch_rows.min(self.ids.len() - start);
+            let mut out = vec![0.0; count * d];
+            self.read(start as u64, &mut out).map(|()| out)
+        })
+    }
+}
+
+impl BatchSource for HeldOutRows {
+    fn d(&self) -> usize {
+        self.set.d()
+    }
+
+    fn next_batch(&mut self, rows: usize, out: &mut Vec<f32>) -> Result<(), DataError> {
+        if self.ids.is_empty() {
+            return Err(DataError::Empty {
+                what: "no rows are held out".into(),
+            });
+        }
+        let d = self.set.d();
+        // Every value is overwritten; resizing without clearing skips a memset per batch.
+        out.resize(rows * d, 0.0);
+        let mut filled = 0;
+        while filled < rows {
+            let take = (rows - filled).min(self.ids.len() - self.position as usize);
+            self.read(self.position, &mut out[filled * d..(filled + take) * d])?;
+            filled += take;
+            self.position = (self.position + take as u64) % self.ids.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn cursor(&self) -> Cursor {
+        Cursor::HeldOut {
+            position: self.position,
+        }
+    }
+
+    fn restore(&mut self, cursor: &Cursor) -> Result<(), DataError> {
+        match *cursor {
+            Cursor::HeldOut { position } if position < self.rows().max(1) => {
+                self.position = position;
+                Ok(())
+            }
+            _ => Err(DataError::CursorMismatch {
+                reason: format!(
+                    "{cursor:?} is not a position among {} held-out rows",
+                    self.rows()
+                ),
+            }),
+        }
+    }
+}
