@@ -1,0 +1,407 @@
+//! `cargo xtask bench`: runs the criterion benches and summarises them in
+//! `docs/benchmarks.md` and `docs/benchmarks.json`.
+//!
+//! Baseline pairing: within a criterion group, a benchmark is a **baseline** when its function
+//! id starts with `naive_`, `baseline_`, `burn_topk` or `gemm` (see [`is_baseline`]). Every
+//! benchmark of the group is compared with the baseline of the same parameter (criterion's
+//! `value_str`), or, when no baseline has that parameter, with the group's first baseline in
+//! id order. The ratio is time / baseline time: below 1 is faster than the baseline.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::shell::{cargo, root, step};
+
+#[derive(Debug)]
+pub struct Options {
+    pub quick: bool,
+    pub backend: Option<String>,
+}
+
+/// Prefixes of the function ids that are their group's baselines.
+pub const BASELINE_PREFIXES: [&str; 4] = ["naive_", "baseline_", "burn_topk", "gemm"];
+
+/// Whether a benchmark with this function id is a baseline of its group.
+pub fn is_baseline(function: &str) -> bool {
+    BASELINE_PREFIXES.iter().any(|p| function.starts_with(p))
+}
+
+/// What criterion counts per iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum Throughput {
+    Elements(u64),
+    Bytes(u64),
+}
+
+/// One benchmark's result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bench {
+    pub group: String,
+    /// The function id (the last id part when criterion stored none).
+    pub function: String,
+    /// The parameter, if any.
+    pub value: Option<String>,
+    /// Mean time per iteration, nanoseconds.
+    pub mean_ns: f64,
+    pub throughput: Option<Throughput>,
+    /// Mean time / the paired baseline's mean time.
+    pub ratio: Option<f64>,
+    /// The full id of the paired baseline.
+    pub baseline: Option<String>,
+}
+
+impl Bench {
+    pub fn id(&self) -> String {
+        match &self.value {
+            Some(v) => format!("{}/{}/{}", self.group, self.function, v),
+            None => format!("{}/{}", self.group, self.function),
+        }
+    }
+    /// Elements or bytes per second.
+    pub fn per_second(&self) -> Option<(f64, &'static str)> {
+        let secs = self.mean_ns * 1e-9;
+        match self.throughput? {
+            Throughput::Elements(n) => Some((n as f64 / secs, "elem/s")),
+            Throughput::Bytes(n) => Some((n as f64 / secs, "B/s")),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct BenchmarkJson {
+    group_id: String,
+    function_id: Option<String>,
+    value_str: Option<String>,
+    throughput: Option<BTreeMap<String, u64>>,
+    full_id: String,
+}
+
+#[derive(Deserialize)]
+struct PointEstimate {
+    point_estimate: f64,
+}
+
+#[derive(Deserialize)]
+struct EstimatesJson {
+    mean: PointEstimate,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))
+}
+
+/// Every `new/` result under a criterion directory (`target/criterion`), sorted by id and
+/// paired with baselines.
+pub fn read_criterion(dir: &Path) -> Result<Vec<Bench>> {
+    let mut found = Vec::new();
+    collect_new_dirs(dir, &mut found)?;
+    let mut benches = Vec::new();
+    for new in found {
+        let meta: BenchmarkJson = read_json(&new.join("benchmark.json"))?;
+        let estimates: EstimatesJson = read_json(&new.join("estimates.json"))?;
+        let throughput = meta.throughput.and_then(|t| {
+            t.iter().next().map(|(kind, &n)| {
+                if kind.starts_with("Bytes") {
+                    Throughput::Bytes(n)
+                } else {
+                    Throughput::Elements(n)
+                }
+            })
+        });
+        let function = meta.function_id.unwrap_or_else(|| {
+            meta.full_id
+                .rsplit('/')
+                .next()
+                .unwrap_or(&meta.full_id)
+                .to_string()
+        });
+        benches.push(Bench {
+            group: meta.group_id,
+            function,
+            value: meta.value_str,
+            mean_ns: estimates.mean.point_estimate,
+            throughput,
+            ratio: None,
+            baseline: None,
+        });
+    }
+    benches.sort_by_key(Bench::id);
+    pair_baselines(&mut benches);
+    Ok(benches)
+}
+
+fn collect_new_dirs(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| dir.display().to_string())?;
+    for entry in entries {
+        let path = entry.with_context(|| dir.display().to_string())?.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == "new") {
+            if path.join("benchmark.json").is_file() && path.join("estimates.json").is_file() {
+                found.push(path);
+            }
+        } else if path.file_name().is_some_and(|n| n != "report") {
+            collect_new_dirs(&path, found)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets `ratio` and `baseline` by the rule in the module documentation.
+pub fn pair_baselines(benches: &mut [Bench]) {
+    let snapshot = benches.to_vec();
+    for b in benches.iter_mut() {
+        let mut baselines = snapshot
+            .iter()
+            .filter(|o| o.group == b.group && is_baseline(&o.function));
+        let first = baselines.clone().next();
+        let Some(base) = baselines.find(|o| o.value == b.value).or(first) else {
+            continue;
+        };
+        if base.mean_ns > 0.0 {
+            b.ratio = Some(b.mean_ns / base.mean_ns);
+            b.baseline = Some(base.id());
+        }
+    }
+}
+
+pub fn format_time(ns: f64) -> String {
+    if ns >= 1e9 {
+        format!("{:.3} s", ns / 1e9)
+    } else if ns >= 1e6 {
+        format!("{:.3} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.3} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
+fn format_rate(rate: f64, unit: &str) -> String {
+    let (scaled, prefix) = if rate >= 1e9 {
+        (rate / 1e9, "G")
+    } else if rate >= 1e6 {
+        (rate / 1e6, "M")
+    } else if rate >= 1e3 {
+        (rate / 1e3, "k")
+    } else {
+        (rate, "")
+    };
+    format!("{scaled:.2} {prefix}{unit}")
+}
+
+/// Where and when the benchmarks ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub date: String,
+    pub backend: String,
+}
+
+impl Machine {
+    fn here(backend: &str) -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|m| m.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Self {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            date: today(),
+            backend: backend.to_string(),
+        }
+    }
+}
+
+/// UTC date as YYYY-MM-DD (days-from-civil inverse, no date crate for one line).
+fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `docs/benchmarks.md`: the machine, then one table per group.
+pub fn markdown(benches: &[Bench], machine: &Machine, quick: bool) -> String {
+    let mut md = String::from("# Benchmarks\n\n");
+    let _ = writeln!(
+        md,
+        "Generated by `cargo xtask bench{}` on {}.\n\n\
+         - CPU: {} ({} cores)\n- backend: {}\n",
+        if quick { " --quick" } else { "" },
+        machine.date,
+        machine.cpu,
+        machine.cores,
+        machine.backend
+    );
+    md.push_str(
+        "Times are criterion's mean per iteration. Baselines are the benchmarks whose id starts \
+         with `naive_`, `baseline_`, `burn_topk` or `gemm`; each benchmark is compared with \
+         its group's baseline of the same parameter (else the group's first baseline): \
+         ratio = time / baseline time, below 1 is faster.\n",
+    );
+    let mut groups: Vec<&str> = benches.iter().map(|b| b.group.as_str()).collect();
+    groups.dedup();
+    for group in groups {
+        let _ = writeln!(
+            md,
+            "\n## {group}\n\n| benchmark | parameter | time | throughput | vs baseline |\n\
+             |---|---|---:|---:|---:|"
+        );
+        for b in benches.iter().filter(|b| b.group == group) {
+            let ratio = match (&b.ratio, &b.baseline) {
+                (Some(_), Some(base)) if *base == b.id() => "baseline".to_string(),
+                (Some(r), Some(_)) => format!("{r:.2}×"),
+                _ => "—".to_string(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                b.function,
+                b.value.as_deref().unwrap_or(""),
+                format_time(b.mean_ns),
+                b.per_second()
+                    .map_or("—".into(), |(r, unit)| format_rate(r, unit)),
+                ratio
+            );
+        }
+    }
+    md
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    let root = root();
+    let backend = options.backend.clone().unwrap_or_else(|| "flex".into());
+    let mut cmd = cargo();
+    // `--benches`: the criterion flags below would be rejected by libtest's bench harness.
+    cmd.args(["bench", "--workspace", "--benches"]);
+    if options.quick {
+        cmd.args([
+            "--",
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "2",
+            "--sample-size",
+            "10",
+        ]);
+    }
+    // Benches that run on a tensor backend choose it from this variable.
+    cmd.env("SAE_BENCH_BACKEND", &backend);
+    step("cargo bench", &mut cmd)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let benches = read_criterion(&target.join("criterion"))?;
+    let machine = Machine::here(&backend);
+    let docs = root.join("docs");
+    let md_path = docs.join("benchmarks.md");
+    std::fs::write(&md_path, markdown(&benches, &machine, options.quick))
+        .with_context(|| md_path.display().to_string())?;
+    let json_path = docs.join("benchmarks.json");
+    let json = serde_json::json!({ "machine": machine, "quick": options.quick, "benchmarks": benches });
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| json_path.display().to_string())?;
+    eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> Vec<Bench> {
+        read_criterion(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/criterion")).unwrap()
+    }
+
+    #[test]
+    fn reads_every_new_result_and_ignores_base_and_report() {
+        let benches = fixture();
+        let ids: Vec<String> = benches.iter().map(Bench::id).collect();
+        assert_eq!(
+            ids,
+            [
+                "decode/f16",
+                "row_topk/naive_sort/1024x4096",
+                "row_topk/naive_sort/4096x4096",
+                "row_topk/sae_alloc/1024x4096",
+                "row_topk/sae_alloc/4096x4096",
+                "shuffle_window/shuffle_window",
+            ]
+        );
+        let decode = &benches[0];
+        assert_eq!(decode.mean_ns, 1_500.0);
+        assert_eq!(decode.throughput, Some(Throughput::Bytes(1 << 20)));
+        assert_eq!(benches[5].throughput, None);
+    }
+
+    #[test]
+    fn pairs_each_benchmark_with_the_baseline_of_its_parameter() {
+        let benches = fixture();
+        let find = |id: &str| benches.iter().find(|b| b.id() == id).unwrap();
+        let fast = find("row_topk/sae_alloc/1024x4096");
+        assert_eq!(fast.baseline.as_deref(), Some("row_topk/naive_sort/1024x4096"));
+        assert!((fast.ratio.unwrap() - 0.25).abs() < 1e-12);
+        let big = find("row_topk/sae_alloc/4096x4096");
+        assert!((big.ratio.unwrap() - 0.125).abs() < 1e-12);
+        assert_eq!(find("row_topk/naive_sort/4096x4096").ratio, Some(1.0));
+        assert_eq!(find("decode/f16").ratio, None);
+        let (rate, unit) = fast.per_second().unwrap();
+        assert!((rate - 4194304.0 / 5e-4).abs() < 1.0);
+        assert_eq!(unit, "elem/s");
+    }
+
+    #[test]
+    fn baseline_rule() {
+        for id in ["naive_row_topk", "baseline_scan", "burn_topk", "gemm_dense"] {
+            assert!(is_baseline(id), "{id}");
+        }
+        for id in ["sae_alloc", "fused_gemm", "topk_burn"] {
+            assert!(!is_baseline(id), "{id}");
+        }
+    }
+
+    #[test]
+    fn markdown_has_a_table_per_group() {
+        let machine = Machine {
+            cpu: "Test CPU".into(),
+            cores: 2,
+            date: "2026-01-01".into(),
+            backend: "flex".into(),
+        };
+        let md = markdown(&fixture(), &machine, true);
+        assert_eq!(md.matches("\n## ").count(), 3);
+        assert!(md.contains("Test CPU (2 cores)"));
+        assert!(md.contains("| sae_alloc | 1024x4096 | 500.000 µs | 8.39 Gelem/s | 0.25× |"), "{md}");
+        assert!(md.contains("| naive_sort | 1024x4096 | 2.000 ms | 2.10 Gelem/s | baseline |"));
+        assert!(md.contains("| f16 |  | 1.500 µs | 699.05 GB/s | — |"), "{md}");
+    }
+
+    #[test]
+    fn today_is_a_date() {
+        let d = today();
+        assert_eq!(d.len(), 10);
+        assert!(d.starts_with("20"));
+    }
+}

@@ -1,0 +1,65 @@
+//! `cargo xtask ci`: what `.ci/run` runs, step by step, failing fast.
+
+use anyhow::{Context, Result, ensure};
+
+use crate::repro::{Aux, DataSet, RunSpec, Scale, Sparsifier};
+use crate::shell::{cargo, step};
+
+pub fn run() -> Result<()> {
+    step("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step(
+        "test",
+        cargo().args(["test", "--workspace", "--all-targets"]),
+    )?;
+    step("doc tests", cargo().args(["test", "--workspace", "--doc"]))?;
+    smoke()
+}
+
+/// The README's main command on a tiny configuration, then a report of what it wrote, which
+/// checks the run directory against the contract `sae-report` reads.
+fn smoke() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("sae-ci-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let spec = RunSpec {
+        data: DataSet::Synthetic,
+        sparsifier: Sparsifier::MutualChoice,
+        aux: Aux::Zipf,
+        seed: 0,
+        scale: Scale::smoke(),
+    };
+    let config = dir.join("config.toml");
+    std::fs::write(&config, spec.config_toml(&crate::shell::root()))
+        .with_context(|| format!("writing {}", config.display()))?;
+    let out = dir.join("run");
+    step(
+        "smoke: sae train",
+        cargo()
+            .args(["run", "-p", "sae-cli", "--", "train", "--quiet", "--config"])
+            .arg(&config)
+            .arg("--set")
+            .arg(format!("out_dir={}", out.display())),
+    )?;
+    eprintln!("==> smoke: report of {}", out.display());
+    let report = sae_report::write_report(&out, &out.join("report"))
+        .context("step `smoke: report` failed")?;
+    ensure!(
+        report.final_eval.is_some(),
+        "step `smoke: report` failed: {} has no eval record",
+        out.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("==> ci: all steps passed");
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Workspace automation, run as `cargo xtask <command>`:
+//!
+//! - `ci`: formatting, lints, tests, doc tests and a smoke run of `sae train`;
+//! - `bench [--quick] [--backend B]`: criterion benches, summarised in `docs/benchmarks.md`;
+//! - `repro [--quick] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH]`: the
+//!   paper's comparison, summarised in `docs/results.md`;
+//! - `release`: metadata and changelog checks and a dry-run packaging, never a publish.
+
+mod bench;
+mod ci;
+mod flags;
+mod release;
+mod repro;
+mod shell;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  ci                                   fmt, clippy, tests, doc tests, smoke run of `sae train`
+  bench [--quick] [--backend B]        cargo bench; writes docs/benchmarks.{md,json}
+  repro [--quick] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH]
+                                       the paper's comparison; writes docs/results.md
+  release                              check crate metadata and CHANGELOG, dry-run packaging
+";
+
+fn main() -> Result<()> {
+    let mut args = flags::Args::new(std::env::args().skip(1));
+    let Some(command) = args.command() else {
+        eprint!("{USAGE}");
+        bail!("no command given");
+    };
+    match command.as_str() {
+        "ci" => {
+            args.finish()?;
+            ci::run()
+        }
+        "bench" => {
+            let options = bench::Options {
+                quick: args.switch("--quick"),
+                backend: args.value("--backend")?,
+            };
+            args.finish()?;
+            bench::run(&options)
+        }
+        "repro" => {
+            let quick = args.switch("--quick");
+            let seeds = args.value("--seeds")?.map(|s| s.parse()).transpose()?;
+            let data = args
+                .value("--data")?
+                .map(|d| d.parse())
+                .transpose()?
+                .unwrap_or(repro::DataChoice::Both);
+            let sae_bin = args.value("--sae-bin")?.map(Into::into);
+            args.finish()?;
+            repro::run(&repro::Options {
+                quick,
+                seeds: seeds.unwrap_or(if quick { 1 } else { 3 }),
+                data,
+                sae_bin,
+            })
+        }
+        "release" => {
+            args.finish()?;
+            release::run()
+        }
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprint!("{USAGE}");
+            bail!("unknown command `{other}`")
+        }
+    }
+}

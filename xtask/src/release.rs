@@ -1,0 +1,5 @@
+//! `cargo xtask release`: placeholder.
+use anyhow::Result;
+pub fn run() -> Result<()> {
+    Ok(())
+}
