@@ -344,15 +344,7 @@ pub fn run(options: &Options) -> Result<()> {
                 .arg("--set")
                 .arg(format!("out_dir={}", dir.display())),
         )?;
-        let report = sae_report::write_report(&dir, &dir.join("report"))?;
-        let final_eval = report
-            .final_eval
-            .with_context(|| format!("{}: no eval record", dir.display()))?;
-        results.push(RunResult {
-            spec: *spec,
-            dir,
-            final_eval,
-        });
+        results.push(load_run(*spec, dir)?);
     }
     let docs = root.join("docs");
     let md = results_markdown(&results, &docs, options);
@@ -360,6 +352,19 @@ pub fn run(options: &Options) -> Result<()> {
     std::fs::write(&path, md).with_context(|| path.display().to_string())?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// Writes the plots and `report.md` of a finished run and reads its final numbers.
+pub fn load_run(spec: RunSpec, dir: PathBuf) -> Result<RunResult> {
+    let report = sae_report::write_report(&dir, &dir.join("report"))?;
+    let final_eval = report
+        .final_eval
+        .with_context(|| format!("{}: no eval record", dir.display()))?;
+    Ok(RunResult {
+        spec,
+        dir,
+        final_eval,
+    })
 }
 
 /// Mean and sample standard deviation over seeds.
@@ -531,7 +536,7 @@ fn lower_fvu_than_topk(aggs: &[Aggregate]) -> Claim {
                 else {
                     continue;
                 };
-                let prefix = format!("{} / {} / aux {}:", data.name(), s.label(), aux.name());
+                let prefix = format!("{} / {} / {}:", data.name(), s.label(), aux.name());
                 if (l_o.mean - l_t.mean).abs() > EQUAL_L0_TOLERANCE * l_t.mean.abs().max(1e-9) {
                     evidence.push(format!(
                         "{prefix} not compared, L0 {:.2} vs TopK {:.2} differ by more than {:.0}%",
@@ -569,7 +574,7 @@ fn feature_choice_no_dead(aggs: &[Aggregate]) -> Claim {
         tested += 1;
         held += usize::from(max == 0.0);
         evidence.push(format!(
-            "{} / {} / aux {}: largest dead fraction over {} seed(s) {:.2}%",
+            "{} / {} / {}: largest dead fraction over {} seed(s) {:.2}%",
             a.data.name(),
             a.sparsifier.label(),
             a.aux.name(),
@@ -716,4 +721,186 @@ pub fn results_markdown(runs: &[RunResult], docs_dir: &Path, options: &Options) 
         .collect();
     md.push_str(&sae_report::comparison_table(&per_run));
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("xtask-{name}-{}", std::process::id()))
+    }
+
+    fn options() -> Options {
+        Options {
+            quick: true,
+            seeds: 2,
+            data: DataChoice::Both,
+            sae_bin: None,
+        }
+    }
+
+    /// A run directory whose last eval has the given numbers.
+    fn fabricate(dir: &Path, fvu: f64, l0: f64, dead: f64, underused: f64, synthetic: bool) {
+        std::fs::create_dir_all(dir).unwrap();
+        let (mmcs, recovered) = if synthetic {
+            ("0.8", "0.5")
+        } else {
+            ("null", "null")
+        };
+        let lines = [
+            format!(
+                r#"{{"kind":"train","step":8,"tokens":2048,"loss":1.0,"fvu":{},"aux":0.0,"l0":{l0},"dead_fraction":{dead},"lr":0.0002,"tokens_per_second":1000.0}}"#,
+                fvu * 2.0
+            ),
+            format!(
+                r#"{{"kind":"eval","step":16,"tokens":4096,"batch":{{"fvu":{fvu},"mse":0.1,"l0_mean":{l0},"l0_std":1.5,"l0_histogram":[0,1,4,9,4,1]}},"inference":null,"dead_fraction":{dead},"underused_fraction":{underused},"density_histogram":[1,0,0,0,0,0,0,0,0,0,0,0,0,0,2,5,9,4,1,0],"mmcs":{mmcs},"recovered":{recovered}}}"#
+            ),
+        ];
+        std::fs::write(dir.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
+    }
+
+    fn fabricated_runs(base: &Path) -> Vec<RunResult> {
+        let _ = std::fs::remove_dir_all(base);
+        grid(&[DataSet::Real, DataSet::Synthetic], 2, Scale::quick())
+            .into_iter()
+            .map(|spec| {
+                let dir = spec.dir(base);
+                let s = spec.sparsifier as usize as f64;
+                let a = spec.aux as usize as f64;
+                let fc = spec.sparsifier.is_feature_choice();
+                fabricate(
+                    &dir,
+                    0.3 - 0.02 * s - 0.001 * spec.seed as f64,
+                    8.0 + 0.01 * spec.seed as f64,
+                    if fc { 0.0 } else { 0.1 - 0.03 * a },
+                    0.3 - 0.05 * a,
+                    spec.data == DataSet::Synthetic,
+                );
+                load_run(spec, dir).unwrap()
+            })
+            .collect()
+    }
+
+    /// Every table is a header, a separator and rows, all with the header's column count.
+    fn assert_tables_well_formed(md: &str) {
+        let mut tables = 0;
+        let mut columns = None;
+        for line in md.lines() {
+            if line.starts_with('|') {
+                assert!(line.ends_with('|'), "{line}");
+                let cells = line.replace("\\|", "").matches('|').count();
+                match columns {
+                    None => {
+                        columns = Some(cells);
+                        tables += 1;
+                    }
+                    Some(c) => assert_eq!(c, cells, "{line}"),
+                }
+            } else {
+                columns = None;
+            }
+        }
+        assert_eq!(tables, 3, "{md}");
+    }
+
+    #[test]
+    fn results_markdown_is_well_formed_on_fabricated_runs() {
+        let base = scratch("repro_fabricated");
+        let runs = fabricated_runs(&base);
+        let md = results_markdown(&runs, &base.join("docs"), &options());
+        std::fs::write(base.join("results.md"), &md).unwrap();
+        assert_tables_well_formed(&md);
+        // 12 configurations per data set, and one row per run.
+        let rows = |heading: &str| {
+            md.split(heading).nth(1).unwrap().lines().skip(4).take_while(|l| l.starts_with('|')).count()
+        };
+        assert_eq!(rows("## MiniLM-L3 activations"), 12);
+        assert_eq!(rows("## synthetic (known dictionary)"), 12);
+        assert_eq!(rows("## Every run"), 48);
+        assert!(md.contains("](../real/topk/seed-0/report/report.md)"), "{md}");
+        let claims = md.split("## Paper claims").nth(1).unwrap();
+        assert_eq!(claims.matches("\n- **").count(), 3);
+        for verdict in claims.lines().filter(|l| l.starts_with("- **")) {
+            assert!(
+                ["held.", "held in part.", "did not hold.", "not tested (runs missing)."]
+                    .iter()
+                    .any(|v| verdict.ends_with(v)),
+                "{verdict}"
+            );
+        }
+    }
+
+    #[test]
+    fn claims_follow_the_numbers() {
+        let base = scratch("repro_claims");
+        let runs = fabricated_runs(&base);
+        let claims = evaluate_claims(&aggregate(&runs));
+        // Fabricated: FVU falls with the sparsifier index, FC has no dead features, aux_zipf
+        // lowers under-use everywhere and dead features where there are any.
+        assert_eq!(claims[0].verdict, Verdict::Held, "{:?}", claims[0]);
+        assert_eq!(claims[0].evidence.len(), 2 * 3 * 3);
+        assert_eq!(claims[1].verdict, Verdict::Held);
+        assert_eq!(claims[2].verdict, Verdict::Held, "{:?}", claims[2]);
+
+        // TopK better than MC on one comparison: only in part.
+        let mut aggs = aggregate(&runs);
+        for a in aggs.iter_mut().filter(|a| a.sparsifier == Sparsifier::TopK) {
+            a.fvu = Some(Stat { mean: 0.25, std: 0.0, n: 2 });
+        }
+        assert_eq!(lower_fvu_than_topk(&aggs).verdict, Verdict::Partly);
+        // Unequal L0: nothing is comparable.
+        for a in aggs.iter_mut().filter(|a| a.sparsifier == Sparsifier::TopK) {
+            a.l0_mean = Some(Stat { mean: 16.0, std: 0.0, n: 2 });
+        }
+        assert_eq!(lower_fvu_than_topk(&aggs).verdict, Verdict::Untested);
+        // One seed of one FC configuration with a dead feature.
+        aggs[3].dead_max = Some(0.001);
+        assert!(aggs[3].sparsifier.is_feature_choice());
+        assert_eq!(feature_choice_no_dead(&aggs).verdict, Verdict::Partly);
+        assert_eq!(evaluate_claims(&[])[0].verdict, Verdict::Untested);
+    }
+
+    #[test]
+    fn stat_is_mean_and_sample_std() {
+        let s = Stat::of([Some(1.0), None, Some(3.0), Some(f64::NAN)].into_iter()).unwrap();
+        assert_eq!((s.mean, s.std, s.n), (2.0, 2f64.sqrt(), 2));
+        assert_eq!(Stat::of([Some(5.0)].into_iter()).unwrap().std, 0.0);
+        assert!(Stat::of([None].into_iter()).is_none());
+    }
+
+    #[test]
+    fn config_names_the_sparsifier_aux_and_data() {
+        let spec = RunSpec {
+            data: DataSet::Real,
+            sparsifier: Sparsifier::FcZipf,
+            aux: Aux::Zipf,
+            seed: 3,
+            scale: Scale::quick(),
+        };
+        let t = spec.config_toml(Path::new("/ws"));
+        for needle in [
+            "seed = 3\n",
+            "source = \"files\"\npath = \"",
+            "minilm-l3-train.safetensors\"",
+            "name = \"feature_choice\"\nk = 8\ncapacities = \"zipf\"",
+            "[step.aux]\nkind = \"aux_zipf\"",
+            "dead_window = 16384",
+            "total_tokens = 65536",
+        ] {
+            assert!(t.contains(needle), "{needle:?} in\n{t}");
+        }
+        assert_eq!(spec.variant(), "fc_zipf+aux_zipf");
+        assert_eq!(spec.dir(Path::new("b")), Path::new("b/real/fc_zipf+aux_zipf/seed-3"));
+        assert_eq!(grid(&[DataSet::Synthetic], 2, Scale::quick()).len(), 24);
+        assert!("bogus".parse::<DataChoice>().is_err());
+    }
+
+    #[test]
+    fn relative_links() {
+        assert_eq!(
+            relative(Path::new("/ws/target/repro/x/report.md"), Path::new("/ws/docs")),
+            Path::new("../target/repro/x/report.md")
+        );
+    }
 }
