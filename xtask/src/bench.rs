@@ -2,10 +2,11 @@
 //! `docs/benchmarks.md` and `docs/benchmarks.json`.
 //!
 //! Baseline pairing: within a criterion group, a benchmark is a **baseline** when its function
-//! id starts with `naive_`, `baseline_`, `burn_topk` or `gemm` (see [`is_baseline`]). Every
-//! benchmark of the group is compared with the baseline of the same parameter (criterion's
-//! `value_str`), or, when no baseline has that parameter, with the group's first baseline in
-//! id order. The ratio is time / baseline time: below 1 is faster than the baseline.
+//! id starts with `naive_`, `baseline_`, `burn_topk` or `gemm` (see [`is_baseline`]). A
+//! baseline is its own reference. Any other benchmark is compared with the group's baseline
+//! that best matches it, by, in order: the same first word of the id once the baseline prefix
+//! is stripped (`row_topk` ↔ `naive_row_sort`), then the same parameter (criterion's
+//! `value_str`), then id order. The ratio is time / baseline time: below 1 is faster.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,6 +21,8 @@ use crate::shell::{cargo, root, step};
 pub struct Options {
     pub quick: bool,
     pub backend: Option<String>,
+    /// Summarise this existing criterion directory instead of running the benches.
+    pub criterion_dir: Option<PathBuf>,
 }
 
 /// Prefixes of the function ids that are their group's baselines.
@@ -153,18 +156,35 @@ fn collect_new_dirs(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// The first `_`-separated word of a function id, after any baseline prefix.
+fn subject(function: &str) -> &str {
+    let rest = BASELINE_PREFIXES
+        .iter()
+        .find_map(|p| function.strip_prefix(p))
+        .unwrap_or(function);
+    rest.split('_').find(|w| !w.is_empty()).unwrap_or(rest)
+}
+
 /// Sets `ratio` and `baseline` by the rule in the module documentation.
 pub fn pair_baselines(benches: &mut [Bench]) {
     let snapshot = benches.to_vec();
     for b in benches.iter_mut() {
-        let mut baselines = snapshot
-            .iter()
-            .filter(|o| o.group == b.group && is_baseline(&o.function));
-        let first = baselines.clone().next();
-        let Some(base) = baselines.find(|o| o.value == b.value).or(first) else {
-            continue;
+        let base = if is_baseline(&b.function) {
+            Some(b.clone())
+        } else {
+            let score = |o: &Bench| {
+                2 * u8::from(subject(&o.function) == subject(&b.function))
+                    + u8::from(o.value == b.value)
+            };
+            // max_by_key keeps the last maximum: iterate in reverse so ties go to the first id.
+            snapshot
+                .iter()
+                .rev()
+                .filter(|o| o.group == b.group && is_baseline(&o.function))
+                .max_by_key(|o| score(o))
+                .cloned()
         };
-        if base.mean_ns > 0.0 {
+        if let Some(base) = base.filter(|base| base.mean_ns > 0.0) {
             b.ratio = Some(b.mean_ns / base.mean_ns);
             b.baseline = Some(base.id());
         }
@@ -257,9 +277,10 @@ pub fn markdown(benches: &[Bench], machine: &Machine, quick: bool) -> String {
     );
     md.push_str(
         "Times are criterion's mean per iteration. Baselines are the benchmarks whose id starts \
-         with `naive_`, `baseline_`, `burn_topk` or `gemm`; each benchmark is compared with \
-         its group's baseline of the same parameter (else the group's first baseline): \
-         ratio = time / baseline time, below 1 is faster.\n",
+         with `naive_`, `baseline_`, `burn_topk` or `gemm`; each other benchmark is compared \
+         with its group's baseline of the same subject (first word of the id after the \
+         baseline prefix: `row_topk` with `naive_row_sort`), else of the same parameter, else \
+         the first: ratio = time / baseline time, below 1 is faster.\n",
     );
     let mut groups: Vec<&str> = benches.iter().map(|b| b.group.as_str()).collect();
     groups.dedup();
@@ -293,6 +314,31 @@ pub fn markdown(benches: &[Bench], machine: &Machine, quick: bool) -> String {
 pub fn run(options: &Options) -> Result<()> {
     let root = root();
     let backend = options.backend.clone().unwrap_or_else(|| "flex".into());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let criterion_dir = match &options.criterion_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            run_benches(options, &backend)?;
+            target.join("criterion")
+        }
+    };
+    let benches = read_criterion(&criterion_dir)?;
+    let machine = Machine::here(&backend);
+    let docs = root.join("docs");
+    let md_path = docs.join("benchmarks.md");
+    std::fs::write(&md_path, markdown(&benches, &machine, options.quick))
+        .with_context(|| md_path.display().to_string())?;
+    let json_path = docs.join("benchmarks.json");
+    let json = serde_json::json!({ "machine": machine, "quick": options.quick, "benchmarks": benches });
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| json_path.display().to_string())?;
+    eprintln!("wrote {} and {}", md_path.display(), json_path.display());
+    Ok(())
+}
+
+fn run_benches(options: &Options, backend: &str) -> Result<()> {
     let mut cmd = cargo();
     // `--benches`: the criterion flags below would be rejected by libtest's bench harness.
     cmd.args(["bench", "--workspace", "--benches"]);
@@ -308,23 +354,8 @@ pub fn run(options: &Options) -> Result<()> {
         ]);
     }
     // Benches that run on a tensor backend choose it from this variable.
-    cmd.env("SAE_BENCH_BACKEND", &backend);
-    step("cargo bench", &mut cmd)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let benches = read_criterion(&target.join("criterion"))?;
-    let machine = Machine::here(&backend);
-    let docs = root.join("docs");
-    let md_path = docs.join("benchmarks.md");
-    std::fs::write(&md_path, markdown(&benches, &machine, options.quick))
-        .with_context(|| md_path.display().to_string())?;
-    let json_path = docs.join("benchmarks.json");
-    let json = serde_json::json!({ "machine": machine, "quick": options.quick, "benchmarks": benches });
-    std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
-        .with_context(|| json_path.display().to_string())?;
-    eprintln!("wrote {} and {}", md_path.display(), json_path.display());
-    Ok(())
+    cmd.env("SAE_BENCH_BACKEND", backend);
+    step("cargo bench", &mut cmd)
 }
 
 #[cfg(test)]
@@ -347,13 +378,17 @@ mod tests {
                 "row_topk/naive_sort/4096x4096",
                 "row_topk/sae_alloc/1024x4096",
                 "row_topk/sae_alloc/4096x4096",
+                "select/global_topk",
+                "select/naive_global_sort",
+                "select/naive_row_sort",
+                "select/row_topk",
                 "shuffle_window/shuffle_window",
             ]
         );
         let decode = &benches[0];
         assert_eq!(decode.mean_ns, 1_500.0);
         assert_eq!(decode.throughput, Some(Throughput::Bytes(1 << 20)));
-        assert_eq!(benches[5].throughput, None);
+        assert_eq!(benches[9].throughput, None);
     }
 
     #[test]
@@ -367,6 +402,14 @@ mod tests {
         assert!((big.ratio.unwrap() - 0.125).abs() < 1e-12);
         assert_eq!(find("row_topk/naive_sort/4096x4096").ratio, Some(1.0));
         assert_eq!(find("decode/f16").ratio, None);
+        // Two baselines in a group: each benchmark goes to the one of its subject.
+        let row = find("select/row_topk");
+        assert_eq!(row.baseline.as_deref(), Some("select/naive_row_sort"));
+        assert!((row.ratio.unwrap() - 0.1).abs() < 1e-12);
+        let global = find("select/global_topk");
+        assert_eq!(global.baseline.as_deref(), Some("select/naive_global_sort"));
+        assert!((global.ratio.unwrap() - 0.05).abs() < 1e-12);
+        assert_eq!(find("select/naive_global_sort").ratio, Some(1.0));
         let (rate, unit) = fast.per_second().unwrap();
         assert!((rate - 4194304.0 / 5e-4).abs() < 1.0);
         assert_eq!(unit, "elem/s");
@@ -391,7 +434,7 @@ mod tests {
             backend: "flex".into(),
         };
         let md = markdown(&fixture(), &machine, true);
-        assert_eq!(md.matches("\n## ").count(), 3);
+        assert_eq!(md.matches("\n## ").count(), 4);
         assert!(md.contains("Test CPU (2 cores)"));
         assert!(md.contains("| sae_alloc | 1024x4096 | 500.000 µs | 8.39 Gelem/s | 0.25× |"), "{md}");
         assert!(md.contains("| naive_sort | 1024x4096 | 2.000 ms | 2.10 Gelem/s | baseline |"));

@@ -20,7 +20,9 @@ usage: cargo xtask <command> [options]
 
 commands:
   ci                                   fmt, clippy, tests, doc tests, smoke run of `sae train`
-  bench [--quick] [--backend B]        cargo bench; writes docs/benchmarks.{md,json}
+  bench [--quick] [--backend B] [--criterion-dir DIR]
+                                       cargo bench (or summarise DIR without running);
+                                       writes docs/benchmarks.{md,json}
   repro [--quick] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH]
                                        the paper's comparison; writes docs/results.md
   release                              check crate metadata and CHANGELOG, dry-run packaging
@@ -41,6 +43,7 @@ fn main() -> Result<()> {
             let options = bench::Options {
                 quick: args.switch("--quick"),
                 backend: args.value("--backend")?,
+                criterion_dir: args.value("--criterion-dir")?.map(Into::into),
             };
             args.finish()?;
             bench::run(&options)
