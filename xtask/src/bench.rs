@@ -331,7 +331,8 @@ pub fn run(options: &Options) -> Result<()> {
     std::fs::write(&md_path, markdown(&benches, &machine, options.quick))
         .with_context(|| md_path.display().to_string())?;
     let json_path = docs.join("benchmarks.json");
-    let json = serde_json::json!({ "machine": machine, "quick": options.quick, "benchmarks": benches });
+    let json =
+        serde_json::json!({ "machine": machine, "quick": options.quick, "benchmarks": benches });
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
         .with_context(|| json_path.display().to_string())?;
     eprintln!("wrote {} and {}", md_path.display(), json_path.display());
@@ -396,7 +397,10 @@ mod tests {
         let benches = fixture();
         let find = |id: &str| benches.iter().find(|b| b.id() == id).unwrap();
         let fast = find("row_topk/sae_alloc/1024x4096");
-        assert_eq!(fast.baseline.as_deref(), Some("row_topk/naive_sort/1024x4096"));
+        assert_eq!(
+            fast.baseline.as_deref(),
+            Some("row_topk/naive_sort/1024x4096")
+        );
         assert!((fast.ratio.unwrap() - 0.25).abs() < 1e-12);
         let big = find("row_topk/sae_alloc/4096x4096");
         assert!((big.ratio.unwrap() - 0.125).abs() < 1e-12);
@@ -436,9 +440,15 @@ mod tests {
         let md = markdown(&fixture(), &machine, true);
         assert_eq!(md.matches("\n## ").count(), 4);
         assert!(md.contains("Test CPU (2 cores)"));
-        assert!(md.contains("| sae_alloc | 1024x4096 | 500.000 µs | 8.39 Gelem/s | 0.25× |"), "{md}");
+        assert!(
+            md.contains("| sae_alloc | 1024x4096 | 500.000 µs | 8.39 Gelem/s | 0.25× |"),
+            "{md}"
+        );
         assert!(md.contains("| naive_sort | 1024x4096 | 2.000 ms | 2.10 Gelem/s | baseline |"));
-        assert!(md.contains("| f16 |  | 1.500 µs | 699.05 GB/s | — |"), "{md}");
+        assert!(
+            md.contains("| f16 |  | 1.500 µs | 699.05 GB/s | — |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -36,7 +36,11 @@ pub fn packages_from_metadata(metadata: &Value) -> Result<Vec<Package>> {
     let packages = metadata["packages"]
         .as_array()
         .context("cargo metadata: no packages array")?;
-    let text = |v: &Value| v.as_str().map(str::to_string).filter(|s| !s.trim().is_empty());
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .filter(|s| !s.trim().is_empty())
+    };
     packages
         .iter()
         .map(|p| {
@@ -202,7 +206,7 @@ pub fn run() -> Result<()> {
 
     let order = publish_order(&publishable)?;
     let publishable_names: BTreeSet<&str> = publishable.iter().map(|p| p.name.as_str()).collect();
-    let by_name: BTreeMap<&str, &Package> = all.iter().map(|p| (p.name.as_str(), *&p)).collect();
+    let by_name: BTreeMap<&str, &Package> = all.iter().map(|p| (p.name.as_str(), p)).collect();
     // A crate whose path dependency is unpublishable cannot be packaged: list its files only.
     let (packable, list_only): (Vec<&String>, Vec<&String>) = order.iter().partition(|n| {
         by_name[n.as_str()]
@@ -273,7 +277,11 @@ mod tests {
             changelog_section(CHANGELOG, "0.2.0"),
             Some("\n- `sae-data`: x\n\n")
         );
-        assert!(changelog_section(CHANGELOG, "0.1.0").unwrap().contains("sae-alloc"));
+        assert!(
+            changelog_section(CHANGELOG, "0.1.0")
+                .unwrap()
+                .contains("sae-alloc")
+        );
         assert_eq!(changelog_section(CHANGELOG, "0.3.0"), None);
     }
 
@@ -283,7 +291,10 @@ mod tests {
         // In a changelog, but in another version's section, or only as a prefix of a word.
         let p = check_package(&package("sae-alloc", "0.2.0", &[]), CHANGELOG);
         assert_eq!(p.len(), 1, "{p:?}");
-        assert!(check_package(&package("sae-data", "0.1.0", &[]), CHANGELOG)[0].contains("not mentioned"));
+        assert!(
+            check_package(&package("sae-data", "0.1.0", &[]), CHANGELOG)[0]
+                .contains("not mentioned")
+        );
         let mut bare = package("sae-data", "0.2.0", &[]);
         bare.license = None;
         bare.repository = None;

@@ -77,7 +77,12 @@ pub enum Sparsifier {
 }
 
 impl Sparsifier {
-    pub const ALL: [Self; 4] = [Self::TopK, Self::FcUniform, Self::FcZipf, Self::MutualChoice];
+    pub const ALL: [Self; 4] = [
+        Self::TopK,
+        Self::FcUniform,
+        Self::FcZipf,
+        Self::MutualChoice,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Self::TopK => "topk",
@@ -214,7 +219,11 @@ impl RunSpec {
             DataSet::Real => {
                 let path = real_data_path(root);
                 let path = path.canonicalize().unwrap_or(path);
-                let _ = writeln!(t, "source = \"files\"\npath = {:?}", path.display().to_string());
+                let _ = writeln!(
+                    t,
+                    "source = \"files\"\npath = {:?}",
+                    path.display().to_string()
+                );
             }
         }
         let _ = writeln!(t, "\n[model]\nd_sae = {}\n", s.d_sae);
@@ -441,7 +450,8 @@ pub fn aggregate(runs: &[RunResult]) -> Vec<Aggregate> {
         .into_iter()
         .map(|((data, sparsifier, aux), mut rs)| {
             rs.sort_by_key(|r| r.spec.seed);
-            let stat = |f: fn(&FinalEval) -> Option<f64>| Stat::of(rs.iter().map(|r| f(&r.final_eval)));
+            let stat =
+                |f: fn(&FinalEval) -> Option<f64>| Stat::of(rs.iter().map(|r| f(&r.final_eval)));
             Aggregate {
                 data,
                 sparsifier,
@@ -527,7 +537,11 @@ fn lower_fvu_than_topk(aggs: &[Aggregate]) -> Claim {
             let Some(topk) = find(aggs, data, Sparsifier::TopK, aux) else {
                 continue;
             };
-            for s in [Sparsifier::FcUniform, Sparsifier::FcZipf, Sparsifier::MutualChoice] {
+            for s in [
+                Sparsifier::FcUniform,
+                Sparsifier::FcZipf,
+                Sparsifier::MutualChoice,
+            ] {
                 let Some(other) = find(aggs, data, s, aux) else {
                     continue;
                 };
@@ -593,8 +607,10 @@ fn aux_zipf_reduces_dead_and_underused(aggs: &[Aggregate]) -> Claim {
     let (mut held, mut tested, mut evidence) = (0, 0, Vec::new());
     for data in data_sets(aggs) {
         for s in Sparsifier::ALL {
-            let (Some(none), Some(zipf)) = (find(aggs, data, s, Aux::None), find(aggs, data, s, Aux::Zipf))
-            else {
+            let (Some(none), Some(zipf)) = (
+                find(aggs, data, s, Aux::None),
+                find(aggs, data, s, Aux::Zipf),
+            ) else {
                 continue;
             };
             let (Some(dn), Some(dz), Some(un), Some(uz)) =
@@ -714,7 +730,12 @@ pub fn results_markdown(runs: &[RunResult], docs_dir: &Path, options: &Options) 
         .iter()
         .map(|r| {
             (
-                format!("{} {} seed {}", r.spec.data.name(), r.spec.variant(), r.spec.seed),
+                format!(
+                    "{} {} seed {}",
+                    r.spec.data.name(),
+                    r.spec.variant(),
+                    r.spec.seed
+                ),
                 r.final_eval.clone(),
             )
         })
@@ -813,19 +834,33 @@ mod tests {
         assert_tables_well_formed(&md);
         // 12 configurations per data set, and one row per run.
         let rows = |heading: &str| {
-            md.split(heading).nth(1).unwrap().lines().skip(4).take_while(|l| l.starts_with('|')).count()
+            md.split(heading)
+                .nth(1)
+                .unwrap()
+                .lines()
+                .skip(4)
+                .take_while(|l| l.starts_with('|'))
+                .count()
         };
         assert_eq!(rows("## MiniLM-L3 activations"), 12);
         assert_eq!(rows("## synthetic (known dictionary)"), 12);
         assert_eq!(rows("## Every run"), 48);
-        assert!(md.contains("](../real/topk/seed-0/report/report.md)"), "{md}");
+        assert!(
+            md.contains("](../real/topk/seed-0/report/report.md)"),
+            "{md}"
+        );
         let claims = md.split("## Paper claims").nth(1).unwrap();
         assert_eq!(claims.matches("\n- **").count(), 3);
         for verdict in claims.lines().filter(|l| l.starts_with("- **")) {
             assert!(
-                ["held.", "held in part.", "did not hold.", "not tested (runs missing)."]
-                    .iter()
-                    .any(|v| verdict.ends_with(v)),
+                [
+                    "held.",
+                    "held in part.",
+                    "did not hold.",
+                    "not tested (runs missing)."
+                ]
+                .iter()
+                .any(|v| verdict.ends_with(v)),
                 "{verdict}"
             );
         }
@@ -846,12 +881,20 @@ mod tests {
         // TopK better than MC on one comparison: only in part.
         let mut aggs = aggregate(&runs);
         for a in aggs.iter_mut().filter(|a| a.sparsifier == Sparsifier::TopK) {
-            a.fvu = Some(Stat { mean: 0.25, std: 0.0, n: 2 });
+            a.fvu = Some(Stat {
+                mean: 0.25,
+                std: 0.0,
+                n: 2,
+            });
         }
         assert_eq!(lower_fvu_than_topk(&aggs).verdict, Verdict::Partly);
         // Unequal L0: nothing is comparable.
         for a in aggs.iter_mut().filter(|a| a.sparsifier == Sparsifier::TopK) {
-            a.l0_mean = Some(Stat { mean: 16.0, std: 0.0, n: 2 });
+            a.l0_mean = Some(Stat {
+                mean: 16.0,
+                std: 0.0,
+                n: 2,
+            });
         }
         assert_eq!(lower_fvu_than_topk(&aggs).verdict, Verdict::Untested);
         // One seed of one FC configuration with a dead feature.
@@ -891,7 +934,10 @@ mod tests {
             assert!(t.contains(needle), "{needle:?} in\n{t}");
         }
         assert_eq!(spec.variant(), "fc_zipf+aux_zipf");
-        assert_eq!(spec.dir(Path::new("b")), Path::new("b/real/fc_zipf+aux_zipf/seed-3"));
+        assert_eq!(
+            spec.dir(Path::new("b")),
+            Path::new("b/real/fc_zipf+aux_zipf/seed-3")
+        );
         assert_eq!(grid(&[DataSet::Synthetic], 2, Scale::quick()).len(), 24);
         assert!("bogus".parse::<DataChoice>().is_err());
     }
@@ -899,7 +945,10 @@ mod tests {
     #[test]
     fn relative_links() {
         assert_eq!(
-            relative(Path::new("/ws/target/repro/x/report.md"), Path::new("/ws/docs")),
+            relative(
+                Path::new("/ws/target/repro/x/report.md"),
+                Path::new("/ws/docs")
+            ),
             Path::new("../target/repro/x/report.md")
         );
     }

@@ -17,7 +17,15 @@ use std::process::Command;
 fn repro_quick_writes_results() {
     let sae = std::env::var("SAE_BIN").expect("SAE_BIN must point to the built sae binary");
     let status = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["repro", "--quick", "--seeds", "1", "--data", "synthetic", "--sae-bin"])
+        .args([
+            "repro",
+            "--quick",
+            "--seeds",
+            "1",
+            "--data",
+            "synthetic",
+            "--sae-bin",
+        ])
         .arg(&sae)
         .status()
         .unwrap();

@@ -84,8 +84,20 @@ pub fn write_report(run_dir: &Path, out_dir: &Path) -> Result<Report, ReportErro
     type EvalValue = fn(&EvalRecord) -> Option<f64>;
     let curves: [(&str, &str, &str, TrainValue, EvalValue); 4] = [
         ("loss.png", "Training loss", "loss", |t| t.loss, |_| None),
-        ("fvu.png", "Fraction of variance unexplained", "FVU", |t| t.fvu, |e| e.batch.fvu),
-        ("l0.png", "Mean active features per token", "L0", |t| t.l0, |e| e.batch.l0_mean),
+        (
+            "fvu.png",
+            "Fraction of variance unexplained",
+            "FVU",
+            |t| t.fvu,
+            |e| e.batch.fvu,
+        ),
+        (
+            "l0.png",
+            "Mean active features per token",
+            "L0",
+            |t| t.l0,
+            |e| e.batch.l0_mean,
+        ),
         (
             "dead.png",
             "Dead features",
@@ -179,7 +191,11 @@ fn summary_markdown(
                     String::new(),
                 ),
                 ("MMCS (synthetic)", fmt_opt(e.mmcs, 3), String::new()),
-                ("recovered (synthetic)", fmt_percent(e.recovered), String::new()),
+                (
+                    "recovered (synthetic)",
+                    fmt_percent(e.recovered),
+                    String::new(),
+                ),
             ];
             for (name, batch, inference) in rows {
                 let _ = writeln!(md, "| {name} | {batch} | {inference} |");

@@ -60,7 +60,11 @@ fn padded_range(values: impl Iterator<Item = f64>, floor_zero: bool) -> std::ops
         hi = lo + lo.abs().max(1.0) * 0.1;
     }
     let pad = (hi - lo) * 0.05;
-    (if floor_zero && lo == 0.0 { 0.0 } else { lo - pad })..hi + pad
+    (if floor_zero && lo == 0.0 {
+        0.0
+    } else {
+        lo - pad
+    })..hi + pad
 }
 
 /// One training curve over tokens: `train` as a line, `eval` as points.
@@ -146,7 +150,10 @@ pub(crate) fn density(path: &Path, histogram: &[u64]) -> Result<(), ReportError>
             .draw()?;
         chart.draw_series(histogram.iter().enumerate().map(|(i, &count)| {
             let x0 = DENSITY_LOG10_MIN + i as f64 * width;
-            Rectangle::new([(x0, 0.0), (x0 + width, count as f64)], TRAIN_COLOR.filled())
+            Rectangle::new(
+                [(x0, 0.0), (x0 + width, count as f64)],
+                TRAIN_COLOR.filled(),
+            )
         }))?;
         root.present()?;
         Ok(())

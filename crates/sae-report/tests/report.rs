@@ -33,11 +33,23 @@ fn report_writes_decodable_pngs_of_the_expected_size() {
         .collect();
     assert_eq!(
         names,
-        ["loss.png", "fvu.png", "l0.png", "dead.png", "density.png", "l0_histogram.png"]
+        [
+            "loss.png",
+            "fvu.png",
+            "l0.png",
+            "dead.png",
+            "density.png",
+            "l0_histogram.png"
+        ]
     );
     for plot in &report.plots {
         assert!(plot.starts_with(&out));
-        assert_eq!(png_size(plot), (PLOT_WIDTH, PLOT_HEIGHT), "{}", plot.display());
+        assert_eq!(
+            png_size(plot),
+            (PLOT_WIDTH, PLOT_HEIGHT),
+            "{}",
+            plot.display()
+        );
     }
     assert_eq!(report.train_records, 10);
     assert_eq!(report.eval_records, 2);
@@ -82,7 +94,10 @@ fn malformed_line_is_reported_with_its_number() {
     assert!(err.to_string().contains("metrics.jsonl:3:"), "{err}");
 
     std::fs::write(&path, "{\"kind\":\"bogus\",\"step\":1,\"tokens\":1}\n").unwrap();
-    assert!(matches!(read_metrics(&path), Err(ReportError::Parse { line: 1, .. })));
+    assert!(matches!(
+        read_metrics(&path),
+        Err(ReportError::Parse { line: 1, .. })
+    ));
 }
 
 #[test]
@@ -109,5 +124,8 @@ fn null_values_and_missing_evals_still_report() {
 #[test]
 fn missing_metrics_file_names_the_path() {
     let err = read_metrics("/nonexistent/metrics.jsonl").unwrap_err();
-    assert!(err.to_string().starts_with("/nonexistent/metrics.jsonl"), "{err}");
+    assert!(
+        err.to_string().starts_with("/nonexistent/metrics.jsonl"),
+        "{err}"
+    );
 }
