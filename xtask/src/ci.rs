@@ -75,7 +75,7 @@ fn smoke() -> Result<()> {
             .args(["run", "-p", "sae-cli", "--", "train", "--quiet", "--config"])
             .arg(&config)
             .arg("--set")
-            .arg(format!("out_dir={}", out.display())),
+            .arg(crate::repro::out_dir_override(&out)),
     )?;
     eprintln!("==> smoke: report of {}", out.display());
     let report = sae_report::write_report(&out, &out.join("report"))

@@ -17,6 +17,9 @@ use sae_report::FinalEval;
 
 use crate::shell::{cargo, root, step};
 
+/// Held-out tokens evaluated on the real activations (their held-out split is ~2600 rows).
+pub const REAL_EVAL_TOKENS: u64 = 2_048;
+
 /// Mean L0s within this relative distance count as "equal sparsity".
 pub const EQUAL_L0_TOLERANCE: f64 = 0.05;
 
@@ -133,6 +136,10 @@ pub struct Scale {
     pub eval_tokens: u64,
     pub dead_window: u64,
     pub log_every_steps: u64,
+    /// Learning-rate warm-up.
+    pub lr_warmup_tokens: u64,
+    /// Zipf capacities stay uniform until the feature statistics have seen this many tokens.
+    pub zipf_warmup_tokens: u64,
 }
 
 impl Scale {
@@ -147,6 +154,8 @@ impl Scale {
             eval_tokens: 4_096,
             dead_window: 16_384,
             log_every_steps: 16,
+            lr_warmup_tokens: 4_096,
+            zipf_warmup_tokens: 8_192,
         }
     }
     /// Sized for a GPU: a 16x dictionary of the 384-wide activations, 20M tokens a run.
@@ -160,6 +169,8 @@ impl Scale {
             eval_tokens: 65_536,
             dead_window: 2_000_000,
             log_every_steps: 50,
+            lr_warmup_tokens: 500_000,
+            zipf_warmup_tokens: 1_000_000,
         }
     }
     /// One tiny run, seconds on a CPU: the CI smoke test.
@@ -173,6 +184,8 @@ impl Scale {
             eval_tokens: 1_024,
             dead_window: 2_048,
             log_every_steps: 8,
+            lr_warmup_tokens: 512,
+            zipf_warmup_tokens: 1_024,
         }
     }
 }
@@ -235,7 +248,11 @@ impl RunSpec {
         };
         let _ = writeln!(t, "[sparsifier]\nname = \"{name}\"\nk = {}", s.k);
         if let Some(capacities) = capacities {
-            let _ = writeln!(t, "capacities = \"{capacities}\"\nexponent = 1.0");
+            let _ = writeln!(
+                t,
+                "capacities = \"{capacities}\"\nexponent = 1.0\nwarmup_tokens = {}",
+                s.zipf_warmup_tokens
+            );
         }
         let _ = writeln!(t, "\n[step]\naux_coef = 0.03125\n\n[step.aux]");
         match self.aux {
@@ -244,6 +261,12 @@ impl RunSpec {
             Aux::Zipf => t.push_str("kind = \"aux_zipf\"\nexponent = 1.0\n"),
         }
         let _ = writeln!(t, "\n[step.stats]\ndead_window = {}\n", s.dead_window);
+        let _ = writeln!(t, "[schedule]\nwarmup_tokens = {}\n", s.lr_warmup_tokens);
+        // The real activations hold out 2% of 131072 rows: evaluate no more than that.
+        let eval_tokens = match self.data {
+            DataSet::Real => s.eval_tokens.min(REAL_EVAL_TOKENS),
+            DataSet::Synthetic => s.eval_tokens,
+        };
         let _ = writeln!(
             t,
             "[train]\nbatch_size = {}\ntotal_tokens = {}\neval_every_tokens = {}\n\
@@ -252,12 +275,21 @@ impl RunSpec {
             s.batch_size,
             s.total_tokens,
             s.eval_every_tokens,
-            s.eval_tokens,
+            eval_tokens,
             s.total_tokens,
             s.log_every_steps
         );
         t
     }
+}
+
+/// `--set out_dir="..."`: override values are TOML, so the path is a quoted string.
+pub fn out_dir_override(dir: &Path) -> String {
+    let path = dir.display().to_string();
+    format!(
+        "out_dir=\"{}\"",
+        path.replace('\\', "\\\\").replace('"', "\\\"")
+    )
 }
 
 /// The grid: every data set × sparsifier × auxiliary loss × seed.
@@ -351,7 +383,7 @@ pub fn run(options: &Options) -> Result<()> {
                 .args(["train", "--quiet", "--config"])
                 .arg(&config)
                 .arg("--set")
-                .arg(format!("out_dir={}", dir.display())),
+                .arg(out_dir_override(&dir)),
         )?;
         results.push(load_run(*spec, dir)?);
     }
@@ -830,7 +862,6 @@ mod tests {
         let base = scratch("repro_fabricated");
         let runs = fabricated_runs(&base);
         let md = results_markdown(&runs, &base.join("docs"), &options());
-        std::fs::write(base.join("results.md"), &md).unwrap();
         assert_tables_well_formed(&md);
         // 12 configurations per data set, and one row per run.
         let rows = |heading: &str| {
@@ -864,6 +895,7 @@ mod tests {
                 "{verdict}"
             );
         }
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]
@@ -902,6 +934,7 @@ mod tests {
         assert!(aggs[3].sparsifier.is_feature_choice());
         assert_eq!(feature_choice_no_dead(&aggs).verdict, Verdict::Partly);
         assert_eq!(evaluate_claims(&[])[0].verdict, Verdict::Untested);
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]
@@ -930,6 +963,9 @@ mod tests {
             "[step.aux]\nkind = \"aux_zipf\"",
             "dead_window = 16384",
             "total_tokens = 65536",
+            "eval_tokens = 2048\n",
+            "warmup_tokens = 8192\n",
+            "[schedule]\nwarmup_tokens = 4096\n",
         ] {
             assert!(t.contains(needle), "{needle:?} in\n{t}");
         }
@@ -940,6 +976,10 @@ mod tests {
         );
         assert_eq!(grid(&[DataSet::Synthetic], 2, Scale::quick()).len(), 24);
         assert!("bogus".parse::<DataChoice>().is_err());
+        assert_eq!(
+            out_dir_override(Path::new("/a \"b\"/c")),
+            r#"out_dir="/a \"b\"/c""#
+        );
     }
 
     #[test]
