@@ -23,7 +23,7 @@ commands:
   bench [--quick] [--backend B] [--criterion-dir DIR]
                                        cargo bench (or summarise DIR without running);
                                        writes docs/benchmarks.{md,json}
-  repro [--quick] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH]
+  repro [--quick] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH] [--dry-run]
                                        the paper's comparison; writes docs/results.md
   release                              check crate metadata and CHANGELOG, dry-run packaging
 ";
@@ -57,12 +57,14 @@ fn main() -> Result<()> {
                 .transpose()?
                 .unwrap_or(repro::DataChoice::Both);
             let sae_bin = args.value("--sae-bin")?.map(Into::into);
+            let dry_run = args.switch("--dry-run");
             args.finish()?;
             repro::run(&repro::Options {
                 quick,
                 seeds: seeds.unwrap_or(if quick { 1 } else { 3 }),
                 data,
                 sae_bin,
+                dry_run,
             })
         }
         "release" => {

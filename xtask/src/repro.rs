@@ -29,6 +29,8 @@ pub struct Options {
     pub seeds: u64,
     pub data: DataChoice,
     pub sae_bin: Option<PathBuf>,
+    /// Write the configurations and print the commands, run nothing.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +346,7 @@ pub fn run(options: &Options) -> Result<()> {
     };
     let sae = match &options.sae_bin {
         Some(bin) => bin.clone(),
+        None if options.dry_run => PathBuf::from("sae"),
         None => {
             step(
                 "build sae",
@@ -361,7 +364,6 @@ pub fn run(options: &Options) -> Result<()> {
     let mut results = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let dir = spec.dir(&base);
-        let _ = std::fs::remove_dir_all(&dir);
         let config = configs.join(format!(
             "{}-{}-seed-{}.toml",
             spec.data.name(),
@@ -370,6 +372,17 @@ pub fn run(options: &Options) -> Result<()> {
         ));
         std::fs::write(&config, spec.config_toml(&root))
             .with_context(|| config.display().to_string())?;
+        let mut cmd = Command::new(&sae);
+        cmd.args(["train", "--quiet", "--config"])
+            .arg(&config)
+            .arg("--set")
+            .arg(out_dir_override(&dir));
+        if options.dry_run {
+            println!("{}", crate::shell::describe(&cmd));
+            continue;
+        }
+        // A stale run would be resumed or mixed into this one's metrics.
+        let _ = std::fs::remove_dir_all(&dir);
         step(
             &format!(
                 "[{}/{}] {} {} seed {}",
@@ -379,13 +392,12 @@ pub fn run(options: &Options) -> Result<()> {
                 spec.variant(),
                 spec.seed
             ),
-            Command::new(&sae)
-                .args(["train", "--quiet", "--config"])
-                .arg(&config)
-                .arg("--set")
-                .arg(out_dir_override(&dir)),
+            &mut cmd,
         )?;
         results.push(load_run(*spec, dir)?);
+    }
+    if options.dry_run {
+        return Ok(());
     }
     let docs = root.join("docs");
     let md = results_markdown(&results, &docs, options);
@@ -790,6 +802,7 @@ mod tests {
             seeds: 2,
             data: DataChoice::Both,
             sae_bin: None,
+            dry_run: false,
         }
     }
 
