@@ -32,6 +32,8 @@ pub use summary::{FinalEval, comparison_table, fmt_opt, fmt_percent};
 
 /// Name of the metrics file inside a run directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// Where `sae report RUN_DIR` writes, inside the run directory.
+pub const REPORT_DIR: &str = "report";
 /// Name of the markdown summary written by [`write_report`].
 pub const REPORT_FILE: &str = "report.md";
 

@@ -142,7 +142,7 @@ pub(crate) fn density(path: &Path, histogram: &[u64]) -> Result<(), ReportError>
             .build_cartesian_2d(DENSITY_LOG10_MIN..DENSITY_LOG10_MAX, 0.0..top)?;
         chart
             .configure_mesh()
-            .x_desc("firing density (log scale)")
+            .x_desc("firing density (log scale; the leftmost bin holds features that never fired)")
             .y_desc("features")
             .x_label_formatter(&|v| format!("1e{v:.0}"))
             .y_label_formatter(&|v| format!("{v:.0}"))
