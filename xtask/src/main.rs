@@ -23,7 +23,8 @@ commands:
   bench [--quick] [--backend B] [--criterion-dir DIR]
                                        cargo bench (or summarise DIR without running);
                                        writes docs/benchmarks.{md,json}
-  repro [--quick] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH] [--dry-run]
+  repro [--quick] [--seeds N] [--data synthetic|real|both] [--backend B] [--sae-bin PATH]
+        [--dry-run]
                                        the paper's comparison; writes docs/results.md
   release                              check crate metadata and CHANGELOG, dry-run packaging
 ";
@@ -58,6 +59,7 @@ fn main() -> Result<()> {
                 .unwrap_or(repro::DataChoice::Both);
             let sae_bin = args.value("--sae-bin")?.map(Into::into);
             let dry_run = args.switch("--dry-run");
+            let backend = args.value("--backend")?;
             args.finish()?;
             repro::run(&repro::Options {
                 quick,
@@ -65,6 +67,7 @@ fn main() -> Result<()> {
                 data,
                 sae_bin,
                 dry_run,
+                backend,
             })
         }
         "release" => {

@@ -31,6 +31,9 @@ pub struct Options {
     pub sae_bin: Option<PathBuf>,
     /// Write the configurations and print the commands, run nothing.
     pub dry_run: bool,
+    /// The tensor backend of every run (`flex`, `wgpu`, `cuda`, ...); the trainer's default
+    /// when absent.
+    pub backend: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +324,8 @@ pub struct RunResult {
     pub spec: RunSpec,
     pub dir: PathBuf,
     pub final_eval: FinalEval,
+    /// Training throughput at the end of the run.
+    pub tokens_per_second: Option<f64>,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -377,6 +382,9 @@ pub fn run(options: &Options) -> Result<()> {
             .arg(&config)
             .arg("--set")
             .arg(out_dir_override(&dir));
+        if let Some(backend) = &options.backend {
+            cmd.arg("--set").arg(format!("backend=\"{backend}\""));
+        }
         if options.dry_run {
             println!("{}", crate::shell::describe(&cmd));
             continue;
@@ -417,6 +425,7 @@ pub fn load_run(spec: RunSpec, dir: PathBuf) -> Result<RunResult> {
         spec,
         dir,
         final_eval,
+        tokens_per_second: report.tokens_per_second,
     })
 }
 
@@ -477,6 +486,7 @@ pub struct Aggregate {
     pub underused: Option<Stat>,
     pub mmcs: Option<Stat>,
     pub recovered: Option<Stat>,
+    pub tokens_per_second: Option<Stat>,
     /// The first seed's run directory, for links to its plots.
     pub first_dir: PathBuf,
 }
@@ -512,6 +522,7 @@ pub fn aggregate(runs: &[RunResult]) -> Vec<Aggregate> {
                 underused: stat(|e| e.underused_fraction),
                 mmcs: stat(|e| e.mmcs),
                 recovered: stat(|e| e.recovered),
+                tokens_per_second: Stat::of(rs.iter().map(|r| r.tokens_per_second)),
                 first_dir: rs[0].dir.clone(),
             }
         })
@@ -724,19 +735,20 @@ pub fn results_markdown(runs: &[RunResult], docs_dir: &Path, options: &Options) 
     md.push_str(
         "Numbers are the final evaluation (batch selection), mean ± standard deviation over \
          seeds; \"L0 spread\" is the standard deviation of L0 across tokens. MMCS and recovery \
-         exist on synthetic data only.\n\n",
+         exist on synthetic data only; tokens/s is the training throughput at the end of each run \
+         (the compute cost of each rule).\n\n",
     );
     for data in data_sets(&aggs) {
         let _ = writeln!(md, "## {}\n", data.label());
         md.push_str(
-            "| sparsifier | aux | seeds | FVU | L0 mean | L0 spread | dead | under-used | MMCS | recovered | plots |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+            "| sparsifier | aux | seeds | FVU | L0 mean | L0 spread | dead | under-used | MMCS | recovered | tokens/s | plots |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
         );
         for a in aggs.iter().filter(|a| a.data == data) {
             let report = relative(&a.first_dir.join("report/report.md"), docs_dir);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | [seed {}]({}) |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | [seed {}]({}) |",
                 a.sparsifier.label(),
                 a.aux.name(),
                 a.seeds,
@@ -747,6 +759,7 @@ pub fn results_markdown(runs: &[RunResult], docs_dir: &Path, options: &Options) 
                 fmt_stat_percent(a.underused),
                 fmt_stat(a.mmcs, 3),
                 fmt_stat_percent(a.recovered),
+                fmt_stat(a.tokens_per_second, 0),
                 runs.iter()
                     .filter(|r| r.dir == a.first_dir)
                     .map(|r| r.spec.seed)
@@ -803,6 +816,7 @@ mod tests {
             data: DataChoice::Both,
             sae_bin: None,
             dry_run: false,
+            backend: None,
         }
     }
 

@@ -46,6 +46,8 @@ pub struct Report {
     pub plots: Vec<PathBuf>,
     /// The last eval record's numbers, if the run has an eval record.
     pub final_eval: Option<FinalEval>,
+    /// Training throughput of the last train record.
+    pub tokens_per_second: Option<f64>,
     /// Number of train records read.
     pub train_records: usize,
     /// Number of eval records read.
@@ -149,6 +151,7 @@ pub fn write_report(run_dir: &Path, out_dir: &Path) -> Result<Report, ReportErro
         markdown,
         plots: plots.into_iter().map(|(p, _)| p).collect(),
         final_eval,
+        tokens_per_second: train.last().and_then(|t| t.tokens_per_second),
         train_records: train.len(),
         eval_records: evals.len(),
     })

@@ -52,6 +52,7 @@ fn report_writes_decodable_pngs_of_the_expected_size() {
         );
     }
     assert_eq!(report.train_records, 10);
+    assert_eq!(report.tokens_per_second, Some(123456.0));
     assert_eq!(report.eval_records, 2);
 }
 
