@@ -1,0 +1,29 @@
+//! Row top-k (TopK SAE) against `sae_alloc::row_topk`.
+
+mod common;
+
+use cubecl::prelude::*;
+use sae_alloc::{ScoreMatrix, row_topk as host_row_topk};
+use sae_kernels::{DeviceScores, row_topk, upload_scores};
+
+fn suite<R: Runtime>(client: &ComputeClient<R>) {
+    for (i, &(rows, cols)) in common::SHAPES.iter().enumerate() {
+        for levels in [0, 3, 9] {
+            let data = common::matrix(i as u64 * 31 + u64::from(levels), rows, cols, levels);
+            let handle = upload_scores(client, &data);
+            let scores = DeviceScores::new(client, &handle, rows, cols).unwrap();
+            let host = ScoreMatrix::new(&data, rows, cols).unwrap();
+            let mut ks = vec![0, 1, cols / 2, cols];
+            if cols > 300 {
+                ks.push(300);
+            }
+            for k in ks {
+                let expected = host_row_topk(&host, k).unwrap();
+                let got = row_topk(&scores, k).unwrap();
+                common::assert_same(&got, &expected, &format!("{rows}x{cols} k={k} l={levels}"));
+            }
+        }
+    }
+}
+
+on_every_runtime!(suite);
