@@ -25,8 +25,7 @@ pub fn column_topm<R: Runtime>(
         }
         .into());
     }
-    if let Some((feature, &capacity)) = caps.iter().enumerate().find(|(_, c)| **c as usize > rows)
-    {
+    if let Some((feature, &capacity)) = caps.iter().enumerate().find(|(_, c)| **c as usize > rows) {
         return Err(AllocError::CapacityTooLarge {
             feature,
             capacity,
@@ -48,10 +47,10 @@ pub fn column_topm_on_device<R: Runtime>(
 ) -> Result<DeviceSelection<R>, KernelError> {
     let (rows, cols) = (scores.rows(), scores.cols());
     let expected = cols as u64 * 4;
-    if capacities.size() < expected {
+    if capacities.size_in_used() < expected {
         return Err(KernelError::BufferTooSmall {
             what: "capacities",
-            bytes: capacities.size(),
+            bytes: capacities.size_in_used(),
             expected,
         });
     }

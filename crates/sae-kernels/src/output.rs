@@ -53,10 +53,10 @@ impl<'a, R: Runtime> DeviceScores<'a, R> {
             .filter(|&t| t <= u32::MAX as usize)
             .ok_or(KernelError::TooManyScores { rows, cols })?;
         let expected = total as u64 * 4;
-        if handle.size() < expected {
+        if handle.size_in_used() < expected {
             return Err(KernelError::BufferTooSmall {
                 what: "scores",
-                bytes: handle.size(),
+                bytes: handle.size_in_used(),
                 expected,
             });
         }
@@ -176,7 +176,10 @@ impl<R: Runtime> DeviceSelection<R> {
         self.check()?;
         let offsets = read_u32(&self.client, &self.offsets)?;
         let mut features = read_u32(&self.client, &self.features)?;
-        let scores = self.client.read_one(self.scores.clone()).map_err(read_error)?;
+        let scores = self
+            .client
+            .read_one(self.scores.clone())
+            .map_err(read_error)?;
         let mut scores = f32::from_bytes(&scores).to_vec();
         features.truncate(self.nnz);
         scores.truncate(self.nnz);

@@ -43,10 +43,10 @@ pub fn apply_thresholds_on_device<R: Runtime>(
 ) -> Result<DeviceSelection<R>, KernelError> {
     let count = if per_feature { scores.cols() } else { 1 };
     let expected = count as u64 * 4;
-    if thresholds.size() < expected {
+    if thresholds.size_in_used() < expected {
         return Err(KernelError::BufferTooSmall {
             what: "thresholds",
-            bytes: thresholds.size(),
+            bytes: thresholds.size_in_used(),
             expected,
         });
     }

@@ -6,8 +6,7 @@ mod common;
 use cubecl::prelude::*;
 use sae_alloc::{AllocError, Capacities, Thresholds};
 use sae_kernels::{
-    DeviceScores, KernelError, apply_thresholds, column_topm, global_topk, row_topk,
-    upload_scores,
+    DeviceScores, KernelError, apply_thresholds, column_topm, global_topk, row_topk, upload_scores,
 };
 
 fn nan_is_reported<R: Runtime>(client: &ComputeClient<R>) {
@@ -26,7 +25,10 @@ fn nan_is_reported<R: Runtime>(client: &ComputeClient<R>) {
             ("row_topk k=5", row_topk(&scores, 5)),
             ("global_topk", global_topk(&scores, 40)),
             ("column_topm", column_topm(&scores, &caps)),
-            ("thresholds", apply_thresholds(&scores, &Thresholds::Global(0.5))),
+            (
+                "thresholds",
+                apply_thresholds(&scores, &Thresholds::Global(0.5)),
+            ),
         ];
         for (what, result) in results {
             let selection = result.unwrap_or_else(|e| panic!("{what}: launch failed: {e}"));
@@ -42,8 +44,13 @@ fn bad_arguments<R: Runtime>(client: &ComputeClient<R>) {
     let data = common::matrix(1, 4, 6, 0);
     let handle = upload_scores(client, &data);
     let scores = DeviceScores::new(client, &handle, 4, 6).unwrap();
-    let err = |r: Result<_, KernelError>| common::alloc_error(r.map(|_: sae_kernels::DeviceSelection<R>| ()).unwrap_err());
-    assert_eq!(err(row_topk(&scores, 7)), AllocError::KTooLarge { k: 7, cols: 6 });
+    let err = |r: Result<_, KernelError>| {
+        common::alloc_error(r.map(|_: sae_kernels::DeviceSelection<R>| ()).unwrap_err())
+    };
+    assert_eq!(
+        err(row_topk(&scores, 7)),
+        AllocError::KTooLarge { k: 7, cols: 6 }
+    );
     assert_eq!(
         err(global_topk(&scores, 25)),
         AllocError::BudgetTooLarge {
@@ -69,7 +76,10 @@ fn bad_arguments<R: Runtime>(client: &ComputeClient<R>) {
         }
     );
     assert_eq!(
-        err(apply_thresholds(&scores, &Thresholds::PerFeature(vec![0.0; 4]))),
+        err(apply_thresholds(
+            &scores,
+            &Thresholds::PerFeature(vec![0.0; 4])
+        )),
         AllocError::ThresholdCount {
             got: 4,
             expected: 6

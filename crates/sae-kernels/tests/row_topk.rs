@@ -26,4 +26,25 @@ fn suite<R: Runtime>(client: &ComputeClient<R>) {
     }
 }
 
+/// More rows than one grid dimension holds (65535 cubes): the grid is split in two.
+fn many_rows<R: Runtime>(client: &ComputeClient<R>) {
+    let (rows, cols) = (66_000, 3);
+    let data = common::matrix(99, rows, cols, 3);
+    let handle = upload_scores(client, &data);
+    let scores = DeviceScores::new(client, &handle, rows, cols).unwrap();
+    let host = ScoreMatrix::new(&data, rows, cols).unwrap();
+    let expected = host_row_topk(&host, 1).unwrap();
+    common::assert_same(&row_topk(&scores, 1).unwrap(), &expected, "66000x3 k=1");
+}
+
 on_every_runtime!(suite);
+
+/// 66000 cubes take ~40 s on a CPU-emulated device, so this one runs on request
+/// (`cargo test -p sae-kernels -- --ignored`).
+#[test]
+#[ignore = "slow on CPU-emulated devices"]
+fn wgpu_grid_beyond_one_dimension() {
+    if let Some(client) = common::wgpu_client() {
+        many_rows(&client);
+    }
+}

@@ -102,11 +102,17 @@ pub const SHAPES: &[(usize, usize)] = &[
 
 /// Asserts that the device selection equals the host one bit for bit, counts included.
 pub fn assert_same<R: Runtime>(device: &DeviceSelection<R>, host: &Selection, what: &str) {
-    let got = device.to_selection().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let got = device
+        .to_selection()
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert_eq!(got.offsets(), host.offsets(), "{what}: offsets");
     assert_eq!(got.features(), host.features(), "{what}: features");
     let bits = |s: &[f32]| s.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(got.scores()), bits(host.scores()), "{what}: score bits");
+    assert_eq!(
+        bits(got.scores()),
+        bits(host.scores()),
+        "{what}: score bits"
+    );
     assert_eq!(
         device.counts_per_feature().unwrap(),
         host.counts_per_feature(),
