@@ -5,6 +5,7 @@
 //! the default is a small set that finishes on a CPU-emulated device (Mesa lavapipe).
 
 use std::hint::black_box;
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use cubecl::prelude::*;
@@ -41,6 +42,8 @@ fn sync<R: Runtime>(client: &ComputeClient<R>) {
 fn bench_runtime<R: Runtime>(c: &mut Criterion, client: &ComputeClient<R>, name: &str) {
     let mut group = c.benchmark_group(format!("select/{name}"));
     group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
     for (rows, cols, k) in shapes() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let data: Vec<f32> = (0..rows * cols)
