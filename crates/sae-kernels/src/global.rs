@@ -3,7 +3,7 @@
 //! The radix select runs over the whole matrix: each of the four passes is a grid of cubes
 //! building shared-memory histograms of one digit (merged into a global histogram by atomic
 //! adds) and a one-cube kernel that picks the digit and updates the device-side state
-//! `[prefix, remaining, mask]`. Ties at the threshold are kept by lowest row-major index: a
+//! `[prefix, remaining, mask, ties]`. Ties at the threshold are kept by lowest row-major index: a
 //! grid kernel counts them per tile and a one-cube kernel finds the last kept one. Nothing is
 //! read back to the host in between.
 
@@ -72,11 +72,12 @@ pub(crate) fn global_pick(hist: &Array<u32>, state: &mut Array<u32>, pass: u32) 
     let remaining = state[1];
     let local = SharedMemory::<Atomic<u32>>::new(CUBE as usize);
     let mut scan = SharedMemory::<u32>::new(CUBE as usize);
-    let mut choice = SharedMemory::<u32>::new(2usize);
+    let mut choice = SharedMemory::<u32>::new(3usize);
     local[unit].store(hist[(pass * CUBE) as usize + unit]);
     if unit == 0 {
         choice[0] = 0u32;
         choice[1] = 0u32;
+        choice[2] = 0u32;
     }
     sync_cube();
     pick_digit(&local, &mut scan, &mut choice, remaining, unit);
@@ -84,6 +85,7 @@ pub(crate) fn global_pick(hist: &Array<u32>, state: &mut Array<u32>, pass: u32) 
         state[0] = state[0] | (choice[0] << shift);
         state[1] = remaining - choice[1];
         state[2] = state[2] | (255u32 << shift);
+        state[3] = choice[2];
     }
 }
 
@@ -101,7 +103,8 @@ pub(crate) fn global_tie_tiles(
     let t = cube_index();
     let tile_start = t * TILE as usize;
     let n = total as usize;
-    if tile_start < n {
+    // Nothing to count when every tie is kept (`global_tie_find` then skips the search).
+    if tile_start < n && state[1] != state[3] {
         let threshold = state[0];
         let count = SharedMemory::<Atomic<u32>>::new(1usize);
         if unit == 0 {
@@ -144,72 +147,79 @@ pub(crate) fn global_tie_find(
     let unit = UNIT_POS as usize;
     let threshold = state[0];
     let need = state[1];
-    let mut scan = SharedMemory::<u32>::new(CUBE as usize);
-    let mut found = SharedMemory::<u32>::new(2usize);
-    if unit == 0 {
-        found[0] = 0u32;
-        found[1] = 0u32;
-    }
+    if need == state[3] {
+        // Every tie is kept: the limit is past the last score.
+        if unit == 0 {
+            tie_limits[0] = total;
+        }
+    } else {
+        let mut scan = SharedMemory::<u32>::new(CUBE as usize);
+        let mut found = SharedMemory::<u32>::new(2usize);
+        if unit == 0 {
+            found[0] = 0u32;
+            found[1] = 0u32;
+        }
 
-    // Which tile holds the need-th tie, and how many ties of that tile are kept?
-    let nt = tiles as usize;
-    let per = nt.div_ceil(CUBE as usize);
-    let start = min(unit * per, nt);
-    let end = min(start + per, nt);
-    let mut sum = 0u32;
-    let mut t = start;
-    while t < end {
-        sum += tile_counts[t];
-        t += 1;
-    }
-    scan[unit] = sum;
-    block_inclusive_scan(&mut scan, unit);
-    let through = scan[unit];
-    let before = through - sum;
-    if need > 0u32 && before < need && need <= through {
-        let mut seen = before;
+        // Which tile holds the need-th tie, and how many ties of that tile are kept?
+        let nt = tiles as usize;
+        let per = nt.div_ceil(CUBE as usize);
+        let start = min(unit * per, nt);
+        let end = min(start + per, nt);
+        let mut sum = 0u32;
         let mut t = start;
         while t < end {
-            let c = tile_counts[t];
-            if seen < need && need <= seen + c {
-                found[0] = t as u32;
-                found[1] = need - seen;
-            }
-            seen += c;
+            sum += tile_counts[t];
             t += 1;
         }
-    }
-    sync_cube();
-    let tile = found[0] as usize;
-    let want = found[1];
-
-    // Inside that tile, units scan contiguous runs so run order is index order.
-    let n = total as usize;
-    let first = min(tile * TILE as usize + unit * PER_UNIT as usize, n);
-    let last = min(first + PER_UNIT as usize, n);
-    let mut ties = 0u32;
-    let mut j = first;
-    while j < last {
-        if key_of_bits(u32::reinterpret(scores[j])) == threshold {
-            ties += 1u32;
+        scan[unit] = sum;
+        block_inclusive_scan(&mut scan, unit);
+        let through = scan[unit];
+        let before = through - sum;
+        if need > 0u32 && before < need && need <= through {
+            let mut seen = before;
+            let mut t = start;
+            while t < end {
+                let c = tile_counts[t];
+                if seen < need && need <= seen + c {
+                    found[0] = t as u32;
+                    found[1] = need - seen;
+                }
+                seen += c;
+                t += 1;
+            }
         }
-        j += 1;
-    }
-    scan[unit] = ties;
-    block_inclusive_scan(&mut scan, unit);
-    let through = scan[unit];
-    let before = through - ties;
-    if want > 0u32 && before < want && want <= through {
-        let mut seen = before;
+        sync_cube();
+        let tile = found[0] as usize;
+        let want = found[1];
+
+        // Inside that tile, units scan contiguous runs so run order is index order.
+        let n = total as usize;
+        let first = min(tile * TILE as usize + unit * PER_UNIT as usize, n);
+        let last = min(first + PER_UNIT as usize, n);
+        let mut ties = 0u32;
         let mut j = first;
         while j < last {
             if key_of_bits(u32::reinterpret(scores[j])) == threshold {
-                seen += 1u32;
-                if seen == want {
-                    tie_limits[0] = (j + 1) as u32;
-                }
+                ties += 1u32;
             }
             j += 1;
+        }
+        scan[unit] = ties;
+        block_inclusive_scan(&mut scan, unit);
+        let through = scan[unit];
+        let before = through - ties;
+        if want > 0u32 && before < want && want <= through {
+            let mut seen = before;
+            let mut j = first;
+            while j < last {
+                if key_of_bits(u32::reinterpret(scores[j])) == threshold {
+                    seen += 1u32;
+                    if seen == want {
+                        tie_limits[0] = (j + 1) as u32;
+                    }
+                }
+                j += 1;
+            }
         }
     }
     if unit == 0 {
@@ -241,7 +251,7 @@ pub fn global_topk<R: Runtime>(
     }
     let client = scores.client();
     let tiles = total.div_ceil(TILE as usize);
-    let state = client.create_from_slice(u32::as_bytes(&[0, budget as u32, 0]));
+    let state = client.create_from_slice(u32::as_bytes(&[0, budget as u32, 0, 0]));
     let hist = zeros(client, 4 * CUBE as usize);
     let nan = filled(client, 1, u32::MAX);
     for pass in 0..4u32 {
@@ -250,7 +260,7 @@ pub fn global_topk<R: Runtime>(
             grid(tiles),
             unit_dim(),
             array(scores.handle(), total),
-            array(&state, 3),
+            array(&state, 4),
             array(&hist, 4 * CUBE as usize),
             array(&nan, 1),
             total as u32,
@@ -261,7 +271,7 @@ pub fn global_topk<R: Runtime>(
             CubeCount::Static(1, 1, 1),
             unit_dim(),
             array(&hist, 4 * CUBE as usize),
-            array(&state, 3),
+            array(&state, 4),
             pass,
         );
     }
@@ -271,7 +281,7 @@ pub fn global_topk<R: Runtime>(
         grid(tiles),
         unit_dim(),
         array(scores.handle(), total),
-        array(&state, 3),
+        array(&state, 4),
         array(&tile_counts, tiles),
         total as u32,
     );
@@ -282,7 +292,7 @@ pub fn global_topk<R: Runtime>(
         CubeCount::Static(1, 1, 1),
         unit_dim(),
         array(scores.handle(), total),
-        array(&state, 3),
+        array(&state, 4),
         array(&tile_counts, tiles),
         array(&thresholds, 1),
         array(&tie_limits, 1),

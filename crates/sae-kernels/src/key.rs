@@ -53,7 +53,8 @@ pub(crate) fn block_inclusive_scan(values: &mut SharedMemory<u32>, unit: usize) 
 
 /// One radix pass's choice: in a 256-bin histogram of the candidates' current digit, finds the
 /// digit holding the `remaining`-th largest candidate. Writes `(digit, candidates above it)`
-/// to `state[0..2]` (left unchanged when `remaining` is 0). Every unit must call it.
+/// to `state[0..2]` and that digit's count to `state[2]` (all left unchanged when `remaining`
+/// is 0). Every unit must call it.
 #[cube]
 pub(crate) fn pick_digit(
     hist: &SharedMemory<Atomic<u32>>,
@@ -71,6 +72,7 @@ pub(crate) fn pick_digit(
     if above < remaining && remaining <= through {
         state[0] = 255u32 - unit as u32;
         state[1] = above;
+        state[2] = count;
     }
     sync_cube();
 }

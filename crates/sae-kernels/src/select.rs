@@ -49,17 +49,20 @@ pub(crate) fn select_groups(
 
         let hist = SharedMemory::<Atomic<u32>>::new(CUBE as usize);
         let mut scan = SharedMemory::<u32>::new(CUBE as usize);
-        let mut state = SharedMemory::<u32>::new(2usize);
+        let mut state = SharedMemory::<u32>::new(3usize);
 
         let mut prefix = 0u32;
         let mut hi_mask = 0u32;
         let mut remaining = k;
+        // After the last pass: how many keys of the group equal the threshold.
+        let mut ties_at = 0u32;
         for pass in 0..4u32 {
             let shift = 24u32 - RADIX_BITS * pass;
             hist[unit].store(0u32);
             if unit == 0 {
                 state[0] = 0u32;
                 state[1] = 0u32;
+                state[2] = 0u32;
             }
             sync_cube();
             let mut j = unit;
@@ -79,40 +82,48 @@ pub(crate) fn select_groups(
             pick_digit(&hist, &mut scan, &mut state, remaining, unit);
             prefix |= state[0] << shift;
             remaining -= state[1];
+            ties_at = state[2];
             hi_mask |= 255u32 << shift;
             sync_cube();
         }
 
-        // Where is the `remaining`-th tie at `prefix`? Units scan contiguous runs, so run
-        // order is position order.
-        let per = n.div_ceil(CUBE as usize);
-        let start = min(unit * per, n);
-        let end = min(start + per, n);
-        let mut ties = 0u32;
-        let mut j = start;
-        while j < end {
-            let key = key_of_bits(u32::reinterpret(scores[base + j * step]));
-            if key == prefix {
-                ties += 1u32;
+        if remaining == ties_at {
+            // Every tie is kept (the common case for continuous scores): no search needed.
+            if unit == 0 {
+                tie_limits[g] = len;
             }
-            j += 1;
-        }
-        scan[unit] = ties;
-        block_inclusive_scan(&mut scan, unit);
-        let through = scan[unit];
-        let before = through - ties;
-        if remaining > 0u32 && before < remaining && remaining <= through {
-            let mut seen = before;
+        } else {
+            // Where is the `remaining`-th tie at `prefix`? Units scan contiguous runs, so run
+            // order is position order.
+            let per = n.div_ceil(CUBE as usize);
+            let start = min(unit * per, n);
+            let end = min(start + per, n);
+            let mut ties = 0u32;
             let mut j = start;
             while j < end {
                 let key = key_of_bits(u32::reinterpret(scores[base + j * step]));
                 if key == prefix {
-                    seen += 1u32;
-                    if seen == remaining {
-                        tie_limits[g] = (j + 1) as u32;
-                    }
+                    ties += 1u32;
                 }
                 j += 1;
+            }
+            scan[unit] = ties;
+            block_inclusive_scan(&mut scan, unit);
+            let through = scan[unit];
+            let before = through - ties;
+            if remaining > 0u32 && before < remaining && remaining <= through {
+                let mut seen = before;
+                let mut j = start;
+                while j < end {
+                    let key = key_of_bits(u32::reinterpret(scores[base + j * step]));
+                    if key == prefix {
+                        seen += 1u32;
+                        if seen == remaining {
+                            tie_limits[g] = (j + 1) as u32;
+                        }
+                    }
+                    j += 1;
+                }
             }
         }
         if unit == 0 {
