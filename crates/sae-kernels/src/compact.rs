@@ -144,8 +144,8 @@ pub(crate) fn uniform_offsets(offsets: &mut Array<u32>, rows: u32, k: u32) {
     }
 }
 
-/// Writes every row's kept (feature, score) pairs at its offset, features ascending, and
-/// counts the selections of every feature.
+/// Writes every row's kept (token, feature, score) triples at its offset, features ascending,
+/// and counts the selections of every feature.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn row_compact(
@@ -153,6 +153,7 @@ pub(crate) fn row_compact(
     thresholds: &Array<u32>,
     tie_limits: &Array<u32>,
     offsets: &Array<u32>,
+    tokens: &mut Array<u32>,
     features: &mut Array<u32>,
     values: &mut Array<f32>,
     feature_counts: &mut Array<Atomic<u32>>,
@@ -193,6 +194,7 @@ pub(crate) fn row_compact(
                 tie_limits,
                 mode,
             ) {
+                tokens[at] = r as u32;
                 features[at] = f as u32;
                 values[at] = x;
                 feature_counts[f].fetch_add(1u32);
@@ -301,6 +303,7 @@ pub(crate) fn compact_rows<R: Runtime>(
             }
         }
     };
+    let tokens = uninit(client, nnz);
     let features = uninit(client, nnz);
     let values = uninit(client, nnz);
     let feature_counts = zeros(client, cols);
@@ -312,6 +315,7 @@ pub(crate) fn compact_rows<R: Runtime>(
         array(thresholds.0, thresholds.1),
         array(tie_limits.0, tie_limits.1),
         array(&offsets, rows + 1),
+        array(&tokens, nnz),
         array(&features, nnz),
         array(&values, nnz),
         array(&feature_counts, cols),
@@ -325,6 +329,7 @@ pub(crate) fn compact_rows<R: Runtime>(
         cols,
         nnz,
         offsets,
+        tokens,
         features,
         scores: values,
         feature_counts,

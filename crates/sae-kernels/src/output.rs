@@ -97,7 +97,8 @@ pub fn upload_scores<R: Runtime>(client: &ComputeClient<R>, scores: &[f32]) -> H
 
 /// Selected (token, feature) pairs left on the device, in the layout of
 /// [`sae_alloc::Selection`]: `offsets` (`rows + 1` u32, CSR by row), `features` (`nnz` u32,
-/// ascending within a row), `scores` (`nnz` f32, the selected scores bit for bit), plus
+/// ascending within a row), `scores` (`nnz` f32, the selected scores bit for bit), the row of
+/// every pair (`token_ids`, `nnz` u32), plus
 /// `feature_counts` (`cols` u32, how often each feature was selected) for dead-feature
 /// statistics, and a NaN flag.
 ///
@@ -108,6 +109,7 @@ pub struct DeviceSelection<R: Runtime> {
     pub(crate) cols: usize,
     pub(crate) nnz: usize,
     pub(crate) offsets: Handle,
+    pub(crate) tokens: Handle,
     pub(crate) features: Handle,
     pub(crate) scores: Handle,
     pub(crate) feature_counts: Handle,
@@ -133,6 +135,12 @@ impl<R: Runtime> DeviceSelection<R> {
     /// Row offsets: `rows + 1` u32, row `i`'s pairs are `offsets[i]..offsets[i + 1]`.
     pub fn offsets(&self) -> &Handle {
         &self.offsets
+    }
+
+    /// Token (row) of every pair (`nnz` u32), the device twin of
+    /// [`sae_alloc::Selection::token_ids`]: what gathers and segment sums over pairs index by.
+    pub fn token_ids(&self) -> &Handle {
+        &self.tokens
     }
 
     /// Feature id of every pair (`nnz` u32), ascending within a row.
@@ -195,6 +203,14 @@ impl<R: Runtime> DeviceSelection<R> {
         let mut counts = read_u32(&self.client, &self.feature_counts)?;
         counts.truncate(self.cols);
         Ok(counts)
+    }
+
+    /// Reads back the token of every pair (`nnz` u32), after [`Self::check`].
+    pub fn read_token_ids(&self) -> Result<Vec<u32>, KernelError> {
+        self.check()?;
+        let mut tokens = read_u32(&self.client, &self.tokens)?;
+        tokens.truncate(self.nnz);
+        Ok(tokens)
     }
 }
 

@@ -113,6 +113,8 @@ pub fn assert_same<R: Runtime>(device: &DeviceSelection<R>, host: &Selection, wh
         bits(host.scores()),
         "{what}: score bits"
     );
+    let tokens = device.read_token_ids().unwrap();
+    assert_eq!(tokens, host.token_ids(), "{what}: token ids");
     assert_eq!(
         device.counts_per_feature().unwrap(),
         host.counts_per_feature(),
