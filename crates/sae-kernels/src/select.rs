@@ -6,6 +6,10 @@
 //! is the group's threshold key `T` and the number of ties at `T` to keep; a last pass finds
 //! where the last kept tie sits (ties are kept by lowest position), so the selection becomes
 //! the element-wise rule `key > T || (key == T && position < tie_limit)`.
+//!
+//! As soon as the chosen bin is kept whole (its count equals what is still needed), the
+//! threshold is settled just below the bin and the remaining passes are skipped: with
+//! continuous scores this usually happens after two or three passes, and no tie search runs.
 
 use cubecl::prelude::*;
 
@@ -54,47 +58,48 @@ pub(crate) fn select_groups(
         let mut prefix = 0u32;
         let mut hi_mask = 0u32;
         let mut remaining = k;
-        // After the last pass: how many keys of the group equal the threshold.
-        let mut ties_at = 0u32;
+        // Count of the digit chosen by the latest pass; once it equals `remaining`, the whole
+        // bin is kept and the threshold is settled without the remaining passes.
+        let mut in_bin = 0u32;
+        let mut settled = false;
         for pass in 0..4u32 {
-            let shift = 24u32 - RADIX_BITS * pass;
-            hist[unit].store(0u32);
-            if unit == 0 {
-                state[0] = 0u32;
-                state[1] = 0u32;
-                state[2] = 0u32;
-            }
-            sync_cube();
-            let mut j = unit;
-            while j < n {
-                let at = base + j * step;
-                let bits = u32::reinterpret(scores[at]);
-                if pass == 0 && is_nan_bits(bits) {
-                    nan[0].fetch_min(at as u32);
+            // `settled` comes from shared memory after a barrier: the branch is uniform.
+            if !settled {
+                let shift = 24u32 - RADIX_BITS * pass;
+                hist[unit].store(0u32);
+                if unit == 0 {
+                    state[0] = 0u32;
+                    state[1] = 0u32;
+                    state[2] = 0u32;
                 }
-                let key = key_of_bits(bits);
-                if (key & hi_mask) == prefix {
-                    hist[((key >> shift) & 255u32) as usize].fetch_add(1u32);
+                sync_cube();
+                let mut j = unit;
+                while j < n {
+                    let at = base + j * step;
+                    let bits = u32::reinterpret(scores[at]);
+                    if pass == 0 && is_nan_bits(bits) {
+                        nan[0].fetch_min(at as u32);
+                    }
+                    let key = key_of_bits(bits);
+                    if (key & hi_mask) == prefix {
+                        hist[((key >> shift) & 255u32) as usize].fetch_add(1u32);
+                    }
+                    j += CUBE as usize;
                 }
-                j += CUBE as usize;
+                sync_cube();
+                pick_digit(&hist, &mut scan, &mut state, remaining, unit);
+                prefix |= state[0] << shift;
+                remaining -= state[1];
+                in_bin = state[2];
+                hi_mask |= 255u32 << shift;
+                settled = in_bin == remaining;
+                sync_cube();
             }
-            sync_cube();
-            pick_digit(&hist, &mut scan, &mut state, remaining, unit);
-            prefix |= state[0] << shift;
-            remaining -= state[1];
-            ties_at = state[2];
-            hi_mask |= 255u32 << shift;
-            sync_cube();
         }
 
-        if remaining == ties_at {
-            // Every tie is kept (the common case for continuous scores): no search needed.
-            if unit == 0 {
-                tie_limits[g] = len;
-            }
-        } else {
-            // Where is the `remaining`-th tie at `prefix`? Units scan contiguous runs, so run
-            // order is position order.
+        if !settled {
+            // Only some ties at the full key `prefix` are kept. Where is the `remaining`-th?
+            // Units scan contiguous runs, so run order is position order.
             let per = n.div_ceil(CUBE as usize);
             let start = min(unit * per, n);
             let end = min(start + per, n);
@@ -111,7 +116,7 @@ pub(crate) fn select_groups(
             block_inclusive_scan(&mut scan, unit);
             let through = scan[unit];
             let before = through - ties;
-            if remaining > 0u32 && before < remaining && remaining <= through {
+            if before < remaining && remaining <= through {
                 let mut seen = before;
                 let mut j = start;
                 while j < end {
@@ -125,14 +130,24 @@ pub(crate) fn select_groups(
                     j += 1;
                 }
             }
-        }
-        if unit == 0 {
-            if k == 0u32 {
-                thresholds[g] = NO_KEY;
-                tie_limits[g] = 0u32;
-            } else {
+            if unit == 0 {
                 thresholds[g] = prefix;
             }
+        } else if unit == 0 {
+            // Every key at or above `prefix` (its low bits are still zero) is kept, and no
+            // other: the threshold sits just below it, with no ties.
+            if prefix > 0u32 {
+                thresholds[g] = prefix - 1u32;
+                tie_limits[g] = 0u32;
+            } else {
+                thresholds[g] = 0u32;
+                tie_limits[g] = len;
+            }
+        }
+        // Nothing is kept when k = 0 (the passes above still looked for NaN).
+        if unit == 0 && k == 0u32 {
+            thresholds[g] = NO_KEY;
+            tie_limits[g] = 0u32;
         }
     }
 }
