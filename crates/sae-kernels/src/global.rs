@@ -3,7 +3,8 @@
 //! The radix select runs over the whole matrix: each of the four passes is a grid of cubes
 //! building shared-memory histograms of one digit (merged into a global histogram by atomic
 //! adds) and a one-cube kernel that picks the digit and updates the device-side state
-//! `[prefix, remaining, mask, ties]`. Ties at the threshold are kept by lowest row-major index: a
+//! `[prefix, remaining, mask, count of the chosen bin]`; once the chosen bin is kept whole,
+//! the later passes return at once. Ties at the threshold are kept by lowest row-major index: a
 //! grid kernel counts them per tile and a one-cube kernel finds the last kept one. Nothing is
 //! read back to the host in between.
 
@@ -36,7 +37,10 @@ pub(crate) fn global_histogram(
     let unit = UNIT_POS as usize;
     let tile_start = cube_index() * TILE as usize;
     let n = total as usize;
-    if tile_start < n {
+    // Pass 0 always runs (it also looks for NaN); later passes only while the threshold is
+    // not settled, i.e. while the chosen bin is not kept whole.
+    let active = pass == 0u32 || state[1] != state[3];
+    if tile_start < n && active {
         let shift = 24u32 - RADIX_BITS * pass;
         let prefix = state[0];
         let hi_mask = state[2];
@@ -70,22 +74,25 @@ pub(crate) fn global_pick(hist: &Array<u32>, state: &mut Array<u32>, pass: u32) 
     let unit = UNIT_POS as usize;
     let shift = 24u32 - RADIX_BITS * pass;
     let remaining = state[1];
-    let local = SharedMemory::<Atomic<u32>>::new(CUBE as usize);
-    let mut scan = SharedMemory::<u32>::new(CUBE as usize);
-    let mut choice = SharedMemory::<u32>::new(3usize);
-    local[unit].store(hist[(pass * CUBE) as usize + unit]);
-    if unit == 0 {
-        choice[0] = 0u32;
-        choice[1] = 0u32;
-        choice[2] = 0u32;
-    }
-    sync_cube();
-    pick_digit(&local, &mut scan, &mut choice, remaining, unit);
-    if unit == 0 {
-        state[0] = state[0] | (choice[0] << shift);
-        state[1] = remaining - choice[1];
-        state[2] = state[2] | (255u32 << shift);
-        state[3] = choice[2];
+    // Every unit reads the state before unit 0 rewrites it (after the barriers below).
+    if pass == 0u32 || remaining != state[3] {
+        let local = SharedMemory::<Atomic<u32>>::new(CUBE as usize);
+        let mut scan = SharedMemory::<u32>::new(CUBE as usize);
+        let mut choice = SharedMemory::<u32>::new(3usize);
+        local[unit].store(hist[(pass * CUBE) as usize + unit]);
+        if unit == 0 {
+            choice[0] = 0u32;
+            choice[1] = 0u32;
+            choice[2] = 0u32;
+        }
+        sync_cube();
+        pick_digit(&local, &mut scan, &mut choice, remaining, unit);
+        if unit == 0 {
+            state[0] = state[0] | (choice[0] << shift);
+            state[1] = remaining - choice[1];
+            state[2] = state[2] | (255u32 << shift);
+            state[3] = choice[2];
+        }
     }
 }
 
@@ -147,12 +154,8 @@ pub(crate) fn global_tie_find(
     let unit = UNIT_POS as usize;
     let threshold = state[0];
     let need = state[1];
-    if need == state[3] {
-        // Every tie is kept: the limit is past the last score.
-        if unit == 0 {
-            tie_limits[0] = total;
-        }
-    } else {
+    let whole_bin = need == state[3];
+    if !whole_bin {
         let mut scan = SharedMemory::<u32>::new(CUBE as usize);
         let mut found = SharedMemory::<u32>::new(2usize);
         if unit == 0 {
@@ -226,6 +229,16 @@ pub(crate) fn global_tie_find(
         if budget == 0u32 {
             thresholds[0] = NO_KEY;
             tie_limits[0] = 0u32;
+        } else if whole_bin {
+            // Every key at or above `threshold` (a bin's lowest key, or a fully kept key) is
+            // kept, and no other: the threshold sits just below it, with no ties.
+            if threshold > 0u32 {
+                thresholds[0] = threshold - 1u32;
+                tie_limits[0] = 0u32;
+            } else {
+                thresholds[0] = 0u32;
+                tie_limits[0] = total;
+            }
         } else {
             thresholds[0] = threshold;
         }
