@@ -58,9 +58,8 @@ pub(crate) fn select_groups(
         let mut prefix = 0u32;
         let mut hi_mask = 0u32;
         let mut remaining = k;
-        // Count of the digit chosen by the latest pass; once it equals `remaining`, the whole
-        // bin is kept and the threshold is settled without the remaining passes.
-        let mut in_bin = 0u32;
+        // Once the count of the chosen digit equals `remaining`, the whole bin is kept and the
+        // threshold is settled without the remaining passes.
         let mut settled = false;
         for pass in 0..4u32 {
             // `settled` comes from shared memory after a barrier: the branch is uniform.
@@ -90,9 +89,8 @@ pub(crate) fn select_groups(
                 pick_digit(&hist, &mut scan, &mut state, remaining, unit);
                 prefix |= state[0] << shift;
                 remaining -= state[1];
-                in_bin = state[2];
                 hi_mask |= 255u32 << shift;
-                settled = in_bin == remaining;
+                settled = state[2] == remaining;
                 sync_cube();
             }
         }
