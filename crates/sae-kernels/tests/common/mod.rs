@@ -41,7 +41,12 @@ where
             panic!("no {name} device, and {require}=1 requires one")
         }
         Err(_) => {
-            eprintln!("skipped: no {name} device available (set {require}=1 to fail instead)");
+            // Written to stderr directly: the test harness would swallow `eprintln!`.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped: no {name} device available (set {require}=1 to fail instead)"
+            );
             None
         }
     }
