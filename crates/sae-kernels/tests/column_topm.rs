@@ -4,7 +4,7 @@ mod common;
 
 use cubecl::prelude::*;
 use sae_alloc::{Capacities, ScoreMatrix, column_topm as host_column_topm, usage_order};
-use sae_kernels::{DeviceScores, column_topm, upload_scores};
+use sae_kernels::{DeviceScores, column_topm, column_topm_on_device, upload_scores};
 
 fn suite<R: Runtime>(client: &ComputeClient<R>) {
     for (i, &(rows, cols)) in common::SHAPES.iter().enumerate() {
@@ -26,6 +26,12 @@ fn suite<R: Runtime>(client: &ComputeClient<R>) {
             for caps in all {
                 let expected = host_column_topm(&host, &caps).unwrap();
                 let got = column_topm(&scores, &caps).unwrap();
+                if levels == 0 {
+                    // Capacities already on the device give the same selection.
+                    let on_device = client.create_from_slice(u32::as_bytes(caps.as_slice()));
+                    let same = column_topm_on_device(&scores, &on_device, caps.budget());
+                    assert_eq!(same.unwrap().to_selection().unwrap(), expected);
+                }
                 common::assert_same(
                     &got,
                     &expected,

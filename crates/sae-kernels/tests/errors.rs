@@ -6,7 +6,8 @@ mod common;
 use cubecl::prelude::*;
 use sae_alloc::{AllocError, Capacities, Thresholds};
 use sae_kernels::{
-    DeviceScores, KernelError, apply_thresholds, column_topm, global_topk, row_topk, upload_scores,
+    DeviceScores, KernelError, apply_thresholds, apply_thresholds_on_device, column_topm,
+    column_topm_on_device, global_topk, row_topk, upload_scores,
 };
 
 fn nan_is_reported<R: Runtime>(client: &ComputeClient<R>) {
@@ -96,6 +97,21 @@ fn bad_arguments<R: Runtime>(client: &ComputeClient<R>) {
     assert!(matches!(
         DeviceScores::new(client, &handle, 1 << 20, 1 << 13).unwrap_err(),
         KernelError::TooManyScores { .. }
+    ));
+    let short = client.create_from_slice(u32::as_bytes(&[1, 1, 1, 1, 1]));
+    assert!(matches!(
+        column_topm_on_device(&scores, &short, 5).unwrap_err(),
+        KernelError::BufferTooSmall {
+            what: "capacities",
+            ..
+        }
+    ));
+    assert!(matches!(
+        apply_thresholds_on_device(&scores, &short, true).unwrap_err(),
+        KernelError::BufferTooSmall {
+            what: "thresholds",
+            ..
+        }
     ));
 }
 
