@@ -23,10 +23,10 @@ fn suite<R: Runtime>(client: &ComputeClient<R>) {
                 Capacities::uniform(rows * cols, cols, max).unwrap(),
                 Capacities::zipf(rows * cols / 3, max, 1.0, &order).unwrap(),
             ];
-            for caps in all {
-                let expected = host_column_topm(&host, &caps).unwrap();
-                let got = column_topm(&scores, &caps).unwrap();
-                if levels == 0 {
+            for (which, caps) in all.iter().enumerate() {
+                let expected = host_column_topm(&host, caps).unwrap();
+                let got = column_topm(&scores, caps).unwrap();
+                if levels == 0 && which == 3 {
                     // Capacities already on the device give the same selection.
                     let on_device = client.create_from_slice(u32::as_bytes(caps.as_slice()));
                     let same = column_topm_on_device(&scores, &on_device, caps.budget());
