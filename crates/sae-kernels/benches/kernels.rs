@@ -1,0 +1,125 @@
+//! Selection kernels per rule and shape, against a plain copy kernel of the same bytes on the
+//! same runtime (the bandwidth floor of one pass over the score matrix).
+//!
+//! Shapes: `SAE_BENCH_SHAPES=full` runs the paper-scale N=4096 / N=16384 x F=16384, k=32;
+//! the default is a small set that finishes on a CPU-emulated device (Mesa lavapipe).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use cubecl::prelude::*;
+use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sae_alloc::{Capacities, Thresholds, usage_order};
+use sae_kernels::{
+    DeviceScores, apply_thresholds, column_topm, global_topk, row_topk, upload_scores,
+};
+
+/// Copies `input` to `output`: one read and one write of every score.
+#[cube(launch)]
+fn copy(input: &Array<f32>, output: &mut Array<f32>, len: u32) {
+    let i = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * 256 + UNIT_POS as usize;
+    if i < len as usize {
+        output[i] = input[i];
+    }
+}
+
+fn shapes() -> Vec<(usize, usize, usize)> {
+    if std::env::var("SAE_BENCH_SHAPES").as_deref() == Ok("full") {
+        vec![(4096, 16384, 32), (16384, 16384, 32)]
+    } else {
+        vec![(256, 4096, 32), (2048, 4096, 32)]
+    }
+}
+
+fn sync<R: Runtime>(client: &ComputeClient<R>) {
+    cubecl::future::block_on(client.sync()).expect("device sync");
+}
+
+#[allow(unsafe_code)]
+fn bench_runtime<R: Runtime>(c: &mut Criterion, client: &ComputeClient<R>, name: &str) {
+    let mut group = c.benchmark_group(format!("select/{name}"));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    for (rows, cols, k) in shapes() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let handle = upload_scores(client, &data);
+        let scores = DeviceScores::new(client, &handle, rows, cols).expect("scores");
+        let shape = format!("{rows}x{cols}_k{k}");
+        group.throughput(Throughput::Elements((rows * cols) as u64));
+
+        let out = client.empty(rows * cols * 4);
+        let cubes = (rows * cols).div_ceil(256) as u32;
+        let (x, y) = (cubes.min(65_535), cubes.div_ceil(65_535));
+        group.bench_function(BenchmarkId::new("copy_baseline", &shape), |b| {
+            b.iter(|| {
+                // SAFETY: both buffers hold rows * cols f32.
+                unsafe {
+                    copy::launch::<R>(
+                        client,
+                        CubeCount::Static(x.div_ceil(y).max(1), y, 1),
+                        CubeDim::new_1d(256),
+                        ArrayArg::from_raw_parts(handle.clone(), rows * cols),
+                        ArrayArg::from_raw_parts(out.clone(), rows * cols),
+                        (rows * cols) as u32,
+                    );
+                }
+                sync(client);
+            })
+        });
+        group.bench_function(BenchmarkId::new("row_topk", &shape), |b| {
+            b.iter(|| {
+                black_box(row_topk(&scores, k).expect("row_topk"));
+                sync(client);
+            })
+        });
+        group.bench_function(BenchmarkId::new("global_topk", &shape), |b| {
+            b.iter(|| {
+                black_box(global_topk(&scores, rows * k).expect("global_topk"));
+                sync(client);
+            })
+        });
+        let order = usage_order(&vec![0.0; cols]);
+        let zipf = Capacities::zipf(rows * k, rows as u32, 1.0, &order).expect("zipf");
+        group.bench_function(BenchmarkId::new("column_topm_zipf", &shape), |b| {
+            b.iter(|| {
+                black_box(column_topm(&scores, &zipf).expect("column_topm"));
+                sync(client);
+            })
+        });
+        // About k per row survive a threshold at the (1 - k/F) quantile of U(-1, 1).
+        let t = Thresholds::Global(1.0 - 2.0 * k as f32 / cols as f32);
+        group.bench_function(BenchmarkId::new("thresholds", &shape), |b| {
+            b.iter(|| {
+                black_box(apply_thresholds(&scores, &t).expect("thresholds"));
+                sync(client);
+            })
+        });
+    }
+    group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let wgpu = std::panic::catch_unwind(|| WgpuRuntime::client(&WgpuDevice::default()));
+    match wgpu {
+        Ok(client) => bench_runtime(c, &client, "wgpu"),
+        Err(_) => eprintln!("skipped: no wgpu adapter"),
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use cubecl::cuda::{CudaDevice, CudaRuntime};
+        match std::panic::catch_unwind(|| CudaRuntime::client(&CudaDevice::default())) {
+            Ok(client) => bench_runtime(c, &client, "cuda"),
+            Err(_) => eprintln!("skipped: no CUDA device"),
+        }
+    }
+}
+
+criterion_group!(kernels, benches);
+criterion_main!(kernels);

@@ -1,0 +1,325 @@
+//! Mutual Choice / BatchTopK: the `budget` largest scores of the whole matrix.
+//!
+//! The radix select runs over the whole matrix: each of the four passes is a grid of cubes
+//! building shared-memory histograms of one digit (merged into a global histogram by atomic
+//! adds) and a one-cube kernel that picks the digit and updates the device-side state
+//! `[prefix, remaining, mask, count of the chosen bin]`; once the chosen bin is kept whole,
+//! the later passes return at once. Ties at the threshold are kept by lowest row-major index: a
+//! grid kernel counts them per tile and a one-cube kernel finds the last kept one. Nothing is
+//! read back to the host in between.
+
+use cubecl::prelude::*;
+use sae_alloc::AllocError;
+
+use crate::KernelError;
+use crate::compact::{RowSizes, WHOLE, compact_rows};
+use crate::key::{
+    CUBE, NO_KEY, RADIX_BITS, block_inclusive_scan, cube_index, is_nan_bits, key_of_bits,
+    pick_digit,
+};
+use crate::output::{DeviceScores, DeviceSelection, array, filled, grid, uninit, unit_dim, zeros};
+
+/// Scores per unit in one tile of the grid kernels.
+const PER_UNIT: u32 = 16;
+/// Scores per tile (one cube).
+const TILE: u32 = CUBE * PER_UNIT;
+
+/// Histogram of one radix digit over the candidates of the whole matrix.
+#[cube(launch)]
+pub(crate) fn global_histogram(
+    scores: &Array<f32>,
+    state: &Array<u32>,
+    hist: &mut Array<Atomic<u32>>,
+    nan: &mut Array<Atomic<u32>>,
+    total: u32,
+    pass: u32,
+) {
+    let unit = UNIT_POS as usize;
+    let tile_start = cube_index() * TILE as usize;
+    let n = total as usize;
+    // Pass 0 always runs (it also looks for NaN); later passes only while the threshold is
+    // not settled, i.e. while the chosen bin is not kept whole.
+    let active = pass == 0u32 || state[1] != state[3];
+    if tile_start < n && active {
+        let shift = 24u32 - RADIX_BITS * pass;
+        let prefix = state[0];
+        let hi_mask = state[2];
+        let local = SharedMemory::<Atomic<u32>>::new(CUBE as usize);
+        local[unit].store(0u32);
+        sync_cube();
+        for i in 0..PER_UNIT {
+            let j = tile_start + (i * CUBE) as usize + unit;
+            if j < n {
+                let bits = u32::reinterpret(scores[j]);
+                if pass == 0u32 && is_nan_bits(bits) {
+                    nan[0].fetch_min(j as u32);
+                }
+                let key = key_of_bits(bits);
+                if (key & hi_mask) == prefix {
+                    local[((key >> shift) & 255u32) as usize].fetch_add(1u32);
+                }
+            }
+        }
+        sync_cube();
+        let count = local[unit].load();
+        if count > 0u32 {
+            hist[(pass * CUBE) as usize + unit].fetch_add(count);
+        }
+    }
+}
+
+/// Picks the digit of one pass from the merged histogram and updates the state; one cube.
+#[cube(launch)]
+pub(crate) fn global_pick(hist: &Array<u32>, state: &mut Array<u32>, pass: u32) {
+    let unit = UNIT_POS as usize;
+    let shift = 24u32 - RADIX_BITS * pass;
+    let remaining = state[1];
+    // Every unit reads the state before unit 0 rewrites it (after the barriers below).
+    if pass == 0u32 || remaining != state[3] {
+        let local = SharedMemory::<Atomic<u32>>::new(CUBE as usize);
+        let mut scan = SharedMemory::<u32>::new(CUBE as usize);
+        let mut choice = SharedMemory::<u32>::new(3usize);
+        local[unit].store(hist[(pass * CUBE) as usize + unit]);
+        if unit == 0 {
+            choice[0] = 0u32;
+            choice[1] = 0u32;
+            choice[2] = 0u32;
+        }
+        sync_cube();
+        pick_digit(&local, &mut scan, &mut choice, remaining, unit);
+        if unit == 0 {
+            state[0] = state[0] | (choice[0] << shift);
+            state[1] = remaining - choice[1];
+            state[2] = state[2] | (255u32 << shift);
+            state[3] = choice[2];
+        }
+    }
+}
+
+/// Number of scores equal to the threshold key in every tile.
+#[cube(launch)]
+// Kernel conditions do not short-circuit: the nested test keeps the read in bounds.
+#[allow(clippy::collapsible_if)]
+pub(crate) fn global_tie_tiles(
+    scores: &Array<f32>,
+    state: &Array<u32>,
+    tile_counts: &mut Array<u32>,
+    total: u32,
+) {
+    let unit = UNIT_POS as usize;
+    let t = cube_index();
+    let tile_start = t * TILE as usize;
+    let n = total as usize;
+    // Nothing to count when every tie is kept (`global_tie_find` then skips the search).
+    if tile_start < n && state[1] != state[3] {
+        let threshold = state[0];
+        let count = SharedMemory::<Atomic<u32>>::new(1usize);
+        if unit == 0 {
+            count[0].store(0u32);
+        }
+        sync_cube();
+        let mut mine = 0u32;
+        for i in 0..PER_UNIT {
+            let j = tile_start + (i * CUBE) as usize + unit;
+            if j < n {
+                if key_of_bits(u32::reinterpret(scores[j])) == threshold {
+                    mine += 1u32;
+                }
+            }
+        }
+        if mine > 0u32 {
+            count[0].fetch_add(mine);
+        }
+        sync_cube();
+        if unit == 0 {
+            tile_counts[t] = count[0].load();
+        }
+    }
+}
+
+/// Finds the row-major index of the last kept tie and writes the final threshold key and tie
+/// limit; one cube.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn global_tie_find(
+    scores: &Array<f32>,
+    state: &Array<u32>,
+    tile_counts: &Array<u32>,
+    thresholds: &mut Array<u32>,
+    tie_limits: &mut Array<u32>,
+    tiles: u32,
+    total: u32,
+    budget: u32,
+) {
+    let unit = UNIT_POS as usize;
+    let threshold = state[0];
+    let need = state[1];
+    let whole_bin = need == state[3];
+    if !whole_bin {
+        let mut scan = SharedMemory::<u32>::new(CUBE as usize);
+        let mut found = SharedMemory::<u32>::new(2usize);
+        if unit == 0 {
+            found[0] = 0u32;
+            found[1] = 0u32;
+        }
+
+        // Which tile holds the need-th tie, and how many ties of that tile are kept?
+        let nt = tiles as usize;
+        let per = nt.div_ceil(CUBE as usize);
+        let start = min(unit * per, nt);
+        let end = min(start + per, nt);
+        let mut sum = 0u32;
+        let mut t = start;
+        while t < end {
+            sum += tile_counts[t];
+            t += 1;
+        }
+        scan[unit] = sum;
+        block_inclusive_scan(&mut scan, unit);
+        let through = scan[unit];
+        let before = through - sum;
+        if need > 0u32 && before < need && need <= through {
+            let mut seen = before;
+            let mut t = start;
+            while t < end {
+                let c = tile_counts[t];
+                if seen < need && need <= seen + c {
+                    found[0] = t as u32;
+                    found[1] = need - seen;
+                }
+                seen += c;
+                t += 1;
+            }
+        }
+        sync_cube();
+        let tile = found[0] as usize;
+        let want = found[1];
+
+        // Inside that tile, units scan contiguous runs so run order is index order.
+        let n = total as usize;
+        let first = min(tile * TILE as usize + unit * PER_UNIT as usize, n);
+        let last = min(first + PER_UNIT as usize, n);
+        let mut ties = 0u32;
+        let mut j = first;
+        while j < last {
+            if key_of_bits(u32::reinterpret(scores[j])) == threshold {
+                ties += 1u32;
+            }
+            j += 1;
+        }
+        scan[unit] = ties;
+        block_inclusive_scan(&mut scan, unit);
+        let through = scan[unit];
+        let before = through - ties;
+        if want > 0u32 && before < want && want <= through {
+            let mut seen = before;
+            let mut j = first;
+            while j < last {
+                if key_of_bits(u32::reinterpret(scores[j])) == threshold {
+                    seen += 1u32;
+                    if seen == want {
+                        tie_limits[0] = (j + 1) as u32;
+                    }
+                }
+                j += 1;
+            }
+        }
+    }
+    if unit == 0 {
+        if budget == 0u32 {
+            thresholds[0] = NO_KEY;
+            tie_limits[0] = 0u32;
+        } else if whole_bin {
+            // Every key at or above `threshold` (a bin's lowest key, or a fully kept key) is
+            // kept, and no other: the threshold sits just below it, with no ties.
+            if threshold > 0u32 {
+                thresholds[0] = threshold - 1u32;
+                tie_limits[0] = 0u32;
+            } else {
+                thresholds[0] = 0u32;
+                tie_limits[0] = total;
+            }
+        } else {
+            thresholds[0] = threshold;
+        }
+    }
+}
+
+/// Keeps the `budget` largest scores of the whole matrix (ties: lower row-major index first),
+/// the Mutual Choice / BatchTopK rule of [`sae_alloc::global_topk`].
+///
+/// Runs entirely on the device; the result holds exactly `budget` pairs.
+pub fn global_topk<R: Runtime>(
+    scores: &DeviceScores<'_, R>,
+    budget: usize,
+) -> Result<DeviceSelection<R>, KernelError> {
+    let (rows, cols) = (scores.rows(), scores.cols());
+    let total = rows * cols;
+    if budget > total {
+        return Err(AllocError::BudgetTooLarge {
+            budget,
+            available: total,
+        }
+        .into());
+    }
+    let client = scores.client();
+    let tiles = total.div_ceil(TILE as usize);
+    let state = client.create_from_slice(u32::as_bytes(&[0, budget as u32, 0, 0]));
+    let hist = zeros(client, 4 * CUBE as usize);
+    let nan = filled(client, 1, u32::MAX);
+    for pass in 0..4u32 {
+        global_histogram::launch::<R>(
+            client,
+            grid(tiles),
+            unit_dim(),
+            array(scores.handle(), total),
+            array(&state, 4),
+            array(&hist, 4 * CUBE as usize),
+            array(&nan, 1),
+            total as u32,
+            pass,
+        );
+        global_pick::launch::<R>(
+            client,
+            CubeCount::Static(1, 1, 1),
+            unit_dim(),
+            array(&hist, 4 * CUBE as usize),
+            array(&state, 4),
+            pass,
+        );
+    }
+    let tile_counts = uninit(client, tiles);
+    global_tie_tiles::launch::<R>(
+        client,
+        grid(tiles),
+        unit_dim(),
+        array(scores.handle(), total),
+        array(&state, 4),
+        array(&tile_counts, tiles),
+        total as u32,
+    );
+    let thresholds = uninit(client, 1);
+    let tie_limits = uninit(client, 1);
+    global_tie_find::launch::<R>(
+        client,
+        CubeCount::Static(1, 1, 1),
+        unit_dim(),
+        array(scores.handle(), total),
+        array(&state, 4),
+        array(&tile_counts, tiles),
+        array(&thresholds, 1),
+        array(&tie_limits, 1),
+        tiles as u32,
+        total as u32,
+        budget as u32,
+    );
+    compact_rows(
+        scores,
+        (&thresholds, 1),
+        (&tie_limits, 1),
+        WHOLE,
+        nan,
+        false,
+        RowSizes::Counted(Some(budget)),
+    )
+}

@@ -1,0 +1,277 @@
+//! Device-side inputs and outputs: a score matrix already on the device, and the selection
+//! the kernels leave there (the device twin of [`sae_alloc::Selection`]).
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use sae_alloc::{AllocError, Selection};
+
+use crate::KernelError;
+use crate::compact::fill;
+use crate::key::CUBE;
+
+/// A row-major `rows x cols` f32 score matrix in a device buffer (for example the handle of a
+/// burn `CubeTensor`), borrowed with the client that owns it. Nothing is copied.
+pub struct DeviceScores<'a, R: Runtime> {
+    client: &'a ComputeClient<R>,
+    handle: &'a Handle,
+    rows: usize,
+    cols: usize,
+}
+
+impl<R: Runtime> std::fmt::Debug for DeviceScores<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceScores")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for DeviceSelection<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSelection")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("nnz", &self.nnz)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, R: Runtime> DeviceScores<'a, R> {
+    /// Wraps `handle`, which must hold at least `rows * cols` contiguous f32 scores.
+    pub fn new(
+        client: &'a ComputeClient<R>,
+        handle: &'a Handle,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, KernelError> {
+        if rows == 0 || cols == 0 {
+            return Err(AllocError::EmptyMatrix { rows, cols }.into());
+        }
+        let total = rows
+            .checked_mul(cols)
+            .filter(|&t| t <= u32::MAX as usize)
+            .ok_or(KernelError::TooManyScores { rows, cols })?;
+        let expected = total as u64 * 4;
+        if handle.size_in_used() < expected {
+            return Err(KernelError::BufferTooSmall {
+                what: "scores",
+                bytes: handle.size_in_used(),
+                expected,
+            });
+        }
+        Ok(Self {
+            client,
+            handle,
+            rows,
+            cols,
+        })
+    }
+
+    /// Number of rows (tokens).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The client the kernels are launched on.
+    pub fn client(&self) -> &'a ComputeClient<R> {
+        self.client
+    }
+
+    /// The buffer of scores.
+    pub fn handle(&self) -> &'a Handle {
+        self.handle
+    }
+}
+
+/// Copies host scores into a new device buffer (for tests, benchmarks and callers that do
+/// not already hold the scores on the device).
+pub fn upload_scores<R: Runtime>(client: &ComputeClient<R>, scores: &[f32]) -> Handle {
+    client.create_from_slice(f32::as_bytes(scores))
+}
+
+/// Selected (token, feature) pairs left on the device, in the layout of
+/// [`sae_alloc::Selection`]: `offsets` (`rows + 1` u32, CSR by row), `features` (`nnz` u32,
+/// ascending within a row), `scores` (`nnz` f32, the selected scores bit for bit), the row of
+/// every pair (`token_ids`, `nnz` u32), plus
+/// `feature_counts` (`cols` u32, how often each feature was selected) for dead-feature
+/// statistics, and a NaN flag.
+///
+/// Buffers of zero length are allocated with one element, so that every handle is valid.
+pub struct DeviceSelection<R: Runtime> {
+    pub(crate) client: ComputeClient<R>,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) nnz: usize,
+    pub(crate) offsets: Handle,
+    pub(crate) tokens: Handle,
+    pub(crate) features: Handle,
+    pub(crate) scores: Handle,
+    pub(crate) feature_counts: Handle,
+    pub(crate) nan: Handle,
+}
+
+impl<R: Runtime> DeviceSelection<R> {
+    /// Number of rows (tokens) of the scored matrix.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (features) of the scored matrix.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Number of selected pairs.
+    pub fn nnz(&self) -> usize {
+        self.nnz
+    }
+
+    /// Row offsets: `rows + 1` u32, row `i`'s pairs are `offsets[i]..offsets[i + 1]`.
+    pub fn offsets(&self) -> &Handle {
+        &self.offsets
+    }
+
+    /// Token (row) of every pair (`nnz` u32), the device twin of
+    /// [`sae_alloc::Selection::token_ids`]: what gathers and segment sums over pairs index by.
+    pub fn token_ids(&self) -> &Handle {
+        &self.tokens
+    }
+
+    /// Feature id of every pair (`nnz` u32), ascending within a row.
+    pub fn features(&self) -> &Handle {
+        &self.features
+    }
+
+    /// Score of every pair (`nnz` f32), as it was in the score matrix.
+    pub fn scores(&self) -> &Handle {
+        &self.scores
+    }
+
+    /// How many tokens selected each feature (`cols` u32).
+    pub fn feature_counts(&self) -> &Handle {
+        &self.feature_counts
+    }
+
+    /// One u32: the row-major index of the first NaN score, or `u32::MAX` if there was none.
+    /// A selection computed from scores with a NaN is meaningless.
+    pub fn nan_flag(&self) -> &Handle {
+        &self.nan
+    }
+
+    /// Reads back the NaN flag (4 bytes): an error if any score was NaN.
+    pub fn check(&self) -> Result<(), KernelError> {
+        let flag = read_u32(&self.client, &self.nan)?[0];
+        if flag == u32::MAX {
+            Ok(())
+        } else {
+            let flat = flag as usize;
+            Err(AllocError::NanScore {
+                row: flat / self.cols,
+                col: flat % self.cols,
+            }
+            .into())
+        }
+    }
+
+    /// Reads back the O(nnz) outputs into a host [`Selection`], after [`Self::check`].
+    pub fn to_selection(&self) -> Result<Selection, KernelError> {
+        self.check()?;
+        let offsets = read_u32(&self.client, &self.offsets)?;
+        let mut features = read_u32(&self.client, &self.features)?;
+        let scores = self
+            .client
+            .read_one(self.scores.clone())
+            .map_err(read_error)?;
+        let mut scores = f32::from_bytes(&scores).to_vec();
+        features.truncate(self.nnz);
+        scores.truncate(self.nnz);
+        let offsets = offsets[..=self.rows].iter().map(|&o| o as usize).collect();
+        Ok(Selection::from_parts(
+            self.rows, self.cols, offsets, features, scores,
+        )?)
+    }
+
+    /// Reads back the per-feature selection counts, after [`Self::check`].
+    pub fn counts_per_feature(&self) -> Result<Vec<u32>, KernelError> {
+        self.check()?;
+        let mut counts = read_u32(&self.client, &self.feature_counts)?;
+        counts.truncate(self.cols);
+        Ok(counts)
+    }
+
+    /// Reads back the token of every pair (`nnz` u32), after [`Self::check`].
+    pub fn read_token_ids(&self) -> Result<Vec<u32>, KernelError> {
+        self.check()?;
+        let mut tokens = read_u32(&self.client, &self.tokens)?;
+        tokens.truncate(self.nnz);
+        Ok(tokens)
+    }
+}
+
+fn read_error(e: impl std::fmt::Debug) -> KernelError {
+    KernelError::Read {
+        reason: format!("{e:?}"),
+    }
+}
+
+pub(crate) fn read_u32<R: Runtime>(
+    client: &ComputeClient<R>,
+    handle: &Handle,
+) -> Result<Vec<u32>, KernelError> {
+    let bytes = client.read_one(handle.clone()).map_err(read_error)?;
+    Ok(u32::from_bytes(&bytes).to_vec())
+}
+
+/// A kernel argument over the first `len` elements of `handle`.
+#[allow(unsafe_code)]
+pub(crate) fn array<R: Runtime>(handle: &Handle, len: usize) -> ArrayArg<R> {
+    // SAFETY (why `unsafe` is allowed here): cubecl cannot know the element count of a raw
+    // buffer. Every caller passes the count the buffer was allocated with in this crate, or
+    // that `DeviceScores::new` checked against the buffer's size.
+    unsafe { ArrayArg::from_raw_parts(handle.clone(), len.max(1)) }
+}
+
+/// A grid of `cubes` cubes, split over two dimensions beyond the 65535 limit of one.
+pub(crate) fn grid(cubes: usize) -> CubeCount {
+    const MAX: usize = 65_535;
+    let cubes = cubes.max(1);
+    let y = cubes.div_ceil(MAX);
+    let x = cubes.div_ceil(y);
+    CubeCount::Static(x as u32, y as u32, 1)
+}
+
+/// The cube shape of every kernel: `CUBE` units in one dimension.
+pub(crate) fn unit_dim() -> CubeDim {
+    CubeDim::new_1d(CUBE)
+}
+
+/// A device buffer of `len` u32 (at least one), filled with `value` on the device.
+pub(crate) fn filled<R: Runtime>(client: &ComputeClient<R>, len: usize, value: u32) -> Handle {
+    let len = len.max(1);
+    let handle = client.empty(len * 4);
+    fill::launch::<R>(
+        client,
+        grid(len.div_ceil(CUBE as usize)),
+        unit_dim(),
+        array(&handle, len),
+        len as u32,
+        value,
+    );
+    handle
+}
+
+/// A device buffer of `len` zeros (u32).
+pub(crate) fn zeros<R: Runtime>(client: &ComputeClient<R>, len: usize) -> Handle {
+    filled(client, len, 0)
+}
+
+/// An uninitialised device buffer of `len` 4-byte elements (at least one).
+pub(crate) fn uninit<R: Runtime>(client: &ComputeClient<R>, len: usize) -> Handle {
+    client.empty(len.max(1) * 4)
+}
