@@ -1,0 +1,96 @@
+//! TopK SAE allocation: each token keeps its k largest features.
+
+use rayon::prelude::*;
+
+use crate::key::{admission_threshold, keep_largest, rank_index, rank_key};
+use crate::{AllocError, ScoreMatrix, Selection};
+
+/// Rows handed to one rayon task: enough work to amortise scheduling, few enough to balance.
+const ROWS_PER_TASK: usize = 16;
+
+/// Keeps the `k` largest scores of every row (ties: lower column first).
+///
+/// One pass per row with a running admission threshold: a candidate buffer of up to `2k`
+/// keys is pruned back to `k` with a selection (not a sort) whenever it fills, so the cost
+/// is one comparison per score plus O(k) per prune.
+pub fn row_topk(scores: &ScoreMatrix, k: usize) -> Result<Selection, AllocError> {
+    let (rows, cols) = (scores.rows(), scores.cols());
+    if k > cols {
+        return Err(AllocError::KTooLarge { k, cols });
+    }
+    let mut features = vec![0u32; rows * k];
+    let mut values = vec![0f32; rows * k];
+    if k > 0 {
+        features
+            .par_chunks_mut(k * ROWS_PER_TASK)
+            .zip(values.par_chunks_mut(k * ROWS_PER_TASK))
+            .enumerate()
+            .try_for_each_init(
+                || Vec::with_capacity(2 * k),
+                |buf, (task, (feat_out, val_out))| {
+                    let first = task * ROWS_PER_TASK;
+                    for (i, (f, v)) in feat_out
+                        .chunks_mut(k)
+                        .zip(val_out.chunks_mut(k))
+                        .enumerate()
+                    {
+                        let row = scores.row(first + i);
+                        scores.check_no_nan(row, (first + i) * cols)?;
+                        top_of_slice(row, k, buf);
+                        write_by_index(buf, row, f, v);
+                    }
+                    Ok::<(), AllocError>(())
+                },
+            )?;
+    } else if let Some(row) = (0..rows).find(|&r| scores.row(r).iter().any(|x| x.is_nan())) {
+        // Nothing is selected, but NaN input is still an error, as for every other k.
+        scores.check_no_nan(scores.row(row), row * cols)?;
+    }
+    let offsets = (0..=rows).map(|r| r * k).collect();
+    Ok(Selection::from_parts_unchecked(
+        rows, cols, offsets, features, values,
+    ))
+}
+
+/// Fills `buf` with the rank keys of the `k` (1 <= k <= len) largest values of `slice`,
+/// indices relative to the slice, in no particular order.
+pub(crate) fn top_of_slice(slice: &[f32], k: usize, buf: &mut Vec<u64>) {
+    buf.clear();
+    let cap = 2 * k.max(8);
+    for (i, &x) in slice[..k].iter().enumerate() {
+        buf.push(rank_key(x, i as u32));
+    }
+    let mut threshold = admission_threshold(buf);
+    // Scores arrive in index order, so a later score equal to the threshold loses its tie:
+    // admission is strictly greater. Lanes of 8 are tested branch-free first, so the common
+    // "nothing here beats the threshold" case stays vectorised.
+    let mut i = k;
+    while i < slice.len() {
+        let end = (i + 8).min(slice.len());
+        let lane = &slice[i..end];
+        if lane.iter().fold(false, |any, &x| any | (x > threshold)) {
+            for (j, &x) in lane.iter().enumerate() {
+                if x > threshold {
+                    buf.push(rank_key(x, (i + j) as u32));
+                }
+            }
+            if buf.len() >= cap {
+                keep_largest(buf, k);
+                threshold = admission_threshold(buf);
+            }
+        }
+        i = end;
+    }
+    keep_largest(buf, k);
+}
+
+/// Writes the kept keys of `buf` out in ascending index order.
+fn write_by_index(buf: &mut [u64], row: &[f32], features: &mut [u32], values: &mut [f32]) {
+    // Descending key order of the low half is ascending index order.
+    buf.sort_unstable_by_key(|&key| std::cmp::Reverse(key as u32));
+    for ((key, f), v) in buf.iter().zip(features).zip(values) {
+        let index = rank_index(*key);
+        *f = index;
+        *v = row[index as usize];
+    }
+}

@@ -1,0 +1,182 @@
+//! Inference without a batch: thresholds estimated from training selections.
+//!
+//! Feature Choice and Mutual Choice select by comparing a token with the rest of its batch, so
+//! a single token has no selection of its own. As BatchTopK does, we estimate during training
+//! the score a pair must beat to be selected, and at inference keep every pair above it:
+//!
+//! - global (Mutual Choice / BatchTopK): an EMA over batches of the smallest *positive* score
+//!   the selection kept (batches that kept no positive score leave it unchanged);
+//! - per feature (Feature Choice): for each feature, an EMA of the smallest score it kept in a
+//!   batch, i.e. its `m_f`-th largest affinity; features that kept nothing in a batch keep their
+//!   previous estimate, and a feature never seen selected has threshold `+inf` (never fires).
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{AllocError, ScoreMatrix, Selection};
+
+/// Thresholds for batch-free selection: a pair is kept when its score is strictly above.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Thresholds {
+    /// One threshold for every feature.
+    Global(f32),
+    /// One threshold per feature.
+    PerFeature(Vec<f32>),
+}
+
+impl Thresholds {
+    /// The threshold of `feature`.
+    #[inline]
+    pub fn of(&self, feature: usize) -> f32 {
+        match self {
+            Self::Global(t) => *t,
+            Self::PerFeature(t) => t[feature],
+        }
+    }
+}
+
+/// Keeps every pair whose score is strictly above its feature's threshold.
+pub fn apply_thresholds(
+    scores: &ScoreMatrix,
+    thresholds: &Thresholds,
+) -> Result<Selection, AllocError> {
+    let (rows, cols) = (scores.rows(), scores.cols());
+    if let Thresholds::PerFeature(t) = thresholds
+        && t.len() != cols
+    {
+        return Err(AllocError::ThresholdCount {
+            got: t.len(),
+            expected: cols,
+        });
+    }
+    let per_row: Vec<Vec<u32>> = (0..rows)
+        .into_par_iter()
+        .map(|r| {
+            let row = scores.row(r);
+            scores.check_no_nan(row, r * cols)?;
+            Ok(match thresholds {
+                Thresholds::Global(t) => keep_above(row, |_| *t),
+                Thresholds::PerFeature(t) => keep_above(row, |f| t[f]),
+            })
+        })
+        .collect::<Result<_, AllocError>>()?;
+    let mut offsets = Vec::with_capacity(rows + 1);
+    offsets.push(0);
+    for ids in &per_row {
+        offsets.push(offsets.last().unwrap() + ids.len());
+    }
+    let features: Vec<u32> = per_row.into_iter().flatten().collect();
+    let token_ids = offsets
+        .windows(2)
+        .enumerate()
+        .flat_map(|(r, w)| std::iter::repeat_n(r, w[1] - w[0]));
+    let values = token_ids
+        .zip(&features)
+        .map(|(r, &f)| scores.row(r)[f as usize])
+        .collect();
+    Ok(Selection::from_parts_unchecked(
+        rows, cols, offsets, features, values,
+    ))
+}
+
+fn keep_above(row: &[f32], threshold: impl Fn(usize) -> f32) -> Vec<u32> {
+    (0..row.len())
+        .filter(|&f| row[f] > threshold(f))
+        .map(|f| f as u32)
+        .collect()
+}
+
+/// Running estimate of inference thresholds from the selections of training batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdEstimator {
+    decay: f32,
+    state: EstimatorState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum EstimatorState {
+    Global(Option<f32>),
+    PerFeature(Vec<Option<f32>>),
+}
+
+impl ThresholdEstimator {
+    /// A global estimator (Mutual Choice / BatchTopK). `decay` weighs the old estimate:
+    /// `t <- decay * t + (1 - decay) * observed`.
+    pub fn global(decay: f32) -> Result<Self, AllocError> {
+        check_decay(decay)?;
+        Ok(Self {
+            decay,
+            state: EstimatorState::Global(None),
+        })
+    }
+
+    /// A per-feature estimator (Feature Choice) over `features` features.
+    pub fn per_feature(features: usize, decay: f32) -> Result<Self, AllocError> {
+        check_decay(decay)?;
+        Ok(Self {
+            decay,
+            state: EstimatorState::PerFeature(vec![None; features]),
+        })
+    }
+
+    /// Folds one training selection into the estimate.
+    pub fn update(&mut self, selection: &Selection) -> Result<(), AllocError> {
+        let decay = self.decay;
+        let blend = |old: &mut Option<f32>, seen: f32| {
+            *old = Some(old.map_or(seen, |t| decay * t + (1.0 - decay) * seen));
+        };
+        match &mut self.state {
+            EstimatorState::Global(t) => {
+                let smallest_positive = selection
+                    .scores()
+                    .iter()
+                    .copied()
+                    .filter(|&s| s > 0.0)
+                    .reduce(f32::min);
+                if let Some(s) = smallest_positive {
+                    blend(t, s);
+                }
+            }
+            EstimatorState::PerFeature(t) => {
+                if t.len() != selection.cols() {
+                    return Err(AllocError::InvalidSelection {
+                        reason: format!(
+                            "selection has {} features, the estimator {}",
+                            selection.cols(),
+                            t.len()
+                        ),
+                    });
+                }
+                let mut smallest = vec![f32::INFINITY; t.len()];
+                for (&f, &s) in selection.features().iter().zip(selection.scores()) {
+                    smallest[f as usize] = smallest[f as usize].min(s);
+                }
+                for (old, seen) in t.iter_mut().zip(smallest) {
+                    if seen != f32::INFINITY {
+                        blend(old, seen);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The current thresholds; `None` before any update has seen a selected score.
+    pub fn thresholds(&self) -> Option<Thresholds> {
+        match &self.state {
+            EstimatorState::Global(t) => t.map(Thresholds::Global),
+            EstimatorState::PerFeature(t) if t.iter().all(Option::is_none) => None,
+            EstimatorState::PerFeature(t) => Some(Thresholds::PerFeature(
+                t.iter().map(|x| x.unwrap_or(f32::INFINITY)).collect(),
+            )),
+        }
+    }
+}
+
+fn check_decay(decay: f32) -> Result<(), AllocError> {
+    if (0.0..1.0).contains(&decay) {
+        Ok(())
+    } else {
+        Err(AllocError::InvalidDecay { decay })
+    }
+}

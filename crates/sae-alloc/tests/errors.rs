@@ -1,0 +1,147 @@
+//! Each bad input is a typed error naming the argument at fault, never a panic.
+
+use sae_alloc::*;
+
+fn ok_matrix(data: &[f32]) -> ScoreMatrix<'_> {
+    ScoreMatrix::new(data, 2, 3).unwrap()
+}
+
+#[test]
+fn shape_errors() {
+    assert_eq!(
+        ScoreMatrix::new(&[], 0, 3).unwrap_err(),
+        AllocError::EmptyMatrix { rows: 0, cols: 3 }
+    );
+    assert_eq!(
+        ScoreMatrix::new(&[], 2, 0).unwrap_err(),
+        AllocError::EmptyMatrix { rows: 2, cols: 0 }
+    );
+    let err = ScoreMatrix::new(&[1.0; 5], 2, 3).unwrap_err();
+    assert_eq!(
+        err,
+        AllocError::ShapeMismatch {
+            len: 5,
+            rows: 2,
+            cols: 3,
+            expected: 6
+        }
+    );
+    assert!(err.to_string().contains("5 values"));
+}
+
+#[test]
+fn nan_is_reported_with_its_position_by_every_rule() {
+    let mut data = [0.5f32; 6];
+    data[4] = f32::NAN;
+    let m = ok_matrix(&data);
+    let want = AllocError::NanScore { row: 1, col: 1 };
+    assert_eq!(row_topk(&m, 1).unwrap_err(), want);
+    assert_eq!(row_topk(&m, 0).unwrap_err(), want);
+    assert_eq!(global_topk(&m, 2).unwrap_err(), want);
+    assert_eq!(global_topk(&m, 0).unwrap_err(), want);
+    let caps = Capacities::uniform(2, 3, 2).unwrap();
+    assert_eq!(column_topm(&m, &caps).unwrap_err(), want);
+    assert_eq!(
+        apply_thresholds(&m, &Thresholds::Global(0.0)).unwrap_err(),
+        want
+    );
+    // A negative NaN (sign bit set) too.
+    data[4] = -f32::NAN;
+    assert_eq!(global_topk(&ok_matrix(&data), 6).unwrap_err(), want);
+    assert!(want.to_string().contains("row 1, column 1"));
+}
+
+#[test]
+fn limits_beyond_the_matrix() {
+    let data = [0.0f32; 6];
+    let m = ok_matrix(&data);
+    assert_eq!(
+        row_topk(&m, 4).unwrap_err(),
+        AllocError::KTooLarge { k: 4, cols: 3 }
+    );
+    assert_eq!(
+        global_topk(&m, 7).unwrap_err(),
+        AllocError::BudgetTooLarge {
+            budget: 7,
+            available: 6
+        }
+    );
+    let caps = Capacities::from_vec(vec![1, 1], 2).unwrap();
+    assert_eq!(
+        column_topm(&m, &caps).unwrap_err(),
+        AllocError::CapacityCount {
+            got: 2,
+            expected: 3
+        }
+    );
+    let caps = Capacities::from_vec(vec![0, 3, 0], 3).unwrap();
+    assert_eq!(
+        column_topm(&m, &caps).unwrap_err(),
+        AllocError::CapacityTooLarge {
+            feature: 1,
+            capacity: 3,
+            rows: 2
+        }
+    );
+    assert_eq!(
+        apply_thresholds(&m, &Thresholds::PerFeature(vec![0.0; 2])).unwrap_err(),
+        AllocError::ThresholdCount {
+            got: 2,
+            expected: 3
+        }
+    );
+}
+
+#[test]
+fn capacity_errors() {
+    assert_eq!(
+        Capacities::from_vec(vec![1, 2], 4).unwrap_err(),
+        AllocError::CapacitySum { sum: 3, budget: 4 }
+    );
+    assert!(matches!(
+        Capacities::uniform(10, 3, 3),
+        Err(AllocError::BudgetUnreachable { budget: 10, .. })
+    ));
+    assert!(matches!(
+        Capacities::uniform(1, 0, 3),
+        Err(AllocError::BudgetUnreachable { features: 0, .. })
+    ));
+    let order = [0, 1, 2];
+    assert!(matches!(
+        Capacities::zipf(10, 3, 1.0, &order),
+        Err(AllocError::BudgetUnreachable { .. })
+    ));
+    assert_eq!(
+        Capacities::zipf(3, 3, -1.0, &order).unwrap_err(),
+        AllocError::InvalidExponent { exponent: -1.0 }
+    );
+    assert!(matches!(
+        Capacities::zipf(3, 3, f64::NAN, &order),
+        Err(AllocError::InvalidExponent { .. })
+    ));
+    let err = Capacities::zipf(3, 3, 1.0, &[0, 0, 2]).unwrap_err();
+    assert!(err.to_string().contains("feature 0 appears twice"), "{err}");
+    let err = Capacities::zipf(3, 3, 1.0, &[0, 5, 2]).unwrap_err();
+    assert!(err.to_string().contains("rank 2 names feature 5"), "{err}");
+}
+
+#[test]
+fn estimator_and_selection_errors() {
+    assert_eq!(
+        ThresholdEstimator::global(1.0).unwrap_err(),
+        AllocError::InvalidDecay { decay: 1.0 }
+    );
+    assert!(ThresholdEstimator::per_feature(3, -0.1).is_err());
+    let mut est = ThresholdEstimator::per_feature(4, 0.5).unwrap();
+    assert!(matches!(
+        est.update(&Selection::empty(2, 3)),
+        Err(AllocError::InvalidSelection { .. })
+    ));
+    let bad =
+        |o: Vec<usize>, f: Vec<u32>| Selection::from_parts(2, 3, o, f.clone(), vec![0.0; f.len()]);
+    assert!(bad(vec![0, 1], vec![0]).is_err(), "too few offsets");
+    assert!(bad(vec![0, 2, 1], vec![0]).is_err(), "decreasing");
+    assert!(bad(vec![0, 1, 1], vec![3]).is_err(), "feature out of range");
+    assert!(bad(vec![0, 2, 2], vec![1, 1]).is_err(), "duplicate feature");
+    assert!(bad(vec![0, 2, 2], vec![0, 1]).is_ok());
+}
