@@ -343,6 +343,11 @@ impl<B: AutodiffBackend> TrainStep<B> {
         self.sparsifier.as_ref()
     }
 
+    /// The device the batches are expected on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
     /// The configuration.
     pub fn config(&self) -> &TrainConfig {
         &self.config

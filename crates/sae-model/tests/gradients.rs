@@ -3,7 +3,7 @@
 
 mod common;
 
-use burn::backend::{Autodiff, Flex, NdArray, Wgpu};
+use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::backend::AutodiffBackend;
 use common::{assert_close, host, params, random, tensor};
 use sae_model::sae_alloc::ScoreMatrix;
@@ -96,10 +96,11 @@ fn sparse_matches_dense_oracle_on_ndarray() {
     check_backend::<Autodiff<NdArray>>(&Default::default());
 }
 
+#[cfg(feature = "wgpu-tests")]
 #[test]
 fn sparse_matches_dense_oracle_on_wgpu() {
     if common::wgpu_available() {
-        check_backend::<Autodiff<Wgpu>>(&Default::default());
+        check_backend::<Autodiff<burn::backend::Wgpu>>(&Default::default());
     }
 }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use burn::backend::{Autodiff, Flex, NdArray, Wgpu};
+use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use common::{host, params, random, tensor};
@@ -67,10 +67,11 @@ fn step_learns_on_ndarray() {
     learns::<Autodiff<NdArray>>(&Default::default());
 }
 
+#[cfg(feature = "wgpu-tests")]
 #[test]
 fn step_learns_on_wgpu() {
     if common::wgpu_available() {
-        learns::<Autodiff<Wgpu>>(&Default::default());
+        learns::<Autodiff<burn::backend::Wgpu>>(&Default::default());
     }
 }
 
