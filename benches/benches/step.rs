@@ -25,7 +25,10 @@ type B = Autodiff<Flex>;
 static TIMES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn timed(c: &mut Criterion, id: &str, mut f: impl FnMut()) {
@@ -68,7 +71,8 @@ fn main() {
     let device = Default::default();
     let x_host = uniform_values(n * d, 1);
     let x = Tensor::<Inner, 2>::from_data(TensorData::new(x_host.clone(), [n, d]), &device);
-    let w = Tensor::<Inner, 2>::from_data(TensorData::new(uniform_values(f * d, 2), [f, d]), &device);
+    let w =
+        Tensor::<Inner, 2>::from_data(TensorData::new(uniform_values(f * d, 2), [f, d]), &device);
 
     timed(&mut c, "gemm", || {
         let y = x.clone().matmul(w.clone().transpose());
@@ -76,15 +80,36 @@ fn main() {
         black_box(y);
     });
 
-    let sae = Sae::<Inner>::init(&SaeConfig { d_model: d, features: f, seed: 0 }, None, &device).unwrap();
+    let sae = Sae::<Inner>::init(
+        &SaeConfig {
+            d_model: d,
+            features: f,
+            seed: 0,
+        },
+        None,
+        &device,
+    )
+    .unwrap();
     let rules: Vec<(&str, Box<dyn Sparsifier>, StepPath)> = vec![
         ("step_topk", Box::new(TopK { k }), StepPath::Sparse),
-        ("step_mutual_choice", Box::new(MutualChoice { k }), StepPath::Sparse),
-        ("step_feature_choice", Box::new(FeatureChoice::uniform(k)), StepPath::Sparse),
+        (
+            "step_mutual_choice",
+            Box::new(MutualChoice { k }),
+            StepPath::Sparse,
+        ),
+        (
+            "step_feature_choice",
+            Box::new(FeatureChoice::uniform(k)),
+            StepPath::Sparse,
+        ),
         ("step_topk_dense", Box::new(TopK { k }), StepPath::Dense),
     ];
     for (id, sparsifier, path) in rules {
-        let config = TrainConfig { path, aux: AuxLoss::AuxK, ..TrainConfig::default() };
+        let config = TrainConfig {
+            path,
+            aux: AuxLoss::AuxK,
+            ..TrainConfig::default()
+        };
         let mut step = TrainStep::<B>::new(&sae, sparsifier, config, &device).unwrap();
         let xb = Tensor::<B, 2>::from_data(TensorData::new(x_host.clone(), [n, d]), &device);
         timed(&mut c, id, || {
@@ -112,11 +137,21 @@ fn main() {
     println!("\nshape N={n} d={d} F={f} k={k}, backend Flex");
     println!("{:<26} {:>10} {:>8}", "bench", "median s", "ratio");
     println!("{:<26} {:>10.4} {:>8}", "gemm", gemm, "1.00");
-    for id in ["step_topk", "step_mutual_choice", "step_feature_choice", "step_topk_dense"] {
+    for id in [
+        "step_topk",
+        "step_mutual_choice",
+        "step_feature_choice",
+        "step_topk_dense",
+    ] {
         println!("{:<26} {:>10.4} {:>8.2}", id, med(id), med(id) / gemm);
     }
     let ours = med("select_row_topk");
     let burn = med("burn_topk_with_indices");
     println!("{:<26} {:>10.4}", "select_row_topk", ours);
-    println!("{:<26} {:>10.4} {:>8.2} (burn / ours)", "burn_topk_with_indices", burn, burn / ours);
+    println!(
+        "{:<26} {:>10.4} {:>8.2} (burn / ours)",
+        "burn_topk_with_indices",
+        burn,
+        burn / ours
+    );
 }

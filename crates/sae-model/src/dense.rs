@@ -11,8 +11,15 @@ use crate::sparsifier::Activation;
 
 /// The selection as a dense 0/1 float mask `[N, F]`.
 pub fn mask_tensor<B: Backend>(selection: &Selection, device: &B::Device) -> Tensor<B, 2> {
-    let mask: Vec<f32> = selection.dense_mask().into_iter().map(|m| if m { 1.0 } else { 0.0 }).collect();
-    Tensor::from_data(TensorData::new(mask, [selection.rows(), selection.cols()]), device)
+    let mask: Vec<f32> = selection
+        .dense_mask()
+        .into_iter()
+        .map(|m| if m { 1.0 } else { 0.0 })
+        .collect();
+    Tensor::from_data(
+        TensorData::new(mask, [selection.rows(), selection.cols()]),
+        device,
+    )
 }
 
 /// Dense codes `act(z') * mask`, `[N, F]`, differentiable through the whole affinity matrix.

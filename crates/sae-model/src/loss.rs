@@ -65,7 +65,9 @@ pub fn aux_selection(
             actual: vec![affinities.len(), weights.len()],
         });
     }
-    let candidates: Vec<u32> = (0..cols as u32).filter(|&j| weights[j as usize] > 0.0).collect();
+    let candidates: Vec<u32> = (0..cols as u32)
+        .filter(|&j| weights[j as usize] > 0.0)
+        .collect();
     let mut offsets = Vec::with_capacity(rows + 1);
     offsets.push(0usize);
     let mut features = Vec::new();
@@ -92,5 +94,7 @@ pub fn aux_selection(
         }
         offsets.push(features.len());
     }
-    Ok(Selection::from_parts(rows, cols, offsets, features, scores)?)
+    Ok(Selection::from_parts(
+        rows, cols, offsets, features, scores,
+    )?)
 }

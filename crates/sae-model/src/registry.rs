@@ -23,7 +23,9 @@ pub struct Registry {
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registry").field("names", &self.names()).finish()
+        f.debug_struct("Registry")
+            .field("names", &self.names())
+            .finish()
     }
 }
 
@@ -74,19 +76,24 @@ impl Registry {
 
     /// Builds the sparsifier a specification names.
     pub fn build(&self, spec: &Value) -> Result<Box<dyn Sparsifier>> {
-        let obj = spec
-            .as_object()
-            .ok_or_else(|| SaeError::Config("a sparsifier specification must be an object".into()))?;
-        let name = obj
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| SaeError::Config("a sparsifier specification needs a \"name\"".into()))?;
-        let factory = self.factories.get(name).ok_or_else(|| SaeError::UnknownSparsifier {
-            name: name.to_owned(),
-            known: self.names(),
+        let obj = spec.as_object().ok_or_else(|| {
+            SaeError::Config("a sparsifier specification must be an object".into())
         })?;
-        let params: Map<String, Value> =
-            obj.iter().filter(|(k, _)| k.as_str() != "name").map(|(k, v)| (k.clone(), v.clone())).collect();
+        let name = obj.get("name").and_then(Value::as_str).ok_or_else(|| {
+            SaeError::Config("a sparsifier specification needs a \"name\"".into())
+        })?;
+        let factory = self
+            .factories
+            .get(name)
+            .ok_or_else(|| SaeError::UnknownSparsifier {
+                name: name.to_owned(),
+                known: self.names(),
+            })?;
+        let params: Map<String, Value> = obj
+            .iter()
+            .filter(|(k, _)| k.as_str() != "name")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         factory(&Value::Object(params))
     }
 

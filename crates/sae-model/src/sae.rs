@@ -122,7 +122,9 @@ impl SaeParams {
             ("b_dec", self.b_dec.len(), d),
         ] {
             if len != want {
-                return Err(SaeError::State(format!("{what} has {len} values, expected {want}")));
+                return Err(SaeError::State(format!(
+                    "{what} has {len} values, expected {want}"
+                )));
             }
         }
         Ok(())
@@ -156,7 +158,11 @@ fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
 impl<B: Backend> Sae<B> {
     /// A freshly initialised SAE (see [`SaeParams::init`]); `b_dec` from `b_dec_init` if given
     /// (e.g. [`sample_mean`] of a data sample).
-    pub fn init(config: &SaeConfig, b_dec_init: Option<&[f32]>, device: &B::Device) -> Result<Self> {
+    pub fn init(
+        config: &SaeConfig,
+        b_dec_init: Option<&[f32]>,
+        device: &B::Device,
+    ) -> Result<Self> {
         let mut params = SaeParams::init(config)?;
         if let Some(b) = b_dec_init {
             if b.len() != config.d_model {
@@ -247,14 +253,22 @@ impl<B: Backend> SaeTensors<B> {
 
 /// Removes from each decoder-gradient row its component parallel to the (unit-norm) decoder row,
 /// so the step does not fight the norm constraint.
-pub fn remove_parallel_gradient<B: Backend>(w_dec: Tensor<B, 2>, grad: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn remove_parallel_gradient<B: Backend>(
+    w_dec: Tensor<B, 2>,
+    grad: Tensor<B, 2>,
+) -> Tensor<B, 2> {
     let parallel = (grad.clone() * w_dec.clone()).sum_dim(1);
     grad - w_dec * parallel
 }
 
 /// Rescales every row to unit Euclidean norm (rows of zero norm are left unchanged).
 pub fn normalize_rows<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
-    let norm = w.clone().square().sum_dim(1).sqrt().clamp_min(f32::MIN_POSITIVE);
+    let norm = w
+        .clone()
+        .square()
+        .sum_dim(1)
+        .sqrt()
+        .clamp_min(f32::MIN_POSITIVE);
     w / norm
 }
 

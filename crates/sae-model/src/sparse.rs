@@ -28,7 +28,11 @@ pub struct Pairs<B: Backend> {
 impl<B: Backend> Pairs<B> {
     /// The pairs of a selection, in its CSR order.
     pub fn from_selection(selection: &Selection, device: &B::Device) -> Self {
-        let tokens: Vec<i32> = selection.token_ids().into_iter().map(|t| t as i32).collect();
+        let tokens: Vec<i32> = selection
+            .token_ids()
+            .into_iter()
+            .map(|t| t as i32)
+            .collect();
         let features: Vec<i32> = selection.features().iter().map(|&f| f as i32).collect();
         let len = features.len();
         Self {
@@ -50,7 +54,11 @@ pub fn pair_values<B: Backend>(
     let centred = x - params.b_dec.clone().unsqueeze_dim(0);
     let xs = centred.select(0, pairs.tokens.clone());
     let ws = params.w_enc.clone().select(0, pairs.features.clone());
-    let bias = params.b_enc.clone().select(0, pairs.features.clone()).unsqueeze_dim(1);
+    let bias = params
+        .b_enc
+        .clone()
+        .select(0, pairs.features.clone())
+        .unsqueeze_dim(1);
     activation.apply((xs * ws).sum_dim(1) + bias)
 }
 

@@ -108,7 +108,11 @@ pub trait Sparsifier: Debug + Send + Sync {
 
     /// Selection for single tokens under [`InferenceRule::PerToken`] (default: the batch rule,
     /// which for per-token rules does not depend on the rest of the batch).
-    fn select_per_token(&self, scores: &ScoreMatrix<'_>, stats: &FeatureStats) -> Result<Selection> {
+    fn select_per_token(
+        &self,
+        scores: &ScoreMatrix<'_>,
+        stats: &FeatureStats,
+    ) -> Result<Selection> {
         self.select(scores, stats)
     }
 }
@@ -137,7 +141,10 @@ pub fn select_on_backend<B: Backend>(
     let host = host_vec(affinities);
     let scores = ScoreMatrix::new(&host, n, f)?;
     let selection = sparsifier.select(&scores, stats)?;
-    Ok(BatchSelection { selection, host_affinities: Some(host) })
+    Ok(BatchSelection {
+        selection,
+        host_affinities: Some(host),
+    })
 }
 
 /// TopK (Gao et al. 2024): each token keeps its `k` largest affinities.
@@ -185,7 +192,9 @@ impl Sparsifier for MutualChoice {
         Ok(global_topk(scores, self.k * scores.rows())?)
     }
     fn builtin(&self, rows: usize, _stats: &FeatureStats) -> Result<Option<BuiltinRule>> {
-        Ok(Some(BuiltinRule::GlobalTopK { budget: self.k * rows }))
+        Ok(Some(BuiltinRule::GlobalTopK {
+            budget: self.k * rows,
+        }))
     }
     fn inference_rule(&self) -> InferenceRule {
         InferenceRule::GlobalThreshold
@@ -231,12 +240,22 @@ pub struct FeatureChoice {
 impl FeatureChoice {
     /// Uniform capacities.
     pub fn uniform(k: usize) -> Self {
-        Self { k, capacities: CapacityRule::Uniform, exponent: 1.0, warmup_tokens: default_warmup() }
+        Self {
+            k,
+            capacities: CapacityRule::Uniform,
+            exponent: 1.0,
+            warmup_tokens: default_warmup(),
+        }
     }
 
     /// Zipf capacities with exponent 1 and the default warm-up.
     pub fn zipf(k: usize, exponent: f64) -> Self {
-        Self { k, capacities: CapacityRule::Zipf, exponent, warmup_tokens: default_warmup() }
+        Self {
+            k,
+            capacities: CapacityRule::Zipf,
+            exponent,
+            warmup_tokens: default_warmup(),
+        }
     }
 
     /// The capacities for a batch of `rows` tokens given the statistics so far.
@@ -274,7 +293,9 @@ impl Sparsifier for FeatureChoice {
     }
     fn builtin(&self, rows: usize, stats: &FeatureStats) -> Result<Option<BuiltinRule>> {
         let caps = self.capacities(rows, stats)?;
-        Ok(Some(BuiltinRule::ColumnTopM { capacities: caps.as_slice().to_vec() }))
+        Ok(Some(BuiltinRule::ColumnTopM {
+            capacities: caps.as_slice().to_vec(),
+        }))
     }
     fn inference_rule(&self) -> InferenceRule {
         InferenceRule::PerFeatureThreshold

@@ -17,7 +17,10 @@ pub struct StatsConfig {
 
 impl Default for StatsConfig {
     fn default() -> Self {
-        Self { density_horizon_tokens: 1_000_000.0, dead_window: 10_000_000 }
+        Self {
+            density_horizon_tokens: 1_000_000.0,
+            dead_window: 10_000_000,
+        }
     }
 }
 
@@ -105,7 +108,10 @@ impl FeatureStats {
         if self.ema_weight <= 0.0 {
             return vec![0.0; self.features()];
         }
-        self.density_ema.iter().map(|e| (e / self.ema_weight) as f32).collect()
+        self.density_ema
+            .iter()
+            .map(|e| (e / self.ema_weight) as f32)
+            .collect()
     }
 
     /// Tokens since each feature last fired (tokens seen, if never).
@@ -120,7 +126,10 @@ impl FeatureStats {
 
     /// Dead features: not fired in the last `dead_window` tokens.
     pub fn dead_mask(&self) -> Vec<bool> {
-        self.since_fired.iter().map(|&s| s >= self.config.dead_window).collect()
+        self.since_fired
+            .iter()
+            .map(|&s| s >= self.config.dead_window)
+            .collect()
     }
 
     /// Fraction of features that are dead.
@@ -168,6 +177,9 @@ impl FeatureStats {
 
     /// Weights that make aux_zipf select exactly as aux_k: 1 on dead features, 0 elsewhere.
     pub fn dead_weights(&self) -> Vec<f32> {
-        self.dead_mask().iter().map(|&d| if d { 1.0 } else { 0.0 }).collect()
+        self.dead_mask()
+            .iter()
+            .map(|&d| if d { 1.0 } else { 0.0 })
+            .collect()
     }
 }

@@ -171,7 +171,13 @@ pub fn loss_and_grads<B: AutodiffBackend>(
         b_dec: Tensor::from_inner(params.b_dec.clone()).require_grad(),
     };
     let x = Tensor::<B, 2>::from_inner(x);
-    let decoded = decode(spec.path, &leaves, x.clone(), spec.selection, spec.activation);
+    let decoded = decode(
+        spec.path,
+        &leaves,
+        x.clone(),
+        spec.selection,
+        spec.activation,
+    );
     let recon = decoded + leaves.b_dec.clone().unsqueeze_dim(0);
     let mse_t = mse(x.clone(), recon.clone());
     let fvu_t = fvu(x.clone(), recon.clone());
@@ -190,10 +196,12 @@ pub fn loss_and_grads<B: AutodiffBackend>(
     let loss_value = scalar(loss.clone().detach());
     let grads = loss.backward();
     let grad_of = |leaf: &Tensor<B, 2>| {
-        leaf.grad(&grads).unwrap_or_else(|| Tensor::zeros(leaf.dims(), &leaf.device()))
+        leaf.grad(&grads)
+            .unwrap_or_else(|| Tensor::zeros(leaf.dims(), &leaf.device()))
     };
     let grad_of_1 = |leaf: &Tensor<B, 1>| {
-        leaf.grad(&grads).unwrap_or_else(|| Tensor::zeros(leaf.dims(), &leaf.device()))
+        leaf.grad(&grads)
+            .unwrap_or_else(|| Tensor::zeros(leaf.dims(), &leaf.device()))
     };
     Ok(LossAndGrads {
         loss: loss_value,
@@ -266,10 +274,13 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let features = params.b_enc.dims()[0];
         let thresholds = match sparsifier.inference_rule() {
             InferenceRule::PerToken => None,
-            InferenceRule::GlobalThreshold => Some(ThresholdEstimator::global(config.threshold_decay)?),
-            InferenceRule::PerFeatureThreshold => {
-                Some(ThresholdEstimator::per_feature(features, config.threshold_decay)?)
+            InferenceRule::GlobalThreshold => {
+                Some(ThresholdEstimator::global(config.threshold_decay)?)
             }
+            InferenceRule::PerFeatureThreshold => Some(ThresholdEstimator::per_feature(
+                features,
+                config.threshold_decay,
+            )?),
         };
         Ok(Self {
             adam_m: zeros_like(&params),
@@ -296,7 +307,9 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let adam_m = tensors_from(&state.adam_m, &inner)?;
         let adam_v = tensors_from(&state.adam_v, &inner)?;
         if state.stats.features() != state.params.features {
-            return Err(SaeError::State("statistics and parameters disagree on F".into()));
+            return Err(SaeError::State(
+                "statistics and parameters disagree on F".into(),
+            ));
         }
         Ok(Self {
             params,
@@ -367,7 +380,9 @@ impl<B: AutodiffBackend> TrainStep<B> {
     /// Current inference thresholds (MC: global, FC: per feature); `None` for per-token rules
     /// or before the first step.
     pub fn thresholds(&self) -> Option<Thresholds> {
-        self.thresholds.as_ref().and_then(ThresholdEstimator::thresholds)
+        self.thresholds
+            .as_ref()
+            .and_then(ThresholdEstimator::thresholds)
     }
 
     /// Selection for tokens encoded one at a time: the sparsifier's per-token rule, or the
@@ -392,22 +407,30 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let [n, d] = x.dims();
         let features = self.params.b_enc.dims()[0];
         if d != self.params.b_dec.dims()[0] {
-            return Err(SaeError::Shape { what: "batch", expected: vec![n, self.params.b_dec.dims()[0]], actual: vec![n, d] });
+            return Err(SaeError::Shape {
+                what: "batch",
+                expected: vec![n, self.params.b_dec.dims()[0]],
+                actual: vec![n, d],
+            });
         }
         let activation = self.sparsifier.activation();
         let affinities = self.params.affinities(x.clone());
-        let batch = select_on_backend(affinities, self.sparsifier.as_ref(), &self.stats)
-            .map_err(|e| match e {
-                SaeError::Alloc(sae_alloc::AllocError::NanScore { .. }) => SaeError::NonFiniteInput,
-                e => e,
+        let batch =
+            select_on_backend(affinities, self.sparsifier.as_ref(), &self.stats).map_err(|e| {
+                match e {
+                    SaeError::Alloc(sae_alloc::AllocError::NanScore { .. }) => {
+                        SaeError::NonFiniteInput
+                    }
+                    e => e,
+                }
             })?;
         let aux_selection = match self.config.aux {
             AuxLoss::None => None,
             aux => {
                 let weights = match aux {
-                    AuxLoss::AuxZipf { exponent } => {
-                        self.stats.underused_weights(self.sparsifier.k() as f64, exponent)
-                    }
+                    AuxLoss::AuxZipf { exponent } => self
+                        .stats
+                        .underused_weights(self.sparsifier.k() as f64, exponent),
                     _ => self.stats.dead_weights(),
                 };
                 if weights.iter().any(|&w| w > 0.0) {
@@ -416,7 +439,9 @@ impl<B: AutodiffBackend> TrainStep<B> {
                         None => host_vec(self.params.affinities(x.clone())),
                     };
                     let k_aux = self.config.k_aux.unwrap_or(d / 2);
-                    Some(aux_selection(&host, n, features, &weights, k_aux, activation)?)
+                    Some(aux_selection(
+                        &host, n, features, &weights, k_aux, activation,
+                    )?)
                 } else {
                     None
                 }
@@ -436,7 +461,10 @@ impl<B: AutodiffBackend> TrainStep<B> {
             },
         )?;
         if !out.loss.is_finite() {
-            return Err(SaeError::NonFiniteLoss { step: self.step, loss: out.loss });
+            return Err(SaeError::NonFiniteLoss {
+                step: self.step,
+                loss: out.loss,
+            });
         }
         let g = out.grads;
         for (name, ok) in [
@@ -446,20 +474,58 @@ impl<B: AutodiffBackend> TrainStep<B> {
             ("b_dec", is_finite(&g.b_dec)),
         ] {
             if !ok {
-                return Err(SaeError::NonFiniteGradient { step: self.step, param: name });
+                return Err(SaeError::NonFiniteGradient {
+                    step: self.step,
+                    param: name,
+                });
             }
         }
         let g_w_dec = remove_parallel_gradient(self.params.w_dec.clone(), g.w_dec);
         self.step += 1;
         let adam = Adam::new(&self.config, self.lr(), self.step);
         let p = &self.params;
-        let (w_enc, m_w_enc, v_w_enc) = adam.update(p.w_enc.clone(), g.w_enc, self.adam_m.w_enc.clone(), self.adam_v.w_enc.clone());
-        let (b_enc, m_b_enc, v_b_enc) = adam.update(p.b_enc.clone(), g.b_enc, self.adam_m.b_enc.clone(), self.adam_v.b_enc.clone());
-        let (w_dec, m_w_dec, v_w_dec) = adam.update(p.w_dec.clone(), g_w_dec, self.adam_m.w_dec.clone(), self.adam_v.w_dec.clone());
-        let (b_dec, m_b_dec, v_b_dec) = adam.update(p.b_dec.clone(), g.b_dec, self.adam_m.b_dec.clone(), self.adam_v.b_dec.clone());
-        self.params = SaeTensors { w_enc, b_enc, w_dec: normalize_rows(w_dec), b_dec };
-        self.adam_m = SaeTensors { w_enc: m_w_enc, b_enc: m_b_enc, w_dec: m_w_dec, b_dec: m_b_dec };
-        self.adam_v = SaeTensors { w_enc: v_w_enc, b_enc: v_b_enc, w_dec: v_w_dec, b_dec: v_b_dec };
+        let (w_enc, m_w_enc, v_w_enc) = adam.update(
+            p.w_enc.clone(),
+            g.w_enc,
+            self.adam_m.w_enc.clone(),
+            self.adam_v.w_enc.clone(),
+        );
+        let (b_enc, m_b_enc, v_b_enc) = adam.update(
+            p.b_enc.clone(),
+            g.b_enc,
+            self.adam_m.b_enc.clone(),
+            self.adam_v.b_enc.clone(),
+        );
+        let (w_dec, m_w_dec, v_w_dec) = adam.update(
+            p.w_dec.clone(),
+            g_w_dec,
+            self.adam_m.w_dec.clone(),
+            self.adam_v.w_dec.clone(),
+        );
+        let (b_dec, m_b_dec, v_b_dec) = adam.update(
+            p.b_dec.clone(),
+            g.b_dec,
+            self.adam_m.b_dec.clone(),
+            self.adam_v.b_dec.clone(),
+        );
+        self.params = SaeTensors {
+            w_enc,
+            b_enc,
+            w_dec: normalize_rows(w_dec),
+            b_dec,
+        };
+        self.adam_m = SaeTensors {
+            w_enc: m_w_enc,
+            b_enc: m_b_enc,
+            w_dec: m_w_dec,
+            b_dec: m_b_dec,
+        };
+        self.adam_v = SaeTensors {
+            w_enc: v_w_enc,
+            b_enc: v_b_enc,
+            w_dec: v_w_dec,
+            b_dec: v_b_dec,
+        };
         self.stats.update(&selection, |z| activation.fires(z))?;
         if let Some(t) = self.thresholds.as_mut() {
             t.update(&selection)?;
@@ -507,10 +573,17 @@ impl Adam {
         m: Tensor<B, D>,
         v: Tensor<B, D>,
     ) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
-        let m = m.mul_scalar(self.beta1 as f32) + grad.clone().mul_scalar((1.0 - self.beta1) as f32);
-        let v = v.mul_scalar(self.beta2 as f32) + grad.square().mul_scalar((1.0 - self.beta2) as f32);
-        let denom = (v.clone().mul_scalar((1.0 / self.correction2) as f32)).sqrt().add_scalar(self.eps as f32);
-        let step = m.clone().div(denom).mul_scalar((self.lr / self.correction1) as f32);
+        let m =
+            m.mul_scalar(self.beta1 as f32) + grad.clone().mul_scalar((1.0 - self.beta1) as f32);
+        let v =
+            v.mul_scalar(self.beta2 as f32) + grad.square().mul_scalar((1.0 - self.beta2) as f32);
+        let denom = (v.clone().mul_scalar((1.0 / self.correction2) as f32))
+            .sqrt()
+            .add_scalar(self.eps as f32);
+        let step = m
+            .clone()
+            .div(denom)
+            .mul_scalar((self.lr / self.correction1) as f32);
         (param - step, m, v)
     }
 }

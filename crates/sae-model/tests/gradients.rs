@@ -20,10 +20,19 @@ const TOL: f32 = 1e-4;
 
 /// Statistics that have seen data, so Zipf capacities and under-used weights are non-trivial.
 fn warm_stats(seed: u64) -> FeatureStats {
-    let mut stats = FeatureStats::new(F, StatsConfig { density_horizon_tokens: 100.0, dead_window: 40 });
+    let mut stats = FeatureStats::new(
+        F,
+        StatsConfig {
+            density_horizon_tokens: 100.0,
+            dead_window: 40,
+        },
+    );
     let scores = random(N * F, seed);
     let sel = TopK { k: K }
-        .select(&ScoreMatrix::new(&scores, N, F).unwrap(), &FeatureStats::new(F, StatsConfig::default()))
+        .select(
+            &ScoreMatrix::new(&scores, N, F).unwrap(),
+            &FeatureStats::new(F, StatsConfig::default()),
+        )
         .unwrap();
     for _ in 0..3 {
         stats.update(&sel, |z| z > 0.0).unwrap();
@@ -45,15 +54,22 @@ fn sparsifiers() -> Vec<Box<dyn Sparsifier>> {
 fn check_backend<B: AutodiffBackend>(device: &B::Device) {
     let stats = warm_stats(7);
     for (i, sparsifier) in sparsifiers().into_iter().enumerate() {
-        for (aux_case, recon_loss) in [(false, ReconLoss::Fvu), (true, ReconLoss::Mse), (true, ReconLoss::Fvu)] {
+        for (aux_case, recon_loss) in [
+            (false, ReconLoss::Fvu),
+            (true, ReconLoss::Mse),
+            (true, ReconLoss::Fvu),
+        ] {
             let seed = 10 * i as u64 + aux_case as u64;
             let p = params(D, F, seed);
             let sae = Sae::<B::InnerBackend>::from_params(&p, device).unwrap();
             let x = tensor::<B::InnerBackend>(random(N * D, seed + 1), N, D, device);
             let z = host_vec(sae.affinities(x.clone()));
-            let sel = sparsifier.select(&ScoreMatrix::new(&z, N, F).unwrap(), &stats).unwrap();
+            let sel = sparsifier
+                .select(&ScoreMatrix::new(&z, N, F).unwrap(), &stats)
+                .unwrap();
             let weights = stats.underused_weights(K as f64, 1.0);
-            let aux = aux_case.then(|| aux_selection(&z, N, F, &weights, 2, Activation::Relu).unwrap());
+            let aux =
+                aux_case.then(|| aux_selection(&z, N, F, &weights, 2, Activation::Relu).unwrap());
             if let Some(a) = &aux {
                 assert!(a.nnz() > 0, "aux selection must not be empty in this test");
             }
@@ -78,10 +94,30 @@ fn check_backend<B: AutodiffBackend>(device: &B::Device) {
             assert_close(&format!("{what} loss"), &[sparse.loss], &[dense.loss], TOL);
             assert_close(&format!("{what} aux"), &[sparse.aux], &[dense.aux], TOL);
             let (g, o) = (sparse.grads, dense.grads);
-            assert_close(&format!("{what} w_enc"), &host(g.w_enc), &host(o.w_enc), TOL);
-            assert_close(&format!("{what} b_enc"), &host(g.b_enc), &host(o.b_enc), TOL);
-            assert_close(&format!("{what} w_dec"), &host(g.w_dec), &host(o.w_dec), TOL);
-            assert_close(&format!("{what} b_dec"), &host(g.b_dec), &host(o.b_dec), TOL);
+            assert_close(
+                &format!("{what} w_enc"),
+                &host(g.w_enc),
+                &host(o.w_enc),
+                TOL,
+            );
+            assert_close(
+                &format!("{what} b_enc"),
+                &host(g.b_enc),
+                &host(o.b_enc),
+                TOL,
+            );
+            assert_close(
+                &format!("{what} w_dec"),
+                &host(g.w_dec),
+                &host(o.w_dec),
+                TOL,
+            );
+            assert_close(
+                &format!("{what} b_dec"),
+                &host(g.b_dec),
+                &host(o.b_dec),
+                TOL,
+            );
         }
     }
 }
@@ -114,7 +150,9 @@ fn dense_oracle_matches_finite_differences() {
     let sae = Sae::<NdArray<f64>>::from_params(&p, &device).unwrap();
     let xt = tensor::<NdArray<f64>>(x.clone(), N, D, &device);
     let z = host_vec(sae.affinities(xt.clone()));
-    let sel = TopK { k: K }.select(&ScoreMatrix::new(&z, N, F).unwrap(), &warm_stats(1)).unwrap();
+    let sel = TopK { k: K }
+        .select(&ScoreMatrix::new(&z, N, F).unwrap(), &warm_stats(1))
+        .unwrap();
     let loss_of = |p: &sae_model::SaeParams| {
         let sae = Sae::<NdArray<f64>>::from_params(p, &device).unwrap();
         loss_and_grads::<B>(
@@ -140,13 +178,21 @@ fn dense_oracle_matches_finite_differences() {
         plus.w_dec[idx] += h;
         minus.w_dec[idx] -= h;
         let fd = (loss_of(&plus).loss - loss_of(&minus).loss) / (2.0 * h);
-        assert!((fd - g_w_dec[idx]).abs() < 1e-3, "w_dec[{idx}]: fd {fd} vs {}", g_w_dec[idx]);
+        assert!(
+            (fd - g_w_dec[idx]).abs() < 1e-3,
+            "w_dec[{idx}]: fd {fd} vs {}",
+            g_w_dec[idx]
+        );
     }
     for idx in [0usize, 3] {
         let (mut plus, mut minus) = (p.clone(), p.clone());
         plus.b_dec[idx] += h;
         minus.b_dec[idx] -= h;
         let fd = (loss_of(&plus).loss - loss_of(&minus).loss) / (2.0 * h);
-        assert!((fd - g_b_dec[idx]).abs() < 1e-3, "b_dec[{idx}]: fd {fd} vs {}", g_b_dec[idx]);
+        assert!(
+            (fd - g_b_dec[idx]).abs() < 1e-3,
+            "b_dec[{idx}]: fd {fd} vs {}",
+            g_b_dec[idx]
+        );
     }
 }

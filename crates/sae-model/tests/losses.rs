@@ -6,8 +6,8 @@ use burn::backend::{Autodiff, Flex};
 use common::{random, tensor};
 use sae_model::sae_alloc::{ScoreMatrix, Selection};
 use sae_model::{
-    Activation, FeatureStats, LossSpec, ReconLoss, Sae, SaeParams, Sparsifier, StatsConfig, StepPath,
-    TopK, aux_selection, fvu, loss_and_grads, mse, sae::host_vec,
+    Activation, FeatureStats, LossSpec, ReconLoss, Sae, SaeParams, Sparsifier, StatsConfig,
+    StepPath, TopK, aux_selection, fvu, loss_and_grads, mse, sae::host_vec,
 };
 
 type Inner = Flex;
@@ -48,7 +48,9 @@ fn aux_k_by_hand() {
     let z = host_vec(sae.affinities(x.clone()));
     assert_eq!(z, vec![3.0, 1.0]);
     let stats = FeatureStats::new(2, StatsConfig::default());
-    let sel = TopK { k: 1 }.select(&ScoreMatrix::new(&z, 1, 2).unwrap(), &stats).unwrap();
+    let sel = TopK { k: 1 }
+        .select(&ScoreMatrix::new(&z, 1, 2).unwrap(), &stats)
+        .unwrap();
     assert_eq!(sel.features(), &[0]);
     // Feature 1 dead: aux selects it with code 1.
     let aux = aux_selection(&z, 1, 2, &[0.0, 1.0], 1, Activation::Relu).unwrap();
@@ -94,7 +96,13 @@ fn aux_zipf_equals_aux_k_on_dead_set_with_unit_weights() {
     let x = tensor::<Inner>(random(n * d, 6), n, d, &device);
     let z = host_vec(sae.affinities(x.clone()));
     // Statistics where features 0..10 fired and 10..20 never did: dead after the window.
-    let mut stats = FeatureStats::new(f, StatsConfig { density_horizon_tokens: 50.0, dead_window: 32 });
+    let mut stats = FeatureStats::new(
+        f,
+        StatsConfig {
+            density_horizon_tokens: 50.0,
+            dead_window: 32,
+        },
+    );
     let features: Vec<u32> = (0..n as u32).map(|t| t % 10).collect();
     let offsets: Vec<usize> = (0..=n).collect();
     let sel = Selection::from_parts(n, f, offsets, features, vec![1.0; n]).unwrap();
@@ -120,7 +128,9 @@ fn aux_zipf_equals_aux_k_on_dead_set_with_unit_weights() {
             assert_eq!(*w, 1.0);
         }
     }
-    let main = TopK { k: 3 }.select(&ScoreMatrix::new(&z, n, f).unwrap(), &stats).unwrap();
+    let main = TopK { k: 3 }
+        .select(&ScoreMatrix::new(&z, n, f).unwrap(), &stats)
+        .unwrap();
     let loss = |aux: &Selection| {
         loss_and_grads::<B>(
             &sae.tensors(),

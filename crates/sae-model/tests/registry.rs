@@ -5,11 +5,20 @@ use sae_model::{Activation, InferenceRule, Registry, SaeError};
 #[test]
 fn builtins_by_name() {
     let r = Registry::with_builtins();
-    assert_eq!(r.names(), vec!["batch_topk", "feature_choice", "mutual_choice", "topk"]);
+    assert_eq!(
+        r.names(),
+        vec!["batch_topk", "feature_choice", "mutual_choice", "topk"]
+    );
     let s = r.build_str(r#"{"name": "topk", "k": 32}"#).unwrap();
-    assert_eq!((s.name(), s.k(), s.inference_rule()), ("topk", 32, InferenceRule::PerToken));
+    assert_eq!(
+        (s.name(), s.k(), s.inference_rule()),
+        ("topk", 32, InferenceRule::PerToken)
+    );
     let s = r.build_str(r#"{"name": "batch_topk", "k": 8}"#).unwrap();
-    assert_eq!((s.name(), s.inference_rule()), ("mutual_choice", InferenceRule::GlobalThreshold));
+    assert_eq!(
+        (s.name(), s.inference_rule()),
+        ("mutual_choice", InferenceRule::GlobalThreshold)
+    );
     let s = r
         .build_str(r#"{"name": "feature_choice", "k": 32, "capacities": "zipf", "exponent": 1.0}"#)
         .unwrap();
@@ -29,7 +38,13 @@ fn errors_are_typed() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(r.build_str(r#"{"name": "topk", "kk": 1}"#), Err(SaeError::Params(_))));
-    assert!(matches!(r.build_str(r#"{"k": 1}"#), Err(SaeError::Config(_))));
+    assert!(matches!(
+        r.build_str(r#"{"name": "topk", "kk": 1}"#),
+        Err(SaeError::Params(_))
+    ));
+    assert!(matches!(
+        r.build_str(r#"{"k": 1}"#),
+        Err(SaeError::Config(_))
+    ));
     assert!(matches!(r.build_str("[1]"), Err(SaeError::Config(_))));
 }

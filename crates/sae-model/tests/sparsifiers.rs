@@ -7,7 +7,9 @@ const N: usize = 16;
 const F: usize = 8;
 
 fn scores() -> Vec<f32> {
-    (0..N * F).map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0).collect()
+    (0..N * F)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0)
+        .collect()
 }
 
 #[test]
@@ -34,8 +36,15 @@ fn feature_choice_uniform_then_zipf_after_warmup() {
     let mut fc = FeatureChoice::zipf(2, 1.0);
     fc.warmup_tokens = N as u64;
     let before = fc.select(&m, &stats).unwrap();
-    assert!(before.counts_per_feature().iter().all(|&c| c == 2 * N as u32 / F as u32));
-    stats.update(&TopK { k: 2 }.select(&m, &stats).unwrap(), |s| s > 0.0).unwrap();
+    assert!(
+        before
+            .counts_per_feature()
+            .iter()
+            .all(|&c| c == 2 * N as u32 / F as u32)
+    );
+    stats
+        .update(&TopK { k: 2 }.select(&m, &stats).unwrap(), |s| s > 0.0)
+        .unwrap();
     let after = fc.select(&m, &stats).unwrap();
     assert_eq!(after.nnz(), 2 * N);
     let caps = fc.capacities(N, &stats).unwrap();
@@ -50,10 +59,18 @@ fn feature_choice_uniform_then_zipf_after_warmup() {
 fn builtin_rules_describe_the_selection() {
     let stats = FeatureStats::new(F, StatsConfig::default());
     use sae_model::BuiltinRule;
-    assert_eq!(TopK { k: 3 }.builtin(N, &stats).unwrap(), Some(BuiltinRule::RowTopK { k: 3 }));
-    assert_eq!(MutualChoice { k: 3 }.builtin(N, &stats).unwrap(), Some(BuiltinRule::GlobalTopK { budget: 3 * N }));
+    assert_eq!(
+        TopK { k: 3 }.builtin(N, &stats).unwrap(),
+        Some(BuiltinRule::RowTopK { k: 3 })
+    );
+    assert_eq!(
+        MutualChoice { k: 3 }.builtin(N, &stats).unwrap(),
+        Some(BuiltinRule::GlobalTopK { budget: 3 * N })
+    );
     match FeatureChoice::uniform(3).builtin(N, &stats).unwrap() {
-        Some(BuiltinRule::ColumnTopM { capacities }) => assert_eq!(capacities.iter().sum::<u32>(), 3 * N as u32),
+        Some(BuiltinRule::ColumnTopM { capacities }) => {
+            assert_eq!(capacities.iter().sum::<u32>(), 3 * N as u32)
+        }
         other => panic!("{other:?}"),
     }
 }

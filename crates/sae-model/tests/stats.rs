@@ -11,7 +11,13 @@ fn selection(n: usize, f: usize, fire_mod: u32) -> Selection {
 
 #[test]
 fn density_dead_and_l0() {
-    let mut s = FeatureStats::new(4, StatsConfig { density_horizon_tokens: 1e9, dead_window: 10 });
+    let mut s = FeatureStats::new(
+        4,
+        StatsConfig {
+            density_horizon_tokens: 1e9,
+            dead_window: 10,
+        },
+    );
     s.update(&selection(8, 4, 2), |z| z > 0.0).unwrap();
     // Huge horizon: bias-corrected density is the plain fraction.
     let d = s.density();
@@ -31,7 +37,13 @@ fn density_dead_and_l0() {
 
 #[test]
 fn density_ema_forgets() {
-    let mut s = FeatureStats::new(2, StatsConfig { density_horizon_tokens: 10.0, dead_window: 1000 });
+    let mut s = FeatureStats::new(
+        2,
+        StatsConfig {
+            density_horizon_tokens: 10.0,
+            dead_window: 1000,
+        },
+    );
     for _ in 0..50 {
         s.update(&selection(10, 2, 1), |z| z > 0.0).unwrap();
     }
@@ -47,7 +59,13 @@ fn density_ema_forgets() {
 #[test]
 fn underused_weights_follow_zipf_targets() {
     let f = 4;
-    let mut s = FeatureStats::new(f, StatsConfig { density_horizon_tokens: 1e9, dead_window: 100 });
+    let mut s = FeatureStats::new(
+        f,
+        StatsConfig {
+            density_horizon_tokens: 1e9,
+            dead_window: 100,
+        },
+    );
     // Feature 0 fires on every token, 1 on half, 2 on a quarter, 3 never (not yet dead).
     let n = 8;
     let mut features = Vec::new();
@@ -63,7 +81,11 @@ fn underused_weights_follow_zipf_targets() {
         offsets.push(features.len());
     }
     let scores = vec![1.0; features.len()];
-    s.update(&Selection::from_parts(n, f, offsets, features, scores).unwrap(), |z| z > 0.0).unwrap();
+    s.update(
+        &Selection::from_parts(n, f, offsets, features, scores).unwrap(),
+        |z| z > 0.0,
+    )
+    .unwrap();
     assert_eq!(s.usage_order(), vec![0, 1, 2, 3]);
     // k = 1.75 (mean L0), alpha = 1: H(4) = 25/12; tau_r = 1.75 * 12 / 25 / r.
     let tau = s.target_density(1.75, 1.0);

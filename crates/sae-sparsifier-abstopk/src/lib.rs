@@ -14,7 +14,9 @@
 #![deny(missing_docs)]
 
 use sae_model::sae_alloc::{ScoreMatrix, Selection, row_topk};
-use sae_model::{Activation, FeatureStats, InferenceRule, Registry, Result, Sparsifier, parse_params};
+use sae_model::{
+    Activation, FeatureStats, InferenceRule, Registry, Result, Sparsifier, parse_params,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -40,7 +42,10 @@ impl Sparsifier for AbsTopK {
 
     fn select(&self, scores: &ScoreMatrix<'_>, _stats: &FeatureStats) -> Result<Selection> {
         let magnitudes: Vec<f32> = scores.data().iter().map(|z| z.abs()).collect();
-        let by_magnitude = row_topk(&ScoreMatrix::new(&magnitudes, scores.rows(), scores.cols())?, self.k)?;
+        let by_magnitude = row_topk(
+            &ScoreMatrix::new(&magnitudes, scores.rows(), scores.cols())?,
+            self.k,
+        )?;
         // Same pairs, signed affinities as scores.
         let signed = by_magnitude
             .token_ids()

@@ -16,7 +16,9 @@ fn data(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
     (0..len)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -30,9 +32,16 @@ fn registry() -> Registry {
 
 #[test]
 fn selects_by_magnitude_keeping_signs() {
-    let s = registry().build_str(r#"{"name": "abs_topk", "k": 2}"#).unwrap();
+    let s = registry()
+        .build_str(r#"{"name": "abs_topk", "k": 2}"#)
+        .unwrap();
     let z = [0.5, -3.0, 2.0, 0.1, -0.2, 0.3, 0.0, 1.0];
-    let sel = s.select(&ScoreMatrix::new(&z, 2, 4).unwrap(), &FeatureStats::new(4, StatsConfig::default())).unwrap();
+    let sel = s
+        .select(
+            &ScoreMatrix::new(&z, 2, 4).unwrap(),
+            &FeatureStats::new(4, StatsConfig::default()),
+        )
+        .unwrap();
     assert_eq!(sel.row(0), (&[1u32, 2][..], &[-3.0f32, 2.0][..]));
     assert_eq!(sel.row(1), (&[1u32, 3][..], &[0.3f32, 1.0][..]));
     assert_eq!(s.activation(), Activation::Identity);
@@ -42,9 +51,24 @@ fn selects_by_magnitude_keeping_signs() {
 fn trains_by_name_through_the_registry() {
     type B = Autodiff<Flex>;
     let device = Default::default();
-    let s = registry().build_str(r#"{"name": "abs_topk", "k": 3}"#).unwrap();
-    let sae = Sae::<Flex>::init(&SaeConfig { d_model: D, features: F, seed: 2 }, None, &device).unwrap();
-    let config = TrainConfig { lr: Some(1e-2), aux: AuxLoss::None, ..TrainConfig::default() };
+    let s = registry()
+        .build_str(r#"{"name": "abs_topk", "k": 3}"#)
+        .unwrap();
+    let sae = Sae::<Flex>::init(
+        &SaeConfig {
+            d_model: D,
+            features: F,
+            seed: 2,
+        },
+        None,
+        &device,
+    )
+    .unwrap();
+    let config = TrainConfig {
+        lr: Some(1e-2),
+        aux: AuxLoss::None,
+        ..TrainConfig::default()
+    };
     let mut t = TrainStep::<B>::new(&sae, s, config, &device).unwrap();
     let x = Tensor::<B, 2>::from_data(TensorData::new(data(N * D, 1), [N, D]), &device);
     let first = t.train_step(x.clone()).unwrap();
@@ -52,7 +76,12 @@ fn trains_by_name_through_the_registry() {
     for _ in 0..20 {
         last = t.train_step(x.clone()).unwrap();
     }
-    assert!(last.loss.is_finite() && last.loss < first.loss, "{} -> {}", first.loss, last.loss);
+    assert!(
+        last.loss.is_finite() && last.loss < first.loss,
+        "{} -> {}",
+        first.loss,
+        last.loss
+    );
     // Signed codes: some selected affinities are negative.
     assert!(last.selection.scores().iter().any(|&z| z < 0.0));
     assert!(last.selection.l0_per_token().iter().all(|&l| l == 3));
@@ -62,11 +91,27 @@ fn trains_by_name_through_the_registry() {
 fn signed_codes_match_the_dense_oracle() {
     type B = Autodiff<NdArray>;
     let device = Default::default();
-    let s = registry().build_str(r#"{"name": "abs_topk", "k": 3}"#).unwrap();
-    let sae = Sae::<NdArray>::init(&SaeConfig { d_model: D, features: F, seed: 3 }, None, &device).unwrap();
+    let s = registry()
+        .build_str(r#"{"name": "abs_topk", "k": 3}"#)
+        .unwrap();
+    let sae = Sae::<NdArray>::init(
+        &SaeConfig {
+            d_model: D,
+            features: F,
+            seed: 3,
+        },
+        None,
+        &device,
+    )
+    .unwrap();
     let x = Tensor::<NdArray, 2>::from_data(TensorData::new(data(N * D, 2), [N, D]), &device);
     let z = host_vec(sae.affinities(x.clone()));
-    let sel = s.select(&ScoreMatrix::new(&z, N, F).unwrap(), &FeatureStats::new(F, StatsConfig::default())).unwrap();
+    let sel = s
+        .select(
+            &ScoreMatrix::new(&z, N, F).unwrap(),
+            &FeatureStats::new(F, StatsConfig::default()),
+        )
+        .unwrap();
     let run = |path| {
         loss_and_grads::<B>(
             &sae.tensors(),

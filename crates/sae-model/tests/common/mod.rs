@@ -15,14 +15,24 @@ pub fn random(len: usize, seed: u64) -> Vec<f32> {
 
 /// A small SAE with random biases (so every parameter matters).
 pub fn params(d: usize, f: usize, seed: u64) -> SaeParams {
-    let mut p = SaeParams::init(&SaeConfig { d_model: d, features: f, seed }).unwrap();
+    let mut p = SaeParams::init(&SaeConfig {
+        d_model: d,
+        features: f,
+        seed,
+    })
+    .unwrap();
     p.b_enc = random(f, seed + 100).into_iter().map(|v| v * 0.1).collect();
     p.b_dec = random(d, seed + 200).into_iter().map(|v| v * 0.1).collect();
     p
 }
 
 /// A `[rows, cols]` tensor from host values.
-pub fn tensor<B: Backend>(data: Vec<f32>, rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
+pub fn tensor<B: Backend>(
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
     Tensor::from_data(TensorData::new(data, [rows, cols]), device)
 }
 
