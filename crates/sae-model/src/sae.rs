@@ -133,7 +133,7 @@ impl SaeParams {
 
 /// Mean of a sample of activations (rows of `sample`, each of width `d`), the paper's `b_dec` init.
 pub fn sample_mean(sample: &[f32], d: usize) -> Result<Vec<f32>> {
-    if d == 0 || sample.is_empty() || sample.len() % d != 0 {
+    if d == 0 || sample.is_empty() || !sample.len().is_multiple_of(d) {
         return Err(SaeError::Shape {
             what: "b_dec init sample",
             expected: vec![0, d],

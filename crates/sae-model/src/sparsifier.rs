@@ -263,13 +263,12 @@ impl FeatureChoice {
         let features = stats.features();
         let budget = self.k * rows;
         let warm = stats.tokens_seen() >= self.warmup_tokens;
-        let caps = match self.capacities {
+        Ok(match self.capacities {
             CapacityRule::Zipf if warm => {
                 Capacities::zipf(budget, rows as u32, self.exponent, &stats.usage_order())?
             }
             _ => Capacities::uniform(budget, features, rows as u32)?,
-        };
-        Ok(caps)
+        })
     }
 }
 

@@ -30,7 +30,7 @@ fn density_dead_and_l0() {
     assert_eq!(s.dead_fraction(), 0.5);
     assert_eq!(s.tokens_seen(), 16);
     // Non-positive scores do not count as fires.
-    s.update(&selection(4, 4, 1).clone(), |z| z > 1.0).unwrap();
+    s.update(&selection(4, 4, 1), |z| z > 1.0).unwrap();
     assert_eq!(s.tokens_since_fired()[0], 4);
     assert_eq!(s.last_l0_mean(), 0.0);
 }
