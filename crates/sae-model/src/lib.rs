@@ -1,0 +1,38 @@
+//! `sae-model`: a sparse autoencoder on burn with the sparsifiers of "Adaptive Sparse Allocation
+//! with Mutual Choice & Feature Choice Sparse Autoencoders" (arXiv 2411.02124).
+//!
+//! - [`Sae`]: the module (`w_enc`, `b_enc`, `w_dec` with unit-norm rows, `b_dec`).
+//! - [`Sparsifier`]: the extension point choosing the (token, feature) pairs of a batch;
+//!   [`TopK`], [`MutualChoice`] (= BatchTopK), [`FeatureChoice`]; [`Registry`] builds them by
+//!   name from JSON specifications.
+//! - [`TrainStep`]: one optimizer step (sparse forward, losses, backward, decoder constraint,
+//!   Adam, statistics) and exact save / restore through [`TrainState`].
+//! - [`sparse`]: the O(N k d) gather path; [`dense`]: the masked dense oracle.
+#![deny(missing_docs)]
+
+pub mod dense;
+pub mod error;
+pub mod loss;
+pub mod registry;
+pub mod sae;
+pub mod sparse;
+pub mod sparsifier;
+pub mod stats;
+pub mod step;
+
+pub use error::{Result, SaeError};
+pub use loss::{AuxLoss, aux_selection, fvu, mse};
+pub use registry::{Registry, SparsifierFactory, parse_params};
+pub use sae::{Sae, SaeConfig, SaeParams, SaeTensors, sample_mean};
+pub use sparsifier::{
+    Activation, BatchSelection, BuiltinRule, CapacityRule, FeatureChoice, InferenceRule,
+    MutualChoice, Sparsifier, TopK, select_on_backend,
+};
+pub use stats::{FeatureStats, StatsConfig};
+pub use step::{
+    LossAndGrads, LossSpec, ReconLoss, StepOutput, StepPath, TrainConfig, TrainState, TrainStep,
+    loss_and_grads,
+};
+
+/// Re-exported so sparsifier crates need not depend on `sae-alloc` directly.
+pub use sae_alloc;

@@ -1,0 +1,302 @@
+//! The `Sparsifier` extension point and the paper's sparsifiers.
+
+use std::fmt::Debug;
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use sae_alloc::{Capacities, ScoreMatrix, Selection, column_topm, global_topk, row_topk};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, SaeError};
+use crate::sae::host_vec;
+use crate::stats::FeatureStats;
+
+/// The function applied to the selected affinities to give the codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `max(z, 0)`: the paper's sparsifiers.
+    Relu,
+    /// `z`: signed codes (e.g. AbsTopK).
+    Identity,
+}
+
+impl Activation {
+    /// Applies the activation to a tensor.
+    pub fn apply<B: Backend, const D: usize>(self, t: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Self::Relu => relu(t),
+            Self::Identity => t,
+        }
+    }
+
+    /// Applies the activation to one value.
+    pub fn apply_scalar(self, z: f32) -> f32 {
+        match self {
+            Self::Relu => z.max(0.0),
+            Self::Identity => z,
+        }
+    }
+
+    /// Whether a selected affinity gives a non-zero code (counts as a fire).
+    pub fn fires(self, z: f32) -> bool {
+        self.apply_scalar(z) != 0.0
+    }
+}
+
+/// A selection rule a device backend may run natively instead of calling
+/// [`Sparsifier::select`] on the host (GPU kernels slot in here).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BuiltinRule {
+    /// Each row keeps its `k` largest affinities.
+    RowTopK {
+        /// Features per token.
+        k: usize,
+    },
+    /// The `budget` largest affinities of the whole matrix.
+    GlobalTopK {
+        /// Total pairs kept.
+        budget: usize,
+    },
+    /// Each column keeps its `capacities[j]` largest affinities.
+    ColumnTopM {
+        /// Tokens per feature.
+        capacities: Vec<u32>,
+    },
+}
+
+/// How a trained model selects features for single tokens, without a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InferenceRule {
+    /// The training rule works per token already (TopK, AbsTopK).
+    PerToken,
+    /// One threshold for all features, estimated during training (MC / BatchTopK).
+    GlobalThreshold,
+    /// One threshold per feature, estimated during training (FC).
+    PerFeatureThreshold,
+}
+
+/// The extension point: chooses the (token, feature) pairs of a batch.
+///
+/// Implementations see the detached affinities on the host and the running feature statistics,
+/// and return the chosen pairs. Object safe: registries hand out `Box<dyn Sparsifier>`.
+pub trait Sparsifier: Debug + Send + Sync {
+    /// Registry name of the rule (e.g. `"topk"`).
+    fn name(&self) -> &str;
+
+    /// Target mean number of active features per token (the budget is `k * N`).
+    fn k(&self) -> usize;
+
+    /// Chooses the pairs of a batch from its affinities `[N, F]`.
+    fn select(&self, scores: &ScoreMatrix<'_>, stats: &FeatureStats) -> Result<Selection>;
+
+    /// The activation applied to the selected affinities.
+    fn activation(&self) -> Activation {
+        Activation::Relu
+    }
+
+    /// The built-in rule this sparsifier computes for a batch of `rows` tokens, if any, so
+    /// device paths can run it natively; `None` means only [`Sparsifier::select`] is available.
+    fn builtin(&self, _rows: usize, _stats: &FeatureStats) -> Result<Option<BuiltinRule>> {
+        Ok(None)
+    }
+
+    /// How single tokens are encoded after training.
+    fn inference_rule(&self) -> InferenceRule;
+
+    /// Selection for single tokens under [`InferenceRule::PerToken`] (default: the batch rule,
+    /// which for per-token rules does not depend on the rest of the batch).
+    fn select_per_token(
+        &self,
+        scores: &ScoreMatrix<'_>,
+        stats: &FeatureStats,
+    ) -> Result<Selection> {
+        self.select(scores, stats)
+    }
+}
+
+/// A batch's selection, with the host copy of the affinities when one was made.
+#[derive(Debug, Clone)]
+pub struct BatchSelection {
+    /// The chosen pairs.
+    pub selection: Selection,
+    /// Row-major `[N, F]` affinities on the host, if selection copied them there (reusable,
+    /// e.g. by the auxiliary loss's selection).
+    pub host_affinities: Option<Vec<f32>>,
+}
+
+/// Runs a sparsifier on a batch of detached affinities held by any backend.
+///
+/// This is the one place that decides how selection runs for a backend. For now every backend
+/// copies the affinities to the host and calls [`Sparsifier::select`] (sae-alloc); device
+/// selection kernels will dispatch here on [`Sparsifier::builtin`].
+pub fn select_on_backend<B: Backend>(
+    affinities: Tensor<B, 2>,
+    sparsifier: &dyn Sparsifier,
+    stats: &FeatureStats,
+) -> Result<BatchSelection> {
+    let [n, f] = affinities.dims();
+    let host = host_vec(affinities);
+    let scores = ScoreMatrix::new(&host, n, f)?;
+    let selection = sparsifier.select(&scores, stats)?;
+    Ok(BatchSelection {
+        selection,
+        host_affinities: Some(host),
+    })
+}
+
+/// TopK (Gao et al. 2024): each token keeps its `k` largest affinities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopK {
+    /// Features per token.
+    pub k: usize,
+}
+
+impl Sparsifier for TopK {
+    fn name(&self) -> &str {
+        "topk"
+    }
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn select(&self, scores: &ScoreMatrix<'_>, _stats: &FeatureStats) -> Result<Selection> {
+        Ok(row_topk(scores, self.k)?)
+    }
+    fn builtin(&self, _rows: usize, _stats: &FeatureStats) -> Result<Option<BuiltinRule>> {
+        Ok(Some(BuiltinRule::RowTopK { k: self.k }))
+    }
+    fn inference_rule(&self) -> InferenceRule {
+        InferenceRule::PerToken
+    }
+}
+
+/// Mutual Choice, identical to BatchTopK: the `k * N` largest affinities of the batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MutualChoice {
+    /// Target mean features per token.
+    pub k: usize,
+}
+
+impl Sparsifier for MutualChoice {
+    fn name(&self) -> &str {
+        "mutual_choice"
+    }
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn select(&self, scores: &ScoreMatrix<'_>, _stats: &FeatureStats) -> Result<Selection> {
+        Ok(global_topk(scores, self.k * scores.rows())?)
+    }
+    fn builtin(&self, rows: usize, _stats: &FeatureStats) -> Result<Option<BuiltinRule>> {
+        Ok(Some(BuiltinRule::GlobalTopK {
+            budget: self.k * rows,
+        }))
+    }
+    fn inference_rule(&self) -> InferenceRule {
+        InferenceRule::GlobalThreshold
+    }
+}
+
+/// How Feature Choice sets each feature's capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapacityRule {
+    /// `m_j = kN / F`.
+    #[default]
+    Uniform,
+    /// `m_(r)` proportional to `r^-exponent`, ranks by running density.
+    Zipf,
+}
+
+fn default_exponent() -> f64 {
+    1.0
+}
+
+fn default_warmup() -> u64 {
+    1_000_000
+}
+
+/// Feature Choice: each feature keeps its `m_j` largest affinities, `sum m_j = kN`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureChoice {
+    /// Target mean features per token.
+    pub k: usize,
+    /// Capacity rule.
+    #[serde(default)]
+    pub capacities: CapacityRule,
+    /// Zipf exponent alpha.
+    #[serde(default = "default_exponent")]
+    pub exponent: f64,
+    /// Zipf capacities stay uniform until the statistics have seen this many tokens.
+    #[serde(default = "default_warmup")]
+    pub warmup_tokens: u64,
+}
+
+impl FeatureChoice {
+    /// Uniform capacities.
+    pub fn uniform(k: usize) -> Self {
+        Self {
+            k,
+            capacities: CapacityRule::Uniform,
+            exponent: 1.0,
+            warmup_tokens: default_warmup(),
+        }
+    }
+
+    /// Zipf capacities with exponent 1 and the default warm-up.
+    pub fn zipf(k: usize, exponent: f64) -> Self {
+        Self {
+            k,
+            capacities: CapacityRule::Zipf,
+            exponent,
+            warmup_tokens: default_warmup(),
+        }
+    }
+
+    /// The capacities for a batch of `rows` tokens given the statistics so far.
+    pub fn capacities(&self, rows: usize, stats: &FeatureStats) -> Result<Capacities> {
+        let features = stats.features();
+        let budget = self.k * rows;
+        let warm = stats.tokens_seen() >= self.warmup_tokens;
+        Ok(match self.capacities {
+            CapacityRule::Zipf if warm => {
+                Capacities::zipf(budget, rows as u32, self.exponent, &stats.usage_order())?
+            }
+            _ => Capacities::uniform(budget, features, rows as u32)?,
+        })
+    }
+}
+
+impl Sparsifier for FeatureChoice {
+    fn name(&self) -> &str {
+        "feature_choice"
+    }
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn select(&self, scores: &ScoreMatrix<'_>, stats: &FeatureStats) -> Result<Selection> {
+        if stats.features() != scores.cols() {
+            return Err(SaeError::Shape {
+                what: "feature statistics",
+                expected: vec![scores.cols()],
+                actual: vec![stats.features()],
+            });
+        }
+        let caps = self.capacities(scores.rows(), stats)?;
+        Ok(column_topm(scores, &caps)?)
+    }
+    fn builtin(&self, rows: usize, stats: &FeatureStats) -> Result<Option<BuiltinRule>> {
+        let caps = self.capacities(rows, stats)?;
+        Ok(Some(BuiltinRule::ColumnTopM {
+            capacities: caps.as_slice().to_vec(),
+        }))
+    }
+    fn inference_rule(&self) -> InferenceRule {
+        InferenceRule::PerFeatureThreshold
+    }
+}

@@ -1,0 +1,74 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sae_model::{SaeConfig, SaeParams};
+
+/// Uniform values in [-1, 1).
+pub fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+}
+
+/// A small SAE with random biases (so every parameter matters).
+pub fn params(d: usize, f: usize, seed: u64) -> SaeParams {
+    let mut p = SaeParams::init(&SaeConfig {
+        d_model: d,
+        features: f,
+        seed,
+    })
+    .unwrap();
+    p.b_enc = random(f, seed + 100).into_iter().map(|v| v * 0.1).collect();
+    p.b_dec = random(d, seed + 200).into_iter().map(|v| v * 0.1).collect();
+    p
+}
+
+/// A `[rows, cols]` tensor from host values.
+pub fn tensor<B: Backend>(
+    data: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(data, [rows, cols]), device)
+}
+
+/// Host values of a tensor.
+pub fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+}
+
+/// Asserts `|a - b| <= tol * max(max|b|, 1e-6)` elementwise.
+pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * scale,
+            "{what}[{i}]: {x} vs {y} (scale {scale}, tol {tol})"
+        );
+    }
+}
+
+/// Whether a wgpu adapter exists; without one the wgpu tests are skipped, unless
+/// `SAE_REQUIRE_WGPU=1`, in which case they fail.
+#[cfg(feature = "wgpu-tests")]
+pub fn wgpu_available() -> bool {
+    use burn::backend::Wgpu;
+    let ok = std::panic::catch_unwind(|| {
+        let device = Default::default();
+        let t = Tensor::<Wgpu, 1>::from_floats([1.0, 2.0], &device);
+        t.sum().into_scalar()
+    })
+    .is_ok();
+    if !ok {
+        if std::env::var("SAE_REQUIRE_WGPU").as_deref() == Ok("1") {
+            panic!("SAE_REQUIRE_WGPU=1 but no wgpu adapter is available");
+        }
+        eprintln!("skipping wgpu checks: no wgpu adapter (install mesa-vulkan-drivers)");
+    }
+    ok
+}

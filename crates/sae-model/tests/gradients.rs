@@ -1,0 +1,198 @@
+//! The sparse gather path against the dense masked oracle: loss and every parameter gradient,
+//! for every sparsifier, on flex, ndarray and (where an adapter exists) wgpu.
+
+mod common;
+
+use burn::backend::{Autodiff, Flex, NdArray};
+use burn::tensor::backend::AutodiffBackend;
+use common::{assert_close, host, params, random, tensor};
+use sae_model::sae_alloc::ScoreMatrix;
+use sae_model::{
+    Activation, FeatureChoice, FeatureStats, LossSpec, MutualChoice, ReconLoss, Sae, Sparsifier,
+    StatsConfig, StepPath, TopK, aux_selection, loss_and_grads, sae::host_vec,
+};
+
+const N: usize = 24;
+const D: usize = 8;
+const F: usize = 32;
+const K: usize = 3;
+const TOL: f32 = 1e-4;
+
+/// Statistics that have seen data, so Zipf capacities and under-used weights are non-trivial.
+fn warm_stats(seed: u64) -> FeatureStats {
+    let mut stats = FeatureStats::new(
+        F,
+        StatsConfig {
+            density_horizon_tokens: 100.0,
+            dead_window: 40,
+        },
+    );
+    let scores = random(N * F, seed);
+    let sel = TopK { k: K }
+        .select(
+            &ScoreMatrix::new(&scores, N, F).unwrap(),
+            &FeatureStats::new(F, StatsConfig::default()),
+        )
+        .unwrap();
+    for _ in 0..3 {
+        stats.update(&sel, |z| z > 0.0).unwrap();
+    }
+    stats
+}
+
+fn sparsifiers() -> Vec<Box<dyn Sparsifier>> {
+    let mut zipf = FeatureChoice::zipf(K, 1.0);
+    zipf.warmup_tokens = 0;
+    vec![
+        Box::new(TopK { k: K }),
+        Box::new(MutualChoice { k: K }),
+        Box::new(FeatureChoice::uniform(K)),
+        Box::new(zipf),
+    ]
+}
+
+fn check_backend<B: AutodiffBackend>(device: &B::Device) {
+    let stats = warm_stats(7);
+    for (i, sparsifier) in sparsifiers().into_iter().enumerate() {
+        for (aux_case, recon_loss) in [
+            (false, ReconLoss::Fvu),
+            (true, ReconLoss::Mse),
+            (true, ReconLoss::Fvu),
+        ] {
+            let seed = 10 * i as u64 + aux_case as u64;
+            let p = params(D, F, seed);
+            let sae = Sae::<B::InnerBackend>::from_params(&p, device).unwrap();
+            let x = tensor::<B::InnerBackend>(random(N * D, seed + 1), N, D, device);
+            let z = host_vec(sae.affinities(x.clone()));
+            let sel = sparsifier
+                .select(&ScoreMatrix::new(&z, N, F).unwrap(), &stats)
+                .unwrap();
+            let weights = stats.underused_weights(K as f64, 1.0);
+            let aux =
+                aux_case.then(|| aux_selection(&z, N, F, &weights, 2, Activation::Relu).unwrap());
+            if let Some(a) = &aux {
+                assert!(a.nnz() > 0, "aux selection must not be empty in this test");
+            }
+            let run = |path| {
+                loss_and_grads::<B>(
+                    &sae.tensors(),
+                    x.clone(),
+                    &LossSpec {
+                        selection: &sel,
+                        aux_selection: aux.as_ref(),
+                        activation: sparsifier.activation(),
+                        recon_loss,
+                        aux_coef: 1.0 / 32.0,
+                        path,
+                    },
+                )
+                .unwrap()
+            };
+            let sparse = run(StepPath::Sparse);
+            let dense = run(StepPath::Dense);
+            let what = format!("{} aux={aux_case} {recon_loss:?}", sparsifier.name());
+            assert_close(&format!("{what} loss"), &[sparse.loss], &[dense.loss], TOL);
+            assert_close(&format!("{what} aux"), &[sparse.aux], &[dense.aux], TOL);
+            let (g, o) = (sparse.grads, dense.grads);
+            assert_close(
+                &format!("{what} w_enc"),
+                &host(g.w_enc),
+                &host(o.w_enc),
+                TOL,
+            );
+            assert_close(
+                &format!("{what} b_enc"),
+                &host(g.b_enc),
+                &host(o.b_enc),
+                TOL,
+            );
+            assert_close(
+                &format!("{what} w_dec"),
+                &host(g.w_dec),
+                &host(o.w_dec),
+                TOL,
+            );
+            assert_close(
+                &format!("{what} b_dec"),
+                &host(g.b_dec),
+                &host(o.b_dec),
+                TOL,
+            );
+        }
+    }
+}
+
+#[test]
+fn sparse_matches_dense_oracle_on_flex() {
+    check_backend::<Autodiff<Flex>>(&Default::default());
+}
+
+#[test]
+fn sparse_matches_dense_oracle_on_ndarray() {
+    check_backend::<Autodiff<NdArray>>(&Default::default());
+}
+
+#[cfg(feature = "wgpu-tests")]
+#[test]
+fn sparse_matches_dense_oracle_on_wgpu() {
+    if common::wgpu_available() {
+        check_backend::<Autodiff<burn::backend::Wgpu>>(&Default::default());
+    }
+}
+
+#[test]
+fn dense_oracle_matches_finite_differences() {
+    // The oracle itself: central differences of the loss in a few b_enc and w_dec entries.
+    type B = Autodiff<NdArray<f64>>;
+    let device = Default::default();
+    let p = params(D, F, 3);
+    let x = random(N * D, 4);
+    let sae = Sae::<NdArray<f64>>::from_params(&p, &device).unwrap();
+    let xt = tensor::<NdArray<f64>>(x.clone(), N, D, &device);
+    let z = host_vec(sae.affinities(xt.clone()));
+    let sel = TopK { k: K }
+        .select(&ScoreMatrix::new(&z, N, F).unwrap(), &warm_stats(1))
+        .unwrap();
+    let loss_of = |p: &sae_model::SaeParams| {
+        let sae = Sae::<NdArray<f64>>::from_params(p, &device).unwrap();
+        loss_and_grads::<B>(
+            &sae.tensors(),
+            xt.clone(),
+            &LossSpec {
+                selection: &sel,
+                aux_selection: None,
+                activation: Activation::Relu,
+                recon_loss: ReconLoss::Fvu,
+                aux_coef: 0.0,
+                path: StepPath::Dense,
+            },
+        )
+        .unwrap()
+    };
+    let base = loss_of(&p);
+    let g_w_dec = host(base.grads.w_dec);
+    let g_b_dec = host(base.grads.b_dec);
+    let h = 1e-3f32;
+    for idx in [0usize, 5, 17, 40] {
+        let (mut plus, mut minus) = (p.clone(), p.clone());
+        plus.w_dec[idx] += h;
+        minus.w_dec[idx] -= h;
+        let fd = (loss_of(&plus).loss - loss_of(&minus).loss) / (2.0 * h);
+        assert!(
+            (fd - g_w_dec[idx]).abs() < 1e-3,
+            "w_dec[{idx}]: fd {fd} vs {}",
+            g_w_dec[idx]
+        );
+    }
+    for idx in [0usize, 3] {
+        let (mut plus, mut minus) = (p.clone(), p.clone());
+        plus.b_dec[idx] += h;
+        minus.b_dec[idx] -= h;
+        let fd = (loss_of(&plus).loss - loss_of(&minus).loss) / (2.0 * h);
+        assert!(
+            (fd - g_b_dec[idx]).abs() < 1e-3,
+            "b_dec[{idx}]: fd {fd} vs {}",
+            g_b_dec[idx]
+        );
+    }
+}
