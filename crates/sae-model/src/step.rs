@@ -356,6 +356,11 @@ impl<B: AutodiffBackend> TrainStep<B> {
         self.sparsifier.as_ref()
     }
 
+    /// Sets the Adam learning rate of the following steps (the trainer's schedule drives it).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.config.lr = Some(lr);
+    }
+
     /// The device the batches are expected on.
     pub fn device(&self) -> &B::Device {
         &self.device

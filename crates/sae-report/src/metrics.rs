@@ -2,7 +2,6 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use crate::ReportError;
 
@@ -104,9 +103,7 @@ pub struct EvalRecord {
 /// Reads a `metrics.jsonl` file; blank lines are skipped.
 ///
 /// An eval line is the record header (`kind`, `step`, `tokens` = training tokens) followed by
-/// the flattened evaluation report, whose own `tokens` (held-out tokens evaluated) repeats the
-/// key. JSON allows that and the trainer writes it: the first `tokens` is the header's, a
-/// second one becomes [`EvalRecord::eval_tokens`].
+/// the flattened evaluation report (`eval_tokens` = held-out tokens evaluated, ...).
 ///
 /// # Errors
 /// [`ReportError::Io`] if the file cannot be read, [`ReportError::Parse`] naming the 1-based
@@ -135,50 +132,7 @@ pub fn read_metrics(path: impl AsRef<Path>) -> Result<Vec<Record>, ReportError> 
 }
 
 fn parse_record(line: &str) -> Result<Record, serde_json::Error> {
-    let Entries(entries) = serde_json::from_str(line)?;
-    let mut object = Map::new();
-    for (key, value) in entries {
-        match object.get(&key) {
-            None => {
-                object.insert(key, value);
-            }
-            Some(_) if key == "tokens" => {
-                object.insert("eval_tokens".to_string(), value);
-            }
-            Some(_) => {
-                return Err(serde::de::Error::custom(format_args!(
-                    "duplicate field `{key}`"
-                )));
-            }
-        }
-    }
-    serde_json::from_value(Value::Object(object))
-}
-
-/// A JSON object's entries in order, duplicates kept (a `Map` keeps only the last).
-struct Entries(Vec<(String, Value)>);
-
-impl<'de> Deserialize<'de> for Entries {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Entries;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Entries, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(entry) = map.next_entry()? {
-                    entries.push(entry);
-                }
-                Ok(Entries(entries))
-            }
-        }
-        deserializer.deserialize_map(Visit)
-    }
+    serde_json::from_str(line)
 }
 
 /// The train lines of `records`, in file order.

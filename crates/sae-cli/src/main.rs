@@ -1,0 +1,298 @@
+//! `sae`: train, evaluate, export and inspect sparse autoencoders.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use sae_model::Registry;
+use sae_train::{NativeModel, RunConfig, TrainOptions, TrainSummary};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sae",
+    version,
+    about = "Sparse autoencoders with TopK, Mutual Choice and Feature Choice allocation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train an SAE (default: the built-in synthetic ground truth).
+    Train {
+        /// TOML configuration; defaults are used for everything it does not set.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override a field, e.g. `--set sparsifier.k=64` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Continue the run in this directory from its newest checkpoint.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+        resume: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Evaluate a run's final model (or newest checkpoint) on held-out data.
+    Eval {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Held-out tokens to evaluate.
+        #[arg(long)]
+        tokens: Option<u64>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a run's model.
+    Export {
+        /// The run directory (its `model/`), or a native model directory.
+        source: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Saelens)]
+        format: Format,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Convert a SAELens SAE directory into the native format.
+    Import {
+        /// SAELens directory (cfg.json, sae_weights.safetensors).
+        source: PathBuf,
+        /// Output directory of the native model.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Plot a run's metrics (PNG) and summarise them in `RUN_DIR/report/report.md`.
+    Report {
+        /// The run directory.
+        run_dir: PathBuf,
+        /// Output directory (default: `RUN_DIR/report`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print a model's configuration and feature statistics.
+    Inspect {
+        /// A run directory or a native model directory.
+        path: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    /// SAELens v6 layout (cfg.json, sae_weights.safetensors, sparsity.safetensors).
+    Saelens,
+    /// This project's format (sae.json, sae.safetensors).
+    Native,
+}
+
+fn registry() -> Registry {
+    let mut registry = Registry::with_builtins();
+    sae_sparsifier_abstopk::register(&mut registry);
+    registry
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Train {
+            config,
+            overrides,
+            resume,
+            quiet,
+        } => train(config, overrides, resume, quiet),
+        Command::Eval {
+            run_dir,
+            tokens,
+            json,
+        } => eval(&run_dir, tokens, json),
+        Command::Export {
+            source,
+            format,
+            out,
+        } => {
+            let model = NativeModel::read(&model_dir(&source))
+                .with_context(|| format!("reading the model of {}", source.display()))?;
+            match format {
+                Format::Saelens => model.write_saelens(&out),
+                Format::Native => model.write(&out),
+            }
+            .with_context(|| format!("writing {}", out.display()))?;
+            println!("exported {} to {}", source.display(), out.display());
+            Ok(())
+        }
+        Command::Import { source, out } => {
+            let model = NativeModel::read_saelens(&source)
+                .with_context(|| format!("reading SAELens SAE {}", source.display()))?;
+            model
+                .write(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("imported {} to {}", source.display(), out.display());
+            Ok(())
+        }
+        Command::Report { run_dir, out } => {
+            let out = out.unwrap_or_else(|| run_dir.join(sae_report::REPORT_DIR));
+            let report = sae_report::write_report(&run_dir, &out)
+                .with_context(|| format!("reporting on {}", run_dir.display()))?;
+            println!(
+                "{} ({} plots)",
+                report.markdown.display(),
+                report.plots.len()
+            );
+            Ok(())
+        }
+        Command::Inspect { path } => inspect(&path),
+    }
+}
+
+fn model_dir(path: &Path) -> PathBuf {
+    if path.join("model").is_dir() {
+        path.join("model")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+fn train(
+    config: Option<PathBuf>,
+    overrides: Vec<String>,
+    resume: Option<PathBuf>,
+    quiet: bool,
+) -> Result<()> {
+    let (config, resuming) = match resume {
+        Some(dir) => {
+            if !overrides.is_empty() {
+                bail!(
+                    "--set cannot change a resumed run (its configuration is stored in its checkpoints)"
+                );
+            }
+            (
+                sae_train::resume_config(&dir)
+                    .with_context(|| format!("resuming {}", dir.display()))?,
+                true,
+            )
+        }
+        None => (RunConfig::load(config.as_deref(), &overrides)?, false),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130); // a second Ctrl-C: leave now
+        }
+        eprintln!("\nstopping after this step; writing a checkpoint (Ctrl-C again to abort)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    let options = TrainOptions {
+        registry: registry(),
+        resume: resuming,
+        progress: !quiet,
+        stop,
+    };
+    let out_dir = config.out_dir.clone();
+    eprintln!(
+        "training {} on {:?} data with backend {:?} -> {}",
+        config.sparsifier,
+        config.data.source,
+        config.backend,
+        out_dir.display()
+    );
+    let summary = sae_train::train(config, &options).context("training failed")?;
+    print_summary(&summary);
+    if summary.interrupted {
+        println!(
+            "interrupted: continue with `sae train --resume {}`",
+            out_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn print_summary(s: &TrainSummary) {
+    let e = &s.eval;
+    println!();
+    println!("{:<34} {:>12}", "steps", s.steps);
+    println!("{:<34} {:>12}", "tokens", s.tokens);
+    println!("{:<34} {:>12.0}", "tokens / s", s.tokens_per_second);
+    println!(
+        "{:<34} {:>12.4}",
+        "held-out FVU (batch selection)", e.batch.fvu
+    );
+    if let Some(i) = &e.inference {
+        println!("{:<34} {:>12.4}", "held-out FVU (inference)", i.fvu);
+        println!("{:<34} {:>12.2}", "L0 mean (inference)", i.l0_mean);
+    }
+    println!(
+        "{:<34} {:>12.2} ± {:.2}",
+        "L0 mean ± std (batch)", e.batch.l0_mean, e.batch.l0_std
+    );
+    println!("{:<34} {:>11.1}%", "dead features", 100.0 * e.dead_fraction);
+    println!(
+        "{:<34} {:>11.1}%",
+        "under-used features",
+        100.0 * e.underused_fraction
+    );
+    if let (Some(m), Some(r)) = (e.mmcs, e.recovered) {
+        println!("{:<34} {:>12.3}", "MMCS to the true dictionary", m);
+        println!(
+            "{:<34} {:>11.1}%",
+            "true features recovered (>0.9)",
+            100.0 * r
+        );
+    }
+    println!("model: {}", s.model_dir.display());
+}
+
+fn eval(run_dir: &Path, tokens: Option<u64>, json: bool) -> Result<()> {
+    let mut config = sae_train::resume_config(run_dir)
+        .with_context(|| format!("opening run {}", run_dir.display()))?;
+    if let Some(t) = tokens {
+        config.train.eval_tokens = t;
+    }
+    let report = sae_train::trainer::evaluate_run(&config, &registry())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report:#?}");
+    }
+    Ok(())
+}
+
+fn inspect(path: &Path) -> Result<()> {
+    let dir = model_dir(path);
+    let model = NativeModel::read(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let m = &model.meta;
+    println!("d_model      {}", m.d_model);
+    println!("features     {}", m.features);
+    println!("sparsifier   {}", m.sparsifier);
+    println!(
+        "normalizer   scale {} centred {}",
+        m.normalizer.scale,
+        m.normalizer.mean.is_some()
+    );
+    println!(
+        "thresholds   {}",
+        if m.has_thresholds {
+            "per feature"
+        } else {
+            "none (per-token rule)"
+        }
+    );
+    let mut density = model.density.clone();
+    density.sort_by(f32::total_cmp);
+    let q = |p: f64| density[((density.len() - 1) as f64 * p) as usize];
+    println!(
+        "density      min {:.2e}  median {:.2e}  max {:.2e}",
+        q(0.0),
+        q(0.5),
+        q(1.0)
+    );
+    println!(
+        "never fired  {}",
+        model.density.iter().filter(|&&d| d == 0.0).count()
+    );
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! The `sae` binary end to end: training, exact resume after SIGKILL, Ctrl-C, divergence,
+//! bad input, export.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SAE: &str = env!("CARGO_BIN_EXE_sae");
+
+/// A tiny run: 16-dim synthetic data, 64 features, checkpoints every 10 steps.
+fn small_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--quiet",
+        "--set",
+        "data.synthetic.d=16",
+        "--set",
+        "data.synthetic.features=48",
+        "--set",
+        "data.sample_rows=1024",
+        "--set",
+        "model.d_sae=64",
+        "--set",
+        "sparsifier.name=\"mutual_choice\"",
+        "--set",
+        "sparsifier.k=4",
+        "--set",
+        "train.batch_size=128",
+        "--set",
+        "train.eval_tokens=512",
+        "--set",
+        "train.eval_every_tokens=0",
+        "--set",
+        "train.checkpoint_every_tokens=1280",
+        "--set",
+        "train.log_every_steps=5",
+        "--set",
+        "schedule.warmup_tokens=1000",
+        "--set",
+        "step.stats.dead_window=2000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push("--set".into());
+    args.push(format!("train.total_tokens={}", steps * 128));
+    args.push("--set".into());
+    args.push(format!("out_dir=\"{}\"", out.display()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run(args: &[String]) -> Output {
+    Command::new(SAE)
+        .args(args)
+        .output()
+        .expect("the sae binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn weights(run_dir: &Path) -> Vec<u8> {
+    std::fs::read(run_dir.join("model/sae.safetensors")).expect("final model written")
+}
+
+fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoints")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.to_string_lossy().ends_with(".partial"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Starts a run and waits until it has written a checkpoint; returns the running child.
+fn start_until_checkpoint(args: &[String], run_dir: &Path) -> std::process::Child {
+    let mut child = Command::new(SAE)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while checkpoints(run_dir).is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before its first checkpoint"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint within 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+#[test]
+fn trains_and_reports_a_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(&small_run(tmp.path(), 60, &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for needle in ["held-out FVU", "L0 mean", "dead features", "MMCS"] {
+        assert!(stdout.contains(needle), "summary lacks {needle}: {stdout}");
+    }
+    let metrics = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();
+    assert!(metrics.lines().count() >= 12, "{metrics}");
+    assert!(tmp.path().join("config.toml").exists());
+    let out = run(&["report".into(), tmp.path().display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let summary = std::fs::read_to_string(tmp.path().join("report/report.md")).unwrap();
+    assert!(summary.contains("FVU"), "{summary}");
+    assert!(tmp.path().join("report/fvu.png").exists());
+}
+
+#[test]
+fn a_killed_run_resumes_to_bit_identical_weights() {
+    let steps = 1500;
+    let whole = tempfile::tempdir().unwrap();
+    let out = run(&small_run(whole.path(), steps, &[]));
+    assert!(out.status.success(), "{}", text(&out));
+
+    let killed = tempfile::tempdir().unwrap();
+    let mut child = start_until_checkpoint(&small_run(killed.path(), steps, &[]), killed.path());
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !killed.path().join("model").exists(),
+        "the killed run must not have finished"
+    );
+
+    let resume = vec![
+        "train".to_string(),
+        "--quiet".into(),
+        "--resume".into(),
+        killed.path().display().to_string(),
+    ];
+    let out = run(&resume);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        weights(whole.path()) == weights(killed.path()),
+        "resumed weights differ from the uninterrupted run"
+    );
+}
+
+#[test]
+fn ctrl_c_checkpoints_then_exits_and_the_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = start_until_checkpoint(&small_run(tmp.path(), 100_000, &[]), tmp.path());
+    let first = checkpoints(tmp.path());
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let after = checkpoints(tmp.path());
+    assert!(
+        after.last() > first.last(),
+        "no checkpoint written on Ctrl-C: {first:?} -> {after:?}"
+    );
+}
+
+#[test]
+fn divergence_stops_with_a_clear_error_and_keeps_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A learning rate this large overflows the parameters within a few steps of warm-up.
+    let out = run(&small_run(
+        tmp.path(),
+        400,
+        &[
+            "--set",
+            "step.lr=1e30",
+            "--set",
+            "schedule.warmup_tokens=10000",
+        ],
+    ));
+    assert!(!out.status.success());
+    let message = text(&out);
+    assert!(message.contains("diverged at step"), "{message}");
+    assert!(message.contains("last good checkpoint"), "{message}");
+}
+
+#[test]
+fn bad_input_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-shards");
+    let args = small_run(
+        tmp.path(),
+        10,
+        &[
+            "--set",
+            "data.source=\"files\"",
+            "--set",
+            &format!("data.path=\"{}\"", missing.display()),
+        ],
+    );
+    let out = run(&args);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no-such-shards"), "{}", text(&out));
+
+    let out = run(&small_run(
+        tmp.path(),
+        10,
+        &["--set", "sparsifier.name=\"nonesuch\""],
+    ));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("nonesuch"), "{}", text(&out));
+
+    let out = run(&small_run(tmp.path(), 10, &["--set", "train.bach_size=3"]));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("bach_size"), "{}", text(&out));
+}
+
+#[test]
+fn exports_saelens_and_imports_it_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let out = run(&small_run(&run_dir, 40, &[]));
+    assert!(out.status.success(), "{}", text(&out));
+    let lens = tmp.path().join("lens");
+    let out = run(&[
+        "export".into(),
+        run_dir.display().to_string(),
+        "--out".into(),
+        lens.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lens.join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architecture"], "jumprelu");
+    assert_eq!(cfg["d_in"], 16);
+    assert_eq!(cfg["d_sae"], 64);
+    assert!(lens.join("sparsity.safetensors").exists());
+    let back = tmp.path().join("back");
+    let out = run(&[
+        "import".into(),
+        lens.display().to_string(),
+        "--out".into(),
+        back.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&["inspect".into(), back.display().to_string()]);
+    assert!(
+        out.status.success() && text(&out).contains("features     64"),
+        "{}",
+        text(&out)
+    );
+}

@@ -1,0 +1,302 @@
+//! The run configuration: one TOML file, every field overridable with `--set key=value`.
+
+use std::path::{Path, PathBuf};
+
+use sae_data::SyntheticConfig;
+use sae_model::TrainConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::overrides::apply_overrides;
+
+/// Everything a training run needs; serialised into every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Seed of the initialisation and of the data order.
+    pub seed: u64,
+    /// Tensor backend the model trains on.
+    pub backend: BackendKind,
+    /// Directory of checkpoints, metrics and the final model.
+    pub out_dir: PathBuf,
+    /// Where activations come from.
+    pub data: DataConfig,
+    /// Dictionary size.
+    pub model: ModelConfig,
+    /// The sparsifier, by registered name and parameters, e.g. `name = "topk"`, `k = 32`.
+    pub sparsifier: serde_json::Value,
+    /// Step hyper-parameters: Adam, losses, auxiliary loss, feature statistics.
+    pub step: TrainConfig,
+    /// Learning-rate warm-up and decay.
+    pub schedule: ScheduleConfig,
+    /// Batch size, length and intervals.
+    pub train: LoopConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            backend: BackendKind::Flex,
+            out_dir: PathBuf::from("runs/default"),
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            sparsifier: serde_json::json!({ "name": "mutual_choice", "k": 8 }),
+            step: TrainConfig::default(),
+            schedule: ScheduleConfig::default(),
+            train: LoopConfig::default(),
+        }
+    }
+}
+
+/// Tensor backends a run can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// burn's Flex CPU backend (default; fastest CPU GEMM here).
+    #[default]
+    Flex,
+    /// burn's ndarray CPU backend.
+    Ndarray,
+    /// burn's wgpu backend (Vulkan / Metal / DX12; Mesa lavapipe on CPU-only machines).
+    Wgpu,
+    /// burn's CUDA backend (needs the `cuda` feature).
+    Cuda,
+}
+
+/// Kinds of activation source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// The built-in generator with a known dictionary.
+    #[default]
+    Synthetic,
+    /// safetensors / npy shards: a file, a directory or a glob.
+    Files,
+}
+
+/// Where activations come from and how they are prepared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Synthetic ground truth or files.
+    pub source: SourceKind,
+    /// File, directory or glob of shards (for `source = "files"`).
+    pub path: Option<PathBuf>,
+    /// Name of the activation tensor inside safetensors shards.
+    pub tensor: String,
+    /// The synthetic generator (for `source = "synthetic"`).
+    pub synthetic: SyntheticConfig,
+    /// Rows of the shuffle window.
+    pub shuffle_rows: usize,
+    /// Share of the rows (by blocks) held out for evaluation.
+    pub heldout_fraction: f64,
+    /// Scale inputs to mean squared norm d (the scale is kept and folded into exports).
+    pub normalize: bool,
+    /// Subtract the mean activation before scaling.
+    pub center: bool,
+    /// Rows sampled to estimate the normalisation and the decoder bias.
+    pub sample_rows: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            source: SourceKind::Synthetic,
+            path: None,
+            tensor: sae_data::DEFAULT_TENSOR.to_string(),
+            synthetic: SyntheticConfig::default(),
+            shuffle_rows: 1 << 16,
+            heldout_fraction: 0.02,
+            normalize: true,
+            center: false,
+            sample_rows: 16384,
+        }
+    }
+}
+
+/// Dictionary size: an explicit `d_sae`, or `expansion * d`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Number of features; overrides `expansion` when set.
+    pub d_sae: Option<usize>,
+    /// Features per input dimension when `d_sae` is unset.
+    pub expansion: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            d_sae: None,
+            expansion: 16,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The number of features for inputs of width `d`.
+    pub fn features(&self, d: usize) -> usize {
+        self.d_sae.unwrap_or(self.expansion * d)
+    }
+}
+
+/// Shapes of the learning-rate decay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Decay {
+    /// Constant after warm-up.
+    Constant,
+    /// Linear to `final_fraction` over the decay window.
+    #[default]
+    Linear,
+    /// Half cosine to `final_fraction` over the decay window.
+    Cosine,
+}
+
+/// Learning rate as a function of tokens seen: linear warm-up, then constant, then a decay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// Tokens of linear warm-up from 0.
+    pub warmup_tokens: u64,
+    /// Decay shape.
+    pub decay: Decay,
+    /// Share of the run, at its end, over which the rate decays.
+    pub decay_fraction: f64,
+    /// Rate at the end, as a fraction of the peak.
+    pub final_fraction: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            warmup_tokens: 50_000,
+            decay: Decay::Linear,
+            decay_fraction: 0.2,
+            final_fraction: 0.0,
+        }
+    }
+}
+
+/// Batch size, run length and the intervals of evaluation, logging and checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoopConfig {
+    /// Tokens per batch.
+    pub batch_size: usize,
+    /// Tokens of the whole run.
+    pub total_tokens: u64,
+    /// Evaluate on held-out data every this many tokens (0: only at the end).
+    pub eval_every_tokens: u64,
+    /// Held-out tokens per evaluation.
+    pub eval_tokens: u64,
+    /// Write a checkpoint every this many tokens (0: only at the end).
+    pub checkpoint_every_tokens: u64,
+    /// Checkpoints kept on disk (older ones are deleted).
+    pub keep_checkpoints: usize,
+    /// Append a metrics line every this many steps.
+    pub log_every_steps: u64,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1024,
+            total_tokens: 3_000_000,
+            eval_every_tokens: 1_000_000,
+            eval_tokens: 32_768,
+            checkpoint_every_tokens: 1_000_000,
+            keep_checkpoints: 2,
+            log_every_steps: 10,
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads `path` (or the defaults when `None`), applies `--set` overrides and checks the result.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, TrainError> {
+        let mut doc = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| TrainError::Config {
+                        origin: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        apply_overrides(&mut doc, overrides)?;
+        let origin = path.map_or_else(|| "defaults".to_string(), |p| p.display().to_string());
+        Self::from_table(doc, &origin)
+    }
+
+    /// Types a TOML table, naming the field at fault on error.
+    pub fn from_table(doc: toml::Table, origin: &str) -> Result<Self, TrainError> {
+        let config: Self =
+            serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
+                TrainError::Config {
+                    origin: origin.to_string(),
+                    reason: format!("{}: {}", e.path(), e.inner()),
+                }
+            })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// The configuration as TOML text (what `sae train` writes beside its checkpoints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a run configuration always serialises")
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), TrainError> {
+        let bad = |field: &str, reason: String| {
+            Err(TrainError::Config {
+                origin: origin.to_string(),
+                reason: format!("{field}: {reason}"),
+            })
+        };
+        let t = &self.train;
+        if t.batch_size == 0 {
+            return bad("train.batch_size", "must be at least 1".into());
+        }
+        if t.total_tokens < t.batch_size as u64 {
+            return bad(
+                "train.total_tokens",
+                format!(
+                    "{} is less than one batch ({})",
+                    t.total_tokens, t.batch_size
+                ),
+            );
+        }
+        if t.keep_checkpoints == 0 {
+            return bad("train.keep_checkpoints", "must keep at least 1".into());
+        }
+        if self.data.source == SourceKind::Files && self.data.path.is_none() {
+            return bad("data.path", "required when data.source = \"files\"".into());
+        }
+        if !(0.0..1.0).contains(&self.data.heldout_fraction) {
+            return bad(
+                "data.heldout_fraction",
+                format!("{} is not in [0, 1)", self.data.heldout_fraction),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.schedule.decay_fraction) {
+            return bad(
+                "schedule.decay_fraction",
+                format!("{} is not in [0, 1]", self.schedule.decay_fraction),
+            );
+        }
+        if !self.sparsifier.get("name").is_some_and(|n| n.is_string()) {
+            return bad(
+                "sparsifier.name",
+                "missing: name a registered sparsifier".into(),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! Held-out evaluation: reconstruction, sparsity and feature health, with batch selection and
+//! with batch-free inference, plus feature recovery when the true dictionary is known.
+
+use burn::tensor::backend::AutodiffBackend;
+use sae_data::BatchSource;
+use sae_model::sae_alloc::{ScoreMatrix, Selection};
+use sae_model::{SaeParams, Sparsifier, TrainStep};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::tensor::{host_affinities, to_device};
+
+/// Bins of the log10 feature-density histogram, from 1e-10 to 1.
+pub const DENSITY_BINS: usize = 20;
+
+/// Reconstruction and sparsity of one way of selecting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectionMetrics {
+    /// Fraction of variance unexplained (normalised MSE) over the evaluated tokens.
+    pub fvu: f64,
+    /// Mean squared error per element.
+    pub mse: f64,
+    /// Mean number of non-zero codes per token.
+    pub l0_mean: f64,
+    /// Standard deviation of the per-token L0.
+    pub l0_std: f64,
+    /// Tokens with L0 = i, for i = 0..len (the last bucket collects everything above).
+    pub l0_histogram: Vec<u64>,
+}
+
+/// Everything `sae eval` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Held-out tokens evaluated.
+    pub eval_tokens: u64,
+    /// With the training rule on each evaluation batch (batch-dependent for MC and FC).
+    pub batch: SelectionMetrics,
+    /// With batch-free inference (thresholds, or the per-token rule); `None` before thresholds
+    /// are estimated.
+    pub inference: Option<SelectionMetrics>,
+    /// Features not fired within the dead window.
+    pub dead_fraction: f64,
+    /// Features below their Zipf target density (dead ones included).
+    pub underused_fraction: f64,
+    /// Counts of features per log10-density bin, `DENSITY_BINS` bins from -10 to 0.
+    pub density_histogram: Vec<u64>,
+    /// Mean max cosine similarity of the learned decoder to the true dictionary (synthetic data).
+    pub mmcs: Option<f64>,
+    /// Share of true features with a learned feature above 0.9 cosine (synthetic data).
+    pub recovered: Option<f64>,
+}
+
+/// Running sums for one selection method.
+#[derive(Debug, Default)]
+struct Accumulator {
+    sse: f64,
+    elements: u64,
+    l0: Vec<u64>,
+}
+
+impl Accumulator {
+    fn add(
+        &mut self,
+        x: &[f32],
+        params: &SaeParams,
+        selection: &Selection,
+        sparsifier: &dyn Sparsifier,
+    ) {
+        let d = params.d_model;
+        let act = sparsifier.activation();
+        let mut recon = vec![0f32; d];
+        for row in 0..selection.rows() {
+            recon.copy_from_slice(&params.b_dec);
+            let (features, scores) = selection.row(row);
+            let mut l0 = 0usize;
+            for (&f, &s) in features.iter().zip(scores) {
+                let code = act.apply_scalar(s);
+                if code != 0.0 {
+                    l0 += 1;
+                    let w = &params.w_dec[f as usize * d..(f as usize + 1) * d];
+                    recon.iter_mut().zip(w).for_each(|(r, w)| *r += code * w);
+                }
+            }
+            let xi = &x[row * d..(row + 1) * d];
+            self.sse += xi
+                .iter()
+                .zip(&recon)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum::<f64>();
+            if self.l0.len() <= l0 {
+                self.l0.resize(l0 + 1, 0);
+            }
+            self.l0[l0] += 1;
+        }
+        self.elements += (selection.rows() * d) as u64;
+    }
+
+    fn finish(self, variance_sum: f64) -> SelectionMetrics {
+        let tokens: u64 = self.l0.iter().sum();
+        let mean = self
+            .l0
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| i as f64 * c as f64)
+            .sum::<f64>()
+            / tokens as f64;
+        let var = self
+            .l0
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (i as f64 - mean).powi(2) * c as f64)
+            .sum::<f64>()
+            / tokens as f64;
+        SelectionMetrics {
+            fvu: self.sse / variance_sum,
+            mse: self.sse / self.elements as f64,
+            l0_mean: mean,
+            l0_std: var.sqrt(),
+            l0_histogram: self.l0,
+        }
+    }
+}
+
+/// Evaluates the model of `step` on `tokens` rows of `source`, normalised by `normalize`.
+pub fn evaluate<B: AutodiffBackend>(
+    step: &TrainStep<B>,
+    source: &mut dyn BatchSource,
+    normalize: &dyn Fn(&mut [f32]),
+    tokens: u64,
+    batch_size: usize,
+    truth: Option<&[f32]>,
+    zipf_exponent: f64,
+) -> Result<EvalReport, TrainError> {
+    let params = step.sae().to_params();
+    let d = params.d_model;
+    let sparsifier = step.sparsifier();
+    let device = step.device().clone();
+    let (mut batch_acc, mut infer_acc) = (Accumulator::default(), Accumulator::default());
+    let mut has_inference = true;
+    let (mut sum, mut sum_sq, mut seen) = (vec![0f64; d], 0f64, 0u64);
+    let mut x = Vec::new();
+    while seen < tokens {
+        let rows = batch_size.min((tokens - seen) as usize);
+        source.next_batch(rows, &mut x)?;
+        normalize(&mut x);
+        for row in x.chunks_exact(d) {
+            sum.iter_mut()
+                .zip(row)
+                .for_each(|(s, &v)| *s += f64::from(v));
+            sum_sq += row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>();
+        }
+        let affinities = host_affinities(step, &x, rows)?;
+        let scores = ScoreMatrix::new(&affinities, rows, params.features)
+            .map_err(sae_model::SaeError::from)?;
+        let batch = sparsifier.select(&scores, step.stats())?;
+        batch_acc.add(&x, &params, &batch, sparsifier);
+        match step.infer(to_device::<B>(&x, rows, d, &device)) {
+            Ok(sel) => infer_acc.add(&x, &params, &sel, sparsifier),
+            Err(_) => has_inference = false,
+        }
+        seen += rows as u64;
+    }
+    let mean_sq_norm: f64 = sum.iter().map(|s| (s / seen as f64).powi(2)).sum();
+    let variance_sum = sum_sq - seen as f64 * mean_sq_norm;
+    let stats = step.stats();
+    let features = params.features as f64;
+    let dead = stats.dead_mask().iter().filter(|&&d| d).count() as f64 / features;
+    let underused = stats
+        .underused_weights(sparsifier.k() as f64, zipf_exponent)
+        .iter()
+        .filter(|&&w| w > 0.0)
+        .count() as f64
+        / features;
+    let mut density_histogram = vec![0u64; DENSITY_BINS];
+    for rho in stats.density() {
+        let log = f64::from(rho).max(1e-10).log10();
+        let bin = (((log + 10.0) / 10.0) * DENSITY_BINS as f64) as usize;
+        density_histogram[bin.min(DENSITY_BINS - 1)] += 1;
+    }
+    let (mmcs, recovered) = match truth {
+        Some(t) => (
+            Some(f64::from(sae_data::mmcs(&params.w_dec, t, d))),
+            Some(f64::from(sae_data::recovery_fraction(
+                &params.w_dec,
+                t,
+                d,
+                0.9,
+            ))),
+        ),
+        None => (None, None),
+    };
+    Ok(EvalReport {
+        eval_tokens: seen,
+        batch: batch_acc.finish(variance_sum),
+        inference: has_inference.then(|| infer_acc.finish(variance_sum)),
+        dead_fraction: dead,
+        underused_fraction: underused,
+        density_histogram,
+        mmcs,
+        recovered,
+    })
+}
