@@ -7,7 +7,7 @@ use crate::error::{Result, SaeError};
 
 /// Windows of the feature statistics, in tokens.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct StatsConfig {
     /// Horizon of the firing-density EMA: each token's weight decays by `1 - 1/horizon`.
     pub density_horizon_tokens: f64,

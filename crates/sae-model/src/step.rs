@@ -37,7 +37,7 @@ pub enum ReconLoss {
 
 /// Hyper-parameters of the training step (paper defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// Adam learning rate; `None`: 2e-4 / sqrt(F / 16384).
     pub lr: Option<f64>,
