@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::key::{keep_largest, rank_index, rank_key, rank_score};
+use crate::key::{admission_threshold, keep_largest, rank_index, rank_key};
 use crate::{AllocError, Capacities, ScoreMatrix, Selection};
 
 /// Columns scanned together by one task: each row contributes one contiguous run of this
@@ -70,10 +70,10 @@ fn scan_block(scores: &ScoreMatrix, first: usize, caps: &[u32]) -> Vec<Vec<u64>>
         let (buf, capacity) = (&mut bufs[col], caps[col] as usize);
         buf.push(rank_key(x, row as u32));
         if buf.len() == capacity && thresholds[col].is_nan() {
-            thresholds[col] = min_score(buf);
+            thresholds[col] = admission_threshold(buf);
         } else if buf.len() >= 2 * capacity.max(8) {
             keep_largest(buf, capacity);
-            thresholds[col] = min_score(buf);
+            thresholds[col] = admission_threshold(buf);
         }
     };
     let full = width - width % LANE;
@@ -103,10 +103,6 @@ fn scan_block(scores: &ScoreMatrix, first: usize, caps: &[u32]) -> Vec<Vec<u64>>
         .zip(caps)
         .for_each(|(buf, &c)| keep_largest(buf, c as usize));
     bufs
-}
-
-fn min_score(buf: &[u64]) -> f32 {
-    rank_score(*buf.iter().min().expect("non-empty buffer"))
 }
 
 /// Regroups per-column picks (in ascending column order) into the CSR-by-row layout.
