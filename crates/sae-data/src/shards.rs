@@ -146,8 +146,7 @@ impl Shard {
     /// Decodes `bytes`, the rows from `start` on, into `out`; on a non-finite value, names it.
     #[inline]
     fn decode_checked(&self, start: u64, bytes: &[u8], out: &mut [f32]) -> Result<(), DataError> {
-        dtype::decode(self.layout.dtype, bytes, out);
-        if dtype::has_non_finite(self.layout.dtype, bytes) {
+        if dtype::decode_scan(self.layout.dtype, bytes, out) {
             self.check_finite(start, out)
         } else {
             Ok(())
