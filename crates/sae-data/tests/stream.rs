@@ -318,3 +318,64 @@ fn config_reads_from_json_with_defaults() {
         serde_json::from_str(r#"{"hold_out": {"last_shards": {"count": 1}}}"#).unwrap();
     assert_eq!(config.hold_out, HoldOut::LastShards { count: 1 });
 }
+
+#[test]
+fn batches_and_cursors_are_identical_for_any_thread_count() {
+    // Batches of at least 2^22 values are split over the rayon threads; smaller ones are
+    // decoded on the calling thread. Cover both, with a normalizer and a resume in between.
+    let (d, rows) = (512usize, 8704usize);
+    let dir = TempDir::new("threads");
+    let values: Vec<f32> = (0..rows * d)
+        .map(|i| ((i * 7919) % 2003) as f32 / 500.0 - 2.0)
+        .collect();
+    write_safetensors(
+        dir.join("big.safetensors"),
+        &[TensorRef::matrix("activations", d, &values)],
+        Dtype::F16,
+    )
+    .unwrap();
+    let config = StreamConfig {
+        seed: 3,
+        shuffle_rows: 4096,
+        block_rows: 64,
+        hold_out: HoldOut::None,
+    };
+    let sizes = [8200usize, 100, 8500, 1, 4096];
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut stream = ShardStream::open(dir.path(), "activations", config.clone()).unwrap();
+            let normalizer = stream.estimate_normalizer(1000, true).unwrap();
+            stream.set_normalizer(Some(normalizer)).unwrap();
+            let mut out = Vec::new();
+            for &n in &sizes {
+                let cursor = stream.cursor();
+                let mut batch = Vec::new();
+                stream.next_batch(n, &mut batch).unwrap();
+                let bits: Vec<u32> = batch.iter().map(|v| v.to_bits()).collect();
+                out.push((cursor, bits));
+            }
+            let mut resumed = ShardStream::open(dir.path(), "activations", config.clone()).unwrap();
+            resumed
+                .set_normalizer(stream.normalizer().cloned())
+                .unwrap();
+            resumed.restore(&out[2].0).unwrap();
+            let mut batch = Vec::new();
+            resumed.next_batch(sizes[2], &mut batch).unwrap();
+            let bits: Vec<u32> = batch.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(bits, out[2].1, "resumed batch, {threads} threads");
+            out
+        })
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        let many = run(threads);
+        for (i, (a, b)) in one.iter().zip(&many).enumerate() {
+            assert_eq!(a.0, b.0, "cursor before batch {i}, {threads} threads");
+            assert!(a.1 == b.1, "batch {i} differs with {threads} threads");
+        }
+    }
+}
