@@ -2,7 +2,7 @@
 //! plain copy of the same number of output bytes measured in the same run.
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sae_data::{
@@ -75,6 +75,23 @@ fn batches(c: &mut Criterion) {
     let set = ShardSet::open(&dir, "activations").unwrap();
     let mut out = vec![0.0f32; ROWS * D];
     let mut start = 0u64;
+    // A batch large enough (16384 x 384) to be split over the rayon threads.
+    group.throughput(Throughput::Elements((4 * ROWS * D) as u64));
+    let mut big = Vec::new();
+    group.bench_function("shuffled_f16_stream_16384_rows", |b| {
+        b.iter(|| {
+            stream.next_batch(4 * ROWS, &mut big).unwrap();
+            black_box(&big);
+        })
+    });
+    group.bench_function("shuffled_f16_stream_16384_rows_one_thread", |b| {
+        b.iter(|| {
+            pool.install(|| stream.next_batch(4 * ROWS, &mut big).unwrap());
+            black_box(&big);
+        })
+    });
+    group.throughput(Throughput::Elements((ROWS * D) as u64));
+
     group.bench_function("sequential_f16_decode_one_thread", |b| {
         b.iter(|| {
             let shard = &set.shards()[0];
@@ -102,7 +119,89 @@ fn batches(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    ratio_summary(&dir, &pool);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Median seconds of `rounds` timed calls of each closure, taken in turn so that a change in
+/// machine load hits all of them alike.
+fn interleaved_medians(rounds: usize, runs: &mut [&mut dyn FnMut()]) -> Vec<f64> {
+    let mut times = vec![Vec::with_capacity(rounds); runs.len()];
+    for _ in 0..rounds {
+        for (run, times) in runs.iter_mut().zip(&mut times) {
+            let start = Instant::now();
+            run();
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect()
+}
+
+/// Prints the default stream, the one-thread stream and the copy baseline of 4096 x 384
+/// batches, timed in alternation in this run, and the ratio of each stream to the copy.
+fn ratio_summary(dir: &std::path::Path, pool: &rayon::ThreadPool) {
+    let config = StreamConfig {
+        seed: 0,
+        shuffle_rows: 1 << 16,
+        block_rows: 64,
+        ..Default::default()
+    };
+    let open = || ShardStream::new(ShardSet::open(dir, "activations").unwrap(), config.clone());
+    let (mut stream, mut stream_one) = (open().unwrap(), open().unwrap());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let source = vec![1.0f32; SHARDS * SHARD_ROWS * D / 2];
+    let mut copy = vec![0.0f32; ROWS * D];
+    let mut at = 0;
+    let medians = interleaved_medians(
+        400,
+        &mut [
+            &mut || {
+                if at + ROWS * D > source.len() {
+                    at = 0;
+                }
+                copy.copy_from_slice(&source[at..at + ROWS * D]);
+                at += ROWS * D;
+                black_box(&copy);
+            },
+            &mut || {
+                stream.next_batch(ROWS, &mut a).unwrap();
+                black_box(&a);
+            },
+            &mut || {
+                pool.install(|| stream_one.next_batch(ROWS, &mut b).unwrap());
+                black_box(&b);
+            },
+        ],
+    );
+    let rate = |t: f64| (ROWS * D) as f64 / t / 1e9;
+    let copy = medians[0];
+    println!(
+        "4096 x 384, medians of 400 interleaved batches, {} rayon threads by default:",
+        rayon::current_num_threads()
+    );
+    println!(
+        "  memcpy baseline         {:.3} ms  {:.2} G values/s",
+        copy * 1e3,
+        rate(copy)
+    );
+    for (name, t) in [
+        ("shuffled stream default", medians[1]),
+        ("shuffled stream 1 thread", medians[2]),
+    ] {
+        println!(
+            "  {name:<24}{:.3} ms  {:.2} G values/s  {:.2} x memcpy throughput",
+            t * 1e3,
+            rate(t),
+            copy / t
+        );
+    }
 }
 
 /// Synthetic ground truth at the default size (d = 64, 512 features), 4096 rows a batch.
