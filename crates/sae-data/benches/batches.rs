@@ -187,7 +187,7 @@ fn ratio_summary(dir: &std::path::Path, pool: &rayon::ThreadPool) {
         rayon::current_num_threads()
     );
     println!(
-        "  memcpy baseline         {:.3} ms  {:.2} G values/s",
+        "  memcpy baseline           {:.3} ms  {:.2} G values/s",
         copy * 1e3,
         rate(copy)
     );
@@ -196,7 +196,7 @@ fn ratio_summary(dir: &std::path::Path, pool: &rayon::ThreadPool) {
         ("shuffled stream 1 thread", medians[2]),
     ] {
         println!(
-            "  {name:<24}{:.3} ms  {:.2} G values/s  {:.2} x memcpy throughput",
+            "  {name:<26}{:.3} ms  {:.2} G values/s  {:.2} x memcpy throughput",
             t * 1e3,
             rate(t),
             copy / t

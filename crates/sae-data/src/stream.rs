@@ -183,19 +183,19 @@ fn decode_rows(
     if threads <= 1 || out.len() < PARALLEL_MIN_VALUES {
         return decode_serial(set, ids, normalizer, out);
     }
-    decode_parallel(set, ids, normalizer, out, threads)
+    decode_parallel(set, ids, normalizer, out, CHUNK_ROWS)
 }
 
-/// [`decode_rows`] split into a few pieces per thread, so that a slow thread can be helped.
+/// [`decode_rows`] in pieces of `piece` rows spread over the rayon threads. Small pieces let
+/// one thread take over the work of another that was delayed, instead of waiting for it.
 fn decode_parallel(
     set: &ShardSet,
     ids: &[(u32, u64)],
     normalizer: Option<&Normalizer>,
     out: &mut [f32],
-    threads: usize,
+    piece: usize,
 ) -> Result<(), DataError> {
     let d = set.d();
-    let piece = ids.len().div_ceil(threads * 4).max(CHUNK_ROWS);
     out.par_chunks_mut(d * piece)
         .zip(ids.par_chunks(piece))
         .try_for_each(|(out, ids)| decode_serial(set, ids, normalizer, out))
@@ -609,7 +609,7 @@ mod tests {
     use super::*;
     use crate::{Dtype, TensorRef, write_safetensors};
 
-    /// Serial decoding and every split of the parallel path write the same bits.
+    /// Serial decoding and the parallel path, with any piece size, write the same bits.
     #[test]
     fn parallel_split_matches_serial_decoding() {
         let (rows, d) = (1000usize, 24usize);
@@ -634,14 +634,14 @@ mod tests {
         for normalizer in [None, Some(&normalizer)] {
             let mut serial = vec![0.0; rows * d];
             decode_serial(&set, &ids, normalizer, &mut serial).unwrap();
-            for threads in [1, 2, 3, 7] {
+            for piece in [1, 63, CHUNK_ROWS, 250, rows] {
                 let mut split = vec![f32::NAN; rows * d];
-                decode_parallel(&set, &ids, normalizer, &mut split, threads).unwrap();
+                decode_parallel(&set, &ids, normalizer, &mut split, piece).unwrap();
                 let same = serial
                     .iter()
                     .zip(&split)
                     .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{threads} pieces");
+                assert!(same, "pieces of {piece} rows");
             }
         }
         std::fs::remove_file(&path).ok();
