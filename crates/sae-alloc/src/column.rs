@@ -84,11 +84,16 @@ fn scan_block(scores: &ScoreMatrix, first: usize, caps: &[u32]) -> Option<Vec<u6
             if !x.iter().zip(t).fold(false, |any, (&x, &t)| any | !(x <= t)) {
                 continue;
             }
-            for (j, &x) in x.iter().enumerate() {
-                let col = start + j;
-                if !(x <= thresholds[col]) {
-                    thresholds[col] = heaps.admit(col, rank_key_checked(x, row)?)?;
-                }
+            // Each column occurs once per lane, so the mask stays valid while admitting.
+            let mut hits = x
+                .iter()
+                .zip(t)
+                .enumerate()
+                .fold(0u32, |m, (j, (&x, &t))| m | (u32::from(!(x <= t)) << j));
+            while hits != 0 {
+                let j = hits.trailing_zeros() as usize;
+                hits &= hits - 1;
+                thresholds[start + j] = heaps.admit(start + j, rank_key_checked(x[j], row)?)?;
             }
         }
         for col in full..width {
