@@ -153,6 +153,7 @@ enum Part {
 }
 
 /// The candidates `>= bound` of a part, or [`Part::Nan`].
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN must pass the lane test
 fn candidates(chunk: &[f32], bound: f32) -> Part {
     const LANE: usize = 16;
     let mut found = Vec::new();
