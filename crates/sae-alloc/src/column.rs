@@ -212,7 +212,13 @@ fn to_rows(scores: &ScoreMatrix, caps: &[u32], blocks: &[Vec<u64>]) -> Selection
             let slot = next[row];
             next[row] += 1;
             features[slot] = col as u32;
-            values[slot] = scores.data()[row * cols + col];
+            // The key holds the score itself, except that it maps -0.0 to +0.0.
+            let score = rank_score(key);
+            values[slot] = if score == 0.0 {
+                scores.data()[row * cols + col]
+            } else {
+                score
+            };
         }
     }
     Selection::from_parts_unchecked(rows, cols, offsets, features, values)
