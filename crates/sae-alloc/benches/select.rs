@@ -2,7 +2,11 @@
 //! run. The baseline is the textbook implementation: sort every row / column / the whole
 //! matrix by (score desc, index asc) on one thread and take the head.
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::time::Duration;
+
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sae_alloc::{Capacities, ScoreMatrix, column_topm, global_topk, row_topk, usage_order};
@@ -78,6 +82,16 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| column_topm(&matrix, caps).unwrap())
             });
         }
+        group.finish();
+
+        // The naive sorts take seconds per call at the large shape: one call per sample, the
+        // fewest samples criterion accepts, no extra warm-up.
+        let mut group = c.benchmark_group(format!("naive_{rows}x{cols}_k{K}"));
+        group.throughput(Throughput::Elements((rows * cols) as u64));
+        group.sample_size(10);
+        group.sampling_mode(SamplingMode::Flat);
+        group.warm_up_time(Duration::from_millis(1));
+        group.measurement_time(Duration::from_millis(1));
         group.bench_function("naive_row_sort", |b| b.iter(|| naive_rows(&data, cols, K)));
         group.bench_function("naive_global_sort", |b| {
             b.iter(|| naive_global(&data, budget))

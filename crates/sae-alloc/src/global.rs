@@ -1,5 +1,7 @@
 //! Mutual Choice / BatchTopK allocation: the `budget` largest scores of the whole matrix.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use rayon::prelude::*;
 
 use crate::key::score_key;
@@ -12,11 +14,12 @@ const BINS: usize = 1 << 16;
 
 /// Keeps the `budget` largest scores anywhere in the matrix (ties: lower row-major index first).
 ///
-/// Usually one streaming pass: a strided sample gives a score that about `budget` (plus a
-/// safety margin) entries exceed; one vectorised pass collects those candidates, and an exact
-/// selection among them fixes the cut. When the sample misjudges (too few candidates, or far
-/// too many, e.g. under massive ties), a radix select on order-preserving keys takes over:
-/// 16 + 16 bits of histograms, then a collecting pass. Both give the same, exact result.
+/// Usually one streaming pass: a sample spread over all rows and columns gives a score that
+/// about `budget` (plus a safety margin) entries reach; one vectorised pass collects those
+/// candidates with their keys, and an exact selection among them fixes the cut. When the
+/// sample misjudges (too few candidates, or far too many, e.g. under massive ties), a radix
+/// select on order-preserving keys takes over: 16 + 16 bits of histograms, then a collecting
+/// pass. Both give the same, exact result.
 pub fn global_topk(scores: &ScoreMatrix, budget: usize) -> Result<Selection, AllocError> {
     let available = scores.data().len();
     if budget > available {
@@ -24,7 +27,7 @@ pub fn global_topk(scores: &ScoreMatrix, budget: usize) -> Result<Selection, All
     }
     if budget > 0
         && budget < available
-        && let Some(bound) = sample_bound(scores.data(), budget)
+        && let Some(bound) = sample_bound(scores, budget)
         && let Some(selection) = select_above(scores, budget, bound)?
     {
         return Ok(selection);
@@ -35,10 +38,18 @@ pub fn global_topk(scores: &ScoreMatrix, budget: usize) -> Result<Selection, All
 /// Candidates collected beyond the expected count before the sampled path gives up.
 const SLACK: f64 = 4.0;
 
-/// A score that, judging by a strided sample, a little more than `budget` entries reach.
-fn sample_bound(data: &[f32], budget: usize) -> Option<f32> {
+/// A score that, judging by a sample, a little more than `budget` entries reach.
+///
+/// The sample is systematic with a stride coprime to the row length, so it visits every
+/// column about equally often (a stride sharing a factor with it would see only a few
+/// features, whose score levels can differ a lot).
+fn sample_bound(scores: &ScoreMatrix, budget: usize) -> Option<f32> {
     const SAMPLE: usize = 1 << 15;
-    let stride = (data.len() / SAMPLE).max(1);
+    let data = scores.data();
+    let mut stride = (data.len() / SAMPLE).max(1);
+    while gcd(stride, scores.cols()) != 1 {
+        stride += 1;
+    }
     let mut sample: Vec<f32> = data
         .iter()
         .step_by(stride)
@@ -54,6 +65,16 @@ fn sample_bound(data: &[f32], budget: usize) -> Option<f32> {
     Some(*bound)
 }
 
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// The candidates of one part: `(score key << 32) | offset in the part`, ascending offset.
+type Candidates = Vec<u64>;
+
 /// The exact selection from the candidates `>= bound`; `None` when there are fewer than
 /// `budget` of them, or so many that the sample was clearly wrong.
 fn select_above(
@@ -63,31 +84,55 @@ fn select_above(
 ) -> Result<Option<Selection>, AllocError> {
     let data = scores.data();
     let too_many = (budget as f64 * SLACK) as usize + PART_LEN;
-    let parts: Vec<Option<Vec<u64>>> = data
+    let collected = AtomicUsize::new(0);
+    let parts: Vec<Part> = data
         .par_chunks(PART_LEN)
-        .enumerate()
-        .map(|(part, chunk)| {
-            scores.check_no_nan(chunk, part * PART_LEN)?;
-            let share = (too_many as f64 * chunk.len() as f64 / data.len() as f64) as usize + 1024;
-            Ok(candidates(chunk, part * PART_LEN, bound, share))
+        .map(|chunk| {
+            if collected.load(Ordering::Relaxed) > too_many {
+                return Part::GaveUp;
+            }
+            let part = candidates(chunk, bound);
+            if let Part::Found(c) = &part {
+                collected.fetch_add(c.len(), Ordering::Relaxed);
+            }
+            part
         })
-        .collect::<Result<_, AllocError>>()?;
-    let Some(parts) = parts.into_iter().collect::<Option<Vec<_>>>() else {
+        .collect();
+    if parts.iter().any(|p| matches!(p, Part::Nan)) {
+        // Name the first NaN of the matrix, whichever part met one.
+        scores.check_no_nan(data, 0)?;
+        unreachable!("a part met a NaN");
+    }
+    let Some(parts) = parts
+        .into_iter()
+        .map(|p| match p {
+            Part::Found(c) => Some(c),
+            _ => None,
+        })
+        .collect::<Option<Vec<Candidates>>>()
+    else {
         return Ok(None);
     };
     let count: usize = parts.iter().map(Vec::len).sum();
-    if count < budget {
+    if count < budget || count > too_many {
         return Ok(None);
     }
-    // Rank key of an entry: score key, then lower flat index first.
-    let rank = |i: u64| (u128::from(score_key(data[i as usize])) << 64) | u128::from(!i);
-    let mut ranked: Vec<u128> = parts.iter().flatten().map(|&i| rank(i)).collect();
-    let (_, &mut cut, _) = ranked.select_nth_unstable_by(budget - 1, |a, b| b.cmp(a));
-    let kept: Vec<u64> = parts
-        .into_iter()
-        .flatten()
-        .filter(|&i| rank(i) >= cut)
-        .collect();
+    // The score key of the budget-th largest candidate; all keys above it are kept, and of
+    // those equal to it the first ones in row-major order.
+    let mut keys: Vec<u32> = parts.iter().flatten().map(|&c| (c >> 32) as u32).collect();
+    let (above, &mut cut, _) = keys.select_nth_unstable_by(budget - 1, |a, b| b.cmp(a));
+    // `above` holds the budget - 1 keys ranked before the cut, some of them equal to it.
+    let mut ties = 1 + above.iter().filter(|&&k| k == cut).count();
+    let mut kept = Vec::with_capacity(budget);
+    for (part, found) in parts.iter().enumerate() {
+        for &c in found {
+            let key = (c >> 32) as u32;
+            if key > cut || (key == cut && ties > 0) {
+                ties -= usize::from(key == cut);
+                kept.push((part * PART_LEN) as u64 + (c & 0xFFFF_FFFF));
+            }
+        }
+    }
     debug_assert_eq!(kept.len(), budget);
     Ok(Some(Selection::from_sorted_flat(
         data,
@@ -97,24 +142,35 @@ fn select_above(
     )))
 }
 
-/// Flat indices (ascending) of the scores of a part `>= bound`; `None` past `limit` of them.
-fn candidates(chunk: &[f32], start: usize, bound: f32, limit: usize) -> Option<Vec<u64>> {
+/// What the candidate pass found in one part.
+enum Part {
+    /// The candidates.
+    Found(Candidates),
+    /// A NaN score.
+    Nan,
+    /// Nothing: enough candidates were found elsewhere to abandon the sampled path.
+    GaveUp,
+}
+
+/// The candidates `>= bound` of a part, or [`Part::Nan`].
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN must pass the lane test
+fn candidates(chunk: &[f32], bound: f32) -> Part {
     const LANE: usize = 16;
-    let mut flat = Vec::new();
+    let mut found = Vec::new();
     for (l, lane) in chunk.chunks(LANE).enumerate() {
-        if !lane.iter().fold(false, |any, &x| any | (x >= bound)) {
+        // `!(x < bound)` also holds for NaN, which thus reaches the exact test.
+        if !lane.iter().fold(false, |any, &x| any | !(x < bound)) {
             continue;
         }
         for (j, &x) in lane.iter().enumerate() {
             if x >= bound {
-                flat.push((start + l * LANE + j) as u64);
+                found.push((u64::from(score_key(x)) << 32) | (l * LANE + j) as u64);
+            } else if x.is_nan() {
+                return Part::Nan;
             }
         }
-        if flat.len() > limit {
-            return None;
-        }
     }
-    Some(flat)
+    Part::Found(found)
 }
 
 /// The radix-select path (see [`global_topk`]).
