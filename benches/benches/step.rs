@@ -19,6 +19,9 @@ use sae_model::{
     TrainStep,
 };
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Inner = Flex;
 type B = Autodiff<Flex>;
 
@@ -91,17 +94,18 @@ fn main() {
     )
     .unwrap();
     let rules: Vec<(&str, Box<dyn Sparsifier>, StepPath)> = vec![
-        ("step_topk", Box::new(TopK { k }), StepPath::Sparse),
+        ("step_topk", Box::new(TopK { k }), StepPath::Auto),
         (
             "step_mutual_choice",
             Box::new(MutualChoice { k }),
-            StepPath::Sparse,
+            StepPath::Auto,
         ),
         (
             "step_feature_choice",
             Box::new(FeatureChoice::uniform(k)),
-            StepPath::Sparse,
+            StepPath::Auto,
         ),
+        ("step_topk_gather", Box::new(TopK { k }), StepPath::Sparse),
         ("step_topk_dense", Box::new(TopK { k }), StepPath::Dense),
     ];
     for (id, sparsifier, path) in rules {
@@ -141,6 +145,7 @@ fn main() {
         "step_topk",
         "step_mutual_choice",
         "step_feature_choice",
+        "step_topk_gather",
         "step_topk_dense",
     ] {
         println!("{:<26} {:>10.4} {:>8.2}", id, med(id), med(id) / gemm);

@@ -7,11 +7,14 @@
 //!   name from JSON specifications.
 //! - [`TrainStep`]: one optimizer step (sparse forward, losses, backward, decoder constraint,
 //!   Adam, statistics) and exact save / restore through [`TrainState`].
-//! - [`sparse`]: the O(N k d) gather path; [`dense`]: the masked dense oracle.
+//! - [`fused`]: the O(N k d) host path with hand-written gradients (CPU backends);
+//!   [`sparse`]: the O(N k d) differentiable gather path (device backends); [`dense`]: the
+//!   masked dense oracle.
 #![deny(missing_docs)]
 
 pub mod dense;
 pub mod error;
+pub mod fused;
 pub mod loss;
 pub mod registry;
 pub mod sae;

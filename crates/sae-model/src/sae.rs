@@ -180,13 +180,10 @@ impl<B: Backend> Sae<B> {
     /// Builds the module from raw host parameters (exact).
     pub fn from_params(params: &SaeParams, device: &B::Device) -> Result<Self> {
         params.validate()?;
-        let (d, f) = (params.d_model, params.features);
-        Ok(Self::from_tensors(SaeTensors {
-            w_enc: Tensor::from_data(TensorData::new(params.w_enc.clone(), [f, d]), device),
-            b_enc: Tensor::from_data(TensorData::new(params.b_enc.clone(), [f]), device),
-            w_dec: Tensor::from_data(TensorData::new(params.w_dec.clone(), [f, d]), device),
-            b_dec: Tensor::from_data(TensorData::new(params.b_dec.clone(), [d]), device),
-        }))
+        Ok(Self::from_tensors(SaeTensors::from_host(
+            params.clone(),
+            device,
+        )))
     }
 
     /// Wraps plain tensors as the module's parameters.
@@ -231,6 +228,18 @@ impl<B: Backend> Sae<B> {
 }
 
 impl<B: Backend> SaeTensors<B> {
+    /// Moves raw host values (shapes taken from `d_model` and `features`, not validated) onto
+    /// `device`.
+    pub fn from_host(params: SaeParams, device: &B::Device) -> Self {
+        let (d, f) = (params.d_model, params.features);
+        Self {
+            w_enc: Tensor::from_data(TensorData::new(params.w_enc, [f, d]), device),
+            b_enc: Tensor::from_data(TensorData::new(params.b_enc, [f]), device),
+            w_dec: Tensor::from_data(TensorData::new(params.w_dec, [f, d]), device),
+            b_dec: Tensor::from_data(TensorData::new(params.b_dec, [d]), device),
+        }
+    }
+
     /// Dense affinities `z' = (x - b_dec) w_enc^T + b_enc`, `[N, F]`.
     pub fn affinities(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let centred = x - self.b_dec.clone().unsqueeze_dim(0);

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dense::dense_decode;
 use crate::error::{Result, SaeError};
+use crate::fused::{HostLossSpec, HostParams, host_loss_and_grads, total_variance};
 use crate::loss::{AuxLoss, aux_normalised, aux_selection, fvu, mse};
 use crate::sae::{Sae, SaeParams, SaeTensors, host_vec, normalize_rows, remove_parallel_gradient};
 use crate::sparse::{Pairs, sparse_decode};
@@ -17,8 +18,15 @@ use crate::stats::{FeatureStats, StatsConfig};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepPath {
-    /// Gathers at the selected pairs: O(N k d) forward and backward (the training path).
+    /// The backend's training path: [`StepPath::Fused`] on the CPU backends (Flex, NdArray),
+    /// [`StepPath::Sparse`] on the others.
     #[default]
+    Auto,
+    /// Hand-written forward and backward over the selected pairs on the host, O(N k d) with no
+    /// `[P, d]` intermediate ([`crate::fused`]; the CPU training path).
+    Fused,
+    /// Differentiable gathers at the selected pairs on the backend, O(N k d) forward and
+    /// backward (the device training path).
     Sparse,
     /// Dense masked codes `[N, F]` and a dense decoder GEMM (the oracle).
     Dense,
@@ -59,7 +67,7 @@ pub struct TrainConfig {
     pub stats: StatsConfig,
     /// Decay of the inference-threshold EMA.
     pub threshold_decay: f32,
-    /// Sparse (training) or dense (oracle) computation.
+    /// How the loss and gradients are computed.
     pub path: StepPath,
 }
 
@@ -76,7 +84,7 @@ impl Default for TrainConfig {
             k_aux: None,
             stats: StatsConfig::default(),
             threshold_decay: 0.99,
-            path: StepPath::Sparse,
+            path: StepPath::Auto,
         }
     }
 }
@@ -128,7 +136,7 @@ pub struct LossSpec<'a> {
     pub recon_loss: ReconLoss,
     /// Coefficient of the auxiliary loss.
     pub aux_coef: f32,
-    /// Sparse or dense computation.
+    /// How the loss and gradients are computed.
     pub path: StepPath,
 }
 
@@ -140,11 +148,74 @@ fn decode<B: Backend>(
     activation: Activation,
 ) -> Tensor<B, 2> {
     match path {
-        StepPath::Sparse => {
+        StepPath::Dense => dense_decode(params, x, selection, activation),
+        _ => {
             let pairs = Pairs::from_selection(selection, &x.device());
             sparse_decode(params, x, &pairs, activation)
         }
-        StepPath::Dense => dense_decode(params, x, selection, activation),
+    }
+}
+
+impl StepPath {
+    /// The concrete path on backend `B`: resolves [`StepPath::Auto`].
+    pub fn resolve<B: Backend>(self, device: &B::Device) -> StepPath {
+        match self {
+            StepPath::Auto if matches!(B::name(device).as_str(), "flex" | "ndarray") => {
+                StepPath::Fused
+            }
+            StepPath::Auto => StepPath::Sparse,
+            path => path,
+        }
+    }
+}
+
+/// [`loss_and_grads`] on the fused host path.
+fn fused_loss_and_grads<B: Backend>(
+    params: &SaeTensors<B>,
+    x: Tensor<B, 2>,
+    spec: &LossSpec<'_>,
+) -> LossAndGrads<B> {
+    let device = x.device();
+    let [n, d] = x.dims();
+    let x = host_vec(x);
+    let p = params.to_params();
+    let total = total_variance(&x, d);
+    let recon_scale = match spec.recon_loss {
+        ReconLoss::Fvu => 1.0 / total,
+        ReconLoss::Mse => 1.0 / (n * d) as f64,
+    };
+    let out = host_loss_and_grads(
+        &HostParams {
+            w_enc: &p.w_enc,
+            b_enc: &p.b_enc,
+            w_dec: &p.w_dec,
+            b_dec: &p.b_dec,
+        },
+        &x,
+        &HostLossSpec {
+            selection: spec.selection,
+            aux_selection: spec.aux_selection,
+            activation: spec.activation,
+            recon_scale,
+            aux_coef: spec.aux_coef,
+        },
+    );
+    let recon = out.sse * recon_scale;
+    let f = p.features;
+    let grads = SaeParams {
+        d_model: d,
+        features: f,
+        w_enc: out.w_enc,
+        b_enc: out.b_enc,
+        w_dec: out.w_dec,
+        b_dec: out.b_dec,
+    };
+    LossAndGrads {
+        loss: (recon + f64::from(spec.aux_coef) * out.aux) as f32,
+        mse: (out.sse / (n * d) as f64) as f32,
+        fvu: (out.sse / total) as f32,
+        aux: out.aux as f32,
+        grads: SaeTensors::from_host(grads, &device),
     }
 }
 
@@ -164,6 +235,19 @@ pub fn loss_and_grads<B: AutodiffBackend>(
     x: Tensor<B::InnerBackend, 2>,
     spec: &LossSpec<'_>,
 ) -> Result<LossAndGrads<B::InnerBackend>> {
+    match spec.path.resolve::<B::InnerBackend>(&x.device()) {
+        StepPath::Fused => Ok(fused_loss_and_grads(params, x, spec)),
+        path => autodiff_loss_and_grads::<B>(params, x, spec, path),
+    }
+}
+
+/// [`loss_and_grads`] by autodiff through the sparse or the dense decoder.
+fn autodiff_loss_and_grads<B: AutodiffBackend>(
+    params: &SaeTensors<B::InnerBackend>,
+    x: Tensor<B::InnerBackend, 2>,
+    spec: &LossSpec<'_>,
+    path: StepPath,
+) -> Result<LossAndGrads<B::InnerBackend>> {
     let leaves = SaeTensors::<B> {
         w_enc: Tensor::from_inner(params.w_enc.clone()).require_grad(),
         b_enc: Tensor::from_inner(params.b_enc.clone()).require_grad(),
@@ -171,13 +255,7 @@ pub fn loss_and_grads<B: AutodiffBackend>(
         b_dec: Tensor::from_inner(params.b_dec.clone()).require_grad(),
     };
     let x = Tensor::<B, 2>::from_inner(x);
-    let decoded = decode(
-        spec.path,
-        &leaves,
-        x.clone(),
-        spec.selection,
-        spec.activation,
-    );
+    let decoded = decode(path, &leaves, x.clone(), spec.selection, spec.activation);
     let recon = decoded + leaves.b_dec.clone().unsqueeze_dim(0);
     let mse_t = mse(x.clone(), recon.clone());
     let fvu_t = fvu(x.clone(), recon.clone());
@@ -188,7 +266,7 @@ pub fn loss_and_grads<B: AutodiffBackend>(
     let mut aux = 0.0;
     if let Some(aux_sel) = spec.aux_selection.filter(|s| s.nnz() > 0) {
         let residual = x.clone() - recon.detach();
-        let e_hat = decode(spec.path, &leaves, x, aux_sel, spec.activation);
+        let e_hat = decode(path, &leaves, x, aux_sel, spec.activation);
         let aux_t = aux_normalised(residual, e_hat);
         aux = scalar(aux_t.clone().detach());
         loss = loss + aux_t.mul_scalar(spec.aux_coef);
@@ -439,13 +517,17 @@ impl<B: AutodiffBackend> TrainStep<B> {
                     _ => self.stats.dead_weights(),
                 };
                 if weights.iter().any(|&w| w > 0.0) {
+                    let recomputed;
                     let host = match batch.host_affinities {
-                        Some(ref h) => h.clone(),
-                        None => host_vec(self.params.affinities(x.clone())),
+                        Some(ref h) => h.as_slice(),
+                        None => {
+                            recomputed = host_vec(self.params.affinities(x.clone()));
+                            recomputed.as_slice()
+                        }
                     };
                     let k_aux = self.config.k_aux.unwrap_or(d / 2);
                     Some(aux_selection(
-                        &host, n, features, &weights, k_aux, activation,
+                        host, n, features, &weights, k_aux, activation,
                     )?)
                 } else {
                     None

@@ -1,4 +1,4 @@
-//! The sparse gather path against the dense masked oracle: loss and every parameter gradient,
+//! The sparse gather path and the fused host path against the dense masked oracle: loss and every parameter gradient,
 //! for every sparsifier, on flex, ndarray and (where an adapter exists) wgpu.
 
 mod common;
@@ -88,36 +88,27 @@ fn check_backend<B: AutodiffBackend>(device: &B::Device) {
                 )
                 .unwrap()
             };
-            let sparse = run(StepPath::Sparse);
             let dense = run(StepPath::Dense);
-            let what = format!("{} aux={aux_case} {recon_loss:?}", sparsifier.name());
-            assert_close(&format!("{what} loss"), &[sparse.loss], &[dense.loss], TOL);
-            assert_close(&format!("{what} aux"), &[sparse.aux], &[dense.aux], TOL);
-            let (g, o) = (sparse.grads, dense.grads);
-            assert_close(
-                &format!("{what} w_enc"),
-                &host(g.w_enc),
-                &host(o.w_enc),
-                TOL,
-            );
-            assert_close(
-                &format!("{what} b_enc"),
-                &host(g.b_enc),
-                &host(o.b_enc),
-                TOL,
-            );
-            assert_close(
-                &format!("{what} w_dec"),
-                &host(g.w_dec),
-                &host(o.w_dec),
-                TOL,
-            );
-            assert_close(
-                &format!("{what} b_dec"),
-                &host(g.b_dec),
-                &host(o.b_dec),
-                TOL,
-            );
+            for path in [StepPath::Sparse, StepPath::Fused] {
+                let got = run(path);
+                let what = format!(
+                    "{} aux={aux_case} {recon_loss:?} {path:?}",
+                    sparsifier.name()
+                );
+                assert_close(&format!("{what} loss"), &[got.loss], &[dense.loss], TOL);
+                assert_close(&format!("{what} aux"), &[got.aux], &[dense.aux], TOL);
+                assert_close(&format!("{what} fvu"), &[got.fvu], &[dense.fvu], TOL);
+                assert_close(&format!("{what} mse"), &[got.mse], &[dense.mse], TOL);
+                let (g, o) = (got.grads, dense.grads.clone());
+                for (name, got, want) in [
+                    ("w_enc", host(g.w_enc), host(o.w_enc)),
+                    ("b_enc", host(g.b_enc), host(o.b_enc)),
+                    ("w_dec", host(g.w_dec), host(o.w_dec)),
+                    ("b_dec", host(g.b_dec), host(o.b_dec)),
+                ] {
+                    assert_close(&format!("{what} {name}"), &got, &want, TOL);
+                }
+            }
         }
     }
 }
@@ -195,4 +186,59 @@ fn dense_oracle_matches_finite_differences() {
             g_b_dec[idx]
         );
     }
+}
+
+/// The fused path over several token and feature blocks, with auxiliary pairs: equal to the
+/// oracle, and bit-identical for one and two threads.
+#[test]
+fn fused_matches_oracle_across_blocks_for_any_thread_count() {
+    type B = Autodiff<Flex>;
+    let (n, d, f, k) = (100, 16, 150, 4);
+    let device = Default::default();
+    let p = params(d, f, 3);
+    let sae = Sae::<Flex>::from_params(&p, &device).unwrap();
+    let x = tensor::<Flex>(random(n * d, 4), n, d, &device);
+    let z = host_vec(sae.affinities(x.clone()));
+    let scores = ScoreMatrix::new(&z, n, f).unwrap();
+    let stats = FeatureStats::new(f, StatsConfig::default());
+    let sel = MutualChoice { k }.select(&scores, &stats).unwrap();
+    let weights: Vec<f32> = (0..f).map(|j| (j % 3 == 0) as u8 as f32).collect();
+    let aux = aux_selection(&z, n, f, &weights, 5, Activation::Relu).unwrap();
+    assert!(aux.nnz() > 0);
+    let run = |path| {
+        loss_and_grads::<B>(
+            &sae.tensors(),
+            x.clone(),
+            &LossSpec {
+                selection: &sel,
+                aux_selection: Some(&aux),
+                activation: Activation::Relu,
+                recon_loss: ReconLoss::Fvu,
+                aux_coef: 0.5,
+                path,
+            },
+        )
+        .unwrap()
+    };
+    let in_pool = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let out = pool.install(|| run(StepPath::Fused));
+        (out.loss, host(out.grads.w_enc), host(out.grads.b_dec))
+    };
+    let dense = run(StepPath::Dense);
+    let fused = run(StepPath::Fused);
+    assert_close("loss", &[fused.loss], &[dense.loss], TOL);
+    assert_close("aux", &[fused.aux], &[dense.aux], TOL);
+    for (name, got, want) in [
+        ("w_enc", host(fused.grads.w_enc), host(dense.grads.w_enc)),
+        ("b_enc", host(fused.grads.b_enc), host(dense.grads.b_enc)),
+        ("w_dec", host(fused.grads.w_dec), host(dense.grads.w_dec)),
+        ("b_dec", host(fused.grads.b_dec), host(dense.grads.b_dec)),
+    ] {
+        assert_close(name, &got, &want, TOL);
+    }
+    assert_eq!(in_pool(1), in_pool(2));
 }

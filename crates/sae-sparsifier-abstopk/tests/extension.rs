@@ -127,11 +127,14 @@ fn signed_codes_match_the_dense_oracle() {
         )
         .unwrap()
     };
-    let (a, b) = (run(StepPath::Sparse), run(StepPath::Dense));
-    assert!((a.loss - b.loss).abs() <= 1e-4 * b.loss.abs());
-    let (ga, gb) = (host_vec(a.grads.w_enc), host_vec(b.grads.w_enc));
-    let scale = gb.iter().fold(0f32, |m, v| m.max(v.abs()));
-    for (u, v) in ga.iter().zip(&gb) {
-        assert!((u - v).abs() <= 1e-4 * scale, "{u} vs {v}");
+    let b = run(StepPath::Dense);
+    for path in [StepPath::Sparse, StepPath::Fused] {
+        let a = run(path);
+        assert!((a.loss - b.loss).abs() <= 1e-4 * b.loss.abs(), "{path:?}");
+        let (ga, gb) = (host_vec(a.grads.w_enc), host_vec(b.grads.w_enc.clone()));
+        let scale = gb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (u, v) in ga.iter().zip(&gb) {
+            assert!((u - v).abs() <= 1e-4 * scale, "{path:?}: {u} vs {v}");
+        }
     }
 }

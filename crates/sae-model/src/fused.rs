@@ -1,0 +1,444 @@
+//! The fused host path: loss and exact gradients of the sparse step in two passes of plain
+//! loops over the selected pairs, for CPU backends.
+//!
+//! It computes the same function as [`crate::sparse`] (and the dense oracle), with the
+//! gradients written out by hand instead of taken by autodiff, so no `[P, d]` intermediate is
+//! ever allocated: the gather path materialises about ten of them per step, which makes it
+//! memory-bound on a CPU. With `c_t = x_t - b_dec`, `u_p = c_t . w_enc[f] + b_enc[f]`,
+//! `v_p = act(u_p)`, reconstruction `x_hat_t = b_dec + sum_p v_p w_dec[f]` and
+//! `G_t = dL/dx_hat_t`:
+//!
+//! - `dL/dw_dec[f] = sum_p v_p G_t`, `dL/du_p = (G_t . w_dec[f]) act'(u_p)`,
+//! - `dL/dw_enc[f] = sum_p dL/du_p c_t`, `dL/db_enc[f] = sum_p dL/du_p`,
+//! - `dL/db_dec = sum_t G_t - sum_p dL/du_p w_enc[f]`,
+//!
+//! and the same for the auxiliary pairs, whose target is the detached residual.
+//!
+//! Pass 1 runs over token blocks (values, reconstruction, residuals, `dL/du`), pass 2 over
+//! feature blocks (the weight gradients, each feature's pairs in token order). Every sum has
+//! a fixed order, so results do not depend on the number of threads.
+
+use rayon::prelude::*;
+use sae_alloc::Selection;
+
+use crate::sparsifier::Activation;
+
+/// Tokens per block of the first pass.
+const TOKEN_BLOCK: usize = 32;
+/// Features per block of the second pass.
+const FEATURE_BLOCK: usize = 64;
+
+/// Parameters as host slices (`w_enc`, `w_dec`: `[F, d]` row-major).
+#[derive(Debug, Clone, Copy)]
+pub struct HostParams<'a> {
+    /// Encoder weights `[F, d]`.
+    pub w_enc: &'a [f32],
+    /// Encoder bias `[F]`.
+    pub b_enc: &'a [f32],
+    /// Decoder weights `[F, d]`.
+    pub w_dec: &'a [f32],
+    /// Decoder bias `[d]`.
+    pub b_dec: &'a [f32],
+}
+
+impl HostParams<'_> {
+    fn d(&self) -> usize {
+        self.b_dec.len()
+    }
+    fn enc_row(&self, f: u32) -> &[f32] {
+        let d = self.d();
+        &self.w_enc[f as usize * d..(f as usize + 1) * d]
+    }
+    fn dec_row(&self, f: u32) -> &[f32] {
+        let d = self.d();
+        &self.w_dec[f as usize * d..(f as usize + 1) * d]
+    }
+}
+
+/// What the fused loss needs besides parameters and batch.
+#[derive(Debug, Clone, Copy)]
+pub struct HostLossSpec<'a> {
+    /// The batch's selection.
+    pub selection: &'a Selection,
+    /// The auxiliary selection, if any.
+    pub aux_selection: Option<&'a Selection>,
+    /// Activation of the selected affinities.
+    pub activation: Activation,
+    /// Scale of the reconstruction term: `1 / sum ||x - mean(x)||^2` (FVU) or `1 / (N d)`
+    /// (MSE).
+    pub recon_scale: f64,
+    /// Coefficient of the auxiliary loss.
+    pub aux_coef: f32,
+}
+
+/// Loss values and gradients as host vectors, shaped like the parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostLossAndGrads {
+    /// Sum of squared reconstruction errors.
+    pub sse: f64,
+    /// Auxiliary loss before its coefficient (0 without auxiliary pairs).
+    pub aux: f64,
+    /// Gradient of `w_enc`, `[F, d]`.
+    pub w_enc: Vec<f32>,
+    /// Gradient of `b_enc`, `[F]`.
+    pub b_enc: Vec<f32>,
+    /// Gradient of `w_dec`, `[F, d]`.
+    pub w_dec: Vec<f32>,
+    /// Gradient of `b_dec`, `[d]`.
+    pub b_dec: Vec<f32>,
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+fn activate(activation: Activation, u: f32) -> (f32, f32) {
+    match activation {
+        Activation::Relu if u > 0.0 => (u, 1.0),
+        Activation::Relu => (0.0, 0.0),
+        Activation::Identity => (u, 1.0),
+    }
+}
+
+/// Per pair of one selection: code and `dL/du` (or its unscaled form, see pass 1).
+#[derive(Debug, Default)]
+struct PairValues {
+    values: Vec<f32>,
+    grads: Vec<f32>,
+}
+
+/// What pass 1 produces for one token block.
+#[derive(Debug, Default)]
+struct TokenBlock {
+    main: PairValues,
+    aux: PairValues,
+    sse: f64,
+    aux_num: f64,
+    aux_den: f64,
+    /// `sum_t G_t - sum_p dL/du_p w_enc[f]` over the block's main pairs.
+    b_dec_main: Vec<f32>,
+    /// `sum_q dL/du_q w_enc[f]` over the block's auxiliary pairs, before the aux scale.
+    b_dec_aux: Vec<f32>,
+}
+
+/// Codes of one token's pairs, accumulated into `sum` (`sum += v w_dec[f]`).
+fn encode_token(
+    params: &HostParams<'_>,
+    centred: &[f32],
+    pairs: (&[u32], &[f32]),
+    activation: Activation,
+    sum: &mut [f32],
+    out: &mut PairValues,
+) {
+    for &f in pairs.0 {
+        let u = dot(centred, params.enc_row(f)) + params.b_enc[f as usize];
+        let (v, slope) = activate(activation, u);
+        out.values.push(v);
+        out.grads.push(slope);
+        axpy(v, params.dec_row(f), sum);
+    }
+}
+
+/// Turns the stored slopes of one token's pairs into `scale * (g . w_dec[f]) * slope` and adds
+/// `-that * w_enc[f]` into `b_dec`.
+fn pair_grads(
+    params: &HostParams<'_>,
+    features: &[u32],
+    g: &[f32],
+    scale: f32,
+    slopes: &mut [f32],
+    b_dec: &mut [f32],
+) {
+    for (&f, slope) in features.iter().zip(slopes) {
+        let gu = scale * dot(g, params.dec_row(f)) * *slope;
+        *slope = gu;
+        axpy(-gu, params.enc_row(f), b_dec);
+    }
+}
+
+/// Pass 1 over the tokens `rows`: writes each token's error `x - x_hat` into `err` and, with
+/// auxiliary pairs, `e - e_hat` into `aux_err`.
+fn token_block(
+    params: &HostParams<'_>,
+    x: &[f32],
+    rows: std::ops::Range<usize>,
+    spec: &HostLossSpec<'_>,
+    err: &mut [f32],
+    aux_err: &mut [f32],
+) -> TokenBlock {
+    let d = params.d();
+    let mut block = TokenBlock {
+        b_dec_main: vec![0.0; d],
+        b_dec_aux: vec![0.0; d],
+        ..TokenBlock::default()
+    };
+    let mut centred = vec![0.0f32; d];
+    let main_scale = (-2.0 * spec.recon_scale) as f32;
+    for (i, t) in rows.enumerate() {
+        let x_t = &x[t * d..(t + 1) * d];
+        for ((c, xi), b) in centred.iter_mut().zip(x_t).zip(params.b_dec) {
+            *c = xi - b;
+        }
+        // err_t = x_t - b_dec - sum_p v_p w_dec[f] = c_t - sum.
+        let e = &mut err[i * d..(i + 1) * d];
+        e.fill(0.0);
+        let main = spec.selection.row(t);
+        let start = block.main.values.len();
+        encode_token(params, &centred, main, spec.activation, e, &mut block.main);
+        for (ei, c) in e.iter_mut().zip(&centred) {
+            *ei = c - *ei;
+        }
+        block.sse += e.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+        // G_t = -2 s err_t.
+        axpy(main_scale, e, &mut block.b_dec_main);
+        let slopes = &mut block.main.grads[start..];
+        pair_grads(params, main.0, e, main_scale, slopes, &mut block.b_dec_main);
+        if let Some(aux) = spec.aux_selection {
+            let a = &mut aux_err[i * d..(i + 1) * d];
+            a.fill(0.0);
+            let pairs = aux.row(t);
+            let start = block.aux.values.len();
+            encode_token(params, &centred, pairs, spec.activation, a, &mut block.aux);
+            for (ai, ei) in a.iter_mut().zip(e.iter()) {
+                *ai = ei - *ai;
+            }
+            block.aux_num += a.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+            block.aux_den += e.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+            let slopes = &mut block.aux.grads[start..];
+            pair_grads(params, pairs.0, a, 1.0, slopes, &mut block.b_dec_aux);
+        }
+    }
+    block
+}
+
+/// Pairs of a selection grouped by feature: `(offsets [F + 1], pair ids)`, token order within
+/// a feature (a counting sort of the CSR pairs).
+fn by_feature(selection: &Selection) -> (Vec<usize>, Vec<u32>) {
+    let mut offsets = vec![0usize; selection.cols() + 1];
+    for &f in selection.features() {
+        offsets[f as usize + 1] += 1;
+    }
+    for j in 0..selection.cols() {
+        offsets[j + 1] += offsets[j];
+    }
+    let mut next = offsets.clone();
+    let mut ids = vec![0u32; selection.nnz()];
+    for (p, &f) in selection.features().iter().enumerate() {
+        ids[next[f as usize]] = p as u32;
+        next[f as usize] += 1;
+    }
+    (offsets, ids)
+}
+
+/// One selection's pairs, flattened for pass 2.
+struct FeaturePairs<'a> {
+    offsets: Vec<usize>,
+    ids: Vec<u32>,
+    tokens: Vec<u32>,
+    values: &'a [f32],
+    grads: &'a [f32],
+    /// Per-token rows `dL/dx_hat_t / row_scale` (`[N, d]`).
+    rows: &'a [f32],
+    /// Scale turning `rows` into `dL/dx_hat`.
+    row_scale: f32,
+    /// Scale turning `grads` into `dL/du`.
+    grad_scale: f32,
+}
+
+impl<'a> FeaturePairs<'a> {
+    fn new(
+        selection: &Selection,
+        values: &'a PairValues,
+        rows: (&'a [f32], f32),
+        grad_scale: f32,
+    ) -> Self {
+        let (offsets, ids) = by_feature(selection);
+        Self {
+            offsets,
+            ids,
+            tokens: selection.token_ids(),
+            values: &values.values,
+            grads: &values.grads,
+            rows: rows.0,
+            row_scale: rows.1,
+            grad_scale,
+        }
+    }
+}
+
+/// Pass 2 for feature `f`: adds its pairs' contributions to the gradient rows.
+fn feature_grads(
+    pairs: &FeaturePairs<'_>,
+    f: usize,
+    x: &[f32],
+    b_dec: &[f32],
+    g_enc: &mut [f32],
+    g_dec: &mut [f32],
+    g_bias: &mut f32,
+) {
+    let d = b_dec.len();
+    for &p in &pairs.ids[pairs.offsets[f]..pairs.offsets[f + 1]] {
+        let (p, t) = (p as usize, pairs.tokens[p as usize] as usize);
+        axpy(
+            pairs.row_scale * pairs.values[p],
+            &pairs.rows[t * d..(t + 1) * d],
+            g_dec,
+        );
+        let gu = pairs.grad_scale * pairs.grads[p];
+        if gu != 0.0 {
+            *g_bias += gu;
+            for ((g, xi), b) in g_enc.iter_mut().zip(&x[t * d..(t + 1) * d]).zip(b_dec) {
+                *g += gu * (xi - b);
+            }
+        }
+    }
+}
+
+/// `sum_t ||x_t - mean(x)||^2` over the rows of `x` (`[N, d]`), the FVU denominator.
+pub fn total_variance(x: &[f32], d: usize) -> f64 {
+    let n = x.len() / d.max(1);
+    let mut mean = vec![0.0f64; d];
+    for row in x.chunks_exact(d) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += f64::from(v);
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    x.chunks_exact(d)
+        .map(|row| {
+            row.iter()
+                .zip(&mean)
+                .map(|(&v, m)| (f64::from(v) - m).powi(2))
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// Loss terms and all parameter gradients of a batch `x` (`[N, d]`) for given selections.
+pub fn host_loss_and_grads(
+    params: &HostParams<'_>,
+    x: &[f32],
+    spec: &HostLossSpec<'_>,
+) -> HostLossAndGrads {
+    let d = params.d();
+    let n = spec.selection.rows();
+    let features = params.b_enc.len();
+    let aux = spec.aux_selection.filter(|a| a.nnz() > 0);
+    let spec = HostLossSpec {
+        aux_selection: aux,
+        ..*spec
+    };
+    let mut err = vec![0.0f32; n * d];
+    let mut aux_err = vec![0.0f32; if aux.is_some() { n * d } else { 0 }];
+    let block_len = TOKEN_BLOCK * d;
+    let mut aux_chunks: Vec<&mut [f32]> = if aux.is_some() {
+        aux_err.chunks_mut(block_len).collect()
+    } else {
+        (0..n.div_ceil(TOKEN_BLOCK)).map(|_| &mut [][..]).collect()
+    };
+    let blocks: Vec<TokenBlock> = err
+        .par_chunks_mut(block_len)
+        .zip(aux_chunks.par_iter_mut())
+        .enumerate()
+        .map(|(b, (e, a))| {
+            let rows = b * TOKEN_BLOCK..((b + 1) * TOKEN_BLOCK).min(n);
+            token_block(params, x, rows, &spec, e, a)
+        })
+        .collect();
+    drop(aux_chunks);
+
+    let mut main = PairValues::default();
+    let mut aux_values = PairValues::default();
+    let (mut sse, mut aux_num, mut aux_den) = (0.0f64, 0.0f64, 0.0f64);
+    let mut g_b_dec = vec![0.0f32; d];
+    let mut b_dec_aux = vec![0.0f32; d];
+    for block in blocks {
+        main.values.extend(block.main.values);
+        main.grads.extend(block.main.grads);
+        aux_values.values.extend(block.aux.values);
+        aux_values.grads.extend(block.aux.grads);
+        sse += block.sse;
+        aux_num += block.aux_num;
+        aux_den += block.aux_den;
+        axpy(1.0, &block.b_dec_main, &mut g_b_dec);
+        axpy(1.0, &block.b_dec_aux, &mut b_dec_aux);
+    }
+    // dL/de_hat_t = -2 coef (e - e_hat)_t / sum ||e||^2.
+    let aux_scale = (-2.0 * f64::from(spec.aux_coef) / aux_den) as f32;
+    if aux.is_some() {
+        axpy(aux_scale, &b_dec_aux, &mut g_b_dec);
+    }
+
+    let main_scale = (-2.0 * spec.recon_scale) as f32;
+    // Pass 1 stored the main pairs' dL/du scaled, the auxiliary ones before `aux_scale`.
+    let mut sets = vec![FeaturePairs::new(
+        spec.selection,
+        &main,
+        (&err, main_scale),
+        1.0,
+    )];
+    if let Some(a) = aux {
+        sets.push(FeaturePairs::new(
+            a,
+            &aux_values,
+            (&aux_err, aux_scale),
+            aux_scale,
+        ));
+    }
+    let mut g_w_enc = vec![0.0f32; features * d];
+    let mut g_w_dec = vec![0.0f32; features * d];
+    let mut g_b_enc = vec![0.0f32; features];
+    g_w_enc
+        .par_chunks_mut(FEATURE_BLOCK * d)
+        .zip(g_w_dec.par_chunks_mut(FEATURE_BLOCK * d))
+        .zip(g_b_enc.par_chunks_mut(FEATURE_BLOCK))
+        .enumerate()
+        .for_each(|(b, ((enc, dec), bias))| {
+            for (i, g_bias) in bias.iter_mut().enumerate() {
+                let f = b * FEATURE_BLOCK + i;
+                let rows = i * d..(i + 1) * d;
+                for set in &sets {
+                    feature_grads(
+                        set,
+                        f,
+                        x,
+                        params.b_dec,
+                        &mut enc[rows.clone()],
+                        &mut dec[rows.clone()],
+                        g_bias,
+                    );
+                }
+            }
+        });
+    HostLossAndGrads {
+        sse,
+        aux: if aux.is_some() {
+            aux_num / aux_den
+        } else {
+            0.0
+        },
+        w_enc: g_w_enc,
+        b_enc: g_b_enc,
+        w_dec: g_w_dec,
+        b_dec: g_b_dec,
+    }
+}
