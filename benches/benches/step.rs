@@ -12,7 +12,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use criterion::{Criterion, black_box};
-use sae_benches::uniform_values;
+use sae_benches::{env_or, median, uniform_values};
 use sae_model::sae_alloc::{ScoreMatrix, row_topk};
 use sae_model::{
     AuxLoss, FeatureChoice, MutualChoice, Sae, SaeConfig, Sparsifier, StepPath, TopK, TrainConfig,
@@ -26,13 +26,6 @@ type Inner = Flex;
 type B = Autodiff<Flex>;
 
 static TIMES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn timed(c: &mut Criterion, id: &str, mut f: impl FnMut()) {
     c.bench_function(id, |b| {
@@ -53,18 +46,12 @@ fn timed(c: &mut Criterion, id: &str, mut f: impl FnMut()) {
     });
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
     let (n, d, f, k) = (
-        env("SAE_BENCH_N", 4096),
-        env("SAE_BENCH_D", 384),
-        env("SAE_BENCH_F", 16384),
-        env("SAE_BENCH_K", 32),
+        env_or("SAE_BENCH_N", 4096),
+        env_or("SAE_BENCH_D", 384),
+        env_or("SAE_BENCH_F", 16384),
+        env_or("SAE_BENCH_K", 32),
     );
     let mut c = Criterion::default()
         .sample_size(10)

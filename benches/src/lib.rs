@@ -15,3 +15,18 @@ pub fn uniform_values(len: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// A `usize` from the environment variable `name`, or `default` when unset or unparsable.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The median of `values` (the upper one for an even count); `NaN` when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}

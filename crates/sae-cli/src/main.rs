@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sae_model::Registry;
 use sae_train::{NativeModel, RunConfig, TrainOptions, TrainSummary};
 
+/// mimalloc keeps freed pages for reuse; with glibc every large batch-sized buffer is mapped,
+/// faulted in and unmapped afresh at each step.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "sae",
