@@ -2,8 +2,8 @@
 //!
 //! - `ci`: formatting, lints, tests, doc tests and a smoke run of `sae train`;
 //! - `bench [--quick] [--backend B]`: criterion benches, summarised in `docs/benchmarks.md`;
-//! - `repro [--quick] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH]`: the
-//!   paper's comparison, summarised in `docs/results.md`;
+//! - `repro [--quick | --smoke] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH]
+//!   [--out DIR]`: the paper's comparison, summarised in `docs/results.md`;
 //! - `release`: metadata and changelog checks and a dry-run packaging, never a publish.
 
 mod bench;
@@ -23,9 +23,10 @@ commands:
   bench [--quick] [--backend B] [--criterion-dir DIR]
                                        cargo bench (or summarise DIR without running);
                                        writes docs/benchmarks.{md,json}
-  repro [--quick] [--seeds N] [--data synthetic|real|both] [--backend B] [--sae-bin PATH]
-        [--dry-run]
+  repro [--quick | --smoke] [--seeds N] [--data synthetic|real|both] [--backend B]
+        [--sae-bin PATH] [--out DIR] [--dry-run]
                                        the paper's comparison; writes docs/results.md
+                                       (or DIR/results.md, runs under DIR/runs)
   release                              check crate metadata and CHANGELOG, dry-run packaging
 ";
 
@@ -51,6 +52,8 @@ fn main() -> Result<()> {
         }
         "repro" => {
             let quick = args.switch("--quick");
+            let smoke = args.switch("--smoke");
+            let out = args.value("--out")?.map(Into::into);
             let seeds = args.value("--seeds")?.map(|s| s.parse()).transpose()?;
             let data = args
                 .value("--data")?
@@ -63,6 +66,8 @@ fn main() -> Result<()> {
             args.finish()?;
             repro::run(&repro::Options {
                 quick,
+                smoke,
+                out,
                 seeds: seeds.unwrap_or(if quick { 1 } else { 3 }),
                 data,
                 sae_bin,

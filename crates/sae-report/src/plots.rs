@@ -36,11 +36,35 @@ fn ensure_font() -> Result<(), ReportError> {
     if ok { Ok(()) } else { Err(ReportError::Font) }
 }
 
-fn finish(path: &Path, result: DrawResult) -> Result<(), ReportError> {
-    result.map_err(|e| ReportError::Plot {
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// Draws a white `PLOT_WIDTH x PLOT_HEIGHT` plot with `draw` and writes it to `path` as a
+/// PNG, compressed harder than plotters' own encoder does (plots are mostly flat colour).
+fn render(path: &Path, draw: impl FnOnce(&Area<'_>) -> DrawResult) -> Result<(), ReportError> {
+    ensure_font()?;
+    let error = |message: String| ReportError::Plot {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let mut rgb = vec![0u8; (PLOT_WIDTH * PLOT_HEIGHT * 3) as usize];
+    {
+        let root =
+            BitMapBackend::with_buffer(&mut rgb, (PLOT_WIDTH, PLOT_HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| error(e.to_string()))?;
+        draw(&root).map_err(|e| error(e.to_string()))?;
+        root.present().map_err(|e| error(e.to_string()))?;
+    }
+    let file = std::fs::File::create(path).map_err(|e| error(e.to_string()))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), PLOT_WIDTH, PLOT_HEIGHT);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Best);
+    encoder.set_adaptive_filter(png::AdaptiveFilterType::Adaptive);
+    let mut writer = encoder.write_header().map_err(|e| error(e.to_string()))?;
+    writer
+        .write_image_data(&rgb)
+        .map_err(|e| error(e.to_string()))?;
+    writer.finish().map_err(|e| error(e.to_string()))
 }
 
 /// A range covering `values` with a little margin; never empty.
@@ -75,10 +99,7 @@ pub(crate) fn curve(
     train: &[(f64, f64)],
     eval: &[(f64, f64)],
 ) -> Result<(), ReportError> {
-    ensure_font()?;
-    let draw = || -> DrawResult {
-        let root = BitMapBackend::new(path, (PLOT_WIDTH, PLOT_HEIGHT)).into_drawing_area();
-        root.fill(&WHITE)?;
+    render(path, |root| {
         let all = || train.iter().chain(eval);
         let x = padded_range(all().map(|p| p.0), true);
         let y = padded_range(all().map(|p| p.1), true);
@@ -120,18 +141,13 @@ pub(crate) fn curve(
             .border_style(BLACK)
             .label_font((FONT, 14))
             .draw()?;
-        root.present()?;
         Ok(())
-    };
-    finish(path, draw())
+    })
 }
 
 /// Feature count by log10 firing density (the bins are already logarithmic).
 pub(crate) fn density(path: &Path, histogram: &[u64]) -> Result<(), ReportError> {
-    ensure_font()?;
-    let draw = || -> DrawResult {
-        let root = BitMapBackend::new(path, (PLOT_WIDTH, PLOT_HEIGHT)).into_drawing_area();
-        root.fill(&WHITE)?;
+    render(path, |root| {
         let top = histogram.iter().copied().max().unwrap_or(0).max(1) as f64 * 1.05;
         let width = (DENSITY_LOG10_MAX - DENSITY_LOG10_MIN) / histogram.len().max(1) as f64;
         let mut chart = ChartBuilder::on(&root)
@@ -155,10 +171,8 @@ pub(crate) fn density(path: &Path, histogram: &[u64]) -> Result<(), ReportError>
                 TRAIN_COLOR.filled(),
             )
         }))?;
-        root.present()?;
         Ok(())
-    };
-    finish(path, draw())
+    })
 }
 
 /// Tokens by number of active features, batch selection beside threshold inference.
@@ -167,10 +181,7 @@ pub(crate) fn l0_histogram(
     batch: &[u64],
     inference: Option<&[u64]>,
 ) -> Result<(), ReportError> {
-    ensure_font()?;
-    let draw = || -> DrawResult {
-        let root = BitMapBackend::new(path, (PLOT_WIDTH, PLOT_HEIGHT)).into_drawing_area();
-        root.fill(&WHITE)?;
+    render(path, |root| {
         let used = |h: &[u64]| h.iter().rposition(|&c| c > 0).map_or(0, |i| i + 1);
         let buckets = used(batch).max(inference.map_or(0, used)).max(1);
         let top = batch
@@ -222,10 +233,8 @@ pub(crate) fn l0_histogram(
             .border_style(BLACK)
             .label_font((FONT, 14))
             .draw()?;
-        root.present()?;
         Ok(())
-    };
-    finish(path, draw())
+    })
 }
 
 /// `1234567` as `1.2M`: token counts are too wide for axis labels otherwise.
