@@ -27,8 +27,10 @@ type B = Autodiff<Flex>;
 
 static TIMES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
-fn timed(c: &mut Criterion, id: &str, mut f: impl FnMut()) {
-    c.bench_function(id, |b| {
+/// Benchmarks `f` as `group/id`, keeping each sample's time per iteration under `id`.
+fn timed(c: &mut Criterion, group: &str, id: &str, mut f: impl FnMut()) {
+    let mut g = c.benchmark_group(group);
+    g.bench_function(id, |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
@@ -44,6 +46,7 @@ fn timed(c: &mut Criterion, id: &str, mut f: impl FnMut()) {
             elapsed
         })
     });
+    g.finish();
 }
 
 fn main() {
@@ -64,7 +67,7 @@ fn main() {
     let w =
         Tensor::<Inner, 2>::from_data(TensorData::new(uniform_values(f * d, 2), [f, d]), &device);
 
-    timed(&mut c, "gemm", || {
+    timed(&mut c, "train_step", "gemm_encoder", || {
         let y = x.clone().matmul(w.clone().transpose());
         Inner::sync(&device).unwrap();
         black_box(y);
@@ -103,7 +106,7 @@ fn main() {
         };
         let mut step = TrainStep::<B>::new(&sae, sparsifier, config, &device).unwrap();
         let xb = Tensor::<B, 2>::from_data(TensorData::new(x_host.clone(), [n, d]), &device);
-        timed(&mut c, id, || {
+        timed(&mut c, "train_step", id, || {
             let out = step.train_step(xb.clone()).unwrap();
             black_box(out.loss);
         });
@@ -111,11 +114,11 @@ fn main() {
 
     let scores = sae.affinities(x.clone());
     let host = scores.clone().into_data().into_vec::<f32>().unwrap();
-    timed(&mut c, "select_row_topk", || {
+    timed(&mut c, "select_k", "sae_alloc_row_topk", || {
         let m = ScoreMatrix::new(&host, n, f).unwrap();
         black_box(row_topk(&m, k).unwrap());
     });
-    timed(&mut c, "burn_topk_with_indices", || {
+    timed(&mut c, "select_k", "burn_topk_with_indices", || {
         let (v, i) = scores.clone().topk_with_indices(k, 1);
         Inner::sync(&device).unwrap();
         black_box((v, i));
@@ -124,10 +127,10 @@ fn main() {
     c.final_summary();
     let times = TIMES.lock().unwrap();
     let med = |id: &str| median(&times[id]);
-    let gemm = med("gemm");
+    let gemm = med("gemm_encoder");
     println!("\nshape N={n} d={d} F={f} k={k}, backend Flex");
     println!("{:<26} {:>10} {:>8}", "bench", "median s", "ratio");
-    println!("{:<26} {:>10.4} {:>8}", "gemm", gemm, "1.00");
+    println!("{:<26} {:>10.4} {:>8}", "gemm_encoder", gemm, "1.00");
     for id in [
         "step_topk",
         "step_mutual_choice",
@@ -137,9 +140,9 @@ fn main() {
     ] {
         println!("{:<26} {:>10.4} {:>8.2}", id, med(id), med(id) / gemm);
     }
-    let ours = med("select_row_topk");
+    let ours = med("sae_alloc_row_topk");
     let burn = med("burn_topk_with_indices");
-    println!("{:<26} {:>10.4}", "select_row_topk", ours);
+    println!("{:<26} {:>10.4}", "sae_alloc_row_topk", ours);
     println!(
         "{:<26} {:>10.4} {:>8.2} (burn / ours)",
         "burn_topk_with_indices",

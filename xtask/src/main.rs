@@ -1,7 +1,7 @@
 //! Workspace automation, run as `cargo xtask <command>`:
 //!
 //! - `ci`: formatting, lints, tests, doc tests and a smoke run of `sae train`;
-//! - `bench [--quick] [--backend B]`: criterion benches, summarised in `docs/benchmarks.md`;
+//! - `bench [--quick] [--backend B] [--profile P]`: criterion benches, summarised in `docs/benchmarks.md`;
 //! - `repro [--quick | --smoke] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH]
 //!   [--out DIR]`: the paper's comparison, summarised in `docs/results.md`;
 //! - `release`: metadata and changelog checks and a dry-run packaging, never a publish.
@@ -20,7 +20,7 @@ usage: cargo xtask <command> [options]
 
 commands:
   ci                                   fmt, clippy, tests, doc tests, smoke run of `sae train`
-  bench [--quick] [--backend B] [--criterion-dir DIR]
+  bench [--quick] [--backend B] [--profile P] [--criterion-dir DIR]
                                        cargo bench (or summarise DIR without running);
                                        writes docs/benchmarks.{md,json}
   repro [--quick | --smoke] [--seeds N] [--data synthetic|real|both] [--backend B]
@@ -45,6 +45,7 @@ fn main() -> Result<()> {
             let options = bench::Options {
                 quick: args.switch("--quick"),
                 backend: args.value("--backend")?,
+                profile: args.value("--profile")?,
                 criterion_dir: args.value("--criterion-dir")?.map(Into::into),
             };
             args.finish()?;
