@@ -454,6 +454,23 @@ impl<B: AutodiffBackend> TrainStep<B> {
         self.step
     }
 
+    /// Moves the parameters and Adam moments out, leaving one-element placeholders, so the
+    /// update owns the only reference to each buffer and CPU backends update it in place.
+    /// The caller puts the updated tensors back.
+    fn take_optimizer_state(&mut self) -> [SaeTensors<B::InnerBackend>; 3] {
+        let placeholder = || SaeTensors {
+            w_enc: Tensor::zeros([1, 1], &self.device),
+            b_enc: Tensor::zeros([1], &self.device),
+            w_dec: Tensor::zeros([1, 1], &self.device),
+            b_dec: Tensor::zeros([1], &self.device),
+        };
+        [
+            std::mem::replace(&mut self.params, placeholder()),
+            std::mem::replace(&mut self.adam_m, placeholder()),
+            std::mem::replace(&mut self.adam_v, placeholder()),
+        ]
+    }
+
     /// Learning rate in use.
     pub fn lr(&self) -> f64 {
         let f = self.params.b_enc.dims()[0] as f64;
@@ -570,31 +587,11 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let g_w_dec = remove_parallel_gradient(self.params.w_dec.clone(), g.w_dec);
         self.step += 1;
         let adam = Adam::new(&self.config, self.lr(), self.step);
-        let p = &self.params;
-        let (w_enc, m_w_enc, v_w_enc) = adam.update(
-            p.w_enc.clone(),
-            g.w_enc,
-            self.adam_m.w_enc.clone(),
-            self.adam_v.w_enc.clone(),
-        );
-        let (b_enc, m_b_enc, v_b_enc) = adam.update(
-            p.b_enc.clone(),
-            g.b_enc,
-            self.adam_m.b_enc.clone(),
-            self.adam_v.b_enc.clone(),
-        );
-        let (w_dec, m_w_dec, v_w_dec) = adam.update(
-            p.w_dec.clone(),
-            g_w_dec,
-            self.adam_m.w_dec.clone(),
-            self.adam_v.w_dec.clone(),
-        );
-        let (b_dec, m_b_dec, v_b_dec) = adam.update(
-            p.b_dec.clone(),
-            g.b_dec,
-            self.adam_m.b_dec.clone(),
-            self.adam_v.b_dec.clone(),
-        );
+        let [p, m, v] = self.take_optimizer_state();
+        let (w_enc, m_w_enc, v_w_enc) = adam.update(p.w_enc, g.w_enc, m.w_enc, v.w_enc);
+        let (b_enc, m_b_enc, v_b_enc) = adam.update(p.b_enc, g.b_enc, m.b_enc, v.b_enc);
+        let (w_dec, m_w_dec, v_w_dec) = adam.update(p.w_dec, g_w_dec, m.w_dec, v.w_dec);
+        let (b_dec, m_b_dec, v_b_dec) = adam.update(p.b_dec, g.b_dec, m.b_dec, v.b_dec);
         self.params = SaeTensors {
             w_enc,
             b_enc,
@@ -660,16 +657,16 @@ impl Adam {
         m: Tensor<B, D>,
         v: Tensor<B, D>,
     ) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
-        let m =
-            m.mul_scalar(self.beta1 as f32) + grad.clone().mul_scalar((1.0 - self.beta1) as f32);
-        let v =
-            v.mul_scalar(self.beta2 as f32) + grad.square().mul_scalar((1.0 - self.beta2) as f32);
-        let denom = (v.clone().mul_scalar((1.0 / self.correction2) as f32))
+        // Ordered so that each operation's left operand is uniquely owned where possible
+        // (CPU backends then work in place): v first, while `grad` is still shared.
+        let v = v.mul_scalar(self.beta2 as f32)
+            + grad.clone().square().mul_scalar((1.0 - self.beta2) as f32);
+        let m = m.mul_scalar(self.beta1 as f32) + grad.mul_scalar((1.0 - self.beta1) as f32);
+        let step = (v.clone().mul_scalar((1.0 / self.correction2) as f32))
             .sqrt()
-            .add_scalar(self.eps as f32);
-        let step = m
-            .clone()
-            .div(denom)
+            .add_scalar(self.eps as f32)
+            .recip()
+            .mul(m.clone())
             .mul_scalar((self.lr / self.correction1) as f32);
         (param - step, m, v)
     }
