@@ -108,7 +108,8 @@ fn write_tensors_atomic(path: &Path, tensors: &[TensorRef<'_>]) -> Result<(), Tr
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn read_tensor(path: &Path, name: &str, want: &[usize]) -> Result<Vec<f32>, TrainError> {
+/// Reads tensor `name` of the safetensors file `path` as f32, checking its shape.
+pub(crate) fn read_tensor(path: &Path, name: &str, want: &[usize]) -> Result<Vec<f32>, TrainError> {
     let (shape, data) = read_safetensors(path, name)?;
     if shape != want {
         return Err(TrainError::Checkpoint {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 use crate::checkpoint::write_atomic;
 use crate::config::RunConfig;
+use crate::export::read_tensor;
 
 /// Name of the JSON part of a checkpoint.
 pub const STATE_FILE: &str = "state.json";
@@ -167,17 +168,7 @@ pub fn param_tensors<'a>(prefix: &str, p: &'a SaeParams) -> Vec<(String, Vec<usi
 
 /// Reads the parameter set `<prefix>.*` of a safetensors file, checking every shape.
 pub fn read_params(path: &Path, prefix: &str, d: usize, f: usize) -> Result<SaeParams, TrainError> {
-    let load = |name: &str, want: Vec<usize>| -> Result<Vec<f32>, TrainError> {
-        let full = format!("{prefix}.{name}");
-        let (shape, data) = read_safetensors(path, &full)?;
-        if shape != want {
-            return Err(TrainError::Checkpoint {
-                path: path.to_path_buf(),
-                reason: format!("tensor `{full}` has shape {shape:?}, expected {want:?}"),
-            });
-        }
-        Ok(data)
-    };
+    let load = |name: &str, want: Vec<usize>| read_tensor(path, &format!("{prefix}.{name}"), &want);
     Ok(SaeParams {
         d_model: d,
         features: f,
