@@ -356,8 +356,9 @@ pub fn run(options: &Options) -> Result<()> {
 
 fn run_benches(options: &Options, backend: &str) -> Result<()> {
     let mut cmd = cargo();
-    // `--benches`: the criterion flags below would be rejected by libtest's bench harness.
-    cmd.args(["bench", "--workspace", "--benches"]);
+    // Only `[[bench]]` targets (`--bench '*'`): `--benches` also runs every library's unit
+    // tests under libtest's bench harness, which rejects the criterion flags below.
+    cmd.args(["bench", "--workspace", "--bench", "*"]);
     if let Some(profile) = &options.profile {
         cmd.args(["--profile", profile]);
     }
