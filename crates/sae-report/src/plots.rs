@@ -103,7 +103,7 @@ pub(crate) fn curve(
         let all = || train.iter().chain(eval);
         let x = padded_range(all().map(|p| p.0), true);
         let y = padded_range(all().map(|p| p.1), true);
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 24))
             .margin(12)
             .x_label_area_size(45)
@@ -150,7 +150,7 @@ pub(crate) fn density(path: &Path, histogram: &[u64]) -> Result<(), ReportError>
     render(path, |root| {
         let top = histogram.iter().copied().max().unwrap_or(0).max(1) as f64 * 1.05;
         let width = (DENSITY_LOG10_MAX - DENSITY_LOG10_MIN) / histogram.len().max(1) as f64;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption("Feature firing density (final eval)", (FONT, 24))
             .margin(12)
             .x_label_area_size(45)
@@ -192,7 +192,7 @@ pub(crate) fn l0_histogram(
             .unwrap_or(0)
             .max(1) as f64
             * 1.05;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption("Active features per token (final eval)", (FONT, 24))
             .margin(12)
             .x_label_area_size(45)
