@@ -51,6 +51,9 @@ pub enum SaeError {
     /// A sparsifier specification could not be parsed.
     #[error("invalid sparsifier parameters: {0}")]
     Params(#[from] serde_json::Error),
+    /// The device failed to run a selection kernel or to return its result.
+    #[error("device selection failed: {0}")]
+    Device(String),
     /// A saved state does not fit the model it is loaded into.
     #[error("invalid saved state: {0}")]
     State(String),

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod dense;
+mod device;
 pub mod error;
 pub mod fused;
 pub mod loss;
@@ -28,8 +29,8 @@ pub use loss::{AuxLoss, aux_selection, fvu, mse};
 pub use registry::{Registry, SparsifierFactory, parse_params};
 pub use sae::{Sae, SaeConfig, SaeParams, SaeTensors, sample_mean};
 pub use sparsifier::{
-    Activation, BatchSelection, BuiltinRule, CapacityRule, FeatureChoice, InferenceRule,
-    MutualChoice, Sparsifier, TopK, select_on_backend,
+    Activation, BatchAffinities, BatchSelection, BuiltinRule, CapacityRule, FeatureChoice,
+    InferenceRule, MutualChoice, Sparsifier, TopK, select_on_backend,
 };
 pub use stats::{FeatureStats, StatsConfig};
 pub use step::{

@@ -2,13 +2,15 @@
 
 use std::fmt::Debug;
 
-use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor};
 use sae_alloc::{Capacities, ScoreMatrix, Selection, column_topm, global_topk, row_topk};
 use serde::{Deserialize, Serialize};
 
+use crate::device;
 use crate::error::{Result, SaeError};
+use crate::loss::aux_selection;
 use crate::sae::host_vec;
 use crate::stats::FeatureStats;
 
@@ -43,6 +45,14 @@ impl Activation {
     pub fn fires(self, z: f32) -> bool {
         self.apply_scalar(z) != 0.0
     }
+
+    /// [`Activation::fires`] elementwise.
+    pub fn fires_mask<B: Backend, const D: usize>(self, t: Tensor<B, D>) -> Tensor<B, D, Bool> {
+        match self {
+            Self::Relu => t.greater_elem(0.0),
+            Self::Identity => t.not_equal_elem(0.0),
+        }
+    }
 }
 
 /// A selection rule a device backend may run natively instead of calling
@@ -62,7 +72,7 @@ pub enum BuiltinRule {
     /// Each column keeps its `capacities[j]` largest affinities.
     ColumnTopM {
         /// Tokens per feature.
-        capacities: Vec<u32>,
+        capacities: Capacities,
     },
 }
 
@@ -117,33 +127,78 @@ pub trait Sparsifier: Debug + Send + Sync {
     }
 }
 
-/// A batch's selection, with the host copy of the affinities when one was made.
+/// Where the affinities of a batch are after its selection.
 #[derive(Debug, Clone)]
-pub struct BatchSelection {
+pub enum BatchAffinities<B: Backend> {
+    /// Copied to the host, row-major `[N, F]` (the host rules needed them there).
+    Host(Vec<f32>),
+    /// Still on the device only (the selection ran there).
+    Device(Tensor<B, 2>),
+}
+
+/// A batch's selection, and its affinities wherever the selection left them (reused by the
+/// auxiliary loss's selection).
+#[derive(Debug, Clone)]
+pub struct BatchSelection<B: Backend> {
     /// The chosen pairs.
     pub selection: Selection,
-    /// Row-major `[N, F]` affinities on the host, if selection copied them there (reusable,
-    /// e.g. by the auxiliary loss's selection).
-    pub host_affinities: Option<Vec<f32>>,
+    /// The affinities `[N, F]` the pairs were chosen from.
+    pub affinities: BatchAffinities<B>,
+}
+
+impl<B: Backend> BatchSelection<B> {
+    /// The auxiliary selection ([`crate::aux_selection`]) from the same affinities, on the
+    /// device when they are there.
+    pub fn aux_selection(
+        &self,
+        weights: &[f32],
+        k_aux: usize,
+        activation: Activation,
+    ) -> Result<Selection> {
+        let (rows, cols) = (self.selection.rows(), self.selection.cols());
+        match &self.affinities {
+            BatchAffinities::Host(host) => {
+                aux_selection(host, rows, cols, weights, k_aux, activation)
+            }
+            BatchAffinities::Device(scores) => device::aux_select_on_device(
+                scores, weights, k_aux, activation,
+            )
+            .unwrap_or_else(|| {
+                let host = host_vec(scores.clone());
+                aux_selection(&host, rows, cols, weights, k_aux, activation)
+            }),
+        }
+    }
 }
 
 /// Runs a sparsifier on a batch of detached affinities held by any backend.
 ///
-/// This is the one place that decides how selection runs for a backend. For now every backend
-/// copies the affinities to the host and calls [`Sparsifier::select`] (sae-alloc); device
-/// selection kernels will dispatch here on [`Sparsifier::builtin`].
+/// This is the one place that decides how selection runs for a backend: on burn's cubecl
+/// backends (wgpu, cuda) a [`Sparsifier::builtin`] rule runs as a `sae-kernels` kernel on the
+/// affinities' own buffer, and only the selected pairs travel to the host; everywhere else (and
+/// for sparsifiers without a built-in rule) the affinities are copied to the host and
+/// [`Sparsifier::select`] runs there.
 pub fn select_on_backend<B: Backend>(
     affinities: Tensor<B, 2>,
     sparsifier: &dyn Sparsifier,
     stats: &FeatureStats,
-) -> Result<BatchSelection> {
+) -> Result<BatchSelection<B>> {
     let [n, f] = affinities.dims();
+    if device::is_cubecl::<B>()
+        && let Some(rule) = sparsifier.builtin(n, stats)?
+        && let Some(selection) = device::select_on_device(&affinities, &rule)
+    {
+        return Ok(BatchSelection {
+            selection: selection?,
+            affinities: BatchAffinities::Device(affinities),
+        });
+    }
     let host = host_vec(affinities);
     let scores = ScoreMatrix::new(&host, n, f)?;
     let selection = sparsifier.select(&scores, stats)?;
     Ok(BatchSelection {
         selection,
-        host_affinities: Some(host),
+        affinities: BatchAffinities::Host(host),
     })
 }
 
@@ -291,9 +346,8 @@ impl Sparsifier for FeatureChoice {
         Ok(column_topm(scores, &caps)?)
     }
     fn builtin(&self, rows: usize, stats: &FeatureStats) -> Result<Option<BuiltinRule>> {
-        let caps = self.capacities(rows, stats)?;
         Ok(Some(BuiltinRule::ColumnTopM {
-            capacities: caps.as_slice().to_vec(),
+            capacities: self.capacities(rows, stats)?,
         }))
     }
     fn inference_rule(&self) -> InferenceRule {

@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use crate::dense::dense_decode;
 use crate::error::{Result, SaeError};
 use crate::fused::{HostLossSpec, HostParams, host_loss_and_grads, total_variance};
-use crate::loss::{AuxLoss, aux_normalised, aux_selection, fvu, mse};
+use crate::loss::{AuxLoss, aux_normalised, fvu, mse};
 use crate::sae::{Sae, SaeParams, SaeTensors, host_vec, normalize_rows, remove_parallel_gradient};
 use crate::sparse::{Pairs, sparse_decode};
-use crate::sparsifier::{Activation, InferenceRule, Sparsifier, select_on_backend};
+use crate::sparsifier::{Activation, BatchSelection, InferenceRule, Sparsifier, select_on_backend};
 use crate::stats::{FeatureStats, StatsConfig};
 
 /// How codes and reconstructions are computed in a step.
@@ -505,7 +505,6 @@ impl<B: AutodiffBackend> TrainStep<B> {
     pub fn train_step(&mut self, x: Tensor<B, 2>) -> Result<StepOutput> {
         let x = x.inner();
         let [n, d] = x.dims();
-        let features = self.params.b_enc.dims()[0];
         if d != self.params.b_dec.dims()[0] {
             return Err(SaeError::Shape {
                 what: "batch",
@@ -534,24 +533,19 @@ impl<B: AutodiffBackend> TrainStep<B> {
                     _ => self.stats.dead_weights(),
                 };
                 if weights.iter().any(|&w| w > 0.0) {
-                    let recomputed;
-                    let host = match batch.host_affinities {
-                        Some(ref h) => h.as_slice(),
-                        None => {
-                            recomputed = host_vec(self.params.affinities(x.clone()));
-                            recomputed.as_slice()
-                        }
-                    };
                     let k_aux = self.config.k_aux.unwrap_or(d / 2);
-                    Some(aux_selection(
-                        host, n, features, &weights, k_aux, activation,
-                    )?)
+                    Some(batch.aux_selection(&weights, k_aux, activation)?)
                 } else {
                     None
                 }
             }
         };
-        let selection = batch.selection;
+        let BatchSelection {
+            selection,
+            affinities,
+        } = batch;
+        // The [N, F] affinities are not needed past selection: free them before backward.
+        drop(affinities);
         let out = loss_and_grads::<B>(
             &self.params,
             x,

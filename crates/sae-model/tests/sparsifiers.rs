@@ -69,7 +69,7 @@ fn builtin_rules_describe_the_selection() {
     );
     match FeatureChoice::uniform(3).builtin(N, &stats).unwrap() {
         Some(BuiltinRule::ColumnTopM { capacities }) => {
-            assert_eq!(capacities.iter().sum::<u32>(), 3 * N as u32)
+            assert_eq!(capacities.as_slice().iter().sum::<u32>(), 3 * N as u32)
         }
         other => panic!("{other:?}"),
     }

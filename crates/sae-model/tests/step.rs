@@ -89,7 +89,6 @@ fn step_learns_on_ndarray() {
     learns::<Autodiff<NdArray>>(&Default::default());
 }
 
-#[cfg(feature = "wgpu-tests")]
 #[test]
 fn step_learns_on_wgpu() {
     if common::wgpu_available() {

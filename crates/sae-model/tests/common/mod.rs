@@ -55,7 +55,6 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
 
 /// Whether a wgpu adapter exists; without one the wgpu tests are skipped, unless
 /// `SAE_REQUIRE_WGPU=1`, in which case they fail.
-#[cfg(feature = "wgpu-tests")]
 pub fn wgpu_available() -> bool {
     use burn::backend::Wgpu;
     let ok = std::panic::catch_unwind(|| {

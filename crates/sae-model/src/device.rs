@@ -1,0 +1,180 @@
+//! Selection on the device for burn's cubecl backends, through the kernels of `sae-kernels`.
+//!
+//! Backend code in this crate is generic (`B: Backend`), and Rust has no specialisation, so
+//! the device path is found at run time: the affinities' primitive is downcast to the tensor
+//! types of the cubecl backends this crate is built with (`Wgpu`, and `Cuda` with the `cuda`
+//! feature, each with or without burn's fusion layer). When it matches, the kernels run on the
+//! tensor's own buffer and only the O(nnz) selection comes back to the host; otherwise the
+//! caller falls back to the host rules.
+
+use std::any::{Any, TypeId};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeBackend, CubeRuntime};
+use burn_fusion::FusionTensor;
+use sae_alloc::Selection;
+use sae_kernels::{DeviceScores, KernelError};
+
+use crate::error::{Result, SaeError};
+use crate::sae::host_vec;
+use crate::sparsifier::{Activation, BuiltinRule};
+
+/// Whether `B`'s float tensors are those of a cubecl backend the kernels run on.
+pub(crate) fn is_cubecl<B: Backend>() -> bool {
+    let id = TypeId::of::<B::FloatTensorPrimitive>();
+    let wgpu = is_runtime::<cubecl::wgpu::WgpuRuntime>(id);
+    #[cfg(feature = "cuda")]
+    let wgpu = wgpu || is_runtime::<cubecl::cuda::CudaRuntime>(id);
+    wgpu
+}
+
+fn is_runtime<R: CubeRuntime>(id: TypeId) -> bool {
+    id == TypeId::of::<FusionTensor<FusionCubeRuntime<R>>>() || id == TypeId::of::<CubeTensor<R>>()
+}
+
+/// [`crate::aux_selection`] on the device: the candidates' weighted affinities (others at
+/// `-inf`) go through the row top-k kernel, and the pairs that were only filling up a row
+/// are dropped. `None` when `B` is not a cubecl backend.
+pub(crate) fn aux_select_on_device<B: Backend>(
+    affinities: &Tensor<B, 2>,
+    weights: &[f32],
+    k_aux: usize,
+    activation: Activation,
+) -> Option<Result<Selection>> {
+    if !is_cubecl::<B>() {
+        return None;
+    }
+    let [rows, cols] = affinities.dims();
+    if weights.len() != cols {
+        return Some(Err(SaeError::Shape {
+            what: "aux weights",
+            expected: vec![cols],
+            actual: vec![weights.len()],
+        }));
+    }
+    let device = affinities.device();
+    let w = Tensor::<B, 1>::from_data(TensorData::new(weights.to_vec(), [cols]), &device)
+        .unsqueeze_dim::<2>(0);
+    let candidate = w.clone().greater_elem(0.0).expand([rows, cols]);
+    let keep = activation
+        .fires_mask(affinities.clone())
+        .bool_and(candidate);
+    let ranked = (affinities.clone() * w).mask_fill(keep.bool_not(), f32::NEG_INFINITY);
+    let rule = BuiltinRule::RowTopK { k: k_aux.min(cols) };
+    let padded = match select_on_device(&ranked, &rule)? {
+        Ok(s) => s,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(drop_padding(affinities, &padded))
+}
+
+/// The pairs of `padded` whose ranked score is finite, scored with their affinities.
+fn drop_padding<B: Backend>(affinities: &Tensor<B, 2>, padded: &Selection) -> Result<Selection> {
+    let (rows, cols) = (padded.rows(), padded.cols());
+    let mut offsets = Vec::with_capacity(rows + 1);
+    offsets.push(0usize);
+    let mut features = Vec::with_capacity(padded.nnz());
+    let mut flat = Vec::with_capacity(padded.nnz());
+    for row in 0..rows {
+        let (row_features, row_scores) = padded.row(row);
+        for (&f, &s) in row_features.iter().zip(row_scores) {
+            if s != f32::NEG_INFINITY {
+                features.push(f);
+                flat.push((row * cols + f as usize) as i64);
+            }
+        }
+        offsets.push(features.len());
+    }
+    let scores = if flat.is_empty() {
+        Vec::new()
+    } else {
+        let index = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(flat.clone(), [flat.len()]),
+            &affinities.device(),
+        );
+        host_vec(affinities.clone().reshape([rows * cols]).select(0, index))
+    };
+    Ok(Selection::from_parts(
+        rows, cols, offsets, features, scores,
+    )?)
+}
+
+/// Runs `rule` on the device that holds `scores` (`[N, F]`, f32), if `B` is a cubecl
+/// backend; `None` when it is not (the caller then selects on the host).
+pub(crate) fn select_on_device<B: Backend>(
+    scores: &Tensor<B, 2>,
+    rule: &BuiltinRule,
+) -> Option<Result<Selection>> {
+    let primitive: Box<dyn Any> = Box::new(scores.clone().into_primitive().tensor());
+    let primitive = match try_runtime::<cubecl::wgpu::WgpuRuntime>(primitive, rule) {
+        Ok(done) => return Some(done),
+        Err(other) => other,
+    };
+    #[cfg(feature = "cuda")]
+    let primitive = match try_runtime::<cubecl::cuda::CudaRuntime>(primitive, rule) {
+        Ok(done) => return Some(done),
+        Err(other) => other,
+    };
+    drop(primitive);
+    None
+}
+
+/// Selects on runtime `R` if the primitive is one of its tensors (fused or not); gives the
+/// primitive back otherwise.
+fn try_runtime<R: CubeRuntime>(
+    primitive: Box<dyn Any>,
+    rule: &BuiltinRule,
+) -> std::result::Result<Result<Selection>, Box<dyn Any>> {
+    let primitive = match primitive.downcast::<FusionTensor<FusionCubeRuntime<R>>>() {
+        Ok(fused) => {
+            let client = fused.client.clone();
+            // Flushes the pending fused operations and hands out the tensor's buffer.
+            let tensor = client.resolve_tensor_float::<CubeBackend<R, f32, i32, u32>>(*fused);
+            return Ok(select_cube(tensor, rule));
+        }
+        Err(other) => other,
+    };
+    match primitive.downcast::<CubeTensor<R>>() {
+        Ok(tensor) => Ok(select_cube(*tensor, rule)),
+        Err(other) => Err(other),
+    }
+}
+
+/// Runs the kernel of `rule` on a cubecl tensor and reads back its selection.
+fn select_cube<R: CubeRuntime>(tensor: CubeTensor<R>, rule: &BuiltinRule) -> Result<Selection> {
+    let shape = tensor.meta.shape().clone();
+    let dims: Vec<usize> = shape.iter().copied().collect();
+    if dims.len() != 2 || tensor.dtype != DType::F32 {
+        return Err(SaeError::Config(format!(
+            "device selection needs f32 [N, F] affinities, got {:?} {dims:?}",
+            tensor.dtype
+        )));
+    }
+    let tensor = if tensor.is_contiguous() {
+        tensor
+    } else {
+        burn_cubecl::kernel::into_contiguous(tensor)
+    };
+    let scores = DeviceScores::new(&tensor.client, &tensor.handle, dims[0], dims[1])
+        .map_err(kernel_error)?;
+    let selected = match rule {
+        BuiltinRule::RowTopK { k } => sae_kernels::row_topk(&scores, *k),
+        BuiltinRule::GlobalTopK { budget } => sae_kernels::global_topk(&scores, *budget),
+        BuiltinRule::ColumnTopM { capacities } => sae_kernels::column_topm(&scores, capacities),
+    };
+    selected
+        .and_then(|s| s.to_selection())
+        .map_err(kernel_error)
+}
+
+/// Kernel errors that are rule errors (NaN scores, bad k) keep their `sae-alloc` form, so
+/// callers see the same error on every backend.
+fn kernel_error(e: KernelError) -> SaeError {
+    match e {
+        KernelError::Alloc(e) => SaeError::Alloc(e),
+        e => SaeError::Device(e.to_string()),
+    }
+}

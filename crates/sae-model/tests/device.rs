@@ -1,0 +1,170 @@
+//! Selection on burn's cubecl backends (wgpu here; lavapipe where there is no GPU) runs the
+//! `sae-kernels` kernels on the affinities' own buffer and must choose exactly the pairs the
+//! host rules choose from the same values.
+
+mod common;
+
+use burn::backend::wgpu::{CubeBackend, WgpuRuntime};
+use burn::backend::{Flex, Wgpu};
+use burn::tensor::backend::Backend;
+use common::{random, tensor};
+use sae_model::sae_alloc::{AllocError, ScoreMatrix, Selection};
+use sae_model::{
+    Activation, BatchAffinities, FeatureChoice, FeatureStats, MutualChoice, SaeError, Sparsifier,
+    StatsConfig, TopK, aux_selection, select_on_backend,
+};
+
+/// Odd shapes (not multiples of the kernels' cube size).
+const SHAPES: [(usize, usize); 3] = [(37, 300), (130, 67), (5, 1031)];
+
+/// Scores on a coarse grid, so ties are frequent, with negatives and signed zeros.
+fn tied_scores(len: usize, seed: u64) -> Vec<f32> {
+    random(len, seed)
+        .into_iter()
+        .map(|v| (v * 8.0).round() / 8.0)
+        .collect()
+}
+
+/// Feature statistics that have seen data: some features dead, Zipf capacities non-uniform.
+fn warm_stats(n: usize, f: usize, seed: u64) -> FeatureStats {
+    let mut stats = FeatureStats::new(
+        f,
+        StatsConfig {
+            density_horizon_tokens: 100.0,
+            dead_window: 2 * n as u64,
+        },
+    );
+    let z = random(n * f, seed);
+    let sel = TopK { k: 2 }
+        .select(&ScoreMatrix::new(&z, n, f).unwrap(), &stats)
+        .unwrap();
+    for _ in 0..3 {
+        stats.update(&sel, |s| s > 0.0).unwrap();
+    }
+    stats
+}
+
+fn sparsifiers(k: usize) -> Vec<Box<dyn Sparsifier>> {
+    let mut zipf = FeatureChoice::zipf(k, 1.0);
+    zipf.warmup_tokens = 0;
+    vec![
+        Box::new(TopK { k }),
+        Box::new(MutualChoice { k }),
+        Box::new(FeatureChoice::uniform(k)),
+        Box::new(zipf),
+    ]
+}
+
+fn assert_same(what: &str, got: &Selection, want: &Selection) {
+    assert_eq!(got.offsets(), want.offsets(), "{what}: offsets");
+    assert_eq!(got.features(), want.features(), "{what}: features");
+    let bits = |s: &Selection| s.scores().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(got), bits(want), "{what}: scores");
+}
+
+/// Every built-in rule on backend `B`'s device against the host rule on the same scores.
+fn builtin_rules_match_host<B: Backend>() {
+    let device = Default::default();
+    for (i, &(n, f)) in SHAPES.iter().enumerate() {
+        let z = tied_scores(n * f, i as u64);
+        let stats = warm_stats(n, f, 50 + i as u64);
+        for k in [1, 3, 9] {
+            for sparsifier in sparsifiers(k) {
+                let what = format!("{} k={k} {n}x{f}", sparsifier.name());
+                let batch =
+                    select_on_backend(tensor::<B>(z.clone(), n, f, &device), &*sparsifier, &stats)
+                        .unwrap();
+                assert!(
+                    matches!(batch.affinities, BatchAffinities::Device(_)),
+                    "{what}: selection did not run on the device"
+                );
+                let want = sparsifier
+                    .select(&ScoreMatrix::new(&z, n, f).unwrap(), &stats)
+                    .unwrap();
+                assert_same(&what, &batch.selection, &want);
+            }
+        }
+    }
+}
+
+#[test]
+fn builtin_rules_run_on_wgpu_and_match_the_host() {
+    if common::wgpu_available() {
+        builtin_rules_match_host::<Wgpu>();
+        // burn's cubecl backend without the fusion layer.
+        builtin_rules_match_host::<CubeBackend<WgpuRuntime, f32, i32, u32>>();
+    }
+}
+
+#[test]
+fn aux_selection_on_wgpu_matches_the_host() {
+    if !common::wgpu_available() {
+        return;
+    }
+    let device = Default::default();
+    for (i, &(n, f)) in SHAPES.iter().enumerate() {
+        let z = tied_scores(n * f, 10 + i as u64);
+        let stats = warm_stats(n, f, 60 + i as u64);
+        let mut fractional = stats.underused_weights(2.0, 1.0);
+        // Also weights with exact zeros between candidates, and more candidates than k_aux.
+        fractional.iter_mut().step_by(3).for_each(|w| *w = 0.0);
+        for weights in [stats.dead_weights(), fractional, vec![1.0; f]] {
+            for (k_aux, activation) in [(4, Activation::Relu), (f + 5, Activation::Identity)] {
+                let what = format!("{n}x{f} k_aux={k_aux} {activation:?}");
+                let batch = select_on_backend(
+                    tensor::<Wgpu>(z.clone(), n, f, &device),
+                    &TopK { k: 1 },
+                    &stats,
+                )
+                .unwrap();
+                let got = batch.aux_selection(&weights, k_aux, activation).unwrap();
+                let want = aux_selection(&z, n, f, &weights, k_aux, activation).unwrap();
+                assert_same(&what, &got, &want);
+            }
+        }
+    }
+}
+
+#[test]
+fn nan_affinities_are_reported_on_wgpu() {
+    if !common::wgpu_available() {
+        return;
+    }
+    let (n, f) = (6, 40);
+    let mut z = random(n * f, 3);
+    z[2 * f + 17] = f32::NAN;
+    let stats = FeatureStats::new(f, StatsConfig::default());
+    for sparsifier in sparsifiers(2) {
+        let err = select_on_backend(
+            tensor::<Wgpu>(z.clone(), n, f, &Default::default()),
+            &*sparsifier,
+            &stats,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SaeError::Alloc(AllocError::NanScore { row: 2, col: 17 })
+            ),
+            "{}: {err:?}",
+            sparsifier.name()
+        );
+    }
+}
+
+#[test]
+fn cpu_backends_select_on_the_host() {
+    let (n, f) = (8, 20);
+    let z = random(n * f, 4);
+    let stats = FeatureStats::new(f, StatsConfig::default());
+    let batch = select_on_backend(
+        tensor::<Flex>(z.clone(), n, f, &Default::default()),
+        &TopK { k: 3 },
+        &stats,
+    )
+    .unwrap();
+    match batch.affinities {
+        BatchAffinities::Host(host) => assert_eq!(host, z),
+        BatchAffinities::Device(_) => panic!("Flex has no device selection"),
+    }
+}
