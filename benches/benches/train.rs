@@ -1,6 +1,7 @@
-//! End-to-end training throughput on the default CPU backend (Flex): `sae_train::train` over
-//! f16 safetensors shards (reading, shuffling, normalising, the step, metrics), against the
-//! encoder GEMM floor measured in the same run.
+//! End-to-end training throughput: `sae_train::train` over f16 safetensors shards (reading,
+//! shuffling, normalising, the step, metrics), against the encoder GEMM floor measured in the
+//! same run on the same backend (`SAE_BENCH_BACKEND`: `flex`, the default, `ndarray`, `wgpu`,
+//! `cuda` with the `cuda` feature).
 //!
 //! Each iteration trains `SAE_BENCH_STEPS` steps (default 6) and counts only the training loop
 //! (`TrainSummary::seconds`); the GEMM baseline runs the same number of `[N, d] x [d, F]`
@@ -11,11 +12,12 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use burn::backend::Flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use criterion::{Criterion, Throughput, black_box};
-use sae_benches::{env_or, median, uniform_values};
+use sae_benches::{
+    BackendKind, backend_from_env, backend_name, env_or, median, on_backend, uniform_values,
+};
 use sae_data::{Dtype, TensorRef, write_safetensors};
 use sae_train::{RunConfig, TrainOptions, train};
 
@@ -43,9 +45,11 @@ fn run_config(
     data: &Path,
     out: &Path,
     (n, f, k, steps): (usize, usize, usize, usize),
+    backend: BackendKind,
 ) -> RunConfig {
     let tokens = (n * steps) as u64;
     let sets = [
+        format!("backend=\"{}\"", backend_name(backend)),
         "data.source=\"files\"".to_string(),
         format!("data.path=\"{}\"", data.display()),
         "data.sample_rows=4096".into(),
@@ -81,23 +85,28 @@ fn main() {
     std::fs::create_dir_all(&data).expect("data directory");
     // Enough rows that the held-out split and the shuffle window leave every batch full.
     write_shards(&data, d, 4 * n * steps.max(4));
-    let config = run_config(&data, &dir.path().join("run"), (n, f, k, steps));
+    let kind = backend_from_env();
+    let config = run_config(&data, &dir.path().join("run"), (n, f, k, steps), kind);
 
-    let device = Default::default();
-    let x =
-        Tensor::<Flex, 2>::from_data(TensorData::new(uniform_values(n * d, 1), [n, d]), &device);
-    let w =
-        Tensor::<Flex, 2>::from_data(TensorData::new(uniform_values(f * d, 2), [f, d]), &device);
     let gemm_times = Mutex::new(Vec::new());
     let train_times = Mutex::new(Vec::new());
     let mut group = c.benchmark_group("train_e2e");
     group.throughput(Throughput::Elements((n * steps) as u64));
-    group.bench_function("gemm_encoder", |b| {
+    on_backend!(kind, Inner => group.bench_function("gemm_encoder", |b| {
+        let device = Default::default();
+        let x = Tensor::<Inner, 2>::from_data(
+            TensorData::new(uniform_values(n * d, 1), [n, d]),
+            &device,
+        );
+        let w = Tensor::<Inner, 2>::from_data(
+            TensorData::new(uniform_values(f * d, 2), [f, d]),
+            &device,
+        );
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters * steps as u64 {
                 let y = x.clone().matmul(w.clone().transpose());
-                Flex::sync(&device).expect("flex syncs");
+                Inner::sync(&device).expect("the backend syncs");
                 black_box(y);
             }
             let elapsed = start.elapsed();
@@ -107,8 +116,8 @@ fn main() {
                 .push(elapsed.as_secs_f64() / iters as f64);
             elapsed
         })
-    });
-    group.bench_function("train_topk_flex", |b| {
+    }));
+    group.bench_function(format!("train_topk_{}", backend_name(kind)), |b| {
         b.iter_custom(|iters| {
             let mut total = 0.0;
             for _ in 0..iters {
@@ -126,7 +135,10 @@ fn main() {
 
     let gemm = median(&gemm_times.lock().unwrap()) / steps as f64;
     let step = median(&train_times.lock().unwrap()) / steps as f64;
-    println!("\nshape N={n} d={d} F={f} k={k}, {steps} steps per run, backend Flex, f16 shards");
+    println!(
+        "\nshape N={n} d={d} F={f} k={k}, {steps} steps per run, backend {}, f16 shards",
+        backend_name(kind)
+    );
     println!("encoder GEMM        {gemm:>8.4} s");
     println!(
         "training step       {step:>8.4} s   {:>8.0} tokens/s",

@@ -1,6 +1,64 @@
 //! Shared inputs of the workspace benchmarks (`cargo bench -p sae-benches`).
 #![deny(missing_docs)]
 
+pub use sae_train::BackendKind;
+
+/// The backend named by `SAE_BENCH_BACKEND` (`flex`, the default, `ndarray`, `wgpu`, `cuda`).
+///
+/// # Panics
+///
+/// On any other name, naming the variable.
+pub fn backend_from_env() -> BackendKind {
+    match std::env::var("SAE_BENCH_BACKEND").as_deref() {
+        Err(_) | Ok("flex") => BackendKind::Flex,
+        Ok("ndarray") => BackendKind::Ndarray,
+        Ok("wgpu") => BackendKind::Wgpu,
+        Ok("cuda") => BackendKind::Cuda,
+        Ok(other) => panic!("SAE_BENCH_BACKEND={other:?}: expected flex, ndarray, wgpu or cuda"),
+    }
+}
+
+/// Runs `$body` with `$B` bound to the (non-autodiff) burn backend `$kind` names.
+/// `cuda` needs this crate's `cuda` feature.
+#[macro_export]
+macro_rules! on_backend {
+    ($kind:expr, $B:ident => $body:expr) => {{
+        match $kind {
+            $crate::BackendKind::Flex => {
+                type $B = burn::backend::Flex;
+                $body
+            }
+            $crate::BackendKind::Ndarray => {
+                type $B = burn::backend::NdArray;
+                $body
+            }
+            $crate::BackendKind::Wgpu => {
+                type $B = burn::backend::Wgpu;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::BackendKind::Cuda => {
+                type $B = burn::backend::Cuda;
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            $crate::BackendKind::Cuda => {
+                panic!("SAE_BENCH_BACKEND=cuda needs `--features sae-benches/cuda`")
+            }
+        }
+    }};
+}
+
+/// The lower-case name of a backend, as `SAE_BENCH_BACKEND` and run configs spell it.
+pub fn backend_name(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Flex => "flex",
+        BackendKind::Ndarray => "ndarray",
+        BackendKind::Wgpu => "wgpu",
+        BackendKind::Cuda => "cuda",
+    }
+}
+
 /// Deterministic pseudo-random values in `[-1, 1)` (SplitMix64), cheap to generate at bench sizes.
 pub fn uniform_values(len: usize, seed: u64) -> Vec<f32> {
     let mut state = seed;

@@ -403,6 +403,10 @@ fn run_benches(options: &Options, backend: &str) -> Result<()> {
     if let Some(profile) = &options.profile {
         cmd.args(["--profile", profile]);
     }
+    if backend == "cuda" {
+        // The CUDA runtime of the kernels and burn's CUDA backend are behind features.
+        cmd.args(["--features", "sae-benches/cuda,sae-kernels/cuda"]);
+    }
     if options.quick {
         cmd.args([
             "--",
