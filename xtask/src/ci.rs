@@ -5,6 +5,10 @@ use anyhow::{Context, Result, ensure};
 use crate::repro::{Aux, DataSet, RunSpec, Scale, Sparsifier};
 use crate::shell::{cargo, step};
 
+/// Every feature that compiles a CUDA path (as `.ci/run` checks them).
+const CUDA_FEATURES: &str =
+    "sae-kernels/cuda,sae-model/cuda,sae-train/cuda,sae-cli/cuda,sae-benches/cuda";
+
 pub fn run() -> Result<()> {
     step("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
     step(
@@ -25,6 +29,17 @@ pub fn run() -> Result<()> {
     step(
         "doc tests",
         cargo().args(["test", "--workspace", "--doc", "--locked"]),
+    )?;
+    step(
+        "cuda check",
+        cargo().args([
+            "check",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--features",
+            CUDA_FEATURES,
+        ]),
     )?;
     if workspace_has("sae-cli")? {
         smoke()
