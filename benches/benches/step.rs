@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use criterion::{Criterion, black_box};
 use sae_benches::{backend_from_env, backend_name, env_or, median, on_backend, uniform_values};
-use sae_model::sae_alloc::{ScoreMatrix, row_topk};
+use sae_model::sae_alloc::ScoreMatrix;
 use sae_model::{
     AuxLoss, FeatureChoice, FeatureStats, MutualChoice, Sae, SaeConfig, Sparsifier, StatsConfig,
     StepPath, TopK, TrainConfig, TrainStep, select_on_backend,
@@ -116,32 +116,81 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
         });
     }
 
-    // Our row top-k against burn's on the same affinities. On the CPU backends ours is
-    // sae-alloc on the host values (the copy to the host is not timed; the step makes it once
-    // either way); on cubecl backends it is the step's own `select_on_backend`, the sae-kernels
-    // kernel on the device buffer with the selection read back.
+    // Each rule of ours against burn's `topk` doing the same job on the same affinities. On
+    // the CPU backends ours is sae-alloc on the host values (the copy to the host is not timed;
+    // the step makes it once either way); on cubecl backends it is the step's own
+    // `select_on_backend`: the sae-kernels kernel on the device buffer, with the selection read
+    // back (burn's result stays on the device).
     let scores = sae.affinities(x);
-    if StepPath::Auto.resolve::<Inner>(&device) == StepPath::Fused {
-        let host = scores.clone().into_data().into_vec::<f32>().unwrap();
-        timed(c, "select_k", SELECT_OURS, || {
-            let m = ScoreMatrix::new(&host, n, f).unwrap();
-            black_box(row_topk(&m, k).unwrap());
+    let on_host = StepPath::Auto.resolve::<Inner>(&device) == StepPath::Fused;
+    let host = on_host.then(|| scores.clone().into_data().into_vec::<f32>().unwrap());
+    let stats = FeatureStats::new(f, StatsConfig::default());
+    for rule in SelectRule::ALL {
+        let sparsifier = rule.sparsifier(k);
+        timed(c, "select_k", rule.ours(), || match &host {
+            Some(host) => {
+                let m = ScoreMatrix::new(host, n, f).unwrap();
+                black_box(sparsifier.select(&m, &stats).unwrap());
+            }
+            None => {
+                black_box(select_on_backend(scores.clone(), &*sparsifier, &stats).unwrap());
+            }
         });
-    } else {
-        let stats = FeatureStats::new(f, StatsConfig::default());
-        timed(c, "select_k", SELECT_OURS, || {
-            black_box(select_on_backend(scores.clone(), &TopK { k }, &stats).unwrap());
+        timed(c, "select_k", rule.burn(), || {
+            let (v, i) = match rule {
+                SelectRule::Row => scores.clone().topk_with_indices(k, 1),
+                SelectRule::Global => scores
+                    .clone()
+                    .reshape([1, n * f])
+                    .topk_with_indices(k * n, 1),
+                SelectRule::Column => scores.clone().topk_with_indices((k * n / f).max(1), 0),
+            };
+            Inner::sync(&device).unwrap();
+            black_box((v, i));
         });
     }
-    timed(c, "select_k", "burn_topk_with_indices", || {
-        let (v, i) = scores.clone().topk_with_indices(k, 1);
-        Inner::sync(&device).unwrap();
-        black_box((v, i));
-    });
 }
 
-/// The id of our selection in the `select_k` group.
-const SELECT_OURS: &str = "select_row_topk";
+/// The selection rules compared with burn's `topk`.
+#[derive(Debug, Clone, Copy)]
+enum SelectRule {
+    /// TopK: each row's `k` largest; burn: `topk` along the features.
+    Row,
+    /// Mutual Choice: the `k N` largest of the matrix; burn: `topk` of the flattened matrix.
+    Global,
+    /// Feature Choice, uniform: each column's `k N / F` largest; burn: `topk` along the tokens.
+    Column,
+}
+
+impl SelectRule {
+    const ALL: [SelectRule; 3] = [SelectRule::Row, SelectRule::Global, SelectRule::Column];
+
+    fn sparsifier(self, k: usize) -> Box<dyn Sparsifier> {
+        match self {
+            SelectRule::Row => Box::new(TopK { k }),
+            SelectRule::Global => Box::new(MutualChoice { k }),
+            SelectRule::Column => Box::new(FeatureChoice::uniform(k)),
+        }
+    }
+
+    /// Our bench id (its first word pairs it with [`SelectRule::burn`] in `xtask bench`).
+    fn ours(self) -> &'static str {
+        match self {
+            SelectRule::Row => "row_topk",
+            SelectRule::Global => "global_topk",
+            SelectRule::Column => "column_topm",
+        }
+    }
+
+    /// burn's bench id.
+    fn burn(self) -> &'static str {
+        match self {
+            SelectRule::Row => "burn_topk_row",
+            SelectRule::Global => "burn_topk_global",
+            SelectRule::Column => "burn_topk_column",
+        }
+    }
+}
 
 /// The step variants: the three sparsifiers on the backend's training path, then TopK on the
 /// gather path and on the dense oracle.
@@ -173,13 +222,14 @@ fn print_summary(Shape { n, d, f, k }: Shape, backend: &str) {
     for (id, _, _) in step_variants(k) {
         println!("{:<26} {:>10.4} {:>8.2}", id, med(id), med(id) / gemm);
     }
-    let ours = med(SELECT_OURS);
-    let burn = med("burn_topk_with_indices");
-    println!("{:<26} {:>10.4}", SELECT_OURS, ours);
-    println!(
-        "{:<26} {:>10.4} {:>8.2} (burn / ours)",
-        "burn_topk_with_indices",
-        burn,
-        burn / ours
-    );
+    for rule in SelectRule::ALL {
+        let (ours, burn) = (med(rule.ours()), med(rule.burn()));
+        println!("{:<26} {:>10.4}", rule.ours(), ours);
+        println!(
+            "{:<26} {:>10.4} {:>8.2} (burn / ours)",
+            rule.burn(),
+            burn,
+            burn / ours
+        );
+    }
 }
