@@ -42,11 +42,12 @@ pub fn run() -> Result<()> {
         ]),
     )?;
     if workspace_has("sae-cli")? {
-        smoke()
+        smoke()?;
     } else {
         eprintln!("==> smoke: skipped, sae-cli is not a member of this workspace");
-        Ok(())
     }
+    eprintln!("==> ci: all steps passed");
+    Ok(())
 }
 
 fn workspace_has(package: &str) -> Result<bool> {
@@ -69,7 +70,7 @@ fn workspace_has(package: &str) -> Result<bool> {
 
 /// The README's main command on a tiny configuration, then a report of what it wrote, which
 /// checks the run directory against the contract `sae-report` reads.
-fn smoke() -> Result<()> {
+pub fn smoke() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("sae-ci-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -101,6 +102,6 @@ fn smoke() -> Result<()> {
         out.display()
     );
     let _ = std::fs::remove_dir_all(&dir);
-    eprintln!("==> ci: all steps passed");
+    eprintln!("==> smoke: passed");
     Ok(())
 }

@@ -3,7 +3,8 @@
 //!
 //! Ready means: version, description, license, repository and an existing README in the
 //! manifest, and the crate named in the top-level `CHANGELOG.md` section of its version
-//! (`## 0.1.0 — ...`).
+//! (`## 0.1.0 — ...`); and the README's main command still works (`cargo xtask ci`'s smoke
+//! run).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -203,6 +204,9 @@ pub fn run() -> Result<()> {
     if !problems.is_empty() {
         bail!("{} release check(s) failed", problems.len());
     }
+
+    // The README's main command still works (a tiny training run and its report).
+    crate::ci::smoke()?;
 
     let order = publish_order(&publishable)?;
     let publishable_names: BTreeSet<&str> = publishable.iter().map(|p| p.name.as_str()).collect();
