@@ -25,10 +25,10 @@ use crate::sparsifier::{Activation, BuiltinRule};
 /// Whether `B`'s float tensors are those of a cubecl backend the kernels run on.
 pub(crate) fn is_cubecl<B: Backend>() -> bool {
     let id = TypeId::of::<B::FloatTensorPrimitive>();
-    let wgpu = is_runtime::<cubecl::wgpu::WgpuRuntime>(id);
+    let known = is_runtime::<cubecl::wgpu::WgpuRuntime>(id);
     #[cfg(feature = "cuda")]
-    let wgpu = wgpu || is_runtime::<cubecl::cuda::CudaRuntime>(id);
-    wgpu
+    let known = known || is_runtime::<cubecl::cuda::CudaRuntime>(id);
+    known
 }
 
 fn is_runtime<R: CubeRuntime>(id: TypeId) -> bool {
