@@ -1,6 +1,6 @@
 //! Inference thresholds against `sae_alloc::apply_thresholds`.
 
-mod common;
+use crate::common;
 
 use cubecl::prelude::*;
 use sae_alloc::{ScoreMatrix, Thresholds, apply_thresholds as host_apply};

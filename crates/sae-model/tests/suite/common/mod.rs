@@ -53,21 +53,38 @@ pub fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
     }
 }
 
-/// Whether a wgpu adapter exists; without one the wgpu tests are skipped, unless
-/// `SAE_REQUIRE_WGPU=1`, in which case they fail.
-pub fn wgpu_available() -> bool {
-    use burn::backend::Wgpu;
+/// Whether backend `B` can run a tiny computation; without it the checks on `B` are skipped
+/// (with a notice naming `hint`), unless the environment variable `require` is `1`, in which
+/// case they fail.
+pub fn backend_available<B: Backend>(name: &str, require: &str, hint: &str) -> bool {
     let ok = std::panic::catch_unwind(|| {
         let device = Default::default();
-        let t = Tensor::<Wgpu, 1>::from_floats([1.0, 2.0], &device);
+        let t = Tensor::<B, 1>::from_floats([1.0, 2.0], &device);
         t.sum().into_scalar()
     })
     .is_ok();
     if !ok {
-        if std::env::var("SAE_REQUIRE_WGPU").as_deref() == Ok("1") {
-            panic!("SAE_REQUIRE_WGPU=1 but no wgpu adapter is available");
+        if std::env::var(require).as_deref() == Ok("1") {
+            panic!("{require}=1 but no {name} device is available");
         }
-        eprintln!("skipping wgpu checks: no wgpu adapter (install mesa-vulkan-drivers)");
+        eprintln!("skipping {name} checks: no {name} device ({hint})");
     }
     ok
+}
+
+/// Whether a wgpu adapter exists (see [`backend_available`]; `SAE_REQUIRE_WGPU=1` makes its
+/// absence an error).
+pub fn wgpu_available() -> bool {
+    backend_available::<burn::backend::Wgpu>(
+        "wgpu",
+        "SAE_REQUIRE_WGPU",
+        "install mesa-vulkan-drivers",
+    )
+}
+
+/// Whether a CUDA device exists (see [`backend_available`]; `SAE_REQUIRE_CUDA=1` makes its
+/// absence an error).
+#[cfg(feature = "cuda")]
+pub fn cuda_available() -> bool {
+    backend_available::<burn::backend::Cuda>("cuda", "SAE_REQUIRE_CUDA", "needs an NVIDIA GPU")
 }

@@ -1,6 +1,6 @@
 //! Column top-m (Feature Choice) against `sae_alloc::column_topm`, uniform and Zipf.
 
-mod common;
+use crate::common;
 
 use cubecl::prelude::*;
 use sae_alloc::{Capacities, ScoreMatrix, column_topm as host_column_topm, usage_order};

@@ -1,8 +1,9 @@
-//! Selection on burn's cubecl backends (wgpu here; lavapipe where there is no GPU) runs the
+//! Selection on burn's cubecl backends (wgpu, on lavapipe where there is no GPU; cuda with the
+//! `cuda` feature) runs the
 //! `sae-kernels` kernels on the affinities' own buffer and must choose exactly the pairs the
 //! host rules choose from the same values.
 
-mod common;
+use crate::common;
 
 use burn::backend::wgpu::{CubeBackend, WgpuRuntime};
 use burn::backend::{Flex, Wgpu};
@@ -96,11 +97,8 @@ fn builtin_rules_run_on_wgpu_and_match_the_host() {
     }
 }
 
-#[test]
-fn aux_selection_on_wgpu_matches_the_host() {
-    if !common::wgpu_available() {
-        return;
-    }
+/// The auxiliary selection from backend `B`'s device against the host one.
+fn aux_selection_matches_host<B: Backend>() {
     let device = Default::default();
     for (i, &(n, f)) in SHAPES.iter().enumerate() {
         let z = tied_scores(n * f, 10 + i as u64);
@@ -112,7 +110,7 @@ fn aux_selection_on_wgpu_matches_the_host() {
             for (k_aux, activation) in [(4, Activation::Relu), (f + 5, Activation::Identity)] {
                 let what = format!("{n}x{f} k_aux={k_aux} {activation:?}");
                 let batch = select_on_backend(
-                    tensor::<Wgpu>(z.clone(), n, f, &device),
+                    tensor::<B>(z.clone(), n, f, &device),
                     &TopK { k: 1 },
                     &stats,
                 )
@@ -125,18 +123,15 @@ fn aux_selection_on_wgpu_matches_the_host() {
     }
 }
 
-#[test]
-fn nan_affinities_are_reported_on_wgpu() {
-    if !common::wgpu_available() {
-        return;
-    }
+/// A NaN affinity on backend `B`'s device is an error naming its row and column.
+fn nan_affinities_are_reported<B: Backend>() {
     let (n, f) = (6, 40);
     let mut z = random(n * f, 3);
     z[2 * f + 17] = f32::NAN;
     let stats = FeatureStats::new(f, StatsConfig::default());
     for sparsifier in sparsifiers(2) {
         let err = select_on_backend(
-            tensor::<Wgpu>(z.clone(), n, f, &Default::default()),
+            tensor::<B>(z.clone(), n, f, &Default::default()),
             &*sparsifier,
             &stats,
         )
@@ -149,6 +144,51 @@ fn nan_affinities_are_reported_on_wgpu() {
             "{}: {err:?}",
             sparsifier.name()
         );
+    }
+}
+
+#[test]
+fn aux_selection_on_wgpu_matches_the_host() {
+    if common::wgpu_available() {
+        aux_selection_matches_host::<Wgpu>();
+    }
+}
+
+#[test]
+fn nan_affinities_are_reported_on_wgpu() {
+    if common::wgpu_available() {
+        nan_affinities_are_reported::<Wgpu>();
+    }
+}
+
+/// The same checks on burn's CUDA backend, fused and unfused (`--features cuda`; they run
+/// where an NVIDIA GPU is present, and fail without one under `SAE_REQUIRE_CUDA=1`).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use burn::backend::Cuda;
+    use burn_cubecl::CubeBackend;
+    use cubecl::cuda::CudaRuntime;
+
+    #[test]
+    fn builtin_rules_run_on_cuda_and_match_the_host() {
+        if super::common::cuda_available() {
+            super::builtin_rules_match_host::<Cuda>();
+            super::builtin_rules_match_host::<CubeBackend<CudaRuntime, f32, i32, u32>>();
+        }
+    }
+
+    #[test]
+    fn aux_selection_on_cuda_matches_the_host() {
+        if super::common::cuda_available() {
+            super::aux_selection_matches_host::<Cuda>();
+        }
+    }
+
+    #[test]
+    fn nan_affinities_are_reported_on_cuda() {
+        if super::common::cuda_available() {
+            super::nan_affinities_are_reported::<Cuda>();
+        }
     }
 }
 

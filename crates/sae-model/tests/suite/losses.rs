@@ -1,6 +1,6 @@
 //! Loss values checked by hand on tiny inputs, and aux_zipf = aux_k on the dead set.
 
-mod common;
+use crate::common;
 
 use burn::backend::{Autodiff, Flex};
 use common::{random, tensor};

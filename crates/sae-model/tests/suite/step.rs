@@ -1,6 +1,6 @@
 //! The training step: learning, decoder constraint, exact resume, non-finite errors.
 
-mod common;
+use crate::common;
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::Tensor;
@@ -93,6 +93,14 @@ fn step_learns_on_ndarray() {
 fn step_learns_on_wgpu() {
     if common::wgpu_available() {
         learns::<Autodiff<burn::backend::Wgpu>>(&Default::default());
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn step_learns_on_cuda() {
+    if common::cuda_available() {
+        learns::<Autodiff<burn::backend::Cuda>>(&Default::default());
     }
 }
 

@@ -1,11 +1,12 @@
 //! The sparse gather path and the fused host path against the dense masked oracle: loss and every parameter gradient,
-//! for every sparsifier, on flex, ndarray and (where an adapter exists) wgpu.
+//! for every sparsifier, on flex, ndarray, wgpu (where an adapter exists) and cuda (with the
+//! `cuda` feature, where a GPU exists).
 
-mod common;
+use crate::common;
 
 use burn::backend::wgpu::{CubeBackend, WgpuRuntime};
 use burn::backend::{Autodiff, Flex, NdArray, Wgpu};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use common::{assert_close, host, params, random, tensor};
 use sae_model::sae_alloc::ScoreMatrix;
 use sae_model::{
@@ -138,20 +139,21 @@ fn sparse_matches_dense_oracle_on_wgpu() {
     }
 }
 
-/// The training path on the (fused) default wgpu backend against the unfused oracle.
-#[test]
-fn sparse_path_on_fused_wgpu_matches_the_oracle() {
-    if !common::wgpu_available() {
-        return;
-    }
+/// The training path on a fused backend `Fz` against the dense oracle on the same runtime
+/// without fusion, `U`.
+fn fused_sparse_path_matches_unfused_oracle<U, Fz>(name: &str)
+where
+    U: Backend,
+    Fz: Backend<Device = U::Device>,
+{
     let device = Default::default();
     for (i, sparsifier) in sparsifiers().into_iter().enumerate() {
         let seed = 100 + i as u64;
         let p = params(D, F, seed);
         let x = random(N * D, seed + 1);
         let run = |path| {
-            let sae = Sae::<UnfusedWgpu>::from_params(&p, &device).unwrap();
-            let xt = tensor::<UnfusedWgpu>(x.clone(), N, D, &device);
+            let sae = Sae::<U>::from_params(&p, &device).unwrap();
+            let xt = tensor::<U>(x.clone(), N, D, &device);
             let z = host_vec(sae.affinities(xt.clone()));
             let sel = sparsifier
                 .select(&ScoreMatrix::new(&z, N, F).unwrap(), &warm_stats(7))
@@ -164,11 +166,10 @@ fn sparse_path_on_fused_wgpu_matches_the_oracle() {
                 aux_coef: 0.0,
                 path,
             };
-            let oracle =
-                loss_and_grads::<Autodiff<UnfusedWgpu>>(&sae.tensors(), xt, &spec).unwrap();
-            let fused = Sae::<Wgpu>::from_params(&p, &device).unwrap();
-            let xt = tensor::<Wgpu>(x.clone(), N, D, &device);
-            let got = loss_and_grads::<Autodiff<Wgpu>>(
+            let oracle = loss_and_grads::<Autodiff<U>>(&sae.tensors(), xt, &spec).unwrap();
+            let fused = Sae::<Fz>::from_params(&p, &device).unwrap();
+            let xt = tensor::<Fz>(x.clone(), N, D, &device);
+            let got = loss_and_grads::<Autodiff<Fz>>(
                 &fused.tensors(),
                 xt,
                 &LossSpec {
@@ -180,7 +181,7 @@ fn sparse_path_on_fused_wgpu_matches_the_oracle() {
             (oracle, got)
         };
         let (oracle, got) = run(StepPath::Dense);
-        let what = format!("{} on fused wgpu", sparsifier.name());
+        let what = format!("{} on fused {name}", sparsifier.name());
         assert_close(&format!("{what} loss"), &[got.loss], &[oracle.loss], TOL);
         let (g, o) = (got.grads, oracle.grads);
         assert_close(
@@ -201,6 +202,39 @@ fn sparse_path_on_fused_wgpu_matches_the_oracle() {
             &host(o.b_dec),
             TOL,
         );
+    }
+}
+
+/// The training path on the (fused) default wgpu backend against the unfused oracle.
+#[test]
+fn sparse_path_on_fused_wgpu_matches_the_oracle() {
+    if common::wgpu_available() {
+        fused_sparse_path_matches_unfused_oracle::<UnfusedWgpu, Wgpu>("wgpu");
+    }
+}
+
+/// The same checks on burn's CUDA backend (`--features cuda`; they run where an NVIDIA GPU
+/// is present, and fail without one under `SAE_REQUIRE_CUDA=1`).
+#[cfg(feature = "cuda")]
+mod cuda {
+    use burn::backend::{Autodiff, Cuda};
+    use burn_cubecl::CubeBackend;
+    use cubecl::cuda::CudaRuntime;
+
+    type UnfusedCuda = CubeBackend<CudaRuntime, f32, i32, u8>;
+
+    #[test]
+    fn sparse_matches_dense_oracle_on_cuda() {
+        if super::common::cuda_available() {
+            super::check_backend::<Autodiff<UnfusedCuda>>(&Default::default());
+        }
+    }
+
+    #[test]
+    fn sparse_path_on_fused_cuda_matches_the_oracle() {
+        if super::common::cuda_available() {
+            super::fused_sparse_path_matches_unfused_oracle::<UnfusedCuda, Cuda>("cuda");
+        }
     }
 }
 

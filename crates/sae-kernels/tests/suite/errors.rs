@@ -1,7 +1,7 @@
 //! Errors: NaN scores reported (never selected) by every kernel, bad arguments rejected as
 //! `sae-alloc` rejects them, buffers too small for the declared shape.
 
-mod common;
+use crate::common;
 
 use cubecl::prelude::*;
 use sae_alloc::{AllocError, Capacities, Thresholds};

@@ -1,6 +1,6 @@
 //! Row top-k (TopK SAE) against `sae_alloc::row_topk`.
 
-mod common;
+use crate::common;
 
 use cubecl::prelude::*;
 use sae_alloc::{ScoreMatrix, row_topk as host_row_topk};

@@ -1,7 +1,7 @@
 //! The device key order equals the host's on the floats that stress it: infinities, the
 //! largest and smallest normals, subnormals and both zeros, each present several times.
 
-mod common;
+use crate::common;
 
 use cubecl::prelude::*;
 use rand::SeedableRng;

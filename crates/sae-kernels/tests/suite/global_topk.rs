@@ -1,6 +1,6 @@
 //! Global top-K (Mutual Choice / BatchTopK) against `sae_alloc::global_topk`.
 
-mod common;
+use crate::common;
 
 use cubecl::prelude::*;
 use sae_alloc::{ScoreMatrix, global_topk as host_global_topk};
