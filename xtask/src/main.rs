@@ -4,16 +4,21 @@
 //! - `bench [--quick] [--backend B] [--profile P]`: criterion benches, summarised in `docs/benchmarks.md`;
 //! - `repro [--quick | --smoke] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH]
 //!   [--out DIR]`: the paper's comparison, summarised in `docs/results.md`;
-//! - `release`: metadata and changelog checks and a dry-run packaging, never a publish.
+//! - `release`: metadata and changelog checks and a dry-run packaging, never a publish;
+//! - `gpu-bundle [--cuda-version V]`: the CUDA tests and benches as stripped binaries in
+//!   `gpu-bundle/`, for a GPU machine without a Rust toolchain;
+//! - `gpu-run --out DIR [--bundle DIR] [--no-bench] [--peak-gbs X]`: runs them there and
+//!   writes `DIR/gpu-report.md`.
 
 mod bench;
 mod ci;
 mod flags;
+mod gpu;
 mod release;
 mod repro;
 mod shell;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 const USAGE: &str = "\
 usage: cargo xtask <command> [options]
@@ -28,6 +33,11 @@ commands:
                                        the paper's comparison; writes docs/results.md
                                        (or DIR/results.md, runs under DIR/runs)
   release                              check crate metadata and CHANGELOG, dry-run packaging
+  gpu-bundle [--cuda-version V]        build the CUDA tests and benches into gpu-bundle/
+                                       (V: CUDARC_CUDA_VERSION, default 13000)
+  gpu-run --out DIR [--bundle DIR] [--no-bench] [--peak-gbs X]
+                                       on a GPU machine: run the bundle's CUDA tests and
+                                       benches, write DIR/gpu-report.{md,json}
 ";
 
 fn main() -> Result<()> {
@@ -79,6 +89,30 @@ fn main() -> Result<()> {
         "release" => {
             args.finish()?;
             release::run()
+        }
+        "gpu-bundle" => {
+            let cuda_version = args
+                .value("--cuda-version")?
+                .unwrap_or_else(|| "13000".into());
+            args.finish()?;
+            gpu::bundle(&gpu::BundleOptions { cuda_version })
+        }
+        "gpu-run" => {
+            let Some(out) = args.value("--out")? else {
+                bail!("gpu-run needs --out DIR");
+            };
+            let options = gpu::RunOptions {
+                out: out.into(),
+                bundle: args.value("--bundle")?.map(Into::into),
+                no_bench: args.switch("--no-bench"),
+                peak_gbs: args
+                    .value("--peak-gbs")?
+                    .map(|v| v.parse())
+                    .transpose()
+                    .context("--peak-gbs must be a number")?,
+            };
+            args.finish()?;
+            gpu::run(&options)
         }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");

@@ -1,0 +1,658 @@
+//! `cargo xtask gpu-bundle` and `xtask gpu-run`: the CUDA tests and benches, for a machine
+//! with an NVIDIA GPU but no Rust toolchain.
+//!
+//! `gpu-bundle` runs here. It builds the integration tests of `sae-kernels` and `sae-model` and
+//! the `kernels` and `step` benches with every CUDA feature, then strips and xz-compresses them
+//! into `gpu-bundle/` with a manifest and a copy of this program. The binaries link no CUDA
+//! library: cudarc loads the driver and NVRTC when they start.
+//!
+//! `gpu-run` runs on the GPU machine (`gpu-bundle/xtask gpu-run --out DIR`). It unpacks the
+//! binaries and runs the CUDA cases of every test binary with `SAE_REQUIRE_CUDA=1`, so a
+//! missing GPU fails instead of skipping. Then it runs the benches (kernels at the paper-scale
+//! shapes, the training step on burn's CUDA backend) and writes `DIR/gpu-report.md`:
+//! - every kernel's bytes/s, against the device's nominal memory bandwidth and against a copy
+//!   of the same bytes;
+//! - every rule against burn's `topk` on the same input;
+//! - the step time against the encoder GEMM.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::bench::{self, Bench, format_time};
+use crate::shell::{cargo, describe, root, step};
+
+/// Where `gpu-bundle` writes, relative to the workspace root (ignored by git).
+pub const BUNDLE_DIR: &str = "gpu-bundle";
+const MANIFEST: &str = "manifest.json";
+const CUDA_FEATURES: &str = "sae-kernels/cuda,sae-model/cuda,sae-benches/cuda";
+
+/// `gpu-bundle` options.
+#[derive(Debug)]
+pub struct BundleOptions {
+    /// `CUDARC_CUDA_VERSION` for the build (`13000`: CUDA 13.0, the driver API of driver 580).
+    pub cuda_version: String,
+}
+
+/// `gpu-run` options.
+#[derive(Debug)]
+pub struct RunOptions {
+    /// The bundle directory (default: the directory of this executable).
+    pub bundle: Option<PathBuf>,
+    /// Where the report and logs go.
+    pub out: PathBuf,
+    /// Skip the benches (tests only).
+    pub no_bench: bool,
+    /// Nominal memory bandwidth in GB/s, for devices the built-in table does not know.
+    pub peak_gbs: Option<f64>,
+}
+
+/// What a bundle holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The commit the binaries were built from.
+    pub commit: String,
+    pub cuda_version: String,
+    pub binaries: Vec<Binary>,
+}
+
+/// One bundled executable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Binary {
+    pub package: String,
+    pub target: String,
+    /// `test` or `bench`.
+    pub kind: String,
+    /// The compressed file, relative to the bundle.
+    pub file: String,
+}
+
+#[derive(Deserialize)]
+struct ArtifactMessage {
+    reason: String,
+    package_id: Option<String>,
+    target: Option<ArtifactTarget>,
+    executable: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct ArtifactTarget {
+    name: String,
+    kind: Vec<String>,
+}
+
+/// The package name in a cargo package id: `path+file:///x/crates/sae-model#0.1.0` (name =
+/// last path segment) or `path+file:///x/benches#sae-benches@0.1.0`.
+pub fn package_name(id: &str) -> &str {
+    let (path, fragment) = id.rsplit_once('#').unwrap_or((id, ""));
+    match fragment.split_once('@') {
+        Some((name, _)) => name,
+        None => path.rsplit('/').next().unwrap_or(path),
+    }
+}
+
+pub fn bundle(options: &BundleOptions) -> Result<()> {
+    let root = root();
+    let dir = root.join(BUNDLE_DIR);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--no-run",
+        "--locked",
+        "--message-format=json-render-diagnostics",
+    ])
+    .args(["-p", "sae-kernels", "-p", "sae-model", "-p", "sae-benches"])
+    .args(["--features", CUDA_FEATURES])
+    .args(["--test", "suite", "--bench", "kernels", "--bench", "step"])
+    .env("CUDARC_CUDA_VERSION", &options.cuda_version)
+    .stdout(Stdio::piped());
+    eprintln!("==> build: {}", describe(&cmd));
+    let output = cmd
+        .spawn()
+        .and_then(|child| child.wait_with_output())
+        .context("cannot start cargo")?;
+    if !output.status.success() {
+        bail!("build failed ({}): {}", output.status, describe(&cmd));
+    }
+
+    let mut binaries = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<ArtifactMessage>(line) else {
+            continue;
+        };
+        let (Some(exe), Some(target), Some(id)) = (msg.executable, msg.target, msg.package_id)
+        else {
+            continue;
+        };
+        if msg.reason != "compiler-artifact" {
+            continue;
+        }
+        let kind = target.kind.first().cloned().unwrap_or_default();
+        let package = package_name(&id).to_string();
+        let file = format!("{package}.{kind}.{}.xz", target.name);
+        pack(&exe, &dir.join(&file))?;
+        binaries.push(Binary {
+            package,
+            target: target.name,
+            kind,
+            file,
+        });
+    }
+    if binaries.len() != 4 {
+        bail!("expected 4 executables (2 test suites, 2 benches), cargo built {binaries:?}");
+    }
+    binaries.sort_by(|a, b| a.file.cmp(&b.file));
+    let this = std::env::current_exe().context("cannot find the running xtask")?;
+    strip(&this, &dir.join("xtask"))?;
+
+    let manifest = Manifest {
+        commit: git_commit(&root),
+        cuda_version: options.cuda_version.clone(),
+        binaries,
+    };
+    let path = dir.join(MANIFEST);
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest)? + "\n")
+        .with_context(|| path.display().to_string())?;
+    let bytes: u64 = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    eprintln!(
+        "wrote {} ({:.1} MiB); on the GPU machine: {BUNDLE_DIR}/xtask gpu-run --out DIR",
+        dir.display(),
+        bytes as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
+
+fn git_commit(root: &Path) -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".into(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )
+}
+
+fn strip(from: &Path, to: &Path) -> Result<()> {
+    step("strip", Command::new("strip").arg("-o").arg(to).arg(from))
+}
+
+/// Strips `exe` and compresses it to `to` (xz).
+fn pack(exe: &Path, to: &Path) -> Result<()> {
+    let stripped = to.with_extension("");
+    strip(exe, &stripped)?;
+    step(
+        "compress",
+        Command::new("xz").args(["-9", "-T0", "-f"]).arg(&stripped),
+    )
+}
+
+/// Decompresses `from` (xz) to the executable `to`, with `xz` or, where it is missing,
+/// Python's `lzma`.
+fn unpack(from: &Path, to: &Path) -> Result<()> {
+    let file = std::fs::File::create(to).with_context(|| to.display().to_string())?;
+    let xz = Command::new("xz")
+        .arg("-dc")
+        .arg(from)
+        .stdout(file)
+        .status();
+    if !matches!(xz, Ok(s) if s.success()) {
+        step(
+            "decompress (python)",
+            Command::new("python3").args([
+                "-c",
+                "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))",
+            ])
+            .arg(from)
+            .arg(to),
+        )?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| to.display().to_string())
+}
+
+/// The GPU as `nvidia-smi` names it, with its nominal memory bandwidth where known.
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub name: String,
+    pub driver: String,
+    pub memory: String,
+    /// Nominal memory bandwidth, bytes per second.
+    pub peak_bytes_per_s: Option<f64>,
+}
+
+/// Nominal memory bandwidth (bytes/s) of the data-centre GPUs this project is run on, from
+/// the vendor's data sheets; `None` for others.
+pub fn nominal_bandwidth(name: &str) -> Option<f64> {
+    let name = name.to_ascii_uppercase();
+    let tbs = if name.contains("H200") {
+        4.8
+    } else if name.contains("H100") && name.contains("PCIE") {
+        2.0
+    } else if name.contains("H100") && name.contains("NVL") {
+        3.9
+    } else if name.contains("H100") {
+        3.35
+    } else if name.contains("A100") && name.contains("80GB") {
+        2.039
+    } else if name.contains("A100") {
+        1.555
+    } else {
+        return None;
+    };
+    Some(tbs * 1e12)
+}
+
+fn query_device(peak_gbs: Option<f64>) -> Result<Device> {
+    let out = Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=name,driver_version,memory.total",
+            "--format=csv,noheader",
+        ])
+        .output()
+        .context("cannot run nvidia-smi: is this a machine with an NVIDIA GPU?")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    let fields: Vec<&str> = first.split(',').map(str::trim).collect();
+    if !out.status.success() || fields.len() < 3 {
+        bail!("nvidia-smi found no GPU: {}", text.trim());
+    }
+    Ok(Device {
+        name: fields[0].to_string(),
+        driver: fields[1].to_string(),
+        memory: fields[2].to_string(),
+        peak_bytes_per_s: peak_gbs
+            .map(|g| g * 1e9)
+            .or_else(|| nominal_bandwidth(fields[0])),
+    })
+}
+
+/// Points cubecl at the CUDA toolkit (headers for NVRTC) and the loader at its libraries.
+fn cuda_environment(cmd: &mut Command) {
+    // `CUDA_PATH`, the usual install folders, or the folder above the `nvcc` on `PATH`.
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|dir| dir.join("nvcc").is_file())
+        .filter_map(|dir| dir.parent().map(Path::to_path_buf));
+    let cuda = std::env::var_os("CUDA_PATH")
+        .map(PathBuf::from)
+        .or_else(|| {
+            ["/usr/local/cuda", "/opt/cuda"]
+                .iter()
+                .map(PathBuf::from)
+                .chain(on_path)
+                .find(|p| p.join("include").is_dir())
+        });
+    let mut libs: Vec<PathBuf> = ["/usr/local/nvidia/lib64", "/usr/local/nvidia/lib"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    if let Some(cuda) = cuda {
+        libs.push(cuda.join("lib64"));
+        cmd.env("CUDA_PATH", cuda);
+    }
+    let existing = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
+    libs.extend(std::env::split_paths(&existing));
+    if let Ok(joined) = std::env::join_paths(libs.iter().filter(|p| p.is_dir())) {
+        cmd.env("LD_LIBRARY_PATH", joined);
+    }
+}
+
+/// One test binary's outcome, from libtest's `test result:` lines.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TestOutcome {
+    pub binary: String,
+    pub passed: u32,
+    pub failed: u32,
+    pub ignored: u32,
+    pub exit_ok: bool,
+}
+
+/// Sums the counts of every `test result:` line of libtest output.
+pub fn parse_test_results(binary: &str, output: &str, exit_ok: bool) -> TestOutcome {
+    let mut outcome = TestOutcome {
+        binary: binary.to_string(),
+        exit_ok,
+        ..TestOutcome::default()
+    };
+    for line in output.lines().filter(|l| l.starts_with("test result:")) {
+        for part in line.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next())
+                && let Ok(n) = n.parse::<u32>()
+            {
+                match what {
+                    "passed" => outcome.passed += n,
+                    "failed" => outcome.failed += n,
+                    "ignored" => outcome.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    outcome
+}
+
+/// Runs `cmd`, appending its output to `log`; returns the output and whether it succeeded.
+fn run_logged(title: &str, cmd: &mut Command, log: &Path) -> Result<(String, bool)> {
+    eprintln!("==> {title}: {}", describe(cmd));
+    let output = cmd
+        .output()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| log.display().to_string())?;
+    writeln!(file, "==> {title}: {}\n{text}", describe(cmd))?;
+    Ok((text, output.status.success()))
+}
+
+pub fn run(options: &RunOptions) -> Result<()> {
+    let bundle = match &options.bundle {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the xtask executable has no directory")?
+            .to_path_buf(),
+    };
+    let manifest_path = bundle.join(MANIFEST);
+    let manifest: Manifest = serde_json::from_str(
+        &std::fs::read_to_string(&manifest_path)
+            .with_context(|| manifest_path.display().to_string())?,
+    )
+    .with_context(|| format!("{}: invalid manifest", manifest_path.display()))?;
+    let out = &options.out;
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    let device = query_device(options.peak_gbs)?;
+    eprintln!("device: {device:?}");
+
+    let work = std::env::temp_dir().join("sae-gpu-run");
+    std::fs::create_dir_all(&work).with_context(|| work.display().to_string())?;
+    let tests_log = out.join("tests.log");
+    let bench_log = out.join("bench.log");
+    let mut outcomes = Vec::new();
+    let criterion = work.join("criterion");
+    // Tests first: a bench on a device that fails its tests measures nothing worth keeping.
+    let tests = manifest.binaries.iter().filter(|b| b.kind == "test");
+    let benches = manifest.binaries.iter().filter(|b| b.kind == "bench");
+    for binary in tests.chain(benches.filter(|_| !options.no_bench)) {
+        let exe = work.join(binary.file.trim_end_matches(".xz"));
+        unpack(&bundle.join(&binary.file), &exe)?;
+        let name = format!("{}/{}", binary.package, binary.target);
+        let mut cmd = Command::new(&exe);
+        cuda_environment(&mut cmd);
+        if binary.kind == "test" {
+            // Only the CUDA cases (their modules and functions are named `cuda`).
+            cmd.arg("cuda").env("SAE_REQUIRE_CUDA", "1");
+            let (text, ok) = run_logged(&name, &mut cmd, &tests_log)?;
+            outcomes.push(parse_test_results(&name, &text, ok));
+        } else {
+            cmd.arg("--bench")
+                .env("CRITERION_HOME", &criterion)
+                .env("SAE_BENCH_SHAPES", "full")
+                .env("SAE_BENCH_BACKEND", "cuda");
+            let (_, ok) = run_logged(&name, &mut cmd, &bench_log)?;
+            if !ok {
+                bail!("bench {name} failed; see {}", bench_log.display());
+            }
+        }
+    }
+    let benches = if criterion.is_dir() {
+        bench::read_criterion(&criterion)?
+    } else {
+        Vec::new()
+    };
+    let report = report(&manifest, &device, &outcomes, &benches);
+    let report_path = out.join("gpu-report.md");
+    std::fs::write(&report_path, &report).with_context(|| report_path.display().to_string())?;
+    let json = serde_json::json!({
+        "device": device, "commit": manifest.commit, "tests": outcomes, "benchmarks": benches,
+    });
+    let json_path = out.join("gpu-report.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| json_path.display().to_string())?;
+    print!("{report}");
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter(|o| !o.exit_ok || o.failed > 0 || o.passed == 0)
+        .map(|o| o.binary.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("CUDA tests failed or did not run: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// `rows x cols` of a kernel bench parameter such as `4096x16384_k32`.
+pub fn parse_shape(value: &str) -> Option<(u64, u64)> {
+    let (shape, _) = value.split_once('_').unwrap_or((value, ""));
+    let (rows, cols) = shape.split_once('x')?;
+    Some((rows.parse().ok()?, cols.parse().ok()?))
+}
+
+/// Bytes a kernel bench must move at least: one read of the f32 score matrix (two, read and
+/// write, for the copy baseline). The selection written back (`N k` pairs) is under 1% of it
+/// at the bench shapes and not counted.
+pub fn min_bytes(bench: &Bench) -> Option<u64> {
+    let (rows, cols) = parse_shape(bench.value.as_deref()?)?;
+    let reads = rows * cols * 4;
+    Some(if bench.function == "copy_baseline" {
+        2 * reads
+    } else {
+        reads
+    })
+}
+
+/// The markdown report of a `gpu-run`.
+pub fn report(
+    manifest: &Manifest,
+    device: &Device,
+    outcomes: &[TestOutcome],
+    benches: &[Bench],
+) -> String {
+    let mut md = String::from("# CUDA run\n\n");
+    let peak = device.peak_bytes_per_s;
+    let _ = writeln!(
+        md,
+        "- device: {} ({}, driver {})\n- nominal memory bandwidth: {}\n- commit: {}, \
+         CUDA bindings {}, binaries built with the dev profile (dependencies at opt-level 3)\n",
+        device.name,
+        device.memory,
+        device.driver,
+        peak.map_or("unknown (pass --peak-gbs)".into(), |p| format!(
+            "{:.0} GB/s",
+            p / 1e9
+        )),
+        manifest.commit,
+        manifest.cuda_version,
+    );
+    md.push_str("## Tests (CUDA cases, `SAE_REQUIRE_CUDA=1`)\n\n");
+    md.push_str("| binary | passed | failed | ignored | exit |\n|---|---:|---:|---:|---|\n");
+    for o in outcomes {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            o.binary,
+            o.passed,
+            o.failed,
+            o.ignored,
+            if o.exit_ok { "ok" } else { "FAILED" }
+        );
+    }
+    let kernels: Vec<&Bench> = benches
+        .iter()
+        .filter(|b| b.group == "select/cuda")
+        .collect();
+    if !kernels.is_empty() {
+        md.push_str(
+            "\n## Kernels\n\nBytes/s count one read of the f32 score matrix per rule (read and \
+             write for the copy), whatever the kernels actually move: the share of the nominal \
+             bandwidth is what the rule achieves as a single pass would.\n\n\
+             | kernel | shape | time | bytes/s | of nominal | time / copy |\n\
+             |---|---|---:|---:|---:|---:|\n",
+        );
+        for b in kernels {
+            let rate = min_bytes(b).map(|n| n as f64 / (b.mean_ns * 1e-9));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                b.function,
+                b.value.as_deref().unwrap_or(""),
+                format_time(b.mean_ns),
+                rate.map_or("—".into(), |r| format!("{:.0} GB/s", r / 1e9)),
+                match (rate, peak) {
+                    (Some(r), Some(p)) => format!("{:.0}%", 100.0 * r / p),
+                    _ => "—".into(),
+                },
+                b.ratio.map_or("—".into(), |r| format!("{r:.2}×")),
+            );
+        }
+    }
+    let select: Vec<&Bench> = benches
+        .iter()
+        .filter(|b| b.group == "select_k" && !bench::is_baseline(&b.function))
+        .collect();
+    if !select.is_empty() {
+        md.push_str(
+            "\n## Against burn's `topk` (same affinities, burn's CUDA backend)\n\n\
+             Ours includes reading the selection back to the host; burn's result stays on \
+             the device.\n\n| rule | ours | burn | burn / ours |\n|---|---:|---:|---:|\n",
+        );
+        for b in select {
+            let base = b
+                .baseline
+                .as_ref()
+                .and_then(|id| benches.iter().find(|o| &o.id() == id));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                b.function,
+                format_time(b.mean_ns),
+                base.map_or("—".into(), |o| format_time(o.mean_ns)),
+                b.ratio.map_or("—".into(), |r| format!("{:.1}×", 1.0 / r)),
+            );
+        }
+    }
+    let steps: Vec<&Bench> = benches.iter().filter(|b| b.group == "train_step").collect();
+    if !steps.is_empty() {
+        md.push_str("\n## Training step\n\n| bench | time | / encoder GEMM |\n|---|---:|---:|\n");
+        for b in steps {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} |",
+                b.function,
+                format_time(b.mean_ns),
+                b.ratio.map_or("—".into(), |r| format!("{r:.2}×")),
+            );
+        }
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Throughput;
+
+    fn bench(group: &str, function: &str, value: Option<&str>, mean_ns: f64) -> Bench {
+        Bench {
+            group: group.into(),
+            function: function.into(),
+            value: value.map(Into::into),
+            mean_ns,
+            throughput: Some(Throughput::Elements(1)),
+            ratio: None,
+            baseline: None,
+        }
+    }
+
+    #[test]
+    fn package_names_come_from_ids_old_and_new() {
+        assert_eq!(
+            package_name("path+file:///w/crates/sae-model#0.1.0"),
+            "sae-model"
+        );
+        assert_eq!(
+            package_name("path+file:///w/benches#sae-benches@0.1.0"),
+            "sae-benches"
+        );
+    }
+
+    #[test]
+    fn test_results_are_summed_over_result_lines() {
+        let out = "running 3 tests\ntest a ... ok\n\
+            test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 9 filtered out; finished in 1.2s\n\
+            test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out\n";
+        let o = parse_test_results("x", out, false);
+        assert_eq!((o.passed, o.failed, o.ignored), (4, 2, 1));
+        assert!(!o.exit_ok);
+        assert_eq!(parse_test_results("y", "no tests here", true).passed, 0);
+    }
+
+    #[test]
+    fn nominal_bandwidth_knows_the_lent_gpus() {
+        assert_eq!(nominal_bandwidth("NVIDIA H100 80GB HBM3"), Some(3.35e12));
+        assert_eq!(nominal_bandwidth("NVIDIA H200"), Some(4.8e12));
+        assert_eq!(nominal_bandwidth("NVIDIA H100 PCIe"), Some(2.0e12));
+        assert_eq!(nominal_bandwidth("NVIDIA GeForce RTX 4090"), None);
+    }
+
+    #[test]
+    fn kernel_bytes_and_report_rates() {
+        assert_eq!(parse_shape("4096x16384_k32"), Some((4096, 16384)));
+        assert_eq!(parse_shape("junk"), None);
+        let mut benches = vec![
+            bench("select/cuda", "copy_baseline", Some("1000x1000_k32"), 1e6),
+            bench("select/cuda", "row_topk", Some("1000x1000_k32"), 2e6),
+            bench("select_k", "burn_topk_row", None, 30e6),
+            bench("select_k", "row_topk", None, 3e6),
+        ];
+        bench::pair_baselines(&mut benches);
+        assert_eq!(min_bytes(&benches[0]), Some(8_000_000));
+        assert_eq!(min_bytes(&benches[1]), Some(4_000_000));
+        let device = Device {
+            name: "test".into(),
+            driver: "1".into(),
+            memory: "1 MiB".into(),
+            peak_bytes_per_s: Some(4e9),
+        };
+        let manifest = Manifest {
+            commit: "abc".into(),
+            cuda_version: "13000".into(),
+            binaries: vec![],
+        };
+        let md = report(&manifest, &device, &[], &benches);
+        // 4 MB in 2 ms = 2 GB/s = 50% of 4 GB/s, at 2x the copy's time.
+        assert!(
+            md.contains("| row_topk | 1000x1000_k32 | 2.000 ms | 2 GB/s | 50% | 2.00× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| row_topk | 3.000 ms | 30.000 ms | 10.0× |"),
+            "{md}"
+        );
+    }
+}
