@@ -4,13 +4,14 @@
 //! where `T`, `tie_limit` and the position `pos` belong to the element's row (TopK), column
 //! (Feature Choice) or the whole matrix (Mutual Choice). One cube per row counts its kept
 //! scores, one cube turns the counts into offsets, and one cube per row writes its kept
-//! features in ascending order (a prefix sum over contiguous runs of the row).
+//! features in ascending order (chunks of the row staged in shared memory, a prefix sum over
+//! contiguous runs of each chunk).
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
 use crate::KernelError;
-use crate::key::{CUBE, NO_KEY, block_inclusive_scan, cube_index, is_nan_bits, key_of_bits};
+use crate::key::{CUBE, NO_KEY, cube_index, is_nan_bits, key_of_bits, run_start, units_before};
 use crate::output::{
     DeviceScores, DeviceSelection, array, grid, read_u32, uninit, unit_dim, zeros,
 };
@@ -112,18 +113,14 @@ pub(crate) fn exclusive_offsets(counts: &Array<u32>, offsets: &mut Array<u32>, r
     let unit = UNIT_POS as usize;
     let n = rows as usize;
     let mut scan = SharedMemory::<u32>::new(CUBE as usize);
-    let per = n.div_ceil(CUBE as usize);
-    let start = min(unit * per, n);
-    let end = min(start + per, n);
+    let (start, end) = (run_start(n, unit), run_start(n, unit + 1));
     let mut sum = 0u32;
     let mut j = start;
     while j < end {
         sum += counts[j];
         j += 1;
     }
-    scan[unit] = sum;
-    block_inclusive_scan(&mut scan, unit);
-    let mut at = scan[unit] - sum;
+    let mut at = units_before(sum, &mut scan, unit);
     let mut j = start;
     while j < end {
         offsets[j] = at;
@@ -144,8 +141,25 @@ pub(crate) fn uniform_offsets(offsets: &mut Array<u32>, rows: u32, k: u32) {
     }
 }
 
+/// Scores per unit in one chunk of a row staged in shared memory by [`row_compact`].
+const STAGE_PER_UNIT: u32 = 16;
+/// Scores per staged chunk.
+const STAGE: u32 = CUBE * STAGE_PER_UNIT;
+
+/// Shared-memory slot of staged score `i`: one pad word every 32, so units reading
+/// contiguous runs of [`STAGE_PER_UNIT`] scores hit distinct banks.
+#[cube]
+fn staged(i: usize) -> usize {
+    i + i / 32
+}
+
 /// Writes every row's kept (token, feature, score) triples at its offset, features ascending,
 /// and counts the selections of every feature.
+///
+/// One cube per row walks it in chunks of [`STAGE`] scores: the chunk is loaded into shared
+/// memory with coalesced reads, each unit counts the kept scores of its contiguous run of the
+/// chunk, a prefix sum over the units gives each run its output position, and the runs are
+/// written in order.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn row_compact(
@@ -166,41 +180,55 @@ pub(crate) fn row_compact(
         let unit = UNIT_POS as usize;
         let n = cols as usize;
         let base = r * n;
+        let mut stage = SharedMemory::<f32>::new((STAGE + STAGE / 32) as usize);
         let mut scan = SharedMemory::<u32>::new(CUBE as usize);
-        let per = n.div_ceil(CUBE as usize);
-        let start = min(unit * per, n);
-        let end = min(start + per, n);
-        let mut mine = 0u32;
-        let mut f = start;
-        while f < end {
-            let key = key_of_bits(u32::reinterpret(scores[base + f]));
-            if keeps(key, r, f, n, thresholds, tie_limits, mode) {
-                mine += 1u32;
+        let mut written = offsets[r] as usize;
+        let mut chunk = 0usize;
+        while chunk < n {
+            for i in 0..STAGE_PER_UNIT {
+                let j = (i * CUBE) as usize + unit;
+                if chunk + j < n {
+                    stage[staged(j)] = scores[base + chunk + j];
+                }
             }
-            f += 1;
-        }
-        scan[unit] = mine;
-        block_inclusive_scan(&mut scan, unit);
-        let mut at = (offsets[r] + scan[unit] - mine) as usize;
-        let mut f = start;
-        while f < end {
-            let x = scores[base + f];
-            if keeps(
-                key_of_bits(u32::reinterpret(x)),
-                r,
-                f,
-                n,
-                thresholds,
-                tie_limits,
-                mode,
-            ) {
-                tokens[at] = r as u32;
-                features[at] = f as u32;
-                values[at] = x;
-                feature_counts[f].fetch_add(1u32);
-                at += 1;
+            sync_cube();
+            let first = unit * STAGE_PER_UNIT as usize;
+            let end = min(first + STAGE_PER_UNIT as usize, n - chunk);
+            let mut mine = 0u32;
+            let mut j = first;
+            while j < end {
+                let key = key_of_bits(u32::reinterpret(stage[staged(j)]));
+                if keeps(key, r, chunk + j, n, thresholds, tie_limits, mode) {
+                    mine += 1u32;
+                }
+                j += 1;
             }
-            f += 1;
+            let mut at = written + units_before(mine, &mut scan, unit) as usize;
+            let mut j = first;
+            while j < end {
+                let x = stage[staged(j)];
+                let f = chunk + j;
+                if keeps(
+                    key_of_bits(u32::reinterpret(x)),
+                    r,
+                    f,
+                    n,
+                    thresholds,
+                    tie_limits,
+                    mode,
+                ) {
+                    tokens[at] = r as u32;
+                    features[at] = f as u32;
+                    values[at] = x;
+                    feature_counts[f].fetch_add(1u32);
+                    at += 1;
+                }
+                j += 1;
+            }
+            written += scan[CUBE as usize - 1] as usize;
+            chunk += STAGE as usize;
+            // The next chunk overwrites the stage and the scan.
+            sync_cube();
         }
     }
 }

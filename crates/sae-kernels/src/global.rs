@@ -14,8 +14,8 @@ use sae_alloc::AllocError;
 use crate::KernelError;
 use crate::compact::{RowSizes, WHOLE, compact_rows};
 use crate::key::{
-    CUBE, NO_KEY, RADIX_BITS, block_inclusive_scan, cube_index, is_nan_bits, key_of_bits,
-    pick_digit,
+    CUBE, HIST_WORDS, NO_KEY, RADIX_BITS, cube_index, hist_add, hist_clear, hist_count,
+    is_nan_bits, key_of_bits, pick_digit, run_start, units_before,
 };
 use crate::output::{DeviceScores, DeviceSelection, array, filled, grid, uninit, unit_dim, zeros};
 
@@ -44,8 +44,8 @@ pub(crate) fn global_histogram(
         let shift = 24u32 - RADIX_BITS * pass;
         let prefix = state[0];
         let hi_mask = state[2];
-        let local = SharedMemory::<Atomic<u32>>::new(CUBE as usize);
-        local[unit].store(0u32);
+        let local = SharedMemory::<Atomic<u32>>::new(HIST_WORDS as usize);
+        hist_clear(&local, unit);
         sync_cube();
         for i in 0..PER_UNIT {
             let j = tile_start + (i * CUBE) as usize + unit;
@@ -56,12 +56,12 @@ pub(crate) fn global_histogram(
                 }
                 let key = key_of_bits(bits);
                 if (key & hi_mask) == prefix {
-                    local[((key >> shift) & 255u32) as usize].fetch_add(1u32);
+                    hist_add(&local, (key >> shift) & 255u32, unit);
                 }
             }
         }
         sync_cube();
-        let count = local[unit].load();
+        let count = hist_count(&local, unit);
         if count > 0u32 {
             hist[(pass * CUBE) as usize + unit].fetch_add(count);
         }
@@ -76,17 +76,15 @@ pub(crate) fn global_pick(hist: &Array<u32>, state: &mut Array<u32>, pass: u32) 
     let remaining = state[1];
     // Every unit reads the state before unit 0 rewrites it (after the barriers below).
     if pass == 0u32 || remaining != state[3] {
-        let local = SharedMemory::<Atomic<u32>>::new(CUBE as usize);
         let mut scan = SharedMemory::<u32>::new(CUBE as usize);
         let mut choice = SharedMemory::<u32>::new(3usize);
-        local[unit].store(hist[(pass * CUBE) as usize + unit]);
         if unit == 0 {
             choice[0] = 0u32;
             choice[1] = 0u32;
             choice[2] = 0u32;
         }
-        sync_cube();
-        pick_digit(&local, &mut scan, &mut choice, remaining, unit);
+        let count = hist[(pass * CUBE) as usize + 255 - unit];
+        pick_digit(count, &mut scan, &mut choice, remaining, unit);
         if unit == 0 {
             state[0] = state[0] | (choice[0] << shift);
             state[1] = remaining - choice[1];
@@ -165,19 +163,15 @@ pub(crate) fn global_tie_find(
 
         // Which tile holds the need-th tie, and how many ties of that tile are kept?
         let nt = tiles as usize;
-        let per = nt.div_ceil(CUBE as usize);
-        let start = min(unit * per, nt);
-        let end = min(start + per, nt);
+        let (start, end) = (run_start(nt, unit), run_start(nt, unit + 1));
         let mut sum = 0u32;
         let mut t = start;
         while t < end {
             sum += tile_counts[t];
             t += 1;
         }
-        scan[unit] = sum;
-        block_inclusive_scan(&mut scan, unit);
-        let through = scan[unit];
-        let before = through - sum;
+        let before = units_before(sum, &mut scan, unit);
+        let through = before + sum;
         if need > 0u32 && before < need && need <= through {
             let mut seen = before;
             let mut t = start;
@@ -207,10 +201,8 @@ pub(crate) fn global_tie_find(
             }
             j += 1;
         }
-        scan[unit] = ties;
-        block_inclusive_scan(&mut scan, unit);
-        let through = scan[unit];
-        let before = through - ties;
+        let before = units_before(ties, &mut scan, unit);
+        let through = before + ties;
         if want > 0u32 && before < want && want <= through {
             let mut seen = before;
             let mut j = first;

@@ -14,6 +14,12 @@ pub(crate) const CUBE: u32 = 256;
 pub(crate) const RADIX_BITS: u32 = 8;
 /// Key that no score exceeds: the rule "key > threshold" then keeps nothing.
 pub(crate) const NO_KEY: u32 = u32::MAX;
+/// Copies of every bin of a shared-memory histogram. Unit `u` adds to copy `u % HIST_COPIES`,
+/// so units of one plane that see the same digit (the common case in the first pass, where
+/// most scores share their sign and top exponent bits) rarely contend for one address.
+pub(crate) const HIST_COPIES: u32 = 8;
+/// Shared-memory words of a histogram with its copies.
+pub(crate) const HIST_WORDS: u32 = CUBE * HIST_COPIES;
 
 /// The device twin of [`score_key`], from the raw bits of a score.
 #[cube]
@@ -51,24 +57,63 @@ pub(crate) fn block_inclusive_scan(values: &mut SharedMemory<u32>, unit: usize) 
     }
 }
 
-/// One radix pass's choice: in a 256-bin histogram of the candidates' current digit, finds the
-/// digit holding the `remaining`-th largest candidate. Writes `(digit, candidates above it)`
-/// to `state[0..2]` and that digit's count to `state[2]` (all left unchanged when `remaining`
-/// is 0). Every unit must call it.
+/// Where the run of unit `unit` starts when a cube splits `0..n` into contiguous runs of
+/// equal length (the last ones shorter or empty); the run ends where unit `unit + 1`'s starts.
+/// Runs in unit order are in index order, which ordered prefix sums rely on.
+#[cube]
+pub(crate) fn run_start(n: usize, unit: usize) -> usize {
+    min(unit * n.div_ceil(CUBE as usize), n)
+}
+
+/// An exclusive prefix sum over units: how many of the `count`s of lower units come before
+/// this one's. Every unit must call it; `scan` holds the inclusive sums afterwards.
+#[cube]
+pub(crate) fn units_before(count: u32, scan: &mut SharedMemory<u32>, unit: usize) -> u32 {
+    scan[unit] = count;
+    block_inclusive_scan(scan, unit);
+    scan[unit] - count
+}
+
+/// Zeroes every copy of bin `unit` of a [`HIST_WORDS`]-word histogram; every unit calls it.
+#[cube]
+pub(crate) fn hist_clear(hist: &SharedMemory<Atomic<u32>>, unit: usize) {
+    for c in 0..HIST_COPIES {
+        hist[unit * HIST_COPIES as usize + c as usize].store(0u32);
+    }
+}
+
+/// Counts one candidate with `digit` in the copy that `unit` owns.
+#[cube]
+pub(crate) fn hist_add(hist: &SharedMemory<Atomic<u32>>, digit: u32, unit: usize) {
+    let copy = unit % HIST_COPIES as usize;
+    hist[(digit * HIST_COPIES) as usize + copy].fetch_add(1u32);
+}
+
+/// The count of bin `digit`, over its copies.
+#[cube]
+pub(crate) fn hist_count(hist: &SharedMemory<Atomic<u32>>, digit: usize) -> u32 {
+    let mut sum = 0u32;
+    for c in 0..HIST_COPIES {
+        sum += hist[digit * HIST_COPIES as usize + c as usize].load();
+    }
+    sum
+}
+
+/// One radix pass's choice: given, in unit `u`, the number of candidates whose current digit
+/// is `255 - u`, finds the digit holding the `remaining`-th largest candidate. Writes `(digit,
+/// candidates above it)` to `state[0..2]` and that digit's count to `state[2]` (all left
+/// unchanged when `remaining` is 0). Every unit must call it.
 #[cube]
 pub(crate) fn pick_digit(
-    hist: &SharedMemory<Atomic<u32>>,
+    count: u32,
     scan: &mut SharedMemory<u32>,
     state: &mut SharedMemory<u32>,
     remaining: u32,
     unit: usize,
 ) {
     // Unit u holds digit 255 - u, so the prefix sum counts candidates with a digit >= it.
-    let count = hist[255 - unit].load();
-    scan[unit] = count;
-    block_inclusive_scan(scan, unit);
-    let through = scan[unit];
-    let above = through - count;
+    let above = units_before(count, scan, unit);
+    let through = above + count;
     if above < remaining && remaining <= through {
         state[0] = 255u32 - unit as u32;
         state[1] = above;

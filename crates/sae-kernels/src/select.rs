@@ -14,8 +14,8 @@
 use cubecl::prelude::*;
 
 use crate::key::{
-    CUBE, NO_KEY, RADIX_BITS, block_inclusive_scan, cube_index, is_nan_bits, key_of_bits,
-    pick_digit,
+    CUBE, HIST_WORDS, NO_KEY, RADIX_BITS, cube_index, hist_add, hist_clear, hist_count,
+    is_nan_bits, key_of_bits, pick_digit, run_start, units_before,
 };
 
 /// Finds every group's threshold key and tie limit.
@@ -51,7 +51,7 @@ pub(crate) fn select_groups(
             k = ks[g];
         }
 
-        let hist = SharedMemory::<Atomic<u32>>::new(CUBE as usize);
+        let hist = SharedMemory::<Atomic<u32>>::new(HIST_WORDS as usize);
         let mut scan = SharedMemory::<u32>::new(CUBE as usize);
         let mut state = SharedMemory::<u32>::new(3usize);
 
@@ -65,7 +65,7 @@ pub(crate) fn select_groups(
             // `settled` comes from shared memory after a barrier: the branch is uniform.
             if !settled {
                 let shift = 24u32 - RADIX_BITS * pass;
-                hist[unit].store(0u32);
+                hist_clear(&hist, unit);
                 if unit == 0 {
                     state[0] = 0u32;
                     state[1] = 0u32;
@@ -81,12 +81,13 @@ pub(crate) fn select_groups(
                     }
                     let key = key_of_bits(bits);
                     if (key & hi_mask) == prefix {
-                        hist[((key >> shift) & 255u32) as usize].fetch_add(1u32);
+                        hist_add(&hist, (key >> shift) & 255u32, unit);
                     }
                     j += CUBE as usize;
                 }
                 sync_cube();
-                pick_digit(&hist, &mut scan, &mut state, remaining, unit);
+                let count = hist_count(&hist, 255 - unit);
+                pick_digit(count, &mut scan, &mut state, remaining, unit);
                 prefix |= state[0] << shift;
                 remaining -= state[1];
                 hi_mask |= 255u32 << shift;
@@ -98,9 +99,7 @@ pub(crate) fn select_groups(
         if !settled {
             // Only some ties at the full key `prefix` are kept. Where is the `remaining`-th?
             // Units scan contiguous runs, so run order is position order.
-            let per = n.div_ceil(CUBE as usize);
-            let start = min(unit * per, n);
-            let end = min(start + per, n);
+            let (start, end) = (run_start(n, unit), run_start(n, unit + 1));
             let mut ties = 0u32;
             let mut j = start;
             while j < end {
@@ -110,10 +109,8 @@ pub(crate) fn select_groups(
                 }
                 j += 1;
             }
-            scan[unit] = ties;
-            block_inclusive_scan(&mut scan, unit);
-            let through = scan[unit];
-            let before = through - ties;
+            let before = units_before(ties, &mut scan, unit);
+            let through = before + ties;
             if before < remaining && remaining <= through {
                 let mut seen = before;
                 let mut j = start;
