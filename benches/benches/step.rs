@@ -138,12 +138,15 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
         });
         timed(c, "select_k", rule.burn(), || {
             let (v, i) = match rule {
-                SelectRule::Row => scores.clone().topk_with_indices(k, 1),
+                SelectRule::Row => burn_top(scores.clone(), k, 1, on_host),
+                // burn's device top-k unrolls `k` at compile time (cubek-reduce), so for k N
+                // of the flattened matrix its only route is `topk_with_indices`, a full sort
+                // (on the host, for burn 0.21's cubecl backends).
                 SelectRule::Global => scores
                     .clone()
                     .reshape([1, n * f])
                     .topk_with_indices(k * n, 1),
-                SelectRule::Column => scores.clone().topk_with_indices((k * n / f).max(1), 0),
+                SelectRule::Column => burn_top(scores.clone(), (k * n / f).max(1), 0, on_host),
             };
             Inner::sync(&device).unwrap();
             black_box((v, i));
@@ -151,14 +154,33 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
     }
 }
 
+/// burn's top-`k` along `dim` with its indices. On cubecl backends (`on_host` false) that is
+/// `argtopk`, a device reduction, and a gather of the values; `topk_with_indices` would sort
+/// the whole tensor, on the host. CPU backends sort (`topk_with_indices`): Flex has no
+/// `argtopk`.
+fn burn_top<B: Backend>(
+    scores: Tensor<B, 2>,
+    k: usize,
+    dim: usize,
+    on_host: bool,
+) -> (Tensor<B, 2>, Tensor<B, 2, burn::tensor::Int>) {
+    if on_host {
+        return scores.topk_with_indices(k, dim);
+    }
+    let indices = scores.clone().argtopk(k, dim);
+    (scores.gather(dim, indices.clone()), indices)
+}
+
 /// The selection rules compared with burn's `topk`.
 #[derive(Debug, Clone, Copy)]
 enum SelectRule {
-    /// TopK: each row's `k` largest; burn: `topk` along the features.
+    /// TopK: each row's `k` largest; burn: top-k along the features ([`burn_top`]).
     Row,
-    /// Mutual Choice: the `k N` largest of the matrix; burn: `topk` of the flattened matrix.
+    /// Mutual Choice: the `k N` largest of the matrix; burn: `topk_with_indices` of the
+    /// flattened matrix.
     Global,
-    /// Feature Choice, uniform: each column's `k N / F` largest; burn: `topk` along the tokens.
+    /// Feature Choice, uniform: each column's `k N / F` largest; burn: top-k along the tokens
+    /// ([`burn_top`]).
     Column,
 }
 
@@ -214,7 +236,8 @@ fn step_variants(k: usize) -> Vec<(&'static str, Box<dyn Sparsifier>, StepPath)>
 
 fn print_summary(Shape { n, d, f, k }: Shape, backend: &str) {
     let times = TIMES.lock().unwrap();
-    let med = |id: &str| median(&times[id]);
+    // NaN for a bench that a criterion filter left out.
+    let med = |id: &str| times.get(id).map_or(f64::NAN, |t| median(t));
     let gemm = med("gemm_encoder");
     println!("\nshape N={n} d={d} F={f} k={k}, backend {backend}");
     println!("{:<26} {:>10} {:>8}", "bench", "median s", "ratio");

@@ -7,8 +7,8 @@
 //! - `release`: metadata and changelog checks and a dry-run packaging, never a publish;
 //! - `gpu-bundle [--cuda-version V]`: the CUDA tests and benches as stripped binaries in
 //!   `gpu-bundle/`, for a GPU machine without a Rust toolchain;
-//! - `gpu-run --out DIR [--bundle DIR] [--no-bench] [--peak-gbs X]`: runs them there and
-//!   writes `DIR/gpu-report.md`.
+//! - `gpu-run --out DIR [--bundle DIR] [--no-bench] [--peak-gbs X] [--budget S]`: runs them
+//!   there and writes `DIR/gpu-report.md`.
 
 mod bench;
 mod ci;
@@ -35,9 +35,10 @@ commands:
   release                              check crate metadata and CHANGELOG, dry-run packaging
   gpu-bundle [--cuda-version V]        build the CUDA tests and benches into gpu-bundle/
                                        (V: CUDARC_CUDA_VERSION, default 13000)
-  gpu-run --out DIR [--bundle DIR] [--no-bench] [--peak-gbs X]
+  gpu-run --out DIR [--bundle DIR] [--no-bench] [--peak-gbs X] [--budget S]
                                        on a GPU machine: run the bundle's CUDA tests and
-                                       benches, write DIR/gpu-report.{md,json}
+                                       benches within S seconds (default 540), write
+                                       DIR/gpu-report.{md,json}
 ";
 
 fn main() -> Result<()> {
@@ -110,6 +111,12 @@ fn main() -> Result<()> {
                     .map(|v| v.parse())
                     .transpose()
                     .context("--peak-gbs must be a number")?,
+                budget_s: args
+                    .value("--budget")?
+                    .map(|v| v.parse())
+                    .transpose()
+                    .context("--budget must be a number of seconds")?
+                    .unwrap_or(540),
             };
             args.finish()?;
             gpu::run(&options)
