@@ -25,6 +25,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::bench::{self, Bench, format_time};
+use crate::ncu;
 use crate::shell::{cargo, describe, root, step};
 
 /// Where `gpu-bundle` writes, relative to the workspace root (ignored by git).
@@ -52,6 +53,8 @@ pub struct RunOptions {
     pub peak_gbs: Option<f64>,
     /// Seconds for all the binaries together; one still running then is stopped.
     pub budget_s: u64,
+    /// Skip the Nsight Compute profile of the kernels.
+    pub no_ncu: bool,
 }
 
 /// What a bundle holds.
@@ -486,12 +489,38 @@ pub fn run(options: &RunOptions) -> Result<()> {
     } else {
         Vec::new()
     };
-    let report = report(&manifest, &device, &runs, &outcomes, &benches);
+    let kernels_bench = manifest
+        .binaries
+        .iter()
+        .find(|b| b.kind == "bench" && b.package == "sae-kernels");
+    let mut kernels = Vec::new();
+    if let (false, false, Some(binary), Some(ncu)) =
+        (options.no_bench, options.no_ncu, kernels_bench, ncu::find())
+    {
+        let exe = work.join(binary.file.trim_end_matches(".xz"));
+        let csv = out.join("ncu.csv");
+        let mut cmd = Command::new(ncu);
+        cmd.args(ncu::args(&csv))
+            .arg(&exe)
+            .env("CRITERION_HOME", work.join("criterion-ncu"))
+            .env("SAE_BENCH_SHAPES", "full");
+        cuda_environment(&mut cmd);
+        let started = Instant::now();
+        let status = run_logged("ncu kernels", &mut cmd, &bench_log, deadline)?.1;
+        runs.push(RunRecord {
+            binary: "ncu sae-kernels/kernels".into(),
+            kind: "profile".into(),
+            seconds: started.elapsed().as_secs_f64(),
+            status,
+        });
+        kernels = ncu::parse(&std::fs::read_to_string(&csv).unwrap_or_default());
+    }
+    let report = report(&manifest, &device, &runs, &outcomes, &benches) + &ncu::markdown(&kernels);
     let report_path = out.join("gpu-report.md");
     std::fs::write(&report_path, &report).with_context(|| report_path.display().to_string())?;
     let json = serde_json::json!({
         "device": device, "commit": manifest.commit, "runs": runs, "tests": outcomes,
-        "benchmarks": benches,
+        "benchmarks": benches, "kernels": kernels,
     });
     let json_path = out.join("gpu-report.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")

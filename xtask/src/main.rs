@@ -7,13 +7,15 @@
 //! - `release`: metadata and changelog checks and a dry-run packaging, never a publish;
 //! - `gpu-bundle [--cuda-version V]`: the CUDA tests and benches as stripped binaries in
 //!   `gpu-bundle/`, for a GPU machine without a Rust toolchain;
-//! - `gpu-run --out DIR [--bundle DIR] [--no-bench] [--peak-gbs X] [--budget S]`: runs them
-//!   there and writes `DIR/gpu-report.md`.
+//! - `gpu-run --out DIR [--bundle DIR] [--no-bench] [--no-ncu] [--peak-gbs X] [--budget S]`:
+//!   runs them there (and profiles the kernels with Nsight Compute where `ncu` is found) and
+//!   writes `DIR/gpu-report.md`.
 
 mod bench;
 mod ci;
 mod flags;
 mod gpu;
+mod ncu;
 mod release;
 mod repro;
 mod shell;
@@ -35,10 +37,10 @@ commands:
   release                              check crate metadata and CHANGELOG, dry-run packaging
   gpu-bundle [--cuda-version V]        build the CUDA tests and benches into gpu-bundle/
                                        (V: CUDARC_CUDA_VERSION, default 13000)
-  gpu-run --out DIR [--bundle DIR] [--no-bench] [--peak-gbs X] [--budget S]
+  gpu-run --out DIR [--bundle DIR] [--no-bench] [--no-ncu] [--peak-gbs X] [--budget S]
                                        on a GPU machine: run the bundle's CUDA tests and
-                                       benches within S seconds (default 540), write
-                                       DIR/gpu-report.{md,json}
+                                       benches, and profile the kernels with ncu, within S
+                                       seconds (default 540); write DIR/gpu-report.{md,json}
 ";
 
 fn main() -> Result<()> {
@@ -117,6 +119,7 @@ fn main() -> Result<()> {
                     .transpose()
                     .context("--budget must be a number of seconds")?
                     .unwrap_or(540),
+                no_ncu: args.switch("--no-ncu"),
             };
             args.finish()?;
             gpu::run(&options)
