@@ -503,7 +503,8 @@ pub fn run(options: &RunOptions) -> Result<()> {
         cmd.args(ncu::args(&csv))
             .arg(&exe)
             .env("CRITERION_HOME", work.join("criterion-ncu"))
-            .env("SAE_BENCH_SHAPES", "full");
+            .env("SAE_BENCH_SHAPES", "full")
+            .env("SAE_BENCH_BACKEND", "cuda");
         cuda_environment(&mut cmd);
         let started = Instant::now();
         let status = run_logged("ncu kernels", &mut cmd, &bench_log, deadline)?.1;

@@ -3,6 +3,8 @@
 //!
 //! Shapes: `SAE_BENCH_SHAPES=full` runs the paper-scale N=4096 / N=16384 x F=16384, k=32;
 //! the default is a small set that finishes on a CPU-emulated device (Mesa lavapipe).
+//! Runtimes: every one compiled in and present, or only the one `SAE_BENCH_BACKEND` names
+//! (`wgpu`, `cuda`).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -105,14 +107,22 @@ fn bench_runtime<R: Runtime>(c: &mut Criterion, client: &ComputeClient<R>, name:
     group.finish();
 }
 
+/// Whether to bench runtime `name`: `SAE_BENCH_BACKEND` (as in the workspace benches) picks
+/// one; unset, every runtime compiled in and present runs.
+fn wanted(name: &str) -> bool {
+    std::env::var("SAE_BENCH_BACKEND").map_or(true, |b| b == name)
+}
+
 fn benches(c: &mut Criterion) {
-    let wgpu = std::panic::catch_unwind(|| WgpuRuntime::client(&WgpuDevice::default()));
-    match wgpu {
-        Ok(client) => bench_runtime(c, &client, "wgpu"),
-        Err(_) => eprintln!("skipped: no wgpu adapter"),
+    if wanted("wgpu") {
+        let wgpu = std::panic::catch_unwind(|| WgpuRuntime::client(&WgpuDevice::default()));
+        match wgpu {
+            Ok(client) => bench_runtime(c, &client, "wgpu"),
+            Err(_) => eprintln!("skipped: no wgpu adapter"),
+        }
     }
     #[cfg(feature = "cuda")]
-    {
+    if wanted("cuda") {
         use cubecl::cuda::{CudaDevice, CudaRuntime};
         match std::panic::catch_unwind(|| CudaRuntime::client(&CudaDevice::default())) {
             Ok(client) => bench_runtime(c, &client, "cuda"),
