@@ -419,6 +419,55 @@ fn run_logged(
     Ok((text, status))
 }
 
+fn read_manifest(bundle: &Path) -> Result<Manifest> {
+    let path = bundle.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid manifest", path.display()))
+}
+
+/// What a `gpu-run` does and records: its logs, the time left, and how each run ended.
+struct Session {
+    work: PathBuf,
+    tests_log: PathBuf,
+    bench_log: PathBuf,
+    deadline: Instant,
+    runs: Vec<RunRecord>,
+}
+
+impl Session {
+    /// Runs `cmd` as `name` within the deadline, recording how it ended.
+    fn run(&mut self, name: &str, kind: &str, cmd: &mut Command) -> Result<(String, RunStatus)> {
+        cuda_environment(cmd);
+        let log = if kind == "test" {
+            &self.tests_log
+        } else {
+            &self.bench_log
+        };
+        let started = Instant::now();
+        let (text, status) = run_logged(name, cmd, log, self.deadline)?;
+        self.runs.push(RunRecord {
+            binary: name.to_string(),
+            kind: kind.to_string(),
+            seconds: started.elapsed().as_secs_f64(),
+            status,
+        });
+        Ok((text, status))
+    }
+
+    /// A bench binary on CUDA at the full shapes, its criterion results under `home`.
+    fn bench_command(&self, exe: &Path, home: &str) -> Command {
+        let mut cmd = Command::new(exe);
+        cmd.env("CRITERION_HOME", self.work.join(home))
+            .env("SAE_BENCH_SHAPES", "full")
+            .env("SAE_BENCH_BACKEND", "cuda");
+        cmd
+    }
+
+    fn exe(&self, binary: &Binary) -> PathBuf {
+        self.work.join(binary.file.trim_end_matches(".xz"))
+    }
+}
+
 pub fn run(options: &RunOptions) -> Result<()> {
     let bundle = match &options.bundle {
         Some(dir) => dir.clone(),
@@ -427,25 +476,21 @@ pub fn run(options: &RunOptions) -> Result<()> {
             .context("the xtask executable has no directory")?
             .to_path_buf(),
     };
-    let manifest_path = bundle.join(MANIFEST);
-    let manifest: Manifest = serde_json::from_str(
-        &std::fs::read_to_string(&manifest_path)
-            .with_context(|| manifest_path.display().to_string())?,
-    )
-    .with_context(|| format!("{}: invalid manifest", manifest_path.display()))?;
+    let manifest = read_manifest(&bundle)?;
     let out = &options.out;
     std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
     let device = query_device(options.peak_gbs)?;
     eprintln!("device: {device:?}");
-
     let work = std::env::temp_dir().join("sae-gpu-run");
     std::fs::create_dir_all(&work).with_context(|| work.display().to_string())?;
-    let tests_log = out.join("tests.log");
-    let bench_log = out.join("bench.log");
-    let mut outcomes = Vec::new();
-    let mut runs = Vec::new();
-    let criterion = work.join("criterion");
-    let deadline = Instant::now() + Duration::from_secs(options.budget_s);
+    let mut session = Session {
+        work,
+        tests_log: out.join("tests.log"),
+        bench_log: out.join("bench.log"),
+        deadline: Instant::now() + Duration::from_secs(options.budget_s),
+        runs: Vec::new(),
+    };
+
     // Tests first: a bench on a device that fails its tests measures nothing worth keeping.
     // Then the kernels' own bench, the one the bandwidth figures come from.
     let tests = manifest.binaries.iter().filter(|b| b.kind == "test");
@@ -455,40 +500,32 @@ pub fn run(options: &RunOptions) -> Result<()> {
         .filter(|b| b.kind == "bench" && !options.no_bench)
         .collect();
     benches.sort_by_key(|b| b.package != "sae-kernels");
+    let mut outcomes = Vec::new();
     for binary in tests.chain(benches) {
-        let exe = work.join(binary.file.trim_end_matches(".xz"));
+        let exe = session.exe(binary);
         unpack(&bundle.join(&binary.file), &exe)?;
         let name = format!("{}/{}", binary.package, binary.target);
-        let mut cmd = Command::new(&exe);
-        cuda_environment(&mut cmd);
-        let started = Instant::now();
-        let status = if binary.kind == "test" {
+        if binary.kind == "test" {
             // Only the CUDA cases (their modules and functions are named `cuda`).
+            let mut cmd = Command::new(&exe);
             cmd.arg("cuda").env("SAE_REQUIRE_CUDA", "1");
-            let (text, status) = run_logged(&name, &mut cmd, &tests_log, deadline)?;
+            let (text, status) = session.run(&name, "test", &mut cmd)?;
             outcomes.push(parse_test_results(&name, &text, status == RunStatus::Ok));
-            status
         } else {
             // Criterion keeps every finished benchmark, so a bench stopped at the deadline or
             // failing late still reports what it measured.
-            cmd.arg("--bench")
-                .env("CRITERION_HOME", &criterion)
-                .env("SAE_BENCH_SHAPES", "full")
-                .env("SAE_BENCH_BACKEND", "cuda");
-            run_logged(&name, &mut cmd, &bench_log, deadline)?.1
-        };
-        runs.push(RunRecord {
-            binary: name,
-            kind: binary.kind.clone(),
-            seconds: started.elapsed().as_secs_f64(),
-            status,
-        });
+            let mut cmd = session.bench_command(&exe, "criterion");
+            session.run(&name, "bench", cmd.arg("--bench"))?;
+        }
     }
+    let criterion = session.work.join("criterion");
     let benches = if criterion.is_dir() {
         bench::read_criterion(&criterion)?
     } else {
         Vec::new()
     };
+
+    // One pass of the kernels bench (criterion's test mode) under Nsight Compute.
     let kernels_bench = manifest
         .binaries
         .iter()
@@ -497,26 +534,15 @@ pub fn run(options: &RunOptions) -> Result<()> {
     if let (false, false, Some(binary), Some(ncu)) =
         (options.no_bench, options.no_ncu, kernels_bench, ncu::find())
     {
-        let exe = work.join(binary.file.trim_end_matches(".xz"));
         let csv = out.join("ncu.csv");
-        let mut cmd = Command::new(ncu);
-        cmd.args(ncu::args(&csv))
-            .arg(&exe)
-            .env("CRITERION_HOME", work.join("criterion-ncu"))
-            .env("SAE_BENCH_SHAPES", "full")
-            .env("SAE_BENCH_BACKEND", "cuda");
-        cuda_environment(&mut cmd);
-        let started = Instant::now();
-        let status = run_logged("ncu kernels", &mut cmd, &bench_log, deadline)?.1;
-        runs.push(RunRecord {
-            binary: "ncu sae-kernels/kernels".into(),
-            kind: "profile".into(),
-            seconds: started.elapsed().as_secs_f64(),
-            status,
-        });
+        let mut cmd = session.bench_command(&ncu, "criterion-ncu");
+        cmd.args(ncu::args(&csv)).arg(session.exe(binary));
+        session.run("ncu sae-kernels/kernels", "profile", &mut cmd)?;
         kernels = ncu::parse(&std::fs::read_to_string(&csv).unwrap_or_default());
     }
-    let report = report(&manifest, &device, &runs, &outcomes, &benches) + &ncu::markdown(&kernels);
+
+    let runs = &session.runs;
+    let report = report(&manifest, &device, runs, &outcomes, &benches) + &ncu::markdown(&kernels);
     let report_path = out.join("gpu-report.md");
     std::fs::write(&report_path, &report).with_context(|| report_path.display().to_string())?;
     let json = serde_json::json!({

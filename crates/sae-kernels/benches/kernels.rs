@@ -4,7 +4,7 @@
 //! Shapes: `SAE_BENCH_SHAPES=full` runs the paper-scale N=4096 / N=16384 x F=16384, k=32;
 //! the default is a small set that finishes on a CPU-emulated device (Mesa lavapipe).
 //! Runtimes: every one compiled in and present, or only the one `SAE_BENCH_BACKEND` names
-//! (`wgpu`, `cuda`).
+//! (`wgpu`, `cuda`; the CPU backends it may name for the workspace benches select all).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -108,9 +108,12 @@ fn bench_runtime<R: Runtime>(c: &mut Criterion, client: &ComputeClient<R>, name:
 }
 
 /// Whether to bench runtime `name`: `SAE_BENCH_BACKEND` (as in the workspace benches) picks
-/// one; unset, every runtime compiled in and present runs.
+/// `wgpu` or `cuda`; unset or naming a CPU backend, every runtime compiled in and present runs.
 fn wanted(name: &str) -> bool {
-    std::env::var("SAE_BENCH_BACKEND").map_or(true, |b| b == name)
+    match std::env::var("SAE_BENCH_BACKEND").as_deref() {
+        Ok(runtime @ ("wgpu" | "cuda")) => runtime == name,
+        _ => true,
+    }
 }
 
 fn benches(c: &mut Criterion) {
