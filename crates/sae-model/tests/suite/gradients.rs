@@ -10,8 +10,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use common::{assert_close, host, params, random, tensor};
 use sae_model::sae_alloc::ScoreMatrix;
 use sae_model::{
-    Activation, FeatureChoice, FeatureStats, LossSpec, MutualChoice, ReconLoss, Sae, Sparsifier,
-    StatsConfig, StepPath, TopK, aux_selection, loss_and_grads, sae::host_vec,
+    Activation, FeatureChoice, FeatureStats, LossSpec, MutualChoice, ReconLoss, Sae, SaeParams,
+    Sparsifier, StatsConfig, StepPath, TopK, aux_selection, loss_and_grads, sae::host_vec,
 };
 
 const N: usize = 24;
@@ -271,28 +271,23 @@ fn dense_oracle_matches_finite_differences() {
     let g_w_dec = host(base.grads.w_dec);
     let g_b_dec = host(base.grads.b_dec);
     let h = 1e-3f32;
-    for idx in [0usize, 5, 17, 40] {
-        let (mut plus, mut minus) = (p.clone(), p.clone());
-        plus.w_dec[idx] += h;
-        minus.w_dec[idx] -= h;
-        let fd = (loss_of(&plus).loss - loss_of(&minus).loss) / (2.0 * h);
-        assert!(
-            (fd - g_w_dec[idx]).abs() < 1e-3,
-            "w_dec[{idx}]: fd {fd} vs {}",
-            g_w_dec[idx]
-        );
-    }
-    for idx in [0usize, 3] {
-        let (mut plus, mut minus) = (p.clone(), p.clone());
-        plus.b_dec[idx] += h;
-        minus.b_dec[idx] -= h;
-        let fd = (loss_of(&plus).loss - loss_of(&minus).loss) / (2.0 * h);
-        assert!(
-            (fd - g_b_dec[idx]).abs() < 1e-3,
-            "b_dec[{idx}]: fd {fd} vs {}",
-            g_b_dec[idx]
-        );
-    }
+    // Central differences of the loss in one parameter entry against its gradient.
+    let check =
+        |name: &str, field: fn(&mut SaeParams) -> &mut Vec<f32>, grad: &[f32], at: &[usize]| {
+            for &idx in at {
+                let (mut plus, mut minus) = (p.clone(), p.clone());
+                field(&mut plus)[idx] += h;
+                field(&mut minus)[idx] -= h;
+                let fd = (loss_of(&plus).loss - loss_of(&minus).loss) / (2.0 * h);
+                assert!(
+                    (fd - grad[idx]).abs() < 1e-3,
+                    "{name}[{idx}]: fd {fd} vs {}",
+                    grad[idx]
+                );
+            }
+        };
+    check("w_dec", |p| &mut p.w_dec, &g_w_dec, &[0, 5, 17, 40]);
+    check("b_dec", |p| &mut p.b_dec, &g_b_dec, &[0, 3]);
 }
 
 /// The fused path over several token and feature blocks, with auxiliary pairs: equal to the
