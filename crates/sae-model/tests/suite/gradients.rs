@@ -151,57 +151,41 @@ where
         let seed = 100 + i as u64;
         let p = params(D, F, seed);
         let x = random(N * D, seed + 1);
-        let run = |path| {
-            let sae = Sae::<U>::from_params(&p, &device).unwrap();
-            let xt = tensor::<U>(x.clone(), N, D, &device);
-            let z = host_vec(sae.affinities(xt.clone()));
-            let sel = sparsifier
-                .select(&ScoreMatrix::new(&z, N, F).unwrap(), &warm_stats(7))
-                .unwrap();
-            let spec = LossSpec {
-                selection: &sel,
-                aux_selection: None,
-                activation: sparsifier.activation(),
-                recon_loss: ReconLoss::Fvu,
-                aux_coef: 0.0,
-                path,
-            };
-            let oracle = loss_and_grads::<Autodiff<U>>(&sae.tensors(), xt, &spec).unwrap();
-            let fused = Sae::<Fz>::from_params(&p, &device).unwrap();
-            let xt = tensor::<Fz>(x.clone(), N, D, &device);
-            let got = loss_and_grads::<Autodiff<Fz>>(
-                &fused.tensors(),
-                xt,
-                &LossSpec {
-                    path: StepPath::Sparse,
-                    ..spec
-                },
-            )
+        let sae = Sae::<U>::from_params(&p, &device).unwrap();
+        let xt = tensor::<U>(x.clone(), N, D, &device);
+        let z = host_vec(sae.affinities(xt.clone()));
+        let sel = sparsifier
+            .select(&ScoreMatrix::new(&z, N, F).unwrap(), &warm_stats(7))
             .unwrap();
-            (oracle, got)
+        let spec = LossSpec {
+            selection: &sel,
+            aux_selection: None,
+            activation: sparsifier.activation(),
+            recon_loss: ReconLoss::Fvu,
+            aux_coef: 0.0,
+            path: StepPath::Dense,
         };
-        let (oracle, got) = run(StepPath::Dense);
+        let oracle = loss_and_grads::<Autodiff<U>>(&sae.tensors(), xt, &spec).unwrap();
+        let fused = Sae::<Fz>::from_params(&p, &device).unwrap();
+        let got = loss_and_grads::<Autodiff<Fz>>(
+            &fused.tensors(),
+            tensor::<Fz>(x, N, D, &device),
+            &LossSpec {
+                path: StepPath::Sparse,
+                ..spec
+            },
+        )
+        .unwrap();
         let what = format!("{} on fused {name}", sparsifier.name());
         assert_close(&format!("{what} loss"), &[got.loss], &[oracle.loss], TOL);
         let (g, o) = (got.grads, oracle.grads);
-        assert_close(
-            &format!("{what} w_enc"),
-            &host(g.w_enc),
-            &host(o.w_enc),
-            TOL,
-        );
-        assert_close(
-            &format!("{what} w_dec"),
-            &host(g.w_dec),
-            &host(o.w_dec),
-            TOL,
-        );
-        assert_close(
-            &format!("{what} b_dec"),
-            &host(g.b_dec),
-            &host(o.b_dec),
-            TOL,
-        );
+        for (param, got, want) in [
+            ("w_enc", host(g.w_enc), host(o.w_enc)),
+            ("w_dec", host(g.w_dec), host(o.w_dec)),
+            ("b_dec", host(g.b_dec), host(o.b_dec)),
+        ] {
+            assert_close(&format!("{what} {param}"), &got, &want, TOL);
+        }
     }
 }
 
