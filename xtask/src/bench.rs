@@ -405,7 +405,7 @@ fn run_benches(options: &Options, backend: &str) -> Result<()> {
     }
     if backend == "cuda" {
         // The CUDA runtime of the kernels and burn's CUDA backend are behind features.
-        cmd.args(["--features", "sae-benches/cuda,sae-kernels/cuda"]);
+        cmd.args(["--features", crate::gpu::CUDA_FEATURES]);
     }
     if options.quick {
         cmd.args([

@@ -31,7 +31,9 @@ use crate::shell::{cargo, describe, root, step};
 /// Where `gpu-bundle` writes, relative to the workspace root (ignored by git).
 pub const BUNDLE_DIR: &str = "gpu-bundle";
 const MANIFEST: &str = "manifest.json";
-const CUDA_FEATURES: &str = "sae-kernels/cuda,sae-model/cuda,sae-benches/cuda";
+/// The features that put the CUDA runtime into the kernels' and the model's tests and into
+/// the benches (`cargo xtask bench --backend cuda` uses them too).
+pub const CUDA_FEATURES: &str = "sae-kernels/cuda,sae-model/cuda,sae-benches/cuda";
 
 /// `gpu-bundle` options.
 #[derive(Debug)]
@@ -629,10 +631,29 @@ pub fn report(
             if o.exit_ok { "ok" } else { "FAILED" }
         );
     }
-    let kernels: Vec<&Bench> = benches
+    md += &kernels_section(benches, peak);
+    md += &select_section(benches);
+    md += &steps_section(benches);
+    md
+}
+
+/// The benches of `group` that are not baselines (`with_baselines` false) or all of them.
+fn in_group<'a>(benches: &'a [Bench], group: &str, with_baselines: bool) -> Vec<&'a Bench> {
+    benches
         .iter()
-        .filter(|b| b.group == "select/cuda")
-        .collect();
+        .filter(|b| b.group == group && (with_baselines || !bench::is_baseline(&b.function)))
+        .collect()
+}
+
+/// A ratio as the report prints it, `—` when there is none.
+fn times(ratio: Option<f64>, digits: usize) -> String {
+    ratio.map_or("—".into(), |r| format!("{r:.digits$}×"))
+}
+
+/// Every kernel's bytes/s against the nominal bandwidth `peak` and its time against the copy.
+fn kernels_section(benches: &[Bench], peak: Option<f64>) -> String {
+    let mut md = String::new();
+    let kernels = in_group(benches, "select/cuda", true);
     if !kernels.is_empty() {
         md.push_str(
             "\n## Kernels\n\nBytes/s count one read of the f32 score matrix per rule (read and \
@@ -654,14 +675,17 @@ pub fn report(
                     (Some(r), Some(p)) => format!("{:.0}%", 100.0 * r / p),
                     _ => "—".into(),
                 },
-                b.ratio.map_or("—".into(), |r| format!("{r:.2}×")),
+                times(b.ratio, 2),
             );
         }
     }
-    let select: Vec<&Bench> = benches
-        .iter()
-        .filter(|b| b.group == "select_k" && !bench::is_baseline(&b.function))
-        .collect();
+    md
+}
+
+/// Every rule against burn's top-k on the same input.
+fn select_section(benches: &[Bench]) -> String {
+    let mut md = String::new();
+    let select = in_group(benches, "select_k", false);
     if !select.is_empty() {
         md.push_str(
             "\n## Against burn's top-k (same affinities, burn's CUDA backend)\n\n\
@@ -682,11 +706,17 @@ pub fn report(
                 b.function,
                 format_time(b.mean_ns),
                 base.map_or("—".into(), |o| format_time(o.mean_ns)),
-                b.ratio.map_or("—".into(), |r| format!("{:.1}×", 1.0 / r)),
+                times(b.ratio.map(|r| 1.0 / r), 1),
             );
         }
     }
-    let steps: Vec<&Bench> = benches.iter().filter(|b| b.group == "train_step").collect();
+    md
+}
+
+/// The training step against the encoder GEMM.
+fn steps_section(benches: &[Bench]) -> String {
+    let mut md = String::new();
+    let steps = in_group(benches, "train_step", true);
     if !steps.is_empty() {
         md.push_str("\n## Training step\n\n| bench | time | / encoder GEMM |\n|---|---:|---:|\n");
         for b in steps {
@@ -695,7 +725,7 @@ pub fn report(
                 "| {} | {} | {} |",
                 b.function,
                 format_time(b.mean_ns),
-                b.ratio.map_or("—".into(), |r| format!("{r:.2}×")),
+                times(b.ratio, 2),
             );
         }
     }

@@ -26,7 +26,7 @@ pub const LAUNCH_COUNT: u32 = 300;
 pub fn find() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    dirs.push("/usr/local/cuda/bin".into());
+    // Subfolders of these: a versioned Nsight Compute folder, the toolkit's `bin`.
     for parent in ["/opt/nvidia/nsight-compute", "/usr/local/cuda"] {
         if let Ok(entries) = std::fs::read_dir(parent) {
             dirs.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
