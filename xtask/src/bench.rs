@@ -170,7 +170,7 @@ fn collect_new_dirs(dir: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// The first `_`-separated word of a function id, after any baseline prefix.
-fn subject(function: &str) -> &str {
+pub fn subject(function: &str) -> &str {
     let rest = BASELINE_PREFIXES
         .iter()
         .find_map(|p| function.strip_prefix(p))

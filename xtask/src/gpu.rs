@@ -51,6 +51,10 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Skip the benches (tests only).
     pub no_bench: bool,
+    /// Skip the tests (benches only), for a second run on a machine whose tests passed.
+    pub no_tests: bool,
+    /// A criterion filter (regular expression on bench ids) for every bench binary.
+    pub filter: Option<String>,
     /// Nominal memory bandwidth in GB/s, for devices the built-in table does not know.
     pub peak_gbs: Option<f64>,
     /// Seconds for all the binaries together; one still running then is stopped.
@@ -62,7 +66,7 @@ pub struct RunOptions {
 /// What a bundle holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// The commit the binaries were built from.
+    /// The commit the binaries were built from (`-dirty`: with uncommitted changes).
     pub commit: String,
     pub cuda_version: String,
     pub binaries: Vec<Binary>,
@@ -182,9 +186,10 @@ pub fn bundle(options: &BundleOptions) -> Result<()> {
     Ok(())
 }
 
+/// The short commit hash, with `-dirty` when the work tree has uncommitted changes.
 fn git_commit(root: &Path) -> String {
     Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(["describe", "--always", "--dirty", "--abbrev=7"])
         .current_dir(root)
         .output()
         .ok()
@@ -494,54 +499,32 @@ pub fn run(options: &RunOptions) -> Result<()> {
     };
 
     // Tests first: a bench on a device that fails its tests measures nothing worth keeping.
-    // Then the kernels' own bench, the one the bandwidth figures come from.
-    let tests = manifest.binaries.iter().filter(|b| b.kind == "test");
-    let mut benches: Vec<&Binary> = manifest
+    let tests = manifest
         .binaries
         .iter()
-        .filter(|b| b.kind == "bench" && !options.no_bench)
-        .collect();
-    benches.sort_by_key(|b| b.package != "sae-kernels");
+        .filter(|b| b.kind == "test" && !options.no_tests);
     let mut outcomes = Vec::new();
-    for binary in tests.chain(benches) {
+    for binary in tests {
         let exe = session.exe(binary);
         unpack(&bundle.join(&binary.file), &exe)?;
         let name = format!("{}/{}", binary.package, binary.target);
-        if binary.kind == "test" {
-            // Only the CUDA cases (their modules and functions are named `cuda`).
-            let mut cmd = Command::new(&exe);
-            cmd.arg("cuda").env("SAE_REQUIRE_CUDA", "1");
-            let (text, status) = session.run(&name, "test", &mut cmd)?;
-            outcomes.push(parse_test_results(&name, &text, status == RunStatus::Ok));
-        } else {
-            // Criterion keeps every finished benchmark, so a bench stopped at the deadline or
-            // failing late still reports what it measured.
-            let mut cmd = session.bench_command(&exe, "criterion");
-            session.run(&name, "bench", cmd.arg("--bench"))?;
-        }
+        // Only the CUDA cases (their modules and functions are named `cuda`).
+        let mut cmd = Command::new(&exe);
+        cmd.arg("cuda").env("SAE_REQUIRE_CUDA", "1");
+        let (text, status) = session.run(&name, "test", &mut cmd)?;
+        outcomes.push(parse_test_results(&name, &text, status == RunStatus::Ok));
     }
+    let kernels = if options.no_bench {
+        Vec::new()
+    } else {
+        run_benches(&mut session, &bundle, &manifest, options)?
+    };
     let criterion = session.work.join("criterion");
     let benches = if criterion.is_dir() {
         bench::read_criterion(&criterion)?
     } else {
         Vec::new()
     };
-
-    // One pass of the kernels bench (criterion's test mode) under Nsight Compute.
-    let kernels_bench = manifest
-        .binaries
-        .iter()
-        .find(|b| b.kind == "bench" && b.package == "sae-kernels");
-    let mut kernels = Vec::new();
-    if let (false, false, Some(binary), Some(ncu)) =
-        (options.no_bench, options.no_ncu, kernels_bench, ncu::find())
-    {
-        let csv = out.join("ncu.csv");
-        let mut cmd = session.bench_command(&ncu, "criterion-ncu");
-        cmd.args(ncu::args(&csv)).arg(session.exe(binary));
-        session.run("ncu sae-kernels/kernels", "profile", &mut cmd)?;
-        kernels = ncu::parse(&std::fs::read_to_string(&csv).unwrap_or_default());
-    }
 
     let runs = &session.runs;
     let report = report(&manifest, &device, runs, &outcomes, &benches) + &ncu::markdown(&kernels);
@@ -564,6 +547,45 @@ pub fn run(options: &RunOptions) -> Result<()> {
         bail!("CUDA tests failed or did not run: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The kernels' bench (the bandwidth figures), one pass of it under Nsight Compute where
+/// `ncu` exists, then the workspace benches, the longest; returns the kernels `ncu` measured.
+/// Criterion keeps every finished benchmark, so a bench stopped at the deadline or failing
+/// late still reports what it measured.
+fn run_benches(
+    session: &mut Session,
+    bundle: &Path,
+    manifest: &Manifest,
+    options: &RunOptions,
+) -> Result<Vec<ncu::KernelProfile>> {
+    let mut benches: Vec<&Binary> = manifest
+        .binaries
+        .iter()
+        .filter(|b| b.kind == "bench")
+        .collect();
+    benches.sort_by_key(|b| b.package != "sae-kernels");
+    let mut kernels = Vec::new();
+    for binary in benches {
+        let exe = session.exe(binary);
+        unpack(&bundle.join(&binary.file), &exe)?;
+        let name = format!("{}/{}", binary.package, binary.target);
+        let mut cmd = session.bench_command(&exe, "criterion");
+        cmd.arg("--bench").args(&options.filter);
+        session.run(&name, "bench", &mut cmd)?;
+        if binary.package != "sae-kernels" || options.no_ncu {
+            continue;
+        }
+        if let Some(ncu) = ncu::find() {
+            // One pass of the kernels bench (criterion's test mode).
+            let csv = options.out.join("ncu.csv");
+            let mut cmd = session.bench_command(&ncu, "criterion-ncu");
+            cmd.args(ncu::args(&csv)).arg(&exe);
+            session.run("ncu sae-kernels/kernels", "profile", &mut cmd)?;
+            kernels = ncu::parse(&std::fs::read_to_string(&csv).unwrap_or_default());
+        }
+    }
+    Ok(kernels)
 }
 
 /// `rows x cols` of a kernel bench parameter such as `4096x16384_k32`.
@@ -696,17 +718,20 @@ fn select_section(benches: &[Bench]) -> String {
              | rule | ours | burn | burn / ours |\n|---|---:|---:|---:|\n",
         );
         for b in select {
+            // Only burn doing the same rule: a bench whose own burn run did not finish (the
+            // host sort of the global rule is slow) has no ratio rather than another rule's.
             let base = b
                 .baseline
                 .as_ref()
-                .and_then(|id| benches.iter().find(|o| &o.id() == id));
+                .and_then(|id| benches.iter().find(|o| &o.id() == id))
+                .filter(|o| bench::subject(&o.function) == bench::subject(&b.function));
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} |",
                 b.function,
                 format_time(b.mean_ns),
-                base.map_or("—".into(), |o| format_time(o.mean_ns)),
-                times(b.ratio.map(|r| 1.0 / r), 1),
+                base.map_or("not measured".into(), |o| format_time(o.mean_ns)),
+                base.map_or("—".into(), |o| format!("{:.1}×", o.mean_ns / b.mean_ns)),
             );
         }
     }
@@ -812,6 +837,25 @@ mod tests {
         );
         assert!(
             md.contains("| row_topk | 3.000 ms | 30.000 ms | 10.0× |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_rule_without_its_own_burn_run_has_no_ratio() {
+        let mut benches = vec![
+            bench("select_k", "row_topk", None, 1e6),
+            bench("select_k", "burn_topk_row", None, 5e6),
+            bench("select_k", "global_topk", None, 2e6),
+        ];
+        bench::pair_baselines(&mut benches);
+        let md = select_section(&benches);
+        assert!(
+            md.contains("| row_topk | 1.000 ms | 5.000 ms | 5.0× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| global_topk | 2.000 ms | not measured | — |"),
             "{md}"
         );
     }

@@ -7,7 +7,7 @@
 //! - `release`: metadata and changelog checks and a dry-run packaging, never a publish;
 //! - `gpu-bundle [--cuda-version V]`: the CUDA tests and benches as stripped binaries in
 //!   `gpu-bundle/`, for a GPU machine without a Rust toolchain;
-//! - `gpu-run --out DIR [--bundle DIR] [--no-bench] [--no-ncu] [--peak-gbs X] [--budget S]`:
+//! - `gpu-run --out DIR [--bundle DIR] [--no-bench] [--no-tests] [--filter RE] [--no-ncu] [--peak-gbs X] [--budget S]`:
 //!   runs them there (and profiles the kernels with Nsight Compute where `ncu` is found) and
 //!   writes `DIR/gpu-report.md`.
 
@@ -37,7 +37,7 @@ commands:
   release                              check crate metadata and CHANGELOG, dry-run packaging
   gpu-bundle [--cuda-version V]        build the CUDA tests and benches into gpu-bundle/
                                        (V: CUDARC_CUDA_VERSION, default 13000)
-  gpu-run --out DIR [--bundle DIR] [--no-bench] [--no-ncu] [--peak-gbs X] [--budget S]
+  gpu-run --out DIR [--bundle DIR] [--no-bench] [--no-tests] [--filter RE] [--no-ncu] [--peak-gbs X] [--budget S]
                                        on a GPU machine: run the bundle's CUDA tests and
                                        benches, and profile the kernels with ncu, within S
                                        seconds (default 540); write DIR/gpu-report.{md,json}
@@ -108,6 +108,8 @@ fn main() -> Result<()> {
                 out: out.into(),
                 bundle: args.value("--bundle")?.map(Into::into),
                 no_bench: args.switch("--no-bench"),
+                no_tests: args.switch("--no-tests"),
+                filter: args.value("--filter")?,
                 peak_gbs: args
                     .value("--peak-gbs")?
                     .map(|v| v.parse())
