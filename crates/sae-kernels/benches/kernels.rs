@@ -58,14 +58,16 @@ fn bench_runtime<R: Runtime>(c: &mut Criterion, client: &ComputeClient<R>, name:
 
         let out = client.empty(rows * cols * 4);
         let cubes = (rows * cols).div_ceil(256) as u32;
-        let (x, y) = (cubes.min(65_535), cubes.div_ceil(65_535));
+        // A 2-D grid of at least `cubes` cubes (one dimension holds at most 65535).
+        let y = cubes.div_ceil(65_535);
+        let x = cubes.div_ceil(y);
         group.bench_function(BenchmarkId::new("copy_baseline", &shape), |b| {
             b.iter(|| {
                 // SAFETY: both buffers hold rows * cols f32.
                 unsafe {
                     copy::launch::<R>(
                         client,
-                        CubeCount::Static(x.div_ceil(y).max(1), y, 1),
+                        CubeCount::Static(x.max(1), y, 1),
                         CubeDim::new_1d(256),
                         ArrayArg::from_raw_parts(handle.clone(), rows * cols),
                         ArrayArg::from_raw_parts(out.clone(), rows * cols),
