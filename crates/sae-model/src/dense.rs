@@ -1,24 +1,33 @@
-//! The dense masked formulation, kept as the test oracle of the sparse path.
+//! The dense masked formulation, kept as the test oracle of the sparse paths.
 //!
 //! `codes = act(z') * mask` over the full `[N, F]` affinity matrix, `x_hat = codes w_dec + b_dec`.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use sae_alloc::Selection;
 
 use crate::sae::SaeTensors;
 use crate::sparsifier::Activation;
 
-/// The selection as a dense 0/1 float mask `[N, F]`.
+/// The selection as a dense 0/1 float mask `[N, F]`, written on `device` by one `scatter_nd`
+/// of the selected positions: only the `nnz` (row, feature) pairs cross to the device, not the
+/// `N F` mask.
 pub fn mask_tensor<B: Backend>(selection: &Selection, device: &B::Device) -> Tensor<B, 2> {
-    let mask: Vec<f32> = selection
-        .dense_mask()
-        .into_iter()
-        .map(|m| if m { 1.0 } else { 0.0 })
+    let zeros = Tensor::<B, 2>::zeros([selection.rows(), selection.cols()], device);
+    let nnz = selection.nnz();
+    if nnz == 0 {
+        return zeros;
+    }
+    let positions: Vec<i64> = selection
+        .iter()
+        .flat_map(|(row, feature, _)| [row as i64, i64::from(feature)])
         .collect();
-    Tensor::from_data(
-        TensorData::new(mask, [selection.rows(), selection.cols()]),
-        device,
+    let indices = Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [nnz, 2]), device);
+    // The positions are distinct, so `Assign` has no write conflicts on any backend.
+    zeros.scatter_nd(
+        indices,
+        Tensor::<B, 1>::ones([nnz], device),
+        IndexingUpdateOp::Assign,
     )
 }
 

@@ -19,6 +19,11 @@ const D: usize = 8;
 const F: usize = 32;
 const K: usize = 3;
 const TOL: f32 = 1e-4;
+/// On CUDA, burn's matmul (cubek-matmul) runs f32 products on the tensor cores as tf32, with
+/// 10 mantissa bits: the dense oracle's GEMMs and the sparse path's gathered dot products then
+/// differ by a few 1e-4 of the largest entry (seen: 4.2e-4 on an H200).
+#[cfg(feature = "cuda")]
+const TF32_TOL: f32 = 2e-3;
 
 /// burn's wgpu backend without the fusion layer.
 type UnfusedWgpu = CubeBackend<WgpuRuntime, f32, i32, u32>;
@@ -56,7 +61,7 @@ fn sparsifiers() -> Vec<Box<dyn Sparsifier>> {
     ]
 }
 
-fn check_backend<B: AutodiffBackend>(device: &B::Device) {
+fn check_backend<B: AutodiffBackend>(device: &B::Device, tol: f32) {
     let stats = warm_stats(7);
     for (i, sparsifier) in sparsifiers().into_iter().enumerate() {
         for (aux_case, recon_loss) in [
@@ -100,10 +105,10 @@ fn check_backend<B: AutodiffBackend>(device: &B::Device) {
                     "{} aux={aux_case} {recon_loss:?} {path:?}",
                     sparsifier.name()
                 );
-                assert_close(&format!("{what} loss"), &[got.loss], &[dense.loss], TOL);
-                assert_close(&format!("{what} aux"), &[got.aux], &[dense.aux], TOL);
-                assert_close(&format!("{what} fvu"), &[got.fvu], &[dense.fvu], TOL);
-                assert_close(&format!("{what} mse"), &[got.mse], &[dense.mse], TOL);
+                assert_close(&format!("{what} loss"), &[got.loss], &[dense.loss], tol);
+                assert_close(&format!("{what} aux"), &[got.aux], &[dense.aux], tol);
+                assert_close(&format!("{what} fvu"), &[got.fvu], &[dense.fvu], tol);
+                assert_close(&format!("{what} mse"), &[got.mse], &[dense.mse], tol);
                 let (g, o) = (got.grads, dense.grads.clone());
                 for (name, got, want) in [
                     ("w_enc", host(g.w_enc), host(o.w_enc)),
@@ -111,7 +116,7 @@ fn check_backend<B: AutodiffBackend>(device: &B::Device) {
                     ("w_dec", host(g.w_dec), host(o.w_dec)),
                     ("b_dec", host(g.b_dec), host(o.b_dec)),
                 ] {
-                    assert_close(&format!("{what} {name}"), &got, &want, TOL);
+                    assert_close(&format!("{what} {name}"), &got, &want, tol);
                 }
             }
         }
@@ -120,12 +125,12 @@ fn check_backend<B: AutodiffBackend>(device: &B::Device) {
 
 #[test]
 fn sparse_matches_dense_oracle_on_flex() {
-    check_backend::<Autodiff<Flex>>(&Default::default());
+    check_backend::<Autodiff<Flex>>(&Default::default(), TOL);
 }
 
 #[test]
 fn sparse_matches_dense_oracle_on_ndarray() {
-    check_backend::<Autodiff<NdArray>>(&Default::default());
+    check_backend::<Autodiff<NdArray>>(&Default::default(), TOL);
 }
 
 /// On burn's wgpu backend without its fusion layer. With fusion, burn 0.21 computes
@@ -135,13 +140,13 @@ fn sparse_matches_dense_oracle_on_ndarray() {
 #[test]
 fn sparse_matches_dense_oracle_on_wgpu() {
     if common::wgpu_available() {
-        check_backend::<Autodiff<UnfusedWgpu>>(&Default::default());
+        check_backend::<Autodiff<UnfusedWgpu>>(&Default::default(), TOL);
     }
 }
 
 /// The training path on a fused backend `Fz` against the dense oracle on the same runtime
 /// without fusion, `U`.
-fn fused_sparse_path_matches_unfused_oracle<U, Fz>(name: &str)
+fn fused_sparse_path_matches_unfused_oracle<U, Fz>(name: &str, tol: f32)
 where
     U: Backend,
     Fz: Backend<Device = U::Device>,
@@ -177,14 +182,15 @@ where
         )
         .unwrap();
         let what = format!("{} on fused {name}", sparsifier.name());
-        assert_close(&format!("{what} loss"), &[got.loss], &[oracle.loss], TOL);
+        assert_close(&format!("{what} loss"), &[got.loss], &[oracle.loss], tol);
         let (g, o) = (got.grads, oracle.grads);
         for (param, got, want) in [
             ("w_enc", host(g.w_enc), host(o.w_enc)),
+            ("b_enc", host(g.b_enc), host(o.b_enc)),
             ("w_dec", host(g.w_dec), host(o.w_dec)),
             ("b_dec", host(g.b_dec), host(o.b_dec)),
         ] {
-            assert_close(&format!("{what} {param}"), &got, &want, TOL);
+            assert_close(&format!("{what} {param}"), &got, &want, tol);
         }
     }
 }
@@ -193,7 +199,7 @@ where
 #[test]
 fn sparse_path_on_fused_wgpu_matches_the_oracle() {
     if common::wgpu_available() {
-        fused_sparse_path_matches_unfused_oracle::<UnfusedWgpu, Wgpu>("wgpu");
+        fused_sparse_path_matches_unfused_oracle::<UnfusedWgpu, Wgpu>("wgpu", TOL);
     }
 }
 
@@ -210,14 +216,17 @@ mod cuda {
     #[test]
     fn sparse_matches_dense_oracle_on_cuda() {
         if super::common::cuda_available() {
-            super::check_backend::<Autodiff<UnfusedCuda>>(&Default::default());
+            super::check_backend::<Autodiff<UnfusedCuda>>(&Default::default(), super::TF32_TOL);
         }
     }
 
     #[test]
     fn sparse_path_on_fused_cuda_matches_the_oracle() {
         if super::common::cuda_available() {
-            super::fused_sparse_path_matches_unfused_oracle::<UnfusedCuda, Cuda>("cuda");
+            super::fused_sparse_path_matches_unfused_oracle::<UnfusedCuda, Cuda>(
+                "cuda",
+                super::TF32_TOL,
+            );
         }
     }
 }
