@@ -82,6 +82,28 @@ impl Capacities {
         &self.per_feature
     }
 
+    /// The capacities for a `rows x cols` score matrix: errors unless there is one per column
+    /// and none exceeds `rows` (a column has no more tokens to give).
+    pub fn for_shape(&self, rows: usize, cols: usize) -> Result<&[u32], AllocError> {
+        let caps = self.as_slice();
+        if caps.len() != cols {
+            return Err(AllocError::CapacityCount {
+                got: caps.len(),
+                expected: cols,
+            });
+        }
+        if let Some((feature, &capacity)) =
+            caps.iter().enumerate().find(|(_, c)| **c as usize > rows)
+        {
+            return Err(AllocError::CapacityTooLarge {
+                feature,
+                capacity,
+                rows,
+            });
+        }
+        Ok(caps)
+    }
+
     /// Their sum: the number of pairs a Feature Choice selection keeps.
     pub fn budget(&self) -> usize {
         self.budget

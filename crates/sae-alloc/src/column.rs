@@ -21,20 +21,7 @@ const BLOCKS_PER_THREAD: usize = 4;
 /// merge, and the result does not depend on the block width or the thread count.
 pub fn column_topm(scores: &ScoreMatrix, capacities: &Capacities) -> Result<Selection, AllocError> {
     let (rows, cols) = (scores.rows(), scores.cols());
-    let caps = capacities.as_slice();
-    if caps.len() != cols {
-        return Err(AllocError::CapacityCount {
-            got: caps.len(),
-            expected: cols,
-        });
-    }
-    if let Some((feature, &capacity)) = caps.iter().enumerate().find(|(_, c)| **c as usize > rows) {
-        return Err(AllocError::CapacityTooLarge {
-            feature,
-            capacity,
-            rows,
-        });
-    }
+    let caps = capacities.for_shape(rows, cols)?;
     let width = cols
         .div_ceil(BLOCKS_PER_THREAD * rayon::current_num_threads())
         .next_multiple_of(LANE)

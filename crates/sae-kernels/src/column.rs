@@ -2,7 +2,7 @@
 
 use cubecl::prelude::*;
 use cubecl::server::Handle;
-use sae_alloc::{AllocError, Capacities};
+use sae_alloc::Capacities;
 
 use crate::KernelError;
 use crate::compact::{BY_COLUMN, RowSizes, compact_rows};
@@ -17,22 +17,7 @@ pub fn column_topm<R: Runtime>(
     capacities: &Capacities,
 ) -> Result<DeviceSelection<R>, KernelError> {
     let (rows, cols) = (scores.rows(), scores.cols());
-    let caps = capacities.as_slice();
-    if caps.len() != cols {
-        return Err(AllocError::CapacityCount {
-            got: caps.len(),
-            expected: cols,
-        }
-        .into());
-    }
-    if let Some((feature, &capacity)) = caps.iter().enumerate().find(|(_, c)| **c as usize > rows) {
-        return Err(AllocError::CapacityTooLarge {
-            feature,
-            capacity,
-            rows,
-        }
-        .into());
-    }
+    let caps = capacities.for_shape(rows, cols)?;
     let handle = scores.client().create_from_slice(u32::as_bytes(caps));
     column_topm_on_device(scores, &handle, capacities.budget())
 }
