@@ -640,8 +640,10 @@ pub fn report(
             r.binary, r.kind, r.seconds, r.status
         );
     }
-    md.push_str("\n## Tests (CUDA cases, `SAE_REQUIRE_CUDA=1`)\n\n");
-    md.push_str("| binary | passed | failed | ignored | exit |\n|---|---:|---:|---:|---|\n");
+    if !outcomes.is_empty() {
+        md.push_str("\n## Tests (CUDA cases, `SAE_REQUIRE_CUDA=1`)\n\n");
+        md.push_str("| binary | passed | failed | ignored | exit |\n|---|---:|---:|---:|---|\n");
+    }
     for o in outcomes {
         let _ = writeln!(
             md,

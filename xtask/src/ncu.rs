@@ -150,6 +150,9 @@ pub fn parse(text: &str) -> Vec<KernelProfile> {
 
 /// The report section for the profiled kernels.
 pub fn markdown(kernels: &[KernelProfile]) -> String {
+    if kernels.is_empty() {
+        return String::new();
+    }
     let mut md = String::from(
         "\n## Kernels under Nsight Compute\n\nThe kernels bench in test mode (each rule once per \
          shape, both shapes), every launch profiled with the clocks left as they are. Shares \
@@ -205,5 +208,6 @@ mod tests {
         assert_eq!(k[2].kernel, "row_compact");
         assert!(markdown(&k).contains("| select_groups | 4096 | 2 | 4.000 µs | 50% | 25% |"));
         assert!(parse("no csv here").is_empty());
+        assert_eq!(markdown(&[]), "", "no profile, no section");
     }
 }
