@@ -39,7 +39,15 @@ pub fn dense_codes<B: Backend>(
     activation: Activation,
 ) -> Tensor<B, 2> {
     let device = x.device();
-    activation.apply(params.affinities(x)) * mask_tensor::<B>(selection, &device)
+    // `x W^T - b_dec W^T + b_enc`: the same affinities as `SaeTensors::affinities`.
+    let w_t = params.w_enc.clone().transpose();
+    let shift = params
+        .b_dec
+        .clone()
+        .unsqueeze_dim::<2>(0)
+        .matmul(w_t.clone());
+    let z = x.matmul(w_t) - shift + params.b_enc.clone().unsqueeze_dim(0);
+    activation.apply(z) * mask_tensor::<B>(selection, &device)
 }
 
 /// Reconstruction without `b_dec` from the dense masked codes: `[N, d]`.

@@ -28,8 +28,8 @@ pub enum StepPath {
     /// Differentiable gathers at the selected pairs on the backend, O(N k d) forward and
     /// backward (the device training path).
     Sparse,
-    /// Dense masked codes `[N, F]` (the mask written on the device) and a dense decoder GEMM
-    /// (the oracle).
+    /// Dense masked codes `[N, F]` (the mask written on the device) and a dense decoder GEMM:
+    /// the oracle, and a GPU path with no per-pair loops (see the crate README).
     Dense,
 }
 

@@ -1,5 +1,6 @@
-//! The sparse gather path and the fused host path against the dense masked oracle: loss and every parameter gradient,
-//! for every sparsifier, on flex, ndarray, wgpu (where an adapter exists) and cuda (with the
+//! The sparse gather path and the fused host path against the dense masked oracle, and the
+//! dense and sparse paths on fused backends against the oracle unfused: loss and every
+//! parameter gradient, for every sparsifier, on flex, ndarray, wgpu (where an adapter exists) and cuda (with the
 //! `cuda` feature, where a GPU exists).
 
 use crate::common;
@@ -11,7 +12,8 @@ use common::{assert_close, host, params, random, tensor};
 use sae_model::sae_alloc::ScoreMatrix;
 use sae_model::{
     Activation, FeatureChoice, FeatureStats, LossSpec, MutualChoice, ReconLoss, Sae, SaeParams,
-    Sparsifier, StatsConfig, StepPath, TopK, aux_selection, loss_and_grads, sae::host_vec,
+    SaeTensors, Sparsifier, StatsConfig, StepPath, TopK, aux_selection, loss_and_grads,
+    sae::host_vec,
 };
 
 const N: usize = 24;
@@ -59,6 +61,23 @@ fn sparsifiers() -> Vec<Box<dyn Sparsifier>> {
         Box::new(FeatureChoice::uniform(K)),
         Box::new(zipf),
     ]
+}
+
+/// Asserts each parameter gradient of `got` within `tol` of `want` (the backends may differ).
+fn assert_grads_close<G: Backend, W: Backend>(
+    what: &str,
+    got: SaeTensors<G>,
+    want: SaeTensors<W>,
+    tol: f32,
+) {
+    for (name, got, want) in [
+        ("w_enc", host(got.w_enc), host(want.w_enc)),
+        ("b_enc", host(got.b_enc), host(want.b_enc)),
+        ("w_dec", host(got.w_dec), host(want.w_dec)),
+        ("b_dec", host(got.b_dec), host(want.b_dec)),
+    ] {
+        assert_close(&format!("{what} {name}"), &got, &want, tol);
+    }
 }
 
 fn check_backend<B: AutodiffBackend>(device: &B::Device, tol: f32) {
@@ -109,15 +128,7 @@ fn check_backend<B: AutodiffBackend>(device: &B::Device, tol: f32) {
                 assert_close(&format!("{what} aux"), &[got.aux], &[dense.aux], tol);
                 assert_close(&format!("{what} fvu"), &[got.fvu], &[dense.fvu], tol);
                 assert_close(&format!("{what} mse"), &[got.mse], &[dense.mse], tol);
-                let (g, o) = (got.grads, dense.grads.clone());
-                for (name, got, want) in [
-                    ("w_enc", host(g.w_enc), host(o.w_enc)),
-                    ("b_enc", host(g.b_enc), host(o.b_enc)),
-                    ("w_dec", host(g.w_dec), host(o.w_dec)),
-                    ("b_dec", host(g.b_dec), host(o.b_dec)),
-                ] {
-                    assert_close(&format!("{what} {name}"), &got, &want, tol);
-                }
+                assert_grads_close(&what, got.grads, dense.grads.clone(), tol);
             }
         }
     }
@@ -146,7 +157,7 @@ fn sparse_matches_dense_oracle_on_wgpu() {
 
 /// The training path on a fused backend `Fz` against the dense oracle on the same runtime
 /// without fusion, `U`.
-fn fused_sparse_path_matches_unfused_oracle<U, Fz>(name: &str, tol: f32)
+fn fused_backend_matches_unfused_oracle<U, Fz>(name: &str, path: StepPath, tol: f32)
 where
     U: Backend,
     Fz: Backend<Device = U::Device>,
@@ -175,23 +186,12 @@ where
         let got = loss_and_grads::<Autodiff<Fz>>(
             &fused.tensors(),
             tensor::<Fz>(x, N, D, &device),
-            &LossSpec {
-                path: StepPath::Sparse,
-                ..spec
-            },
+            &LossSpec { path, ..spec },
         )
         .unwrap();
-        let what = format!("{} on fused {name}", sparsifier.name());
+        let what = format!("{} {path:?} on fused {name}", sparsifier.name());
         assert_close(&format!("{what} loss"), &[got.loss], &[oracle.loss], tol);
-        let (g, o) = (got.grads, oracle.grads);
-        for (param, got, want) in [
-            ("w_enc", host(g.w_enc), host(o.w_enc)),
-            ("b_enc", host(g.b_enc), host(o.b_enc)),
-            ("w_dec", host(g.w_dec), host(o.w_dec)),
-            ("b_dec", host(g.b_dec), host(o.b_dec)),
-        ] {
-            assert_close(&format!("{what} {param}"), &got, &want, tol);
-        }
+        assert_grads_close(&what, got.grads, oracle.grads, tol);
     }
 }
 
@@ -199,7 +199,15 @@ where
 #[test]
 fn sparse_path_on_fused_wgpu_matches_the_oracle() {
     if common::wgpu_available() {
-        fused_sparse_path_matches_unfused_oracle::<UnfusedWgpu, Wgpu>("wgpu", TOL);
+        fused_backend_matches_unfused_oracle::<UnfusedWgpu, Wgpu>("wgpu", StepPath::Sparse, TOL);
+    }
+}
+
+/// The dense path on the (fused) default wgpu backend against the unfused oracle.
+#[test]
+fn dense_path_on_fused_wgpu_matches_the_oracle() {
+    if common::wgpu_available() {
+        fused_backend_matches_unfused_oracle::<UnfusedWgpu, Wgpu>("wgpu", StepPath::Dense, TOL);
     }
 }
 
@@ -221,10 +229,22 @@ mod cuda {
     }
 
     #[test]
+    fn dense_path_on_fused_cuda_matches_the_oracle() {
+        if super::common::cuda_available() {
+            super::fused_backend_matches_unfused_oracle::<UnfusedCuda, Cuda>(
+                "cuda",
+                super::StepPath::Dense,
+                super::TF32_TOL,
+            );
+        }
+    }
+
+    #[test]
     fn sparse_path_on_fused_cuda_matches_the_oracle() {
         if super::common::cuda_available() {
-            super::fused_sparse_path_matches_unfused_oracle::<UnfusedCuda, Cuda>(
+            super::fused_backend_matches_unfused_oracle::<UnfusedCuda, Cuda>(
                 "cuda",
+                super::StepPath::Sparse,
                 super::TF32_TOL,
             );
         }
