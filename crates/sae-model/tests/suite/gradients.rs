@@ -145,9 +145,9 @@ fn sparse_matches_dense_oracle_on_ndarray() {
 }
 
 /// On burn's wgpu backend without its fusion layer. With fusion, burn 0.21 computes
-/// `relu((x - b) W^T + c)` wrongly under autodiff when `b` requires a gradient (the dense
-/// oracle's expression; see the crate README), so the oracle runs unfused and the fused
-/// backend's training path is checked against it below.
+/// `relu((x - b) W^T + c)` wrongly under autodiff when `b` requires a gradient (see the crate
+/// README; the dense path now avoids that form), so the oracle runs unfused, and the fused
+/// backend's paths are checked against it below.
 #[test]
 fn sparse_matches_dense_oracle_on_wgpu() {
     if common::wgpu_available() {
