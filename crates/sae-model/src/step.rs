@@ -158,12 +158,12 @@ fn decode<B: Backend>(
 }
 
 impl StepPath {
-    /// The concrete path on backend `B`: resolves [`StepPath::Auto`].
+    /// The concrete path on backend `B` (or `Autodiff<B>`): resolves [`StepPath::Auto`].
     pub fn resolve<B: Backend>(self, device: &B::Device) -> StepPath {
+        let name = B::name(device);
+        let on_cpu = ["flex", "ndarray"].iter().any(|cpu| name.contains(cpu));
         match self {
-            StepPath::Auto if matches!(B::name(device).as_str(), "flex" | "ndarray") => {
-                StepPath::Fused
-            }
+            StepPath::Auto if on_cpu => StepPath::Fused,
             StepPath::Auto => StepPath::Sparse,
             path => path,
         }

@@ -104,6 +104,31 @@ fn step_learns_on_cuda() {
     }
 }
 
+/// `auto` is the fused host path on the CPU backends, with or without autodiff, and the
+/// sparse gather path on wgpu; explicit paths stay as they are.
+#[test]
+fn auto_path_resolves_per_backend() {
+    let cpu = Default::default();
+    assert_eq!(StepPath::Auto.resolve::<Flex>(&cpu), StepPath::Fused);
+    assert_eq!(
+        StepPath::Auto.resolve::<Autodiff<Flex>>(&cpu),
+        StepPath::Fused
+    );
+    let cpu = Default::default();
+    assert_eq!(StepPath::Auto.resolve::<NdArray>(&cpu), StepPath::Fused);
+    assert_eq!(StepPath::Dense.resolve::<NdArray>(&cpu), StepPath::Dense);
+    assert_eq!(StepPath::Sparse.resolve::<NdArray>(&cpu), StepPath::Sparse);
+    if common::wgpu_available() {
+        let gpu = Default::default();
+        assert_eq!(
+            StepPath::Auto.resolve::<burn::backend::Wgpu>(&gpu),
+            StepPath::Sparse
+        );
+        let path = StepPath::Auto.resolve::<Autodiff<burn::backend::Wgpu>>(&gpu);
+        assert_eq!(path, StepPath::Sparse);
+    }
+}
+
 #[test]
 fn dense_and_sparse_steps_agree() {
     type B = Autodiff<NdArray>;
