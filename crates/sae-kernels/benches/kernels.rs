@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sae_alloc::{Capacities, Thresholds, usage_order};
 use sae_kernels::{
-    DeviceScores, apply_thresholds, column_topm, global_topk, row_topk, upload_scores,
+    DeviceScores, apply_thresholds, column_topm, global_topk, grid, row_topk, upload_scores,
 };
 
 /// Copies `input` to `output`: one read and one write of every score.
@@ -57,17 +57,13 @@ fn bench_runtime<R: Runtime>(c: &mut Criterion, client: &ComputeClient<R>, name:
         group.throughput(Throughput::Elements((rows * cols) as u64));
 
         let out = client.empty(rows * cols * 4);
-        let cubes = (rows * cols).div_ceil(256) as u32;
-        // A 2-D grid of at least `cubes` cubes (one dimension holds at most 65535).
-        let y = cubes.div_ceil(65_535);
-        let x = cubes.div_ceil(y);
         group.bench_function(BenchmarkId::new("copy_baseline", &shape), |b| {
             b.iter(|| {
                 // SAFETY: both buffers hold rows * cols f32.
                 unsafe {
                     copy::launch::<R>(
                         client,
-                        CubeCount::Static(x.max(1), y, 1),
+                        grid((rows * cols).div_ceil(256)),
                         CubeDim::new_1d(256),
                         ArrayArg::from_raw_parts(handle.clone(), rows * cols),
                         ArrayArg::from_raw_parts(out.clone(), rows * cols),

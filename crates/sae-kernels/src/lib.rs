@@ -46,6 +46,6 @@ mod threshold;
 pub use column::{column_topm, column_topm_on_device};
 pub use error::KernelError;
 pub use global::global_topk;
-pub use output::{DeviceScores, DeviceSelection, upload_scores};
+pub use output::{DeviceScores, DeviceSelection, grid, upload_scores};
 pub use row::row_topk;
 pub use threshold::{apply_thresholds, apply_thresholds_on_device};

@@ -237,8 +237,10 @@ pub(crate) fn array<R: Runtime>(handle: &Handle, len: usize) -> ArrayArg<R> {
     unsafe { ArrayArg::from_raw_parts(handle.clone(), len.max(1)) }
 }
 
-/// A grid of `cubes` cubes, split over two dimensions beyond the 65535 limit of one.
-pub(crate) fn grid(cubes: usize) -> CubeCount {
+/// A grid of at least `cubes` cubes, split over two dimensions beyond the 65535 limit of one.
+/// A cube's linear index is `CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X`; cubes at or past `cubes`
+/// must do nothing.
+pub fn grid(cubes: usize) -> CubeCount {
     const MAX: usize = 65_535;
     let cubes = cubes.max(1);
     let y = cubes.div_ceil(MAX);
