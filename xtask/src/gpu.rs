@@ -470,8 +470,12 @@ impl Session {
         cmd
     }
 
-    fn exe(&self, binary: &Binary) -> PathBuf {
-        self.work.join(binary.file.trim_end_matches(".xz"))
+    /// Unpacks `binary` from `bundle` into the work folder; returns its path and its name
+    /// (`package/target`).
+    fn unpack(&self, bundle: &Path, binary: &Binary) -> Result<(PathBuf, String)> {
+        let exe = self.work.join(binary.file.trim_end_matches(".xz"));
+        unpack(&bundle.join(&binary.file), &exe)?;
+        Ok((exe, format!("{}/{}", binary.package, binary.target)))
     }
 }
 
@@ -505,9 +509,7 @@ pub fn run(options: &RunOptions) -> Result<()> {
         .filter(|b| b.kind == "test" && !options.no_tests);
     let mut outcomes = Vec::new();
     for binary in tests {
-        let exe = session.exe(binary);
-        unpack(&bundle.join(&binary.file), &exe)?;
-        let name = format!("{}/{}", binary.package, binary.target);
+        let (exe, name) = session.unpack(&bundle, binary)?;
         // Only the CUDA cases (their modules and functions are named `cuda`).
         let mut cmd = Command::new(&exe);
         cmd.arg("cuda").env("SAE_REQUIRE_CUDA", "1");
@@ -567,9 +569,7 @@ fn run_benches(
     benches.sort_by_key(|b| b.package != "sae-kernels");
     let mut kernels = Vec::new();
     for binary in benches {
-        let exe = session.exe(binary);
-        unpack(&bundle.join(&binary.file), &exe)?;
-        let name = format!("{}/{}", binary.package, binary.target);
+        let (exe, name) = session.unpack(bundle, binary)?;
         let mut cmd = session.bench_command(&exe, "criterion");
         cmd.arg("--bench").args(&options.filter);
         session.run(&name, "bench", &mut cmd)?;
@@ -733,7 +733,7 @@ fn select_section(benches: &[Bench]) -> String {
                 b.function,
                 format_time(b.mean_ns),
                 base.map_or("not measured".into(), |o| format_time(o.mean_ns)),
-                base.map_or("—".into(), |o| format!("{:.1}×", o.mean_ns / b.mean_ns)),
+                times(base.and(b.ratio).map(|r| 1.0 / r), 1),
             );
         }
     }

@@ -7,9 +7,8 @@
 //! - `release`: metadata and changelog checks and a dry-run packaging, never a publish;
 //! - `gpu-bundle [--cuda-version V]`: the CUDA tests and benches as stripped binaries in
 //!   `gpu-bundle/`, for a GPU machine without a Rust toolchain;
-//! - `gpu-run --out DIR [--bundle DIR] [--no-bench] [--no-tests] [--filter RE] [--no-ncu] [--peak-gbs X] [--budget S]`:
-//!   runs them there (and profiles the kernels with Nsight Compute where `ncu` is found) and
-//!   writes `DIR/gpu-report.md`.
+//! - `gpu-run --out DIR [...]` (options in `USAGE`): runs them there (and profiles the kernels
+//!   with Nsight Compute where `ncu` is found) and writes `DIR/gpu-report.md`.
 
 mod bench;
 mod ci;
