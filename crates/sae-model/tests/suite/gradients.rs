@@ -1,7 +1,7 @@
 //! The sparse gather path and the fused host path against the dense masked oracle, and the
 //! dense and sparse paths on fused backends against the oracle unfused: loss and every
-//! parameter gradient, for every sparsifier, on flex, ndarray, wgpu (where an adapter exists) and cuda (with the
-//! `cuda` feature, where a GPU exists).
+//! parameter gradient, for every sparsifier, on flex, ndarray, wgpu (where an adapter exists)
+//! and cuda (with the `cuda` feature, where a GPU exists).
 
 use crate::common;
 
