@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use sae_model::Registry;
-use sae_train::{NativeModel, RunConfig, TrainOptions, TrainSummary};
+use sae_train::state::OnCorrupt;
+use sae_train::{EvalReport, NativeModel, RunConfig, TrainOptions, TrainSummary};
 
 /// mimalloc keeps freed pages for reuse; with glibc every large batch-sized buffer is mapped,
 /// faulted in and unmapped afresh at each step.
@@ -38,6 +39,16 @@ enum Command {
         /// Continue the run in this directory from its newest checkpoint.
         #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
         resume: Option<PathBuf>,
+        /// Start afresh even though `out_dir` holds a run: that run's files are removed first.
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
+        /// With `--resume`: when the newest checkpoint fails verification, continue from the
+        /// newest one that verifies (the corrupt ones are kept aside as `*.corrupt`).
+        #[arg(long, requires = "resume")]
+        fallback: bool,
+        /// With `--resume`: continue even though the data files changed since the run started.
+        #[arg(long, requires = "resume")]
+        allow_data_change: bool,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -60,17 +71,24 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Saelens)]
         format: Format,
-        /// Output directory.
+        /// Output directory (refused when it is not empty, unless `--overwrite`).
         #[arg(long)]
         out: PathBuf,
+        /// Write into a non-empty output directory, replacing the files of the export.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Convert a SAELens SAE directory into the native format.
     Import {
         /// SAELens directory (cfg.json, sae_weights.safetensors).
         source: PathBuf,
-        /// Output directory of the native model.
+        /// Output directory of the native model (refused when it is not empty, unless
+        /// `--overwrite`).
         #[arg(long)]
         out: PathBuf,
+        /// Write into a non-empty output directory, replacing the model's files.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Plot a run's metrics (PNG) and summarise them in `RUN_DIR/report/report.md`.
     Report {
@@ -107,8 +125,27 @@ fn main() -> Result<()> {
             config,
             overrides,
             resume,
+            overwrite,
+            fallback,
+            allow_data_change,
             quiet,
-        } => train(config, overrides, resume, quiet),
+        } => {
+            let options = TrainOptions {
+                registry: registry(),
+                resume: resume.is_some(),
+                overwrite,
+                on_corrupt: if fallback {
+                    OnCorrupt::FallBack
+                } else {
+                    OnCorrupt::Fail
+                },
+                allow_data_change,
+                progress: !quiet,
+                stop: Arc::new(AtomicBool::new(false)),
+                notice: |message| eprintln!("note: {message}"),
+            };
+            train(config, overrides, resume, options)
+        }
         Command::Eval {
             run_dir,
             tokens,
@@ -118,9 +155,19 @@ fn main() -> Result<()> {
             source,
             format,
             out,
+            overwrite,
         } => {
             let model = NativeModel::read(&model_dir(&source))
                 .with_context(|| format!("reading the model of {}", source.display()))?;
+            if let Some(stop) = model.meta.interrupted {
+                eprintln!(
+                    "note: {} is a partial model: its run was interrupted at step {} of {}",
+                    source.display(),
+                    stop.step,
+                    stop.total_steps
+                );
+            }
+            refuse_non_empty(&out, overwrite)?;
             match format {
                 Format::Saelens => model.write_saelens(&out),
                 Format::Native => model.write(&out),
@@ -129,9 +176,14 @@ fn main() -> Result<()> {
             println!("exported {} to {}", source.display(), out.display());
             Ok(())
         }
-        Command::Import { source, out } => {
+        Command::Import {
+            source,
+            out,
+            overwrite,
+        } => {
             let model = NativeModel::read_saelens(&source)
                 .with_context(|| format!("reading SAELens SAE {}", source.display()))?;
+            refuse_non_empty(&out, overwrite)?;
             model
                 .write(&out)
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -153,6 +205,24 @@ fn main() -> Result<()> {
     }
 }
 
+/// An output directory must be new or empty unless the user asked to overwrite it.
+fn refuse_non_empty(out: &Path, overwrite: bool) -> Result<()> {
+    if overwrite {
+        return Ok(());
+    }
+    if out.is_file() {
+        bail!("{} is a file, not a directory", out.display());
+    }
+    let occupied = std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some());
+    if occupied {
+        bail!(
+            "{} is not empty: choose another directory, or pass --overwrite to replace its files",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 fn model_dir(path: &Path) -> PathBuf {
     if path.join("model").is_dir() {
         path.join("model")
@@ -165,38 +235,29 @@ fn train(
     config: Option<PathBuf>,
     overrides: Vec<String>,
     resume: Option<PathBuf>,
-    quiet: bool,
+    options: TrainOptions,
 ) -> Result<()> {
-    let (config, resuming) = match resume {
+    let config = match resume {
         Some(dir) => {
             if !overrides.is_empty() {
                 bail!(
                     "--set cannot change a resumed run (its configuration is stored in its checkpoints)"
                 );
             }
-            (
-                sae_train::resume_config(&dir)
-                    .with_context(|| format!("resuming {}", dir.display()))?,
-                true,
-            )
+            sae_train::resume_config(&dir).with_context(|| format!("resuming {}", dir.display()))?
         }
-        None => (RunConfig::load(config.as_deref(), &overrides)?, false),
+        None => RunConfig::load(config.as_deref(), &overrides)?,
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
+    // Ctrl-C and SIGTERM (how schedulers stop jobs) both stop after the current step with a
+    // checkpoint; a second one leaves at once.
+    let flag = options.stop.clone();
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130); // a second Ctrl-C: leave now
+            std::process::exit(130);
         }
-        eprintln!("\nstopping after this step; writing a checkpoint (Ctrl-C again to abort)");
+        eprintln!("\nstopping after this step; writing a checkpoint (signal again to abort)");
     })
-    .context("installing the Ctrl-C handler")?;
-    let options = TrainOptions {
-        registry: registry(),
-        resume: resuming,
-        progress: !quiet,
-        stop,
-    };
+    .context("installing the Ctrl-C / SIGTERM handler")?;
     let out_dir = config.out_dir.clone();
     eprintln!(
         "training {} on {:?} data with backend {:?} -> {}",
@@ -209,7 +270,7 @@ fn train(
     print_summary(&summary);
     if summary.interrupted {
         println!(
-            "interrupted: continue with `sae train --resume {}`",
+            "interrupted: the model is partial; continue with `sae train --resume {}`",
             out_dir.display()
         );
     }
@@ -217,11 +278,19 @@ fn train(
 }
 
 fn print_summary(s: &TrainSummary) {
-    let e = &s.eval;
     println!();
     println!("{:<34} {:>12}", "steps", s.steps);
     println!("{:<34} {:>12}", "tokens", s.tokens);
     println!("{:<34} {:>12.0}", "tokens / s", s.tokens_per_second);
+    match &s.eval {
+        Some(e) => print_eval(e),
+        None if s.interrupted => println!("held-out evaluation skipped: the run was interrupted"),
+        None => println!("held-out evaluation skipped: data.heldout_fraction = 0"),
+    }
+    println!("model: {}", s.model_dir.display());
+}
+
+fn print_eval(e: &EvalReport) {
     println!(
         "{:<34} {:>12.4}",
         "held-out FVU (batch selection)", e.batch.fvu
@@ -248,7 +317,6 @@ fn print_summary(s: &TrainSummary) {
             100.0 * r
         );
     }
-    println!("model: {}", s.model_dir.display());
 }
 
 fn eval(run_dir: &Path, tokens: Option<u64>, json: bool) -> Result<()> {
@@ -286,15 +354,21 @@ fn inspect(path: &Path) -> Result<()> {
             "none (per-token rule)"
         }
     );
+    match m.interrupted {
+        Some(stop) => println!(
+            "status       partial: the run was interrupted at step {} of {}",
+            stop.step, stop.total_steps
+        ),
+        None => println!("status       complete"),
+    }
     let mut density = model.density.clone();
     density.sort_by(f32::total_cmp);
-    let q = |p: f64| density[((density.len() - 1) as f64 * p) as usize];
-    println!(
-        "density      min {:.2e}  median {:.2e}  max {:.2e}",
-        q(0.0),
-        q(0.5),
-        q(1.0)
-    );
+    if let (Some(min), Some(max)) = (density.first(), density.last()) {
+        println!(
+            "density      min {min:.2e}  median {:.2e}  max {max:.2e}",
+            density[(density.len() - 1) / 2]
+        );
+    }
     println!(
         "never fired  {}",
         model.density.iter().filter(|&&d| d == 0.0).count()

@@ -1,108 +1,9 @@
 //! The `sae` binary end to end: training, exact resume after SIGKILL, Ctrl-C, divergence,
 //! bad input, export.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const SAE: &str = env!("CARGO_BIN_EXE_sae");
-
-/// A tiny run: 16-dim synthetic data, 64 features, checkpoints every 10 steps.
-fn small_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "train",
-        "--quiet",
-        "--set",
-        "data.synthetic.d=16",
-        "--set",
-        "data.synthetic.features=48",
-        "--set",
-        "data.sample_rows=1024",
-        "--set",
-        "model.d_sae=64",
-        "--set",
-        "sparsifier.name=\"mutual_choice\"",
-        "--set",
-        "sparsifier.k=4",
-        "--set",
-        "train.batch_size=128",
-        "--set",
-        "train.eval_tokens=512",
-        "--set",
-        "train.eval_every_tokens=0",
-        "--set",
-        "train.checkpoint_every_tokens=1280",
-        "--set",
-        "train.log_every_steps=5",
-        "--set",
-        "schedule.warmup_tokens=1000",
-        "--set",
-        "step.stats.dead_window=2000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.push("--set".into());
-    args.push(format!("train.total_tokens={}", steps * 128));
-    args.push("--set".into());
-    args.push(format!("out_dir=\"{}\"", out.display()));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn run(args: &[String]) -> Output {
-    Command::new(SAE)
-        .args(args)
-        .output()
-        .expect("the sae binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn weights(run_dir: &Path) -> Vec<u8> {
-    std::fs::read(run_dir.join("model/sae.safetensors")).expect("final model written")
-}
-
-fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoints")) else {
-        return Vec::new();
-    };
-    let mut found: Vec<PathBuf> = entries
-        .map(|e| e.unwrap().path())
-        .filter(|p| !p.to_string_lossy().ends_with(".partial"))
-        .collect();
-    found.sort();
-    found
-}
-
-/// Starts a run and waits until it has written a checkpoint; returns the running child.
-fn start_until_checkpoint(args: &[String], run_dir: &Path) -> std::process::Child {
-    let mut child = Command::new(SAE)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while checkpoints(run_dir).is_empty() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "run ended before its first checkpoint"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint within 2 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    child
-}
+use common::*;
 
 #[test]
 fn trains_and_reports_a_summary() {
@@ -158,11 +59,7 @@ fn ctrl_c_checkpoints_then_exits_and_the_run_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let child = start_until_checkpoint(&small_run(tmp.path(), 100_000, &[]), tmp.path());
     let first = checkpoints(tmp.path());
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    signal(&child, "INT");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let after = checkpoints(tmp.path());

@@ -18,7 +18,8 @@ pub enum DataError {
     },
 
     /// A file's header cannot be parsed (bad magic, malformed JSON or npy dictionary, offsets
-    /// out of range).
+    /// out of range, byte spans that do not fit a tensor's dtype and shape or that overlap
+    /// another tensor's).
     #[error("{path}: corrupt file: {reason}")]
     Corrupt {
         /// The file at fault.
@@ -104,6 +105,44 @@ pub enum DataError {
         column: usize,
         /// The offending value.
         value: f32,
+    },
+
+    /// A file became shorter than the rows about to be read while it was open (shards must not
+    /// change while they are read; reading the vanished bytes through the memory map would
+    /// kill the process).
+    #[error(
+        "{path}: tensor `{tensor}`: the file shrank to {actual} bytes while open, but row {row} ends at byte {needed} (a shard must not change while it is read)"
+    )]
+    Shrunk {
+        /// The file at fault.
+        path: PathBuf,
+        /// The tensor read.
+        tensor: String,
+        /// The first requested row that is no longer (wholly) in the file.
+        row: u64,
+        /// Bytes the file must hold for the requested rows.
+        needed: u64,
+        /// Bytes the file holds now.
+        actual: u64,
+    },
+
+    /// The rows sampled for a normalisation estimate have zero spread (all zero, or with
+    /// centring all equal), so no scale exists. Names the first file sampled; the rows sampled
+    /// from every other file are alike.
+    #[error(
+        "{path}: tensor `{tensor}`: the {rows} rows sampled from this file (from row {first_row} on) are {detail}; no normalisation scale exists"
+    )]
+    ZeroNorm {
+        /// The (first) file at fault.
+        path: PathBuf,
+        /// The tensor read.
+        tensor: String,
+        /// Rows sampled from this file.
+        rows: u64,
+        /// The first row sampled from this file.
+        first_row: u64,
+        /// What the rows are (`all zero` or `all equal`), and how many other files are alike.
+        detail: String,
     },
 
     /// A source yields no training rows (no matching files, every shard empty, or everything

@@ -10,8 +10,11 @@
 //!   [`ShardStream`] (shuffled shards), [`HeldOutRows`] (evaluation rows) and
 //!   [`SyntheticSource`] (ground truth).
 //! - [`ShardSet`]: memory-mapped, validated shards from a file, a directory or a glob.
-//!   Problems (wrong rank, `d` mismatch, truncation, bad dtype, NaN / Inf rows, empty sources)
-//!   are [`DataError`]s naming the file, tensor and row.
+//!   Problems (wrong rank, `d` mismatch, truncation, overlapping tensors, bad dtype, NaN / Inf
+//!   rows, empty sources, a file cut short while open, an all-zero sample) are [`DataError`]s
+//!   naming the file, tensor and row.
+//! - [`DataFingerprint`]: sizes, header digests and sampled-row digests of a set's files
+//!   ([`ShardSet::fingerprint`]), so a resumed run can tell that its data changed.
 //! - [`Normalizer`]: optional centring plus a scale giving mean squared norm `d`; invertible.
 //! - [`write_safetensors`], [`write_npy`], [`read_safetensors`], [`read_npy`]: small writers
 //!   and readers for tests, users and weight export.
@@ -56,6 +59,7 @@
 
 mod dtype;
 mod error;
+mod fingerprint;
 mod metrics;
 mod normalize;
 mod npy;
@@ -67,6 +71,7 @@ mod synthetic;
 
 pub use dtype::Dtype;
 pub use error::DataError;
+pub use fingerprint::{DataFingerprint, FINGERPRINT_ROWS, FileFingerprint};
 pub use metrics::{max_cosines, mmcs, recovery_fraction};
 pub use normalize::Normalizer;
 pub use npy::{NPY_TENSOR, read_npy, write_npy};

@@ -172,6 +172,7 @@ pub(crate) fn parse_layout(path: &Path, bytes: &[u8]) -> Result<Layout, DataErro
         dtype: header.dtype,
         rows,
         d,
+        header_len: header.data_start as usize,
         data_start: header.data_start as usize,
     })
 }

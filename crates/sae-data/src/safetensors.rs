@@ -167,11 +167,93 @@ fn locate(
     Ok((dtype, data_start + entry.begin))
 }
 
+/// Bits per element of every dtype the safetensors format names; `None` for names it does not
+/// (newer formats), whose byte lengths are then not checked.
+fn element_bits(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "F4" => 4,
+        "F6_E2M3" | "F6_E3M2" => 6,
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 8,
+        "I16" | "U16" | "F16" | "BF16" => 16,
+        "I32" | "U32" | "F32" => 32,
+        "I64" | "U64" | "F64" | "C64" => 64,
+        _ => return None,
+    })
+}
+
+/// Checks every tensor of the header, not only the one read: each entry is well formed, its
+/// byte span fits its dtype and shape, lies inside the data section, and overlaps no other
+/// tensor's span.
+fn check_all(
+    path: &Path,
+    file_len: u64,
+    data_start: u64,
+    map: &serde_json::Map<String, Value>,
+) -> Result<(), DataError> {
+    let mut spans = Vec::with_capacity(map.len());
+    for name in map.keys().filter(|k| *k != "__metadata__") {
+        let entry = entry(path, map, name)?;
+        let span = entry.end - entry.begin;
+        if let Some(bits) = element_bits(&entry.dtype) {
+            let needed = entry
+                .shape
+                .iter()
+                .try_fold(bits, |acc, &n| acc.checked_mul(n))
+                .ok_or_else(|| {
+                    DataError::corrupt(path, format!("tensor `{name}`: shape overflows"))
+                })?;
+            if span.checked_mul(8) != Some(needed) {
+                return Err(DataError::corrupt(
+                    path,
+                    format!(
+                        "tensor `{name}`: data_offsets span {span} bytes but shape {:?} of {} needs {} bits",
+                        entry.shape, entry.dtype, needed
+                    ),
+                ));
+            }
+        }
+        let expected = data_start.checked_add(entry.end).ok_or_else(|| {
+            DataError::corrupt(path, format!("tensor `{name}`: data_offsets overflow"))
+        })?;
+        if expected > file_len {
+            return Err(DataError::Truncated {
+                path: path.into(),
+                tensor: name.clone(),
+                expected,
+                actual: file_len,
+            });
+        }
+        if span > 0 {
+            spans.push((entry.begin, entry.end, name));
+        }
+    }
+    spans.sort_unstable();
+    // The span reaching furthest so far; any later span starting before its end overlaps it.
+    let mut furthest: Option<(u64, u64, &String)> = None;
+    for (begin, end, name) in spans {
+        if let Some((b, e, other)) = furthest
+            && begin < e
+        {
+            return Err(DataError::corrupt(
+                path,
+                format!(
+                    "tensor `{name}`: data_offsets [{begin}, {end}) overlap those of tensor `{other}` [{b}, {e})"
+                ),
+            ));
+        }
+        if furthest.is_none_or(|(_, e, _)| end > e) {
+            furthest = Some((begin, end, name));
+        }
+    }
+    Ok(())
+}
+
 /// Finds the `[n, d]` tensor `tensor` in the safetensors file `bytes` and checks it.
 pub(crate) fn parse_layout(path: &Path, bytes: &[u8], tensor: &str) -> Result<Layout, DataError> {
     let (map, data_start) = header(path, bytes)?;
     let entry = entry(path, &map, tensor)?;
     let (dtype, start) = locate(path, bytes, data_start, tensor, &entry)?;
+    check_all(path, bytes.len() as u64, data_start, &map)?;
     let (rows, d) = match entry.shape.as_slice() {
         &[rows, d] if d > 0 && usize::try_from(d).is_ok() => (rows, d as usize),
         _ => {
@@ -188,6 +270,7 @@ pub(crate) fn parse_layout(path: &Path, bytes: &[u8], tensor: &str) -> Result<La
         dtype,
         rows,
         d,
+        header_len: data_start as usize,
         data_start: start as usize,
     })
 }
@@ -205,6 +288,7 @@ pub fn read_safetensors(
     let (map, data_start) = header(path, &bytes)?;
     let entry = entry(path, &map, tensor)?;
     let (dtype, start) = locate(path, &bytes, data_start, tensor, &entry)?;
+    check_all(path, bytes.len() as u64, data_start, &map)?;
     let len = (entry.end - entry.begin) as usize / dtype.size();
     let mut out = vec![0.0; len];
     let start = start as usize;

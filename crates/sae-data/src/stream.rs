@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DataError;
 use crate::normalize::Normalizer;
-use crate::shards::ShardSet;
+use crate::shards::{ShardSet, check_spread, ensure_mapped};
 use crate::source::{BatchSource, Cursor, ShardCursor};
 
 /// Which rows are reserved for evaluation and never streamed for training.
@@ -170,15 +170,18 @@ pub(crate) const PARALLEL_MIN_VALUES: usize = 1 << 22;
 
 /// Decodes the rows `ids` (shard, row) into `out`, checking finiteness and normalising.
 ///
-/// Batches of at least [`PARALLEL_MIN_VALUES`] values are split over the rayon threads. Every
-/// row lands at the same place whichever way the work is split, so the result is identical
-/// for any thread count.
+/// First checks, one `fstat` per shard touched, that no file was cut short under its memory
+/// map (`extent` is scratch space for that). Batches of at least [`PARALLEL_MIN_VALUES`]
+/// values are split over the rayon threads. Every row lands at the same place whichever way
+/// the work is split, so the result is identical for any thread count.
 fn decode_rows(
     set: &ShardSet,
     ids: &[(u32, u64)],
     normalizer: Option<&Normalizer>,
     out: &mut [f32],
+    extent: &mut Vec<(u64, u64)>,
 ) -> Result<(), DataError> {
+    ensure_mapped(set, ids, extent)?;
     let threads = rayon::current_num_threads();
     if threads <= 1 || out.len() < PARALLEL_MIN_VALUES {
         return decode_serial(set, ids, normalizer, out);
@@ -250,6 +253,8 @@ pub struct ShardStream {
     /// Rows of the current window in their shuffled order.
     rows: Vec<(u32, u64)>,
     normalizer: Option<Normalizer>,
+    /// Scratch space of the per-batch file length check.
+    extent: Vec<(u64, u64)>,
 }
 
 impl ShardStream {
@@ -291,6 +296,7 @@ impl ShardStream {
             order: Vec::new(),
             rows: Vec::new(),
             normalizer: None,
+            extent: Vec::new(),
         };
         stream.load(0, 0);
         Ok(stream)
@@ -312,6 +318,9 @@ impl ShardStream {
 
     /// Estimates a [`Normalizer`] from `sample_rows` training rows spread evenly over the
     /// shards (held-out rows are not looked at).
+    ///
+    /// Fails with [`DataError::ZeroNorm`], naming the file, if the sampled rows are all zero
+    /// (with `center`: all equal).
     pub fn estimate_normalizer(
         &self,
         sample_rows: usize,
@@ -336,7 +345,8 @@ impl ShardStream {
             })
             .collect();
         let mut sample = vec![0.0; count * self.set.d()];
-        decode_rows(&self.set, &ids, None, &mut sample)?;
+        decode_rows(&self.set, &ids, None, &mut sample, &mut Vec::new())?;
+        check_spread(&self.set, &ids, &sample, center)?;
         Normalizer::estimate(&sample, self.set.d(), center)
     }
 
@@ -421,6 +431,7 @@ impl BatchSource for ShardStream {
                 &self.rows[self.offset..self.offset + take],
                 self.normalizer.as_ref(),
                 &mut out[filled * d..(filled + take) * d],
+                &mut self.extent,
             )?;
             self.offset += take;
             filled += take;
@@ -540,6 +551,7 @@ impl HeldOutRows {
             &self.ids[start..start + count],
             self.normalizer.as_ref(),
             out,
+            &mut Vec::new(),
         )
     }
 

@@ -38,10 +38,12 @@ pub enum SaeError {
     #[error("non-finite input activations")]
     NonFiniteInput,
     /// No sparsifier is registered under this name.
-    #[error("unknown sparsifier {name:?}; registered: {known:?}")]
+    #[error("unknown sparsifier {name:?}{}; registered: {known:?}", suggestion.as_ref().map_or(String::new(), |s| format!(" (did you mean {s:?}?)")))]
     UnknownSparsifier {
         /// The name that was asked for.
         name: String,
+        /// The registered name closest to it, when one is close.
+        suggestion: Option<String>,
         /// The names that are registered.
         known: Vec<String>,
     },

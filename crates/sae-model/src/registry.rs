@@ -43,7 +43,14 @@ fn build_mutual_choice(p: &Value) -> Result<Box<dyn Sparsifier>> {
 }
 
 fn build_feature_choice(p: &Value) -> Result<Box<dyn Sparsifier>> {
-    Ok(Box::new(parse_params::<FeatureChoice>(p)?))
+    let fc = parse_params::<FeatureChoice>(p)?;
+    if !(fc.exponent.is_finite() && fc.exponent > 0.0) {
+        return Err(SaeError::Config(format!(
+            "sparsifier.exponent = {} is out of range: must be a positive finite number",
+            fc.exponent
+        )));
+    }
+    Ok(Box::new(fc))
 }
 
 impl Registry {
@@ -87,6 +94,7 @@ impl Registry {
             .get(name)
             .ok_or_else(|| SaeError::UnknownSparsifier {
                 name: name.to_owned(),
+                suggestion: self.closest(name),
                 known: self.names(),
             })?;
         let params: Map<String, Value> = obj
@@ -94,11 +102,54 @@ impl Registry {
             .filter(|(k, _)| k.as_str() != "name")
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        factory(&Value::Object(params))
+        let sparsifier = factory(&Value::Object(params))?;
+        if sparsifier.k() == 0 {
+            return Err(SaeError::Config(
+                "sparsifier.k = 0 is out of range: must be at least 1 (k = 0 selects nothing, \
+                 so every feature would be dead)"
+                    .into(),
+            ));
+        }
+        Ok(sparsifier)
+    }
+
+    /// The registered name closest to `name` (by edit distance, ignoring case, `-` and `_`),
+    /// when it is close enough to be a likely typo.
+    pub fn closest(&self, name: &str) -> Option<String> {
+        let squash = |s: &str| -> Vec<char> {
+            s.chars()
+                .filter(|c| *c != '_' && *c != '-')
+                .flat_map(char::to_lowercase)
+                .collect()
+        };
+        let wanted = squash(name);
+        self.factories
+            .keys()
+            .map(|known| (edit_distance(&wanted, &squash(known)), known))
+            .filter(|(distance, known)| *distance <= 2.max(known.len() / 3))
+            .min()
+            .map(|(_, known)| known.clone())
     }
 
     /// Builds the sparsifier a JSON text names.
     pub fn build_str(&self, spec: &str) -> Result<Box<dyn Sparsifier>> {
         self.build(&serde_json::from_str(spec)?)
     }
+}
+
+/// Levenshtein distance between two character sequences.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }

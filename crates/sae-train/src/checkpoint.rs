@@ -12,6 +12,7 @@ use crate::TrainError;
 
 const PREFIX: &str = "step-";
 const TMP_SUFFIX: &str = ".partial";
+const CORRUPT_SUFFIX: &str = ".corrupt";
 
 /// The checkpoint directory of a run.
 #[derive(Debug, Clone)]
@@ -98,6 +99,19 @@ impl Checkpoints {
         }
         found.sort();
         Ok(found)
+    }
+
+    /// Renames a checkpoint that failed verification to `<name>.corrupt`, out of the list (it
+    /// is kept for inspection, never read again nor pruned).
+    pub fn set_aside(&self, dir: &Path) -> Result<PathBuf, TrainError> {
+        let mut name = dir.file_name().unwrap_or_default().to_os_string();
+        name.push(CORRUPT_SUFFIX);
+        let to = dir.with_file_name(name);
+        fs::rename(dir, &to).map_err(|source| TrainError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(to)
     }
 
     /// The newest completed checkpoint, if any.

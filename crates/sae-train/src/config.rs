@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use sae_data::SyntheticConfig;
-use sae_model::TrainConfig;
+use sae_model::{AuxLoss, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -62,6 +62,18 @@ pub enum BackendKind {
     Wgpu,
     /// burn's CUDA backend (needs the `cuda` feature).
     Cuda,
+}
+
+impl BackendKind {
+    /// The name used in configurations.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Flex => "flex",
+            Self::Ndarray => "ndarray",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        }
+    }
 }
 
 /// Kinds of activation source.
@@ -254,49 +266,151 @@ impl RunConfig {
     }
 
     fn validate(&self, origin: &str) -> Result<(), TrainError> {
-        let bad = |field: &str, reason: String| {
-            Err(TrainError::Config {
-                origin: origin.to_string(),
-                reason: format!("{field}: {reason}"),
-            })
-        };
+        self.check().map_err(|reason| TrainError::Config {
+            origin: origin.to_string(),
+            reason,
+        })
+    }
+
+    /// Every field's valid range; the error names the field, its value and the range.
+    fn check(&self) -> Result<(), String> {
         let t = &self.train;
-        if t.batch_size == 0 {
-            return bad("train.batch_size", "must be at least 1".into());
-        }
+        at_least("train.batch_size", t.batch_size as u64, 1)?;
         if t.total_tokens < t.batch_size as u64 {
-            return bad(
-                "train.total_tokens",
-                format!(
-                    "{} is less than one batch ({})",
-                    t.total_tokens, t.batch_size
-                ),
-            );
+            return Err(format!(
+                "train.total_tokens: {} is less than one batch ({})",
+                t.total_tokens, t.batch_size
+            ));
         }
-        if t.keep_checkpoints == 0 {
-            return bad("train.keep_checkpoints", "must keep at least 1".into());
+        at_least("train.eval_tokens", t.eval_tokens, 1)?;
+        at_least("train.keep_checkpoints", t.keep_checkpoints as u64, 1)?;
+        at_least("train.log_every_steps", t.log_every_steps, 1)?;
+
+        let data = &self.data;
+        if data.source == SourceKind::Files && data.path.is_none() {
+            return Err("data.path: required when data.source = \"files\"".into());
         }
-        if self.data.source == SourceKind::Files && self.data.path.is_none() {
-            return bad("data.path", "required when data.source = \"files\"".into());
+        in_range(
+            "data.heldout_fraction",
+            data.heldout_fraction,
+            0.0,
+            true,
+            1.0,
+            false,
+        )?;
+        at_least("data.shuffle_rows", data.shuffle_rows as u64, 1)?;
+        at_least("data.sample_rows", data.sample_rows as u64, 1)?;
+
+        match self.model.d_sae {
+            Some(f) => at_least("model.d_sae", f as u64, 1)?,
+            None => at_least("model.expansion", self.model.expansion as u64, 1)?,
         }
-        if !(0.0..1.0).contains(&self.data.heldout_fraction) {
-            return bad(
-                "data.heldout_fraction",
-                format!("{} is not in [0, 1)", self.data.heldout_fraction),
-            );
+
+        let step = &self.step;
+        if let Some(lr) = step.lr {
+            positive("step.lr", lr)?;
         }
-        if !(0.0..=1.0).contains(&self.schedule.decay_fraction) {
-            return bad(
-                "schedule.decay_fraction",
-                format!("{} is not in [0, 1]", self.schedule.decay_fraction),
-            );
+        in_range("step.beta1", step.beta1, 0.0, true, 1.0, false)?;
+        in_range("step.beta2", step.beta2, 0.0, true, 1.0, false)?;
+        positive("step.eps", step.eps)?;
+        in_range(
+            "step.aux_coef",
+            f64::from(step.aux_coef),
+            0.0,
+            true,
+            f64::INFINITY,
+            false,
+        )?;
+        if let Some(k_aux) = step.k_aux {
+            at_least("step.k_aux", k_aux as u64, 1)?;
         }
+        if let AuxLoss::AuxZipf { exponent } = step.aux {
+            in_range(
+                "step.aux.exponent",
+                exponent,
+                0.0,
+                false,
+                f64::INFINITY,
+                false,
+            )?;
+        }
+        in_range(
+            "step.stats.density_horizon_tokens",
+            step.stats.density_horizon_tokens,
+            1.0,
+            true,
+            f64::INFINITY,
+            false,
+        )?;
+        at_least("step.stats.dead_window", step.stats.dead_window, 1)?;
+        in_range(
+            "step.threshold_decay",
+            f64::from(step.threshold_decay),
+            0.0,
+            true,
+            1.0,
+            false,
+        )?;
+
+        let schedule = &self.schedule;
+        in_range(
+            "schedule.decay_fraction",
+            schedule.decay_fraction,
+            0.0,
+            true,
+            1.0,
+            true,
+        )?;
+        in_range(
+            "schedule.final_fraction",
+            schedule.final_fraction,
+            0.0,
+            true,
+            1.0,
+            true,
+        )?;
+
         if !self.sparsifier.get("name").is_some_and(|n| n.is_string()) {
-            return bad(
-                "sparsifier.name",
-                "missing: name a registered sparsifier".into(),
-            );
+            return Err("sparsifier.name: missing: name a registered sparsifier".into());
         }
         Ok(())
     }
+}
+
+fn at_least(field: &str, value: u64, min: u64) -> Result<(), String> {
+    if value < min {
+        return Err(format!(
+            "{field} = {value} is out of range: must be at least {min}"
+        ));
+    }
+    Ok(())
+}
+
+fn positive(field: &str, value: f64) -> Result<(), String> {
+    in_range(field, value, 0.0, false, f64::INFINITY, false)
+}
+
+/// `value` in the interval from `lo` to `hi` (each end included or not); NaN never is.
+fn in_range(
+    field: &str,
+    value: f64,
+    lo: f64,
+    lo_in: bool,
+    hi: f64,
+    hi_in: bool,
+) -> Result<(), String> {
+    let above = if lo_in { value >= lo } else { value > lo };
+    let below = if hi_in { value <= hi } else { value < hi };
+    if above && below {
+        return Ok(());
+    }
+    let interval = format!(
+        "{}{lo}, {hi}{}",
+        if lo_in { "[" } else { "(" },
+        if hi_in { "]" } else { ")" }
+    );
+    Err(format!(
+        "{field} = {value} is out of range: must be in {}",
+        interval.replace("inf", "infinity")
+    ))
 }

@@ -2,7 +2,8 @@
 //! ground truth when there is one.
 
 use sae_data::{
-    BatchSource, Cursor, HoldOut, Normalizer, ShardSet, ShardStream, StreamConfig, SyntheticSource,
+    BatchSource, Cursor, DataFingerprint, HoldOut, Normalizer, ShardSet, ShardStream, StreamConfig,
+    SyntheticSource,
 };
 
 use crate::TrainError;
@@ -12,14 +13,16 @@ use crate::config::{RunConfig, SourceKind};
 pub struct Activations {
     /// Training batches (raw; the trainer applies the normaliser).
     pub train: Box<dyn BatchSource>,
-    eval: Box<dyn BatchSource>,
-    eval_start: Cursor,
+    /// Held-out rows and where they start; `None` when the configuration holds none out.
+    eval: Option<(Box<dyn BatchSource>, Cursor)>,
     /// The true dictionary (`[F_true, d]`, row-major) of synthetic data.
     pub truth: Option<Vec<f32>>,
     /// Activation width.
     pub d: usize,
     /// Raw rows for estimating the normaliser and the decoder bias.
     pub sample: Vec<f32>,
+    /// The files' fingerprint (`None` for synthetic data, which the configuration determines).
+    pub fingerprint: Option<DataFingerprint>,
 }
 
 impl std::fmt::Debug for Activations {
@@ -32,7 +35,8 @@ impl std::fmt::Debug for Activations {
 }
 
 impl Activations {
-    /// Opens the source of `config.data`.
+    /// Opens the source of `config.data`. A held-out fraction that holds out no rows is an
+    /// error here, before any training.
     pub fn open(config: &RunConfig) -> Result<Self, TrainError> {
         let data = &config.data;
         match data.source {
@@ -43,18 +47,20 @@ impl Activations {
                 let mut sample = Vec::new();
                 sampler.next_batch(data.sample_rows, &mut sample)?;
                 let eval = source.held_out();
+                let start = eval.cursor();
                 Ok(Self {
                     truth: Some(source.dictionary().to_vec()),
                     train: Box::new(source),
-                    eval_start: eval.cursor(),
-                    eval: Box::new(eval),
+                    eval: Some((Box::new(eval), start)),
                     d,
                     sample,
+                    fingerprint: None,
                 })
             }
             SourceKind::Files => {
                 let path = data.path.as_ref().expect("validated: files need a path");
                 let set = ShardSet::open(path, &data.tensor)?;
+                let fingerprint = set.fingerprint()?;
                 let d = set.d();
                 let sample = set.sample_rows(data.sample_rows.min(set.rows() as usize))?;
                 let hold_out = if data.heldout_fraction > 0.0 {
@@ -74,23 +80,41 @@ impl Activations {
                         ..Default::default()
                     },
                 )?;
-                let held_out = stream.held_out();
+                let eval = if data.heldout_fraction > 0.0 {
+                    let held_out = stream.held_out();
+                    if held_out.rows() == 0 {
+                        return Err(TrainError::NoHeldOutRows {
+                            fraction: data.heldout_fraction,
+                            source_rows: stream.shard_set().rows(),
+                        });
+                    }
+                    let start = held_out.cursor();
+                    Some((Box::new(held_out) as Box<dyn BatchSource>, start))
+                } else {
+                    None
+                };
                 Ok(Self {
                     truth: None,
                     train: Box::new(stream),
-                    eval_start: held_out.cursor(),
-                    eval: Box::new(held_out),
+                    eval,
                     d,
                     sample,
+                    fingerprint: Some(fingerprint),
                 })
             }
         }
     }
 
-    /// The held-out rows, rewound: every evaluation sees the same rows.
-    pub fn eval_source(&mut self) -> Result<&mut dyn BatchSource, TrainError> {
-        self.eval.restore(&self.eval_start)?;
-        Ok(self.eval.as_mut())
+    /// The held-out rows, rewound (every evaluation sees the same rows); `None` when the
+    /// configuration holds no rows out.
+    pub fn eval_source(&mut self) -> Result<Option<&mut dyn BatchSource>, TrainError> {
+        match &mut self.eval {
+            Some((source, start)) => {
+                source.restore(start)?;
+                Ok(Some(source.as_mut()))
+            }
+            None => Ok(None),
+        }
     }
 
     /// The normaliser a configuration asks for, estimated on the sample.

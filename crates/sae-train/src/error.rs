@@ -39,6 +39,17 @@ pub enum TrainError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The checkpoint a run would continue from failed verification.
+    #[error("{source}{}", match older {
+        Some(dir) => format!("; an older checkpoint exists ({}): `--fallback` resumes from the newest one that verifies", dir.display()),
+        None => "; no older checkpoint verifies".to_string(),
+    })]
+    CorruptCheckpoint {
+        /// The verification error, naming the file.
+        source: Box<TrainError>,
+        /// The next older checkpoint, when there is one.
+        older: Option<PathBuf>,
+    },
     /// A metrics file line that does not parse.
     #[error("{}:{line}: {reason}", path.display())]
     Metrics {
@@ -64,6 +75,59 @@ pub enum TrainError {
         source: sae_model::SaeError,
         /// The newest checkpoint on disk, which is left untouched.
         last_good: Option<PathBuf>,
+    },
+    /// The run directory is locked by another process.
+    #[error(
+        "run directory {} is in use by {}: one directory holds one run at a time",
+        dir.display(),
+        holder.map_or("another process".to_string(), |pid| format!("process {pid}"))
+    )]
+    RunDirInUse {
+        /// The run directory.
+        dir: std::path::PathBuf,
+        /// The PID recorded by the lock's holder, when readable.
+        holder: Option<u32>,
+    },
+    /// A new run was started in a directory that already holds a run.
+    #[error(
+        "run directory {} already holds a run ({}); continue it with `--resume`, replace it with `--overwrite`, or choose another `out_dir`",
+        dir.display(),
+        found.join(", ")
+    )]
+    RunDirTaken {
+        /// The run directory.
+        dir: std::path::PathBuf,
+        /// The run's files found there.
+        found: Vec<&'static str>,
+    },
+    /// The activations changed since the run started.
+    #[error(
+        "the training data changed since run {} started: {reason}; resuming would not continue the same run (pass `--allow-data-change` to resume anyway)",
+        dir.display()
+    )]
+    DataChanged {
+        /// The run directory.
+        dir: std::path::PathBuf,
+        /// The first difference, naming the file.
+        reason: String,
+    },
+    /// The held-out split of the data is empty although evaluation needs it.
+    #[error(
+        "data.heldout_fraction = {fraction} holds out no rows of {source_rows} rows: raise it, or set it to 0 to train without held-out evaluation"
+    )]
+    NoHeldOutRows {
+        /// The configured fraction.
+        fraction: f64,
+        /// Rows of the source.
+        source_rows: u64,
+    },
+    /// The backend named in the configuration cannot run on this machine.
+    #[error("backend `{backend}` cannot run here: {reason}")]
+    BackendFailed {
+        /// The backend.
+        backend: &'static str,
+        /// Why, and what to do instead.
+        reason: String,
     },
     /// The backend named in the configuration is not compiled into this binary.
     #[error(

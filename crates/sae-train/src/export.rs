@@ -43,6 +43,53 @@ pub struct NativeMeta {
     pub normalizer: Normalizer,
     /// Whether `threshold` is stored.
     pub has_thresholds: bool,
+    /// Set when the run was stopped before its end: the model is a partial one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interrupted>,
+}
+
+/// Where an interrupted run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interrupted {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Optimizer steps the run was configured for.
+    pub total_steps: u64,
+}
+
+impl NativeMeta {
+    /// Checks the sizes the metadata announces before any tensor is read.
+    fn check(&self, path: &Path) -> Result<(), TrainError> {
+        let bad = |reason: String| {
+            Err(TrainError::Checkpoint {
+                path: path.to_path_buf(),
+                reason,
+            })
+        };
+        if self.d_model == 0 || self.features == 0 {
+            return bad(format!(
+                "a model needs d_model >= 1 and features >= 1, found d_model = {} and features = {}",
+                self.d_model, self.features
+            ));
+        }
+        if let Some(mean) = &self.normalizer.mean
+            && mean.len() != self.d_model
+        {
+            return bad(format!(
+                "normalizer mean has {} entries for d_model = {}",
+                mean.len(),
+                self.d_model
+            ));
+        }
+        if !(self.normalizer.scale.is_finite() && self.normalizer.scale > 0.0) {
+            return bad(format!(
+                "normalizer scale {} is not a positive finite number",
+                self.normalizer.scale
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A trained model as stored on disk.
@@ -64,6 +111,7 @@ pub fn write_native(
     state: &TrainState,
     normalizer: &Normalizer,
     config: &RunConfig,
+    interrupted: Option<Interrupted>,
 ) -> Result<(), TrainError> {
     let features = state.params.features;
     let thresholds = state
@@ -82,6 +130,7 @@ pub fn write_native(
             sparsifier: config.sparsifier.clone(),
             normalizer: normalizer.clone(),
             has_thresholds: thresholds.is_some(),
+            interrupted,
         },
         params: state.params.clone(),
         density: state.stats.density(),
@@ -183,6 +232,7 @@ impl NativeModel {
                 ),
             });
         }
+        meta.check(&meta_path)?;
         let w = dir.join(NATIVE_WEIGHTS);
         let (d, f) = (meta.d_model, meta.features);
         let params = SaeParams {
@@ -313,6 +363,12 @@ impl NativeModel {
                 })
         };
         let (d, f) = (field("d_in")?, field("d_sae")?);
+        if d == 0 || f == 0 {
+            return Err(TrainError::Checkpoint {
+                path: cfg_path,
+                reason: format!("`d_in` = {d} and `d_sae` = {f} must both be at least 1"),
+            });
+        }
         let architecture = cfg
             .get("architecture")
             .and_then(|a| a.as_str())
@@ -356,6 +412,7 @@ impl NativeModel {
                 sparsifier,
                 normalizer: Normalizer::identity(),
                 has_thresholds: thresholds.is_some(),
+                interrupted: None,
             },
             params,
             density,

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod checkpoint;
+pub mod checksum;
 pub mod config;
 pub mod data;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod eval;
 pub mod export;
 pub mod metrics;
 pub mod overrides;
+pub mod run_dir;
 pub mod schedule;
 pub mod state;
 mod tensor;

@@ -2,23 +2,30 @@
 //! normaliser, statistics, thresholds, configuration) and `tensors.safetensors` (parameters and
 //! Adam moments, f32, bit-exact).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use sae_data::{Cursor, Dtype, Normalizer, TensorRef, read_safetensors, write_safetensors};
+use sae_data::{
+    Cursor, DataFingerprint, Dtype, Normalizer, TensorRef, read_safetensors, write_safetensors,
+};
 use sae_model::sae_alloc::ThresholdEstimator;
 use sae_model::{FeatureStats, SaeParams, TrainState};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::{Checkpoints, write_atomic};
+use crate::checksum::Manifest;
 use crate::config::RunConfig;
 use crate::export::read_tensor;
+use crate::metrics::LogWindow;
 
 /// Name of the JSON part of a checkpoint.
 pub const STATE_FILE: &str = "state.json";
 /// Name of the tensor part of a checkpoint.
 pub const TENSORS_FILE: &str = "tensors.safetensors";
-const FORMAT: u32 = 1;
+/// Layout version written. Version 2 added checksums, the open logging window and the data
+/// fingerprint; version 1 checkpoints are still read (without verification).
+const FORMAT: u32 = 2;
+const OLDEST_READABLE: u32 = 1;
 
 /// The JSON part of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +46,18 @@ pub struct RunState {
     pub thresholds: Option<ThresholdEstimator>,
     /// The run's configuration.
     pub config: RunConfig,
+    /// Sums of the metrics logging window still open at this step, so a resumed run logs
+    /// exactly the lines an uninterrupted one does.
+    #[serde(default)]
+    pub log_window: LogWindow,
+    /// The training data the run started on (`None` for synthetic data, which the
+    /// configuration determines).
+    #[serde(default)]
+    pub data: Option<DataFingerprint>,
+    /// Length of `metrics.jsonl` in bytes when this checkpoint was written: a resumed run cuts
+    /// the file back to it.
+    #[serde(default)]
+    pub metrics_len: Option<u64>,
 }
 
 /// A checkpoint in memory.
@@ -62,6 +81,9 @@ impl Checkpoint {
         cursor: Cursor,
         normalizer: Normalizer,
         config: RunConfig,
+        log_window: LogWindow,
+        data: Option<DataFingerprint>,
+        metrics_len: u64,
     ) -> Self {
         Self {
             run: RunState {
@@ -73,6 +95,9 @@ impl Checkpoint {
                 stats: state.stats,
                 thresholds: state.thresholds,
                 config,
+                log_window,
+                data,
+                metrics_len: Some(metrics_len),
             },
             params: state.params,
             adam_m: state.adam_m,
@@ -115,12 +140,18 @@ impl Checkpoint {
             })
             .collect();
         write_safetensors(dir.join(TENSORS_FILE), &refs, Dtype::F32)?;
+        Manifest::write(dir, &[STATE_FILE, TENSORS_FILE])?;
         Ok(())
     }
 
-    /// Reads a checkpoint directory written by [`Checkpoint::write`].
+    /// Reads a checkpoint directory written by [`Checkpoint::write`], verifying every file
+    /// against its recorded checksum first.
     pub fn read(dir: &Path) -> Result<Self, TrainError> {
         let state_path = dir.join(STATE_FILE);
+        let manifest = Manifest::read(dir)?;
+        if let Some(manifest) = &manifest {
+            manifest.verify(dir)?;
+        }
         let bytes = std::fs::read(&state_path).map_err(|source| TrainError::Io {
             path: state_path.clone(),
             source,
@@ -129,10 +160,19 @@ impl Checkpoint {
             path: state_path.clone(),
             reason: e.to_string(),
         })?;
-        if run.format != FORMAT {
+        if !(OLDEST_READABLE..=FORMAT).contains(&run.format) {
             return Err(TrainError::Checkpoint {
                 path: state_path,
-                reason: format!("format {} is not the supported {FORMAT}", run.format),
+                reason: format!(
+                    "format {} is not one of the supported {OLDEST_READABLE}..={FORMAT}",
+                    run.format
+                ),
+            });
+        }
+        if run.format >= 2 && manifest.is_none() {
+            return Err(TrainError::Checkpoint {
+                path: dir.join(crate::checksum::CHECKSUM_FILE),
+                reason: "missing: the checkpoint cannot be verified".into(),
             });
         }
         let tensors = dir.join(TENSORS_FILE);
@@ -147,11 +187,97 @@ impl Checkpoint {
     }
 }
 
+/// The checkpoint a run continues from.
+#[derive(Debug)]
+pub struct Latest {
+    /// Its step.
+    pub step: u64,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its contents, verified.
+    pub checkpoint: Checkpoint,
+    /// Newer checkpoints that failed verification and were passed over, with why.
+    pub passed_over: Vec<(PathBuf, TrainError)>,
+}
+
+/// What to do when the newest checkpoint of a run fails verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnCorrupt {
+    /// Stop with the error (naming the file), and say whether older checkpoints exist.
+    #[default]
+    Fail,
+    /// Continue from the newest checkpoint that verifies.
+    FallBack,
+}
+
+impl Checkpoint {
+    /// Reads the newest checkpoint of `checkpoints`, verified; with [`OnCorrupt::FallBack`],
+    /// the newest one that verifies.
+    pub fn latest(checkpoints: &Checkpoints, on_corrupt: OnCorrupt) -> Result<Latest, TrainError> {
+        let all = checkpoints.list()?;
+        if all.is_empty() {
+            return Err(TrainError::Checkpoint {
+                path: checkpoints.root().to_path_buf(),
+                reason: "no checkpoint found".into(),
+            });
+        }
+        let mut passed_over = Vec::new();
+        for (i, (step, dir)) in all.iter().enumerate().rev() {
+            match Checkpoint::read(dir) {
+                Ok(checkpoint) => {
+                    return Ok(Latest {
+                        step: *step,
+                        dir: dir.clone(),
+                        checkpoint,
+                        passed_over,
+                    });
+                }
+                Err(e) if on_corrupt == OnCorrupt::FallBack => passed_over.push((dir.clone(), e)),
+                Err(e) => {
+                    return Err(TrainError::CorruptCheckpoint {
+                        source: Box::new(e),
+                        older: (i > 0).then(|| all[i - 1].1.clone()),
+                    });
+                }
+            }
+        }
+        let (_, newest) = passed_over.swap_remove(0);
+        Err(TrainError::CorruptCheckpoint {
+            source: Box::new(newest),
+            older: None,
+        })
+    }
+}
+
 impl RunState {
+    /// Reads the JSON part of a checkpoint, verified against its recorded checksum (the
+    /// tensors are not read).
+    pub fn read_verified(dir: &Path) -> Result<Self, TrainError> {
+        let path = dir.join(STATE_FILE);
+        if let Some(manifest) = Manifest::read(dir)? {
+            let mut only_state = manifest.clone();
+            only_state.files.retain(|name, _| name == STATE_FILE);
+            only_state.verify(dir)?;
+        }
+        let bytes = std::fs::read(&path).map_err(|source| TrainError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
+            path,
+            reason: e.to_string(),
+        })
+    }
+
     /// The activation width, read from the stored decoder bias.
     fn stats_d(&self, tensors: &Path) -> Result<usize, TrainError> {
-        let (shape, _) = read_safetensors(tensors, "params.b_dec")?;
-        Ok(shape[0])
+        match read_safetensors(tensors, "params.b_dec")?.0[..] {
+            [d] if d > 0 => Ok(d),
+            ref shape => Err(TrainError::Checkpoint {
+                path: tensors.to_path_buf(),
+                reason: format!("tensor `params.b_dec` has shape {shape:?}, expected [d] with d >= 1"),
+            }),
+        }
     }
 }
 

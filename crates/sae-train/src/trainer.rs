@@ -10,15 +10,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use sae_model::{AuxLoss, Registry, Sae, SaeConfig, SaeError, TrainStep, sample_mean};
 use serde::{Deserialize, Serialize};
 
+use sae_data::DataFingerprint;
+
 use crate::TrainError;
 use crate::checkpoint::{Checkpoints, write_atomic};
 use crate::config::{BackendKind, RunConfig};
 use crate::data::Activations;
 use crate::eval::{EvalReport, evaluate};
-use crate::export::write_native;
-use crate::metrics::{MetricsLog, MetricsRecord};
+use crate::export::{Interrupted, write_native};
+use crate::metrics::{LogWindow, MetricsLog, MetricsRecord, ResumePoint};
+use crate::run_dir::{Claim, RunDir};
 use crate::schedule::lr_factor;
-use crate::state::Checkpoint;
+use crate::state::{Checkpoint, OnCorrupt, RunState};
 use crate::tensor::to_device;
 
 /// How a run is driven, beyond its configuration.
@@ -28,10 +31,22 @@ pub struct TrainOptions {
     pub registry: Registry,
     /// Continue from the newest checkpoint in `out_dir` instead of starting afresh.
     pub resume: bool,
+    /// Start afresh in an `out_dir` that holds a run, removing that run first (without it, such
+    /// a directory is refused).
+    pub overwrite: bool,
+    /// When resuming and the newest checkpoint fails verification: stop (the default), or
+    /// continue from the newest one that verifies, setting the corrupt ones aside.
+    pub on_corrupt: OnCorrupt,
+    /// Resume even though the data files differ from those the run started on.
+    pub allow_data_change: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
-    /// Set (e.g. by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    /// Set (e.g. by a Ctrl-C or SIGTERM handler) to stop after the current step with a
+    /// checkpoint.
     pub stop: Arc<AtomicBool>,
+    /// Receives what the user should know as it happens (a checkpoint passed over, data
+    /// allowed to change, evaluation skipped). The library prints nothing itself.
+    pub notice: fn(&str),
 }
 
 impl Default for TrainOptions {
@@ -39,8 +54,12 @@ impl Default for TrainOptions {
         Self {
             registry: Registry::with_builtins(),
             resume: false,
+            overwrite: false,
+            on_corrupt: OnCorrupt::Fail,
+            allow_data_change: false,
             progress: false,
             stop: Arc::default(),
+            notice: |_| {},
         }
     }
 }
@@ -56,26 +75,36 @@ pub struct TrainSummary {
     pub seconds: f64,
     /// Training throughput of this invocation.
     pub tokens_per_second: f64,
-    /// Held-out evaluation of the final model.
-    pub eval: EvalReport,
+    /// Held-out evaluation of the final model; `None` when the run holds no data out or was
+    /// interrupted (an interrupted run stops promptly, as schedulers expect).
+    pub eval: Option<EvalReport>,
     /// Where the final model was written (native format).
     pub model_dir: PathBuf,
-    /// True when the run was stopped before its end.
+    /// True when the run was stopped before its end (its model is marked partial).
     pub interrupted: bool,
 }
 
-/// Loads the configuration stored with the newest checkpoint of a run directory.
+/// Loads the configuration stored with the newest readable checkpoint of a run directory.
+///
+/// Only the small JSON part is read and verified here; training verifies the whole
+/// checkpoint it resumes from.
 pub fn resume_config(out_dir: &std::path::Path) -> Result<RunConfig, TrainError> {
-    let (_, dir) =
-        Checkpoints::new(out_dir, 1)
-            .latest()?
-            .ok_or_else(|| TrainError::Checkpoint {
-                path: out_dir.join("checkpoints"),
-                reason: "no checkpoint to resume from".into(),
-            })?;
-    let mut config = Checkpoint::read(&dir)?.run.config;
-    config.out_dir = out_dir.to_path_buf();
-    Ok(config)
+    let checkpoints = Checkpoints::new(out_dir, 1);
+    let mut last_error = None;
+    for (_, dir) in checkpoints.list()?.into_iter().rev() {
+        match RunState::read_verified(&dir) {
+            Ok(run) => {
+                let mut config = run.config;
+                config.out_dir = out_dir.to_path_buf();
+                return Ok(config);
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| TrainError::Checkpoint {
+        path: checkpoints.root().to_path_buf(),
+        reason: "no checkpoint to resume from".into(),
+    }))
 }
 
 /// Runs `$body` with `$B` bound to the autodiff backend that `$kind` names.
@@ -108,12 +137,67 @@ macro_rules! with_backend {
 
 /// Trains as `config` says, on the backend it names.
 pub fn train(config: RunConfig, options: &TrainOptions) -> Result<TrainSummary, TrainError> {
-    with_backend!(config.backend, B => train_on::<B>(config, options, Default::default()))
+    with_backend!(config.backend, B => {
+        let device = open_device::<B>(config.backend)?;
+        train_on::<B>(config, options, device)
+    })
 }
 
 /// Evaluates the newest checkpoint of the run `config` describes on its held-out data.
 pub fn evaluate_run(config: &RunConfig, registry: &Registry) -> Result<EvalReport, TrainError> {
-    with_backend!(config.backend, B => evaluate_checkpoint::<B>(config, registry, Default::default()))
+    with_backend!(config.backend, B => {
+        let device = open_device::<B>(config.backend)?;
+        evaluate_checkpoint::<B>(config, registry, device)
+    })
+}
+
+/// The backend's default device, after one tiny operation on it: burn's GPU runtimes panic
+/// when they find no adapter or device, and that becomes an error saying what to do.
+fn open_device<B: AutodiffBackend>(kind: BackendKind) -> Result<B::Device, TrainError> {
+    // The runtime may fail on one of its own threads; the first panic message, from whichever
+    // thread, is the cause worth reporting.
+    let first_panic = Arc::new(std::sync::Mutex::new(None::<String>));
+    let hook = std::panic::take_hook();
+    let record = first_panic.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        let mut first = record.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            let payload = info.payload();
+            *first = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
+        }
+    }));
+    let probed = std::panic::catch_unwind(|| {
+        let device = B::Device::default();
+        burn::tensor::Tensor::<B, 1>::zeros([1], &device).into_data();
+        device
+    });
+    std::panic::set_hook(hook);
+    probed.map_err(|_| {
+        let advice = match kind {
+            BackendKind::Wgpu => {
+                "no usable wgpu adapter: install a Vulkan driver (on Debian / Ubuntu: \
+                 `apt-get install mesa-vulkan-drivers libvulkan1`) or use backend = \"flex\""
+            }
+            BackendKind::Cuda => {
+                "no usable CUDA device: check the driver with `nvidia-smi`, or use \
+                 backend = \"wgpu\" or \"flex\""
+            }
+            BackendKind::Flex | BackendKind::Ndarray => "the CPU backend failed to start",
+        };
+        let cause = first_panic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .and_then(|m| m.lines().next().map(str::to_string))
+            .map_or(String::new(), |m| format!(" (the runtime said: {m})"));
+        TrainError::BackendFailed {
+            backend: kind.name(),
+            reason: format!("{advice}{cause}"),
+        }
+    })
 }
 
 fn evaluate_checkpoint<B: AutodiffBackend>(
@@ -121,14 +205,9 @@ fn evaluate_checkpoint<B: AutodiffBackend>(
     registry: &Registry,
     device: B::Device,
 ) -> Result<EvalReport, TrainError> {
-    let (_, dir) = Checkpoints::new(&config.out_dir, 1)
-        .latest()?
-        .ok_or_else(|| TrainError::Checkpoint {
-            path: config.out_dir.join("checkpoints"),
-            reason: "no checkpoint to evaluate".into(),
-        })?;
-    let ckpt = Checkpoint::read(&dir)?;
     let sparsifier = registry.build(&config.sparsifier)?;
+    let checkpoints = Checkpoints::new(&config.out_dir, 1);
+    let ckpt = Checkpoint::latest(&checkpoints, OnCorrupt::Fail)?.checkpoint;
     let step = TrainStep::<B>::from_state(
         &ckpt.train_state(),
         sparsifier,
@@ -142,7 +221,11 @@ fn evaluate_checkpoint<B: AutodiffBackend>(
         &ckpt.run.normalizer,
         config,
         zipf_exponent(config),
-    )
+    )?
+    .ok_or_else(|| TrainError::Config {
+        origin: config.out_dir.join("config.toml").display().to_string(),
+        reason: "data.heldout_fraction = 0: the run holds no rows out to evaluate on".into(),
+    })
 }
 
 fn zipf_exponent(config: &RunConfig) -> f64 {
@@ -150,16 +233,6 @@ fn zipf_exponent(config: &RunConfig) -> f64 {
         AuxLoss::AuxZipf { exponent } => exponent,
         _ => 1.0,
     }
-}
-
-/// Mean metrics over a logging window.
-#[derive(Debug, Default)]
-struct Window {
-    steps: u32,
-    loss: f64,
-    fvu: f64,
-    aux: f64,
-    l0: f64,
 }
 
 fn crossed(tokens: u64, batch: u64, every: u64) -> bool {
@@ -172,19 +245,54 @@ pub fn train_on<B: AutodiffBackend>(
     options: &TrainOptions,
     device: B::Device,
 ) -> Result<TrainSummary, TrainError> {
+    // Everything that can be refused is refused before any compute: the sparsifier's
+    // parameters, the run directory, the data and its held-out split.
     let sparsifier = options.registry.build(&config.sparsifier)?;
+    let out_dir = config.out_dir.clone();
+    let claim = match (options.resume, options.overwrite) {
+        (true, _) => Claim::Resume,
+        (false, true) => Claim::Overwrite,
+        (false, false) => Claim::Fresh,
+    };
+    let _run_dir = RunDir::claim(&out_dir, claim)?;
     let mut acts = Activations::open(&config)?;
     let d = acts.d;
-    let out_dir = config.out_dir.clone();
+    let features = config.model.features(d);
+    check_shape(&config, sparsifier.k(), d, features)?;
+    if acts.eval_source()?.is_none() {
+        (options.notice)(
+            "data.heldout_fraction = 0: no rows are held out, so the run is not evaluated",
+        );
+    }
     let checkpoints = Checkpoints::new(&out_dir, config.train.keep_checkpoints);
-    let (mut step, normalizer, mut tokens) = if options.resume {
-        let (_, dir) = checkpoints
-            .latest()?
-            .ok_or_else(|| TrainError::Checkpoint {
-                path: checkpoints.root().to_path_buf(),
-                reason: "no checkpoint to resume from".into(),
-            })?;
-        let ckpt = Checkpoint::read(&dir)?;
+    // The data as it is now: a run resumed with `allow_data_change` records the new files.
+    let fingerprint = acts.fingerprint.clone();
+    let (mut step, normalizer, mut tokens, mut window, metrics_at) = if options.resume {
+        let latest = Checkpoint::latest(&checkpoints, options.on_corrupt)?;
+        for (dir, why) in &latest.passed_over {
+            let aside = checkpoints.set_aside(dir)?;
+            (options.notice)(&format!(
+                "passed over a checkpoint that fails verification ({why}); kept as {}",
+                aside.display()
+            ));
+        }
+        if !latest.passed_over.is_empty() {
+            (options.notice)(&format!("resuming from {}", latest.dir.display()));
+        }
+        let ckpt = latest.checkpoint;
+        if let (Some(then), Some(now)) = (&ckpt.run.data, &fingerprint)
+            && let Some(reason) = then.mismatch(now)
+        {
+            if !options.allow_data_change {
+                return Err(TrainError::DataChanged {
+                    dir: out_dir.clone(),
+                    reason,
+                });
+            }
+            (options.notice)(&format!(
+                "the training data changed ({reason}); resuming anyway as asked"
+            ));
+        }
         acts.train.restore(&ckpt.run.cursor)?;
         let step = TrainStep::<B>::from_state(
             &ckpt.train_state(),
@@ -192,33 +300,38 @@ pub fn train_on<B: AutodiffBackend>(
             config.step.clone(),
             &device,
         )?;
-        (step, ckpt.run.normalizer, ckpt.run.tokens)
+        let at = ResumePoint {
+            step: ckpt.run.step,
+            len: ckpt.run.metrics_len,
+        };
+        (
+            step,
+            ckpt.run.normalizer,
+            ckpt.run.tokens,
+            ckpt.run.log_window,
+            Some(at),
+        )
     } else {
         let normalizer = acts.normalizer(&config)?;
         let mut sample = acts.sample.clone();
         normalizer.apply(&mut sample);
         let sae_config = SaeConfig {
             d_model: d,
-            features: config.model.features(d),
+            features,
             seed: config.seed,
         };
         let sae =
             Sae::<B::InnerBackend>::init(&sae_config, Some(&sample_mean(&sample, d)?), &device)?;
-        std::fs::create_dir_all(&out_dir).map_err(|source| TrainError::Io {
-            path: out_dir.clone(),
-            source,
-        })?;
         write_atomic(&out_dir.join("config.toml"), config.to_toml().as_bytes())?;
         (
             TrainStep::<B>::new(&sae, sparsifier, config.step.clone(), &device)?,
             normalizer,
             0,
+            LogWindow::default(),
+            None,
         )
     };
-    let mut metrics = MetricsLog::open(
-        &out_dir.join("metrics.jsonl"),
-        options.resume.then(|| step.step_count()),
-    )?;
+    let mut metrics = MetricsLog::open(&out_dir.join("metrics.jsonl"), metrics_at)?;
     let batch = config.train.batch_size;
     let total_steps = config.train.total_tokens / batch as u64;
     let zipf_exponent = zipf_exponent(&config);
@@ -226,15 +339,22 @@ pub fn train_on<B: AutodiffBackend>(
     let bar = progress_bar(options.progress, total_steps, step.step_count());
     let started = Instant::now();
     let first_step = step.step_count();
-    let mut window = Window::default();
     let mut x = Vec::new();
-    let save = |step: &TrainStep<B>, tokens: u64, cursor| {
+    let save = |step: &TrainStep<B>,
+                tokens: u64,
+                cursor,
+                window: &LogWindow,
+                metrics: &MetricsLog,
+                fingerprint: &Option<DataFingerprint>| {
         let ckpt = Checkpoint::new(
             step.state(),
             tokens,
             cursor,
             normalizer.clone(),
             config.clone(),
+            window.clone(),
+            fingerprint.clone(),
+            metrics.len(),
         );
         checkpoints.save(step.step_count(), |dir| ckpt.write(dir))
     };
@@ -285,8 +405,10 @@ pub fn train_on<B: AutodiffBackend>(
             ));
             metrics.write(&record("train", n, tokens, values))?;
         }
-        if crossed(tokens, batch as u64, config.train.eval_every_tokens) && n < total_steps {
-            let report = run_eval(&step, &mut acts, &normalizer, &config, zipf_exponent)?;
+        if crossed(tokens, batch as u64, config.train.eval_every_tokens)
+            && n < total_steps
+            && let Some(report) = run_eval(&step, &mut acts, &normalizer, &config, zipf_exponent)?
+        {
             metrics.write(&record(
                 "eval",
                 n,
@@ -295,21 +417,46 @@ pub fn train_on<B: AutodiffBackend>(
             ))?;
         }
         if crossed(tokens, batch as u64, config.train.checkpoint_every_tokens) && n < total_steps {
-            save(&step, tokens, acts.train.cursor())?;
+            save(
+                &step,
+                tokens,
+                acts.train.cursor(),
+                &window,
+                &metrics,
+                &fingerprint,
+            )?;
         }
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    save(&step, tokens, acts.train.cursor())?;
-    let eval = run_eval(&step, &mut acts, &normalizer, &config, zipf_exponent)?;
-    metrics.write(&record(
-        "eval",
-        step.step_count(),
+    save(
+        &step,
         tokens,
-        serde_json::to_value(&eval).expect("serialises"),
-    ))?;
+        acts.train.cursor(),
+        &window,
+        &metrics,
+        &fingerprint,
+    )?;
+    let eval = if interrupted {
+        None
+    } else {
+        let eval = run_eval(&step, &mut acts, &normalizer, &config, zipf_exponent)?;
+        if let Some(report) = &eval {
+            metrics.write(&record(
+                "eval",
+                step.step_count(),
+                tokens,
+                serde_json::to_value(report).expect("serialises"),
+            ))?;
+        }
+        eval
+    };
     let model_dir = out_dir.join("model");
-    write_native(&model_dir, &step.state(), &normalizer, &config)?;
+    let partial = interrupted.then_some(Interrupted {
+        step: step.step_count(),
+        total_steps,
+    });
+    write_native(&model_dir, &step.state(), &normalizer, &config, partial)?;
     let trained = (step.step_count() - first_step) as f64 * batch as f64;
     Ok(TrainSummary {
         steps: step.step_count(),
@@ -322,15 +469,40 @@ pub fn train_on<B: AutodiffBackend>(
     })
 }
 
+/// Checks what needs the data's width: the sparsifier's `k` against the dictionary.
+fn check_shape(config: &RunConfig, k: usize, d: usize, features: usize) -> Result<(), TrainError> {
+    let bad = |reason: String| {
+        Err(TrainError::Config {
+            origin: "the run".into(),
+            reason,
+        })
+    };
+    if features == 0 {
+        return bad(format!(
+            "model: the dictionary has no features (d_sae = {:?}, expansion = {}, d = {d})",
+            config.model.d_sae, config.model.expansion
+        ));
+    }
+    if k > features {
+        return bad(format!(
+            "sparsifier.k = {k} exceeds the {features} features of the dictionary"
+        ));
+    }
+    Ok(())
+}
+
+/// Evaluates on the held-out rows; `None` when the run holds none out.
 fn run_eval<B: AutodiffBackend>(
     step: &TrainStep<B>,
     acts: &mut Activations,
     normalizer: &sae_data::Normalizer,
     config: &RunConfig,
     zipf_exponent: f64,
-) -> Result<EvalReport, TrainError> {
+) -> Result<Option<EvalReport>, TrainError> {
     let truth = acts.truth.clone();
-    let source = acts.eval_source()?;
+    let Some(source) = acts.eval_source()? else {
+        return Ok(None);
+    };
     evaluate(
         step,
         source,
@@ -340,6 +512,7 @@ fn run_eval<B: AutodiffBackend>(
         truth.as_deref(),
         zipf_exponent,
     )
+    .map(Some)
 }
 
 fn record(kind: &str, step: u64, tokens: u64, values: serde_json::Value) -> MetricsRecord {

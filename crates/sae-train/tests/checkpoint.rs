@@ -100,7 +100,11 @@ fn resumed_metrics_drop_lines_written_after_the_checkpoint() {
         log.write(&rec(step)).unwrap();
     }
     drop(log);
-    let mut log = MetricsLog::open(&path, Some(3)).unwrap();
+    let mut log = MetricsLog::open(
+        &path,
+        Some(sae_train::metrics::ResumePoint { step: 3, len: None }),
+    )
+    .unwrap();
     log.write(&rec(4)).unwrap();
     let steps: Vec<u64> = read_records(&path)
         .unwrap()
@@ -108,4 +112,78 @@ fn resumed_metrics_drop_lines_written_after_the_checkpoint() {
         .map(|r| r.step)
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn a_flipped_bit_or_a_cut_file_fails_verification_naming_the_file() {
+    use sae_train::checksum::Manifest;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fs::write(dir.join("a.bin"), vec![7u8; 3000]).unwrap();
+    fs::write(dir.join("b.json"), b"{\"x\": 1}").unwrap();
+    let manifest = Manifest::write(dir, &["a.bin", "b.json"]).unwrap();
+    assert_eq!(Manifest::read(dir).unwrap(), Some(manifest.clone()));
+    manifest.verify(dir).unwrap();
+
+    let mut bytes = fs::read(dir.join("a.bin")).unwrap();
+    bytes[1234] ^= 0x10;
+    fs::write(dir.join("a.bin"), &bytes).unwrap();
+    let err = manifest.verify(dir).unwrap_err().to_string();
+    assert!(err.contains("a.bin") && err.contains("checksum"), "{err}");
+
+    bytes[1234] ^= 0x10;
+    fs::write(dir.join("a.bin"), &bytes[..2999]).unwrap();
+    let err = manifest.verify(dir).unwrap_err().to_string();
+    assert!(err.contains("a.bin") && err.contains("2999 bytes"), "{err}");
+
+    fs::write(dir.join("a.bin"), &bytes).unwrap();
+    manifest.verify(dir).unwrap();
+    assert_eq!(Manifest::read(&dir.join("elsewhere")).unwrap(), None);
+}
+
+#[test]
+fn resumed_metrics_are_cut_back_to_the_recorded_length_and_a_torn_tail_is_dropped() {
+    use sae_train::metrics::{MetricsLog, MetricsRecord, ResumePoint, read_records};
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("metrics.jsonl");
+    let rec = |kind: &str, step| MetricsRecord {
+        kind: kind.into(),
+        step,
+        tokens: step * 10,
+        values: Default::default(),
+    };
+    let mut log = MetricsLog::open(&path, None).unwrap();
+    log.write(&rec("train", 1)).unwrap();
+    log.write(&rec("train", 2)).unwrap();
+    let at_checkpoint = log.len();
+    // Written after the checkpoint, at the checkpoint's own step (e.g. a final evaluation).
+    log.write(&rec("eval", 2)).unwrap();
+    drop(log);
+    let kinds = |path| {
+        read_records(path)
+            .unwrap()
+            .iter()
+            .map(|r| format!("{}{}", r.kind, r.step))
+            .collect::<Vec<_>>()
+    };
+    let mut log = MetricsLog::open(
+        &path,
+        Some(ResumePoint {
+            step: 2,
+            len: Some(at_checkpoint),
+        }),
+    )
+    .unwrap();
+    assert_eq!(log.len(), at_checkpoint);
+    log.write(&rec("train", 3)).unwrap();
+    drop(log);
+    assert_eq!(kinds(&path), ["train1", "train2", "train3"]);
+
+    // A checkpoint without a recorded length: lines up to its step, the torn tail dropped.
+    let mut text = fs::read_to_string(&path).unwrap();
+    text.push_str(r#"{"kind":"train","st"#);
+    fs::write(&path, text).unwrap();
+    assert!(read_records(&path).is_err(), "the torn line is there");
+    MetricsLog::open(&path, Some(ResumePoint { step: 3, len: None })).unwrap();
+    assert_eq!(kinds(&path), ["train1", "train2", "train3"]);
 }

@@ -49,7 +49,7 @@ fn invalid_values_are_named() {
     assert!(err.contains("train.batch_size"), "{err}");
     let err = load("", &["train.batch_size=0"]).unwrap_err().to_string();
     assert!(
-        err.contains("train.batch_size: must be at least 1"),
+        err.contains("train.batch_size = 0 is out of range: must be at least 1"),
         "{err}"
     );
     let err = load("", &["data.source=\"files\""])
@@ -67,4 +67,87 @@ fn a_missing_config_file_is_named() {
     let err =
         RunConfig::load(Some(std::path::Path::new("/nonexistent/run.toml")), &[]).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/run.toml"), "{err}");
+}
+
+#[test]
+fn every_numeric_field_has_its_range_checked_at_load() {
+    // (override, the field the error must name, the range it must state)
+    let cases = [
+        ("step.lr=-0.001", "step.lr", "(0, infinity)"),
+        ("step.lr=0.0", "step.lr", "(0, infinity)"),
+        ("step.lr=nan", "step.lr = NaN", "(0, infinity)"),
+        ("step.lr=inf", "step.lr", "(0, infinity)"),
+        ("step.beta1=1.0", "step.beta1", "[0, 1)"),
+        ("step.beta1=-0.1", "step.beta1", "[0, 1)"),
+        ("step.beta2=1.0", "step.beta2", "[0, 1)"),
+        ("step.eps=0.0", "step.eps", "(0, infinity)"),
+        ("step.aux_coef=-1.0", "step.aux_coef", "[0, infinity)"),
+        ("step.k_aux=0", "step.k_aux", "at least 1"),
+        (
+            "step.aux={kind=\"aux_zipf\", exponent=0.0}",
+            "step.aux.exponent",
+            "(0, infinity)",
+        ),
+        (
+            "step.stats.density_horizon_tokens=0.5",
+            "step.stats.density_horizon_tokens",
+            "[1, infinity)",
+        ),
+        (
+            "step.stats.dead_window=0",
+            "step.stats.dead_window",
+            "at least 1",
+        ),
+        ("step.threshold_decay=1.0", "step.threshold_decay", "[0, 1)"),
+        (
+            "schedule.decay_fraction=1.5",
+            "schedule.decay_fraction",
+            "[0, 1]",
+        ),
+        (
+            "schedule.final_fraction=-0.5",
+            "schedule.final_fraction",
+            "[0, 1]",
+        ),
+        ("train.eval_tokens=0", "train.eval_tokens", "at least 1"),
+        (
+            "train.keep_checkpoints=0",
+            "train.keep_checkpoints",
+            "at least 1",
+        ),
+        (
+            "train.log_every_steps=0",
+            "train.log_every_steps",
+            "at least 1",
+        ),
+        (
+            "data.heldout_fraction=1.0",
+            "data.heldout_fraction",
+            "[0, 1)",
+        ),
+        (
+            "data.heldout_fraction=nan",
+            "data.heldout_fraction",
+            "[0, 1)",
+        ),
+        ("data.shuffle_rows=0", "data.shuffle_rows", "at least 1"),
+        ("data.sample_rows=0", "data.sample_rows", "at least 1"),
+        ("model.d_sae=0", "model.d_sae", "at least 1"),
+        ("model.expansion=0", "model.expansion", "at least 1"),
+    ];
+    for (set, field, range) in cases {
+        let err = load("", &[set]).unwrap_err().to_string();
+        assert!(err.contains(field), "{set}: {err}");
+        assert!(err.contains(range), "{set}: {err}");
+    }
+    // The edges that are valid.
+    for set in [
+        "step.beta1=0.0",
+        "step.aux_coef=0.0",
+        "schedule.final_fraction=1.0",
+        "data.heldout_fraction=0.0",
+        "step.threshold_decay=0.0",
+    ] {
+        load("", &[set]).unwrap_or_else(|e| panic!("{set}: {e}"));
+    }
 }

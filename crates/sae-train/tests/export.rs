@@ -27,6 +27,7 @@ fn model(d: usize, f: usize) -> NativeModel {
                 mean: Some(v(d)),
             },
             has_thresholds: true,
+            interrupted: None,
         },
         params: SaeParams {
             d_model: d,
@@ -120,4 +121,71 @@ fn a_topk_model_exports_k_and_no_threshold() {
         serde_json::json!({"name": "topk", "k": 3})
     );
     assert!(back.thresholds.is_none());
+}
+
+/// Byte-level mutations of `bytes`: flips, truncation, insertion.
+fn mutate(bytes: &mut Vec<u8>, edits: &[(usize, u8, u8)]) {
+    for &(at, kind, value) in edits {
+        if bytes.is_empty() {
+            bytes.push(value);
+            continue;
+        }
+        let i = at % bytes.len();
+        match kind % 4 {
+            0 => bytes[i] ^= value | 1,
+            1 => bytes.truncate(i),
+            2 => bytes.insert(i, value),
+            _ => bytes[i] = value,
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 200, ..Default::default() })]
+
+    /// Damaged model directories (native and SAELens, metadata and weights) are errors, never
+    /// panics: what `sae inspect`, `sae export` and `sae import` read.
+    #[test]
+    fn damaged_models_are_errors_not_panics(
+        which in 0usize..5,
+        edits in proptest::collection::vec((0usize..1 << 20, 0u8..4, proptest::num::u8::ANY), 1..6),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let native = tmp.path().join("native");
+        let lens = tmp.path().join("lens");
+        let m = model(6, 10);
+        m.write(&native).unwrap();
+        m.write_saelens(&lens).unwrap();
+        let file = [
+            native.join("sae.json"),
+            native.join("sae.safetensors"),
+            lens.join("cfg.json"),
+            lens.join("sae_weights.safetensors"),
+            lens.join("sparsity.safetensors"),
+        ][which].clone();
+        let mut bytes = std::fs::read(&file).unwrap();
+        mutate(&mut bytes, &edits);
+        std::fs::write(&file, &bytes).unwrap();
+        // Either outcome is fine; a panic fails the test.
+        if which < 2 {
+            let _ = NativeModel::read(&native);
+        } else if let Ok(back) = NativeModel::read_saelens(&lens) {
+            let _ = back.write(&tmp.path().join("imported"));
+        }
+    }
+
+    /// Arbitrary bytes as a model's files.
+    #[test]
+    fn arbitrary_bytes_are_errors_not_panics(
+        meta in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+        weights in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        for (json, tensors) in [("sae.json", "sae.safetensors"), ("cfg.json", "sae_weights.safetensors")] {
+            std::fs::write(tmp.path().join(json), &meta).unwrap();
+            std::fs::write(tmp.path().join(tensors), &weights).unwrap();
+        }
+        let _ = NativeModel::read(tmp.path());
+        let _ = NativeModel::read_saelens(tmp.path());
+    }
 }

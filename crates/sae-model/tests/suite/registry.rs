@@ -32,9 +32,14 @@ fn builtins_by_name() {
 fn errors_are_typed() {
     let r = Registry::with_builtins();
     match r.build_str(r#"{"name": "nope", "k": 1}"#) {
-        Err(SaeError::UnknownSparsifier { name, known }) => {
+        Err(SaeError::UnknownSparsifier {
+            name,
+            known,
+            suggestion,
+        }) => {
             assert_eq!(name, "nope");
             assert!(known.contains(&"topk".to_owned()));
+            assert_eq!(suggestion, None, "nothing registered is close to `nope`");
         }
         other => panic!("{other:?}"),
     }
@@ -47,4 +52,49 @@ fn errors_are_typed() {
         Err(SaeError::Config(_))
     ));
     assert!(matches!(r.build_str("[1]"), Err(SaeError::Config(_))));
+}
+
+#[test]
+fn an_unknown_name_suggests_the_closest_registered_one() {
+    let r = Registry::with_builtins();
+    for (typo, meant) in [
+        ("mutualchoice", "mutual_choice"),
+        ("Feature-Choice", "feature_choice"),
+        ("topK", "topk"),
+        ("batch_topp", "batch_topk"),
+        ("featur_choise", "feature_choice"),
+    ] {
+        let spec = format!(r#"{{"name": "{typo}", "k": 1}}"#);
+        let err = r.build_str(&spec).unwrap_err();
+        assert!(
+            matches!(&err, SaeError::UnknownSparsifier { suggestion: Some(s), .. } if s == meant),
+            "{typo}: {err}"
+        );
+        assert!(
+            err.to_string()
+                .contains(&format!("did you mean \"{meant}\"")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn k_zero_is_refused_for_every_sparsifier() {
+    let r = Registry::with_builtins();
+    for name in r.names() {
+        let err = r
+            .build_str(&format!(r#"{{"name": "{name}", "k": 0}}"#))
+            .unwrap_err();
+        assert!(
+            matches!(&err, SaeError::Config(m) if m.contains("sparsifier.k = 0")),
+            "{name}: {err}"
+        );
+    }
+    for exponent in ["0.0", "-1.0"] {
+        let spec = format!(
+            r#"{{"name": "feature_choice", "k": 4, "capacities": "zipf", "exponent": {exponent}}}"#
+        );
+        let err = r.build_str(&spec).unwrap_err();
+        assert!(err.to_string().contains("sparsifier.exponent"), "{err}");
+    }
 }

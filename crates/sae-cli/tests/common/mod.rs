@@ -1,0 +1,135 @@
+//! Helpers shared by the tests that drive the `sae` binary.
+#![allow(dead_code)] // each test binary uses its own share of them
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SAE: &str = env!("CARGO_BIN_EXE_sae");
+
+/// A tiny run: 16-dim synthetic data, 64 features, checkpoints every 10 steps.
+pub fn small_run(out: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--quiet",
+        "--set",
+        "data.synthetic.d=16",
+        "--set",
+        "data.synthetic.features=48",
+        "--set",
+        "data.sample_rows=1024",
+        "--set",
+        "model.d_sae=64",
+        "--set",
+        "sparsifier.name=\"mutual_choice\"",
+        "--set",
+        "sparsifier.k=4",
+        "--set",
+        "train.batch_size=128",
+        "--set",
+        "train.eval_tokens=512",
+        "--set",
+        "train.eval_every_tokens=0",
+        "--set",
+        "train.checkpoint_every_tokens=1280",
+        "--set",
+        "train.log_every_steps=5",
+        "--set",
+        "schedule.warmup_tokens=1000",
+        "--set",
+        "step.stats.dead_window=2000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push("--set".into());
+    args.push(format!("train.total_tokens={}", steps * 128));
+    args.push("--set".into());
+    args.push(format!("out_dir=\"{}\"", out.display()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+pub fn run(args: &[String]) -> Output {
+    Command::new(SAE)
+        .args(args)
+        .output()
+        .expect("the sae binary runs")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+pub fn weights(run_dir: &Path) -> Vec<u8> {
+    std::fs::read(run_dir.join("model/sae.safetensors")).expect("final model written")
+}
+
+pub fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoints")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.to_string_lossy().ends_with(".partial"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Starts a run and waits until it has written a checkpoint; returns the running child.
+pub fn start_until_checkpoint(args: &[String], run_dir: &Path) -> std::process::Child {
+    let mut child = Command::new(SAE)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while checkpoints(run_dir).is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before its first checkpoint"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint within 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+/// `sae train --quiet --resume <run_dir>` plus `extra`.
+pub fn resume_args(run_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "train".to_string(),
+        "--quiet".into(),
+        "--resume".into(),
+        run_dir.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Sends `signal` (e.g. "TERM") to a process.
+pub fn signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// The records of a run's metrics file, as JSON objects.
+pub fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .expect("metrics written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a metrics line is JSON"))
+        .collect()
+}
