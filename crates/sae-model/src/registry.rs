@@ -114,7 +114,8 @@ impl Registry {
     }
 
     /// The registered name closest to `name` (by edit distance, ignoring case, `-` and `_`),
-    /// when it is close enough to be a likely typo.
+    /// when it is close enough to be a likely typo: at most one edit per three characters of
+    /// the registered name, and at least one (so `nope` is not mistaken for `topk`).
     pub fn closest(&self, name: &str) -> Option<String> {
         let squash = |s: &str| -> Vec<char> {
             s.chars()
@@ -126,7 +127,7 @@ impl Registry {
         self.factories
             .keys()
             .map(|known| (edit_distance(&wanted, &squash(known)), known))
-            .filter(|(distance, known)| *distance <= 2.max(known.len() / 3))
+            .filter(|(distance, known)| *distance <= 1.max(known.len() / 3))
             .min()
             .map(|(_, known)| known.clone())
     }
