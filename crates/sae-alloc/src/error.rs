@@ -112,6 +112,20 @@ pub enum AllocError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Zipf capacities whose `f64` shares carry so much rounding error that largest-remainder
+    /// rounding cannot make them sum exactly to the budget (only for budgets far beyond any
+    /// batch); reported instead of returning capacities that break the rounding rule.
+    #[error(
+        "Zipf capacities for budget {budget} over {features} features (exponent {exponent}) cannot be rounded exactly in f64"
+    )]
+    ZipfRounding {
+        /// The requested budget.
+        budget: usize,
+        /// Number of features.
+        features: usize,
+        /// The Zipf exponent.
+        exponent: f64,
+    },
     /// An exponential-moving-average decay outside [0, 1).
     #[error("EMA decay must be in [0, 1), got {decay}")]
     InvalidDecay {

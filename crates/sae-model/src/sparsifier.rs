@@ -314,6 +314,12 @@ impl FeatureChoice {
     }
 
     /// The capacities for a batch of `rows` tokens given the statistics so far.
+    ///
+    /// Uniform capacities deal the budget round-robin over the whole run: each batch's
+    /// `k * rows mod F` extra slots start at the feature after the last one the previous
+    /// batches dealt to, i.e. at `k * tokens_seen mod F`. So no feature is favoured: after any
+    /// number of batches, the capacities every feature has received add up to within one of
+    /// each other. The offset comes from the statistics, so a resumed run deals the same.
     pub fn capacities(&self, rows: usize, stats: &FeatureStats) -> Result<Capacities> {
         let features = stats.features();
         let budget = self.k * rows;
@@ -322,7 +328,11 @@ impl FeatureChoice {
             CapacityRule::Zipf if warm => {
                 Capacities::zipf(budget, rows as u32, self.exponent, &stats.usage_order())?
             }
-            _ => Capacities::uniform(budget, features, rows as u32)?,
+            _ => {
+                let dealt = u128::from(stats.tokens_seen()) * self.k as u128;
+                let offset = (dealt % features.max(1) as u128) as usize;
+                Capacities::uniform_rotated(budget, features, rows as u32, offset)?
+            }
         })
     }
 }

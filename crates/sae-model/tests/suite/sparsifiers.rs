@@ -74,3 +74,44 @@ fn builtin_rules_describe_the_selection() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn feature_choice_uniform_deals_the_remainder_round_robin_over_the_run() {
+    // k * N = 2 * 16 = 32 slots over F = 5 features per batch: 6 each and 2 extra. Batch rows
+    // vary (16, 16, 7, 16, ...) as the last batch of an epoch would; after every batch, the
+    // capacities each feature has received add up to within one of each other, and the
+    // extra slots continue where the previous batch's stopped.
+    const FEATURES: usize = 5;
+    let fc = FeatureChoice::uniform(2);
+    let mut stats = FeatureStats::new(FEATURES, StatsConfig::default());
+    let mut received = [0u64; FEATURES];
+    let mut next = 0usize;
+    for (batch, rows) in [16usize, 16, 7, 16, 3, 16, 16, 16, 1, 16]
+        .into_iter()
+        .enumerate()
+    {
+        let caps = fc.capacities(rows, &stats).unwrap();
+        let caps = caps.as_slice();
+        assert_eq!(caps.iter().map(|&c| c as usize).sum::<usize>(), 2 * rows);
+        let (base, extra) = ((2 * rows / FEATURES) as u32, 2 * rows % FEATURES);
+        let raised: Vec<usize> = (0..FEATURES).filter(|&f| caps[f] == base + 1).collect();
+        let mut want: Vec<usize> = (0..extra).map(|j| (next + j) % FEATURES).collect();
+        want.sort_unstable();
+        assert_eq!(raised, want, "batch {batch}");
+        next = (next + extra) % FEATURES;
+        for (total, &c) in received.iter_mut().zip(caps) {
+            *total += u64::from(c);
+        }
+        let (lo, hi) = (
+            received.iter().min().unwrap(),
+            received.iter().max().unwrap(),
+        );
+        assert!(hi - lo <= 1, "batch {batch}: {received:?}");
+        // Advance the statistics by `rows` tokens.
+        let z: Vec<f32> = (0..rows * FEATURES).map(|i| (i % 7) as f32).collect();
+        let m = ScoreMatrix::new(&z, rows, FEATURES).unwrap();
+        stats
+            .update(&TopK { k: 1 }.select(&m, &stats).unwrap(), |s| s > 0.0)
+            .unwrap();
+    }
+}
