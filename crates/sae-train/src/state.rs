@@ -275,7 +275,9 @@ impl RunState {
             [d] if d > 0 => Ok(d),
             ref shape => Err(TrainError::Checkpoint {
                 path: tensors.to_path_buf(),
-                reason: format!("tensor `params.b_dec` has shape {shape:?}, expected [d] with d >= 1"),
+                reason: format!(
+                    "tensor `params.b_dec` has shape {shape:?}, expected [d] with d >= 1"
+                ),
             }),
         }
     }
