@@ -552,10 +552,10 @@ pub fn aggregate(runs: &[RunResult]) -> Vec<Aggregate> {
                 fvu: stat(|e| e.fvu),
                 l0_mean: stat(|e| e.l0_mean),
                 l0_spread: stat(|e| e.l0_std),
-                dead: stat(|e| e.dead_fraction),
+                dead: stat(|e| e.dead_in_training_fraction),
                 dead_max: rs
                     .iter()
-                    .filter_map(|r| r.final_eval.dead_fraction)
+                    .filter_map(|r| r.final_eval.dead_in_training_fraction)
                     .reduce(f64::max),
                 underused: stat(|e| e.underused_fraction),
                 mmcs: stat(|e| e.mmcs),

@@ -2,13 +2,21 @@
 //!
 //! Feature Choice and Mutual Choice select by comparing a token with the rest of its batch, so
 //! a single token has no selection of its own. As BatchTopK does, we estimate during training
-//! the score a pair must beat to be selected, and at inference keep every pair above it:
+//! the score a pair must beat to be selected, and at inference keep every pair above it.
 //!
-//! - global (Mutual Choice / BatchTopK): an EMA over batches of the smallest *positive* score
-//!   the selection kept (batches that kept no positive score leave it unchanged);
-//! - per feature (Feature Choice): for each feature, an EMA of the smallest score it kept in a
-//!   batch, i.e. its `m_f`-th largest affinity; features that kept nothing in a batch keep their
-//!   previous estimate, and a feature never seen selected has threshold `+inf` (never fires).
+//! The rules these thresholds stand in for feed ReLU codes, so what a batch teaches is the
+//! smallest *positive* score its selection accepted:
+//!
+//! - a batch whose kept scores are all positive accepted scores down to the smallest of them;
+//! - a batch that kept some score `<= 0` accepted every positive score: its level is 0 (a
+//!   ReLU code of a score `<= 0` is 0, so such pairs never fire);
+//! - a batch that kept nothing says nothing.
+//!
+//! The estimate is an EMA over batches of that level: one for all features (global, Mutual
+//! Choice / BatchTopK), or one per feature over the batches in which the feature kept
+//! something (Feature Choice, whose level is the feature's `m_f`-th largest affinity). A
+//! feature never seen selected has threshold `+inf` (never fires). Every threshold is
+//! therefore `>= 0`, and inference (`score > threshold`) keeps only pairs with non-zero codes.
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -119,21 +127,16 @@ impl ThresholdEstimator {
         })
     }
 
-    /// Folds one training selection into the estimate.
+    /// Folds one training selection into the estimate (see the module documentation).
     pub fn update(&mut self, selection: &Selection) -> Result<(), AllocError> {
         let decay = self.decay;
-        let blend = |old: &mut Option<f32>, seen: f32| {
-            *old = Some(old.map_or(seen, |t| decay * t + (1.0 - decay) * seen));
+        let blend = |old: &mut Option<f32>, smallest_kept: f32| {
+            let level = smallest_kept.max(0.0);
+            *old = Some(old.map_or(level, |t| decay * t + (1.0 - decay) * level));
         };
         match &mut self.state {
             EstimatorState::Global(t) => {
-                let smallest_positive = selection
-                    .scores()
-                    .iter()
-                    .copied()
-                    .filter(|&s| s > 0.0)
-                    .reduce(f32::min);
-                if let Some(s) = smallest_positive {
+                if let Some(s) = selection.scores().iter().copied().reduce(f32::min) {
                     blend(t, s);
                 }
             }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use sae_model::Registry;
 use sae_train::state::OnCorrupt;
-use sae_train::{EvalReport, NativeModel, RunConfig, TrainOptions, TrainSummary};
+use sae_train::{EvalData, EvalReport, NativeModel, RunConfig, TrainOptions, TrainSummary};
 
 /// mimalloc keeps freed pages for reuse; with glibc every large batch-sized buffer is mapped,
 /// faulted in and unmapped afresh at each step.
@@ -53,13 +53,21 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
-    /// Evaluate a run's final model (or newest checkpoint) on held-out data.
+    /// Evaluate a run's newest checkpoint on its held-out data, or on files of your own.
     Eval {
         /// The run directory.
         run_dir: PathBuf,
-        /// Held-out tokens to evaluate.
-        #[arg(long)]
+        /// Tokens to evaluate, each row at most once (default: the run's `train.eval_tokens`;
+        /// fewer when the data holds fewer rows).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         tokens: Option<u64>,
+        /// Evaluate on these activation files (a file, a directory or a glob, as `data.path`
+        /// takes) instead of the run's held-out split; read with the run's normaliser.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The tensor to read from `--data` (default: the run's `data.tensor`).
+        #[arg(long, requires = "data")]
+        tensor: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -149,8 +157,10 @@ fn main() -> Result<()> {
         Command::Eval {
             run_dir,
             tokens,
+            data,
+            tensor,
             json,
-        } => eval(&run_dir, tokens, json),
+        } => eval(&run_dir, tokens, data, tensor, json),
         Command::Export {
             source,
             format,
@@ -291,6 +301,12 @@ fn print_summary(s: &TrainSummary) {
 }
 
 fn print_eval(e: &EvalReport) {
+    let all = if e.eval_tokens < e.requested_tokens {
+        format!(" (every row once; {} asked for)", e.requested_tokens)
+    } else {
+        String::new()
+    };
+    println!("{:<34} {:>12}{all}", "tokens evaluated", e.eval_tokens);
     println!(
         "{:<34} {:>12.4}",
         "held-out FVU (batch selection)", e.batch.fvu
@@ -303,7 +319,16 @@ fn print_eval(e: &EvalReport) {
         "{:<34} {:>12.2} ± {:.2}",
         "L0 mean ± std (batch)", e.batch.l0_mean, e.batch.l0_std
     );
-    println!("{:<34} {:>11.1}%", "dead features", 100.0 * e.dead_fraction);
+    println!(
+        "{:<34} {:>11.1}%",
+        "dead in training (dead window)",
+        100.0 * e.dead_in_training_fraction
+    );
+    println!(
+        "{:<34} {:>11.1}%",
+        "dead on the evaluated tokens",
+        100.0 * e.dead_on_eval_fraction
+    );
     println!(
         "{:<34} {:>11.1}%",
         "under-used features",
@@ -319,17 +344,36 @@ fn print_eval(e: &EvalReport) {
     }
 }
 
-fn eval(run_dir: &Path, tokens: Option<u64>, json: bool) -> Result<()> {
+fn eval(
+    run_dir: &Path,
+    tokens: Option<u64>,
+    data: Option<PathBuf>,
+    tensor: Option<String>,
+    json: bool,
+) -> Result<()> {
     let mut config = sae_train::resume_config(run_dir)
         .with_context(|| format!("opening run {}", run_dir.display()))?;
     if let Some(t) = tokens {
         config.train.eval_tokens = t;
     }
-    let report = sae_train::trainer::evaluate_run(&config, &registry())?;
+    let on = match data {
+        Some(path) => EvalData::Files {
+            path,
+            tensor: tensor.unwrap_or_else(|| config.data.tensor.clone()),
+        },
+        None => EvalData::HeldOut,
+    };
+    let report = sae_train::trainer::evaluate_run(&config, &registry(), &on)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{report:#?}");
+        match &on {
+            EvalData::HeldOut => println!("evaluated on the run's held-out rows"),
+            EvalData::Files { path, tensor } => {
+                println!("evaluated on {} (tensor `{tensor}`)", path.display())
+            }
+        }
+        print_eval(&report);
     }
     Ok(())
 }

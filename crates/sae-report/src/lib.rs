@@ -107,7 +107,7 @@ pub fn write_report(run_dir: &Path, out_dir: &Path) -> Result<Report, ReportErro
             "Dead features",
             "dead features (%)",
             |t| t.dead_fraction.map(|f| 100.0 * f),
-            |e| e.dead_fraction.map(|f| 100.0 * f),
+            |e| e.dead_in_training_fraction.map(|f| 100.0 * f),
         ),
     ];
     for (file, title, y_desc, of_train, of_eval) in curves {
@@ -189,7 +189,16 @@ fn summary_markdown(
                     format!("{} ± {}", fmt_opt(e.l0_mean, 2), fmt_opt(e.l0_std, 2)),
                     fmt_opt(e.inference_l0_mean, 2),
                 ),
-                ("dead features", fmt_percent(e.dead_fraction), String::new()),
+                (
+                    "dead in training",
+                    fmt_percent(e.dead_in_training_fraction),
+                    String::new(),
+                ),
+                (
+                    "dead on the evaluated tokens",
+                    fmt_percent(e.dead_on_eval_fraction),
+                    String::new(),
+                ),
                 (
                     "under-used features",
                     fmt_percent(e.underused_fraction),

@@ -83,9 +83,12 @@ pub struct EvalRecord {
     /// With single-token threshold inference, when the sparsifier has one.
     #[serde(default)]
     pub inference: Option<SelectionEval>,
-    /// Fraction of dead features.
+    /// Fraction of features dead in training (no firing within the dead window).
+    #[serde(default, alias = "dead_fraction")]
+    pub dead_in_training_fraction: Option<f64>,
+    /// Fraction of features that fired on none of the evaluated tokens.
     #[serde(default)]
-    pub dead_fraction: Option<f64>,
+    pub dead_on_eval_fraction: Option<f64>,
     /// Fraction of under-used features (dead ones included).
     #[serde(default)]
     pub underused_fraction: Option<f64>,

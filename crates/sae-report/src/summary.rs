@@ -21,8 +21,10 @@ pub struct FinalEval {
     pub inference_fvu: Option<f64>,
     /// Mean L0 with threshold inference.
     pub inference_l0_mean: Option<f64>,
-    /// Fraction of dead features.
-    pub dead_fraction: Option<f64>,
+    /// Fraction of features dead in training (no firing within the dead window).
+    pub dead_in_training_fraction: Option<f64>,
+    /// Fraction of features that fired on none of the evaluated tokens.
+    pub dead_on_eval_fraction: Option<f64>,
     /// Fraction of under-used features.
     pub underused_fraction: Option<f64>,
     /// Mean max cosine similarity to the true dictionary (synthetic data).
@@ -41,7 +43,8 @@ impl From<&EvalRecord> for FinalEval {
             l0_std: e.batch.l0_std,
             inference_fvu: e.inference.as_ref().and_then(|i| i.fvu),
             inference_l0_mean: e.inference.as_ref().and_then(|i| i.l0_mean),
-            dead_fraction: e.dead_fraction,
+            dead_in_training_fraction: e.dead_in_training_fraction,
+            dead_on_eval_fraction: e.dead_on_eval_fraction,
             underused_fraction: e.underused_fraction,
             mmcs: e.mmcs,
             recovered: e.recovered,
@@ -67,11 +70,11 @@ pub fn fmt_percent(value: Option<f64>) -> String {
 
 /// Markdown table comparing the final evals of several runs, one row per run.
 ///
-/// Columns: FVU, L0 mean ± std, dead %, under-used %, MMCS, recovery; a pipe in a run name
+/// Columns: FVU, L0 mean ± std, dead in training %, under-used %, MMCS, recovery; a pipe in a run name
 /// is escaped so the table stays well formed.
 pub fn comparison_table(runs: &[(String, FinalEval)]) -> String {
     let mut out = String::from(
-        "| run | FVU | L0 (mean ± std) | dead | under-used | MMCS | recovered |\n\
+        "| run | FVU | L0 (mean ± std) | dead (training) | under-used | MMCS | recovered |\n\
          |---|---:|---:|---:|---:|---:|---:|\n",
     );
     for (name, e) in runs {
@@ -82,7 +85,7 @@ pub fn comparison_table(runs: &[(String, FinalEval)]) -> String {
             fmt_opt(e.fvu, 4),
             fmt_opt(e.l0_mean, 2),
             fmt_opt(e.l0_std, 2),
-            fmt_percent(e.dead_fraction),
+            fmt_percent(e.dead_in_training_fraction),
             fmt_percent(e.underused_fraction),
             fmt_opt(e.mmcs, 3),
             fmt_percent(e.recovered),

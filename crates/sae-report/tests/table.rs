@@ -11,7 +11,7 @@ fn comparison_table_has_one_well_formed_row_per_run() {
                 fvu: Some(0.1234),
                 l0_mean: Some(32.0),
                 l0_std: Some(0.0),
-                dead_fraction: Some(0.05),
+                dead_in_training_fraction: Some(0.05),
                 underused_fraction: Some(0.3),
                 ..FinalEval::default()
             },

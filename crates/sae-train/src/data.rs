@@ -6,6 +6,8 @@ use sae_data::{
     SyntheticSource,
 };
 
+use std::path::Path;
+
 use crate::TrainError;
 use crate::config::{RunConfig, SourceKind};
 
@@ -13,8 +15,8 @@ use crate::config::{RunConfig, SourceKind};
 pub struct Activations {
     /// Training batches (raw; the trainer applies the normaliser).
     pub train: Box<dyn BatchSource>,
-    /// Held-out rows and where they start; `None` when the configuration holds none out.
-    eval: Option<(Box<dyn BatchSource>, Cursor)>,
+    /// Held-out rows; `None` when the configuration holds none out.
+    eval: Option<EvalRows>,
     /// The true dictionary (`[F_true, d]`, row-major) of synthetic data.
     pub truth: Option<Vec<f32>>,
     /// Activation width.
@@ -46,12 +48,11 @@ impl Activations {
                 let mut sampler = source.held_out();
                 let mut sample = Vec::new();
                 sampler.next_batch(data.sample_rows, &mut sample)?;
-                let eval = source.held_out();
-                let start = eval.cursor();
+                let eval = EvalRows::new(Box::new(source.held_out()), None);
                 Ok(Self {
                     truth: Some(source.dictionary().to_vec()),
                     train: Box::new(source),
-                    eval: Some((Box::new(eval), start)),
+                    eval: Some(eval),
                     d,
                     sample,
                     fingerprint: None,
@@ -88,8 +89,8 @@ impl Activations {
                             source_rows: stream.shard_set().rows(),
                         });
                     }
-                    let start = held_out.cursor();
-                    Some((Box::new(held_out) as Box<dyn BatchSource>, start))
+                    let rows = held_out.rows();
+                    Some(EvalRows::new(Box::new(held_out), Some(rows)))
                 } else {
                     None
                 };
@@ -107,11 +108,11 @@ impl Activations {
 
     /// The held-out rows, rewound (every evaluation sees the same rows); `None` when the
     /// configuration holds no rows out.
-    pub fn eval_source(&mut self) -> Result<Option<&mut dyn BatchSource>, TrainError> {
+    pub fn eval_rows(&mut self) -> Result<Option<&mut EvalRows>, TrainError> {
         match &mut self.eval {
-            Some((source, start)) => {
-                source.restore(start)?;
-                Ok(Some(source.as_mut()))
+            Some(rows) => {
+                rows.rewind()?;
+                Ok(Some(rows))
             }
             None => Ok(None),
         }
@@ -128,5 +129,78 @@ impl Activations {
         } else {
             Ok(Normalizer::identity())
         }
+    }
+}
+
+/// Rows to evaluate on: a source read from its start, and how many distinct rows it holds.
+pub struct EvalRows {
+    source: Box<dyn BatchSource>,
+    start: Cursor,
+    rows: Option<u64>,
+}
+
+impl std::fmt::Debug for EvalRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvalRows")
+            .field("start", &self.start)
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+impl EvalRows {
+    /// `rows`: the distinct rows of `source` (`None`: unbounded, as synthetic data is).
+    pub fn new(source: Box<dyn BatchSource>, rows: Option<u64>) -> Self {
+        let start = source.cursor();
+        Self {
+            source,
+            start,
+            rows,
+        }
+    }
+
+    /// Every row of the activation files at `path` (a file, a directory or a glob, as
+    /// `data.path` takes), each once, in a fixed order. Errors name the path when it holds no
+    /// rows or rows of another width than `d`.
+    pub fn open_files(path: &Path, tensor: &str, d: usize) -> Result<Self, TrainError> {
+        let set = ShardSet::open(path, tensor)?;
+        let bad = |reason: String| TrainError::EvalData {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if set.d() != d {
+            return Err(bad(format!(
+                "tensor `{tensor}` has rows of width {}, the model reads width {d}",
+                set.d()
+            )));
+        }
+        let rows = set.rows();
+        if rows == 0 {
+            return Err(bad(format!("tensor `{tensor}` has no rows")));
+        }
+        let stream = ShardStream::new(
+            set,
+            StreamConfig {
+                shuffle_rows: 1,
+                hold_out: HoldOut::None,
+                ..Default::default()
+            },
+        )?;
+        Ok(Self::new(Box::new(stream), Some(rows)))
+    }
+
+    /// The distinct rows (`None`: unbounded).
+    pub fn rows(&self) -> Option<u64> {
+        self.rows
+    }
+
+    /// The source, to read from its current position.
+    pub fn source(&mut self) -> &mut dyn BatchSource {
+        self.source.as_mut()
+    }
+
+    /// Back to the first row.
+    pub fn rewind(&mut self) -> Result<(), TrainError> {
+        Ok(self.source.restore(&self.start)?)
     }
 }

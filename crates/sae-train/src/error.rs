@@ -121,6 +121,14 @@ pub enum TrainError {
         /// Rows of the source.
         source_rows: u64,
     },
+    /// Evaluation data the user named does not fit the model.
+    #[error("evaluation data {}: {reason}", path.display())]
+    EvalData {
+        /// The file or directory given.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The backend named in the configuration cannot run on this machine.
     #[error("backend `{backend}` cannot run here: {reason}")]
     BackendFailed {

@@ -2,12 +2,12 @@
 //! with batch-free inference, plus feature recovery when the true dictionary is known.
 
 use burn::tensor::backend::AutodiffBackend;
-use sae_data::BatchSource;
 use sae_model::sae_alloc::{ScoreMatrix, Selection};
 use sae_model::{SaeParams, Sparsifier, TrainStep};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+use crate::data::EvalRows;
 use crate::tensor::{host_affinities, to_device};
 
 /// Bins of the log10 feature-density histogram, from 1e-10 to 1.
@@ -31,18 +31,27 @@ pub struct SelectionMetrics {
 /// Everything `sae eval` reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
-    /// Held-out tokens evaluated.
+    /// Tokens evaluated, each a distinct row: the tokens asked for, or every row of the
+    /// evaluation data when it holds fewer (rows are never repeated).
     pub eval_tokens: u64,
+    /// Tokens asked for (`train.eval_tokens` or `sae eval --tokens`).
+    #[serde(default)]
+    pub requested_tokens: u64,
     /// With the training rule on each evaluation batch (batch-dependent for MC and FC).
     pub batch: SelectionMetrics,
     /// With batch-free inference (thresholds, or the per-token rule); `None` before thresholds
     /// are estimated.
     pub inference: Option<SelectionMetrics>,
-    /// Features not fired within the dead window.
-    pub dead_fraction: f64,
-    /// Features below their Zipf target density (dead ones included).
+    /// Features that fired on no training token within the dead window (`step.stats`) before
+    /// the evaluated checkpoint: a property of training, not of the evaluated data.
+    #[serde(alias = "dead_fraction")]
+    pub dead_in_training_fraction: f64,
+    /// Features that fired on none of the evaluated tokens under the training rule.
+    #[serde(default)]
+    pub dead_on_eval_fraction: f64,
+    /// Features below their Zipf target density in training (dead ones included).
     pub underused_fraction: f64,
-    /// Counts of features per log10-density bin, `DENSITY_BINS` bins from -10 to 0.
+    /// Counts of features per log10-density bin of training, `DENSITY_BINS` bins from -10 to 0.
     pub density_histogram: Vec<u64>,
     /// Mean max cosine similarity of the learned decoder to the true dictionary (synthetic data).
     pub mmcs: Option<f64>,
@@ -121,10 +130,11 @@ impl Accumulator {
     }
 }
 
-/// Evaluates the model of `step` on `tokens` rows of `source`, normalised by `normalize`.
+/// Evaluates the model of `step` on up to `tokens` rows of `rows` (each row once, from the
+/// first), normalised by `normalize`.
 pub fn evaluate<B: AutodiffBackend>(
     step: &TrainStep<B>,
-    source: &mut dyn BatchSource,
+    rows: &mut EvalRows,
     normalize: &dyn Fn(&mut [f32]),
     tokens: u64,
     batch_size: usize,
@@ -138,9 +148,20 @@ pub fn evaluate<B: AutodiffBackend>(
     let (mut batch_acc, mut infer_acc) = (Accumulator::default(), Accumulator::default());
     let mut has_inference = true;
     let (mut sum, mut sum_sq, mut seen) = (vec![0f64; d], 0f64, 0u64);
+    let mut fired = vec![false; params.features];
+    let wanted = rows
+        .rows()
+        .map_or(tokens, |available| tokens.min(available));
+    if wanted == 0 {
+        return Err(TrainError::Config {
+            origin: "evaluation".into(),
+            reason: "0 tokens to evaluate: ask for at least 1".into(),
+        });
+    }
+    let source = rows.source();
     let mut x = Vec::new();
-    while seen < tokens {
-        let rows = batch_size.min((tokens - seen) as usize);
+    while seen < wanted {
+        let rows = batch_size.min((wanted - seen) as usize);
         source.next_batch(rows, &mut x)?;
         normalize(&mut x);
         for row in x.chunks_exact(d) {
@@ -153,6 +174,12 @@ pub fn evaluate<B: AutodiffBackend>(
         let scores = ScoreMatrix::new(&affinities, rows, params.features)
             .map_err(sae_model::SaeError::from)?;
         let batch = sparsifier.select(&scores, step.stats())?;
+        let activation = sparsifier.activation();
+        for (&f, &s) in batch.features().iter().zip(batch.scores()) {
+            if activation.apply_scalar(s) != 0.0 {
+                fired[f as usize] = true;
+            }
+        }
         batch_acc.add(&x, &params, &batch, sparsifier);
         match step.infer(to_device::<B>(&x, rows, d, &device)) {
             Ok(sel) => infer_acc.add(&x, &params, &sel, sparsifier),
@@ -165,6 +192,7 @@ pub fn evaluate<B: AutodiffBackend>(
     let stats = step.stats();
     let features = params.features as f64;
     let dead = stats.dead_mask().iter().filter(|&&d| d).count() as f64 / features;
+    let silent = fired.iter().filter(|&&f| !f).count() as f64 / features;
     let underused = stats
         .underused_weights(sparsifier.k() as f64, zipf_exponent)
         .iter()
@@ -191,9 +219,11 @@ pub fn evaluate<B: AutodiffBackend>(
     };
     Ok(EvalReport {
         eval_tokens: seen,
+        requested_tokens: tokens,
         batch: batch_acc.finish(variance_sum),
         inference: has_inference.then(|| infer_acc.finish(variance_sum)),
-        dead_fraction: dead,
+        dead_in_training_fraction: dead,
+        dead_on_eval_fraction: silent,
         underused_fraction: underused,
         density_histogram,
         mmcs,

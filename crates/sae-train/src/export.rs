@@ -28,6 +28,12 @@ const NATIVE_FORMAT: u32 = 1;
 const NATIVE_WEIGHTS: &str = "sae.safetensors";
 const NATIVE_META: &str = "sae.json";
 
+/// The SAELens release whose `cfg.json` layout the export follows, written as
+/// `metadata.sae_lens_version`. SAELens loads a config without a version of at least 6.0
+/// there through its pre-6.0 conversion, which rebuilds `metadata` from a fixed list of keys
+/// and so drops the project's (sparsifier, folded normalisation scale).
+pub const SAELENS_CONFIG_VERSION: &str = "6.0.0";
+
 /// The metadata file of a native model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NativeMeta {
@@ -329,6 +335,7 @@ impl NativeModel {
             "normalize_activations": "none",
             "reshape_activations": "none",
             "metadata": {
+                "sae_lens_version": SAELENS_CONFIG_VERSION,
                 "sae_lens_training_version": null,
                 "trained_with": concat!("sae-train ", env!("CARGO_PKG_VERSION")),
                 "sparsifier": self.meta.sparsifier,
@@ -337,6 +344,7 @@ impl NativeModel {
         });
         if architecture == "topk" {
             cfg["k"] = serde_json::json!(k);
+            cfg["rescale_acts_by_decoder_norm"] = serde_json::json!(false);
         }
         write_atomic(
             &dir.join("cfg.json"),

@@ -26,4 +26,4 @@ pub use config::{BackendKind, RunConfig};
 pub use error::TrainError;
 pub use eval::{EvalReport, SelectionMetrics};
 pub use export::NativeModel;
-pub use trainer::{TrainOptions, TrainSummary, resume_config, train, train_on};
+pub use trainer::{EvalData, TrainOptions, TrainSummary, resume_config, train, train_on};

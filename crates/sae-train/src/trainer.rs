@@ -15,7 +15,7 @@ use sae_data::DataFingerprint;
 use crate::TrainError;
 use crate::checkpoint::{Checkpoints, write_atomic};
 use crate::config::{BackendKind, RunConfig};
-use crate::data::Activations;
+use crate::data::{Activations, EvalRows};
 use crate::eval::{EvalReport, evaluate};
 use crate::export::{Interrupted, write_native};
 use crate::metrics::{LogWindow, MetricsLog, MetricsRecord, ResumePoint};
@@ -143,11 +143,31 @@ pub fn train(config: RunConfig, options: &TrainOptions) -> Result<TrainSummary, 
     })
 }
 
-/// Evaluates the newest checkpoint of the run `config` describes on its held-out data.
-pub fn evaluate_run(config: &RunConfig, registry: &Registry) -> Result<EvalReport, TrainError> {
+/// What `sae eval` evaluates on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalData {
+    /// The held-out split of the run's own data.
+    HeldOut,
+    /// Every row of other activation files (any `data.path` a run accepts), read with the
+    /// run's normaliser.
+    Files {
+        /// A file, a directory or a glob.
+        path: PathBuf,
+        /// The tensor to read.
+        tensor: String,
+    },
+}
+
+/// Evaluates the newest checkpoint of the run `config` describes on `data`, up to
+/// `config.train.eval_tokens` tokens, each row once.
+pub fn evaluate_run(
+    config: &RunConfig,
+    registry: &Registry,
+    data: &EvalData,
+) -> Result<EvalReport, TrainError> {
     with_backend!(config.backend, B => {
         let device = open_device::<B>(config.backend)?;
-        evaluate_checkpoint::<B>(config, registry, device)
+        evaluate_checkpoint::<B>(config, registry, data, device)
     })
 }
 
@@ -203,6 +223,7 @@ fn open_device<B: AutodiffBackend>(kind: BackendKind) -> Result<B::Device, Train
 fn evaluate_checkpoint<B: AutodiffBackend>(
     config: &RunConfig,
     registry: &Registry,
+    data: &EvalData,
     device: B::Device,
 ) -> Result<EvalReport, TrainError> {
     let sparsifier = registry.build(&config.sparsifier)?;
@@ -214,18 +235,32 @@ fn evaluate_checkpoint<B: AutodiffBackend>(
         config.step.clone(),
         &device,
     )?;
-    let mut acts = Activations::open(config)?;
-    run_eval(
-        &step,
-        &mut acts,
-        &ckpt.run.normalizer,
-        config,
-        zipf_exponent(config),
-    )?
-    .ok_or_else(|| TrainError::Config {
-        origin: config.out_dir.join("config.toml").display().to_string(),
-        reason: "data.heldout_fraction = 0: the run holds no rows out to evaluate on".into(),
-    })
+    let normalizer = &ckpt.run.normalizer;
+    match data {
+        EvalData::HeldOut => {
+            let mut acts = Activations::open(config)?;
+            run_eval(&step, &mut acts, normalizer, config, zipf_exponent(config))?.ok_or_else(
+                || TrainError::Config {
+                    origin: config.out_dir.join("config.toml").display().to_string(),
+                    reason: "data.heldout_fraction = 0: the run holds no rows out to evaluate \
+                             on (evaluate on other files with `sae eval --data PATH`)"
+                        .into(),
+                },
+            )
+        }
+        EvalData::Files { path, tensor } => {
+            let mut rows = EvalRows::open_files(path, tensor, step.sae().d_model())?;
+            evaluate(
+                &step,
+                &mut rows,
+                &|x: &mut [f32]| normalizer.apply(x),
+                config.train.eval_tokens,
+                config.train.batch_size,
+                None,
+                zipf_exponent(config),
+            )
+        }
+    }
 }
 
 fn zipf_exponent(config: &RunConfig) -> f64 {
@@ -259,7 +294,7 @@ pub fn train_on<B: AutodiffBackend>(
     let d = acts.d;
     let features = config.model.features(d);
     check_shape(&config, sparsifier.k(), d, features)?;
-    if acts.eval_source()?.is_none() {
+    if acts.eval_rows()?.is_none() {
         (options.notice)(
             "data.heldout_fraction = 0: no rows are held out, so the run is not evaluated",
         );
@@ -500,12 +535,12 @@ fn run_eval<B: AutodiffBackend>(
     zipf_exponent: f64,
 ) -> Result<Option<EvalReport>, TrainError> {
     let truth = acts.truth.clone();
-    let Some(source) = acts.eval_source()? else {
+    let Some(rows) = acts.eval_rows()? else {
         return Ok(None);
     };
     evaluate(
         step,
-        source,
+        rows,
         &|x: &mut [f32]| normalizer.apply(x),
         config.train.eval_tokens,
         config.train.batch_size,

@@ -115,6 +115,7 @@ fn a_topk_model_exports_k_and_no_threshold() {
         serde_json::from_slice(&std::fs::read(tmp.path().join("cfg.json")).unwrap()).unwrap();
     assert_eq!(cfg["architecture"], "topk");
     assert_eq!(cfg["k"], 3);
+    assert_eq!(cfg["rescale_acts_by_decoder_norm"], false);
     let back = NativeModel::read_saelens(tmp.path()).unwrap();
     assert_eq!(
         back.meta.sparsifier,
@@ -187,5 +188,41 @@ proptest::proptest! {
         }
         let _ = NativeModel::read(tmp.path());
         let _ = NativeModel::read_saelens(tmp.path());
+    }
+}
+
+#[test]
+fn the_saelens_config_is_read_as_current_and_keeps_the_metadata() {
+    // SAELens converts a config whose `metadata.sae_lens_version` is missing or below 6.0
+    // through its pre-6.0 path, which keeps only its own metadata keys.
+    let native = model(4, 8);
+    let tmp = tempfile::tempdir().unwrap();
+    native.write_saelens(tmp.path()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("cfg.json")).unwrap()).unwrap();
+    let version = cfg["metadata"]["sae_lens_version"].as_str().unwrap();
+    let major: u32 = version.split('.').next().unwrap().parse().unwrap();
+    assert!(major >= 6, "{version}");
+    assert_eq!(cfg["metadata"]["sparsifier"], native.meta.sparsifier);
+    assert!(cfg["metadata"]["normalization_scale_folded"].is_number());
+    // Top-level keys are SAELens config fields (it drops any other silently).
+    for key in cfg.as_object().unwrap().keys() {
+        assert!(
+            [
+                "architecture",
+                "d_in",
+                "d_sae",
+                "dtype",
+                "device",
+                "apply_b_dec_to_input",
+                "normalize_activations",
+                "reshape_activations",
+                "metadata",
+                "k",
+                "rescale_acts_by_decoder_norm",
+            ]
+            .contains(&key.as_str()),
+            "{key}"
+        );
     }
 }

@@ -133,3 +133,37 @@ pub fn metrics(run_dir: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("a metrics line is JSON"))
         .collect()
 }
+
+/// Writes `rows` x `d` f32 activations (row r, column c = sin(r * d + c)) as a shard.
+pub fn write_shard(path: &Path, rows: usize, d: usize) -> Vec<f32> {
+    let data: Vec<f32> = (0..rows * d).map(|i| (i as f32 * 0.37).sin()).collect();
+    write_f32_shard(path, rows, d, &data);
+    data
+}
+
+pub fn write_f32_shard(path: &Path, rows: usize, d: usize, data: &[f32]) {
+    sae_data::write_safetensors(
+        path,
+        &[sae_data::TensorRef {
+            name: sae_data::DEFAULT_TENSOR,
+            shape: vec![rows, d],
+            data,
+        }],
+        sae_data::Dtype::F32,
+    )
+    .unwrap();
+}
+
+pub fn files_run(run_dir: &Path, shard: &Path, steps: u64, extra: &[&str]) -> Vec<String> {
+    let path = format!("data.path=\"{}\"", shard.display());
+    let mut args: Vec<&str> = vec![
+        "--set",
+        "data.source=\"files\"",
+        "--set",
+        &path,
+        "--set",
+        "data.shuffle_rows=1024",
+    ];
+    args.extend_from_slice(extra);
+    small_run(run_dir, steps, &args)
+}
