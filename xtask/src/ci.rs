@@ -1,13 +1,10 @@
-//! `cargo xtask ci`: what `.ci/run` runs, step by step, failing fast.
+//! `cargo xtask ci`: every check CI runs, step by step, failing fast. `.ci/run` installs what
+//! a fresh machine lacks and then calls this; there is no other list of CI checks.
 
 use anyhow::{Context, Result, ensure};
 
 use crate::repro::{Aux, DataSet, RunSpec, Scale, Sparsifier};
 use crate::shell::{cargo, step};
-
-/// Every feature that compiles a CUDA path (as `.ci/run` checks them).
-const CUDA_FEATURES: &str =
-    "sae-kernels/cuda,sae-model/cuda,sae-train/cuda,sae-cli/cuda,sae-benches/cuda";
 
 pub fn run() -> Result<()> {
     step("fmt", cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -30,6 +27,9 @@ pub fn run() -> Result<()> {
         "doc tests",
         cargo().args(["test", "--workspace", "--doc", "--locked"]),
     )?;
+    // The CUDA paths build without a CUDA toolkit (NVRTC compiles the kernels at run time):
+    // keep them compiling where no GPU runs them.
+    let metadata = workspace_metadata()?;
     step(
         "cuda check",
         cargo().args([
@@ -38,10 +38,10 @@ pub fn run() -> Result<()> {
             "--all-targets",
             "--locked",
             "--features",
-            CUDA_FEATURES,
+            &cuda_features(&metadata),
         ]),
     )?;
-    if workspace_has("sae-cli")? {
+    if workspace_has(&metadata, "sae-cli") {
         smoke()?;
     } else {
         eprintln!("==> smoke: skipped, sae-cli is not a member of this workspace");
@@ -50,22 +50,36 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn workspace_has(package: &str) -> Result<bool> {
+/// `cargo metadata` of the workspace members.
+fn workspace_metadata() -> Result<serde_json::Value> {
     let output = cargo()
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()
-        .context("step `smoke`: cannot run cargo metadata")?;
+        .context("cannot run cargo metadata")?;
     ensure!(
         output.status.success(),
-        "step `smoke`: cargo metadata failed: {}",
+        "cargo metadata failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    Ok(metadata["packages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|p| p["name"] == package))
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
+fn packages(metadata: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    metadata["packages"].as_array().into_iter().flatten()
+}
+
+fn workspace_has(metadata: &serde_json::Value, package: &str) -> bool {
+    packages(metadata).any(|p| p["name"] == package)
+}
+
+/// `member/cuda` for every workspace member with a `cuda` feature: the manifests are the one
+/// list of the crates with a CUDA path.
+pub fn cuda_features(metadata: &serde_json::Value) -> String {
+    packages(metadata)
+        .filter(|p| p["features"].get("cuda").is_some())
+        .map(|p| format!("{}/cuda", p["name"].as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The README's main command on a tiny configuration, then a report of what it wrote, which
@@ -104,4 +118,19 @@ pub fn smoke() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("==> smoke: passed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cuda_features_are_read_from_the_members_manifests() {
+        let metadata = serde_json::json!({"packages": [
+            {"name": "a", "features": {"cuda": ["dep/cuda"], "default": []}},
+            {"name": "b", "features": {"default": []}},
+            {"name": "c", "features": {"cuda": []}},
+        ]});
+        assert_eq!(super::cuda_features(&metadata), "a/cuda,c/cuda");
+        assert!(super::workspace_has(&metadata, "b"));
+        assert!(!super::workspace_has(&metadata, "d"));
+    }
 }

@@ -260,7 +260,7 @@ impl RunSpec {
         if let Some(capacities) = capacities {
             let _ = writeln!(
                 t,
-                "capacities = \"{capacities}\"\nexponent = 1.0\nwarmup_tokens = {}",
+                "capacities = \"{capacities}\"\nexponent = 1.0\nzipf_warmup_tokens = {}",
                 s.zipf_warmup_tokens
             );
         }
@@ -1044,7 +1044,7 @@ mod tests {
             "dead_window = 16384",
             "total_tokens = 65536",
             "eval_tokens = 2048\n",
-            "warmup_tokens = 8192\n",
+            "zipf_warmup_tokens = 8192\n",
             "[schedule]\nwarmup_tokens = 4096\n",
         ] {
             assert!(t.contains(needle), "{needle:?} in\n{t}");

@@ -12,6 +12,7 @@
 //!   masked dense oracle.
 #![deny(missing_docs)]
 
+mod adam;
 pub mod dense;
 mod device;
 pub mod error;

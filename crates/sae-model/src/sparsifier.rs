@@ -287,9 +287,11 @@ pub struct FeatureChoice {
     /// Zipf exponent alpha.
     #[serde(default = "default_exponent")]
     pub exponent: f64,
-    /// Zipf capacities stay uniform until the statistics have seen this many tokens.
-    #[serde(default = "default_warmup")]
-    pub warmup_tokens: u64,
+    /// Zipf capacities stay uniform until the statistics have seen this many tokens (the
+    /// learning-rate warm-up is `schedule.warmup_tokens`, another thing). Configurations
+    /// written before the rename say `warmup_tokens`, and still load.
+    #[serde(default = "default_warmup", alias = "warmup_tokens")]
+    pub zipf_warmup_tokens: u64,
 }
 
 impl FeatureChoice {
@@ -299,7 +301,7 @@ impl FeatureChoice {
             k,
             capacities: CapacityRule::Uniform,
             exponent: 1.0,
-            warmup_tokens: default_warmup(),
+            zipf_warmup_tokens: default_warmup(),
         }
     }
 
@@ -309,7 +311,7 @@ impl FeatureChoice {
             k,
             capacities: CapacityRule::Zipf,
             exponent,
-            warmup_tokens: default_warmup(),
+            zipf_warmup_tokens: default_warmup(),
         }
     }
 
@@ -323,7 +325,7 @@ impl FeatureChoice {
     pub fn capacities(&self, rows: usize, stats: &FeatureStats) -> Result<Capacities> {
         let features = stats.features();
         let budget = self.k * rows;
-        let warm = stats.tokens_seen() >= self.warmup_tokens;
+        let warm = stats.tokens_seen() >= self.zipf_warmup_tokens;
         Ok(match self.capacities {
             CapacityRule::Zipf if warm => {
                 Capacities::zipf(budget, rows as u32, self.exponent, &stats.usage_order())?

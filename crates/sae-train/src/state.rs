@@ -60,6 +60,25 @@ pub struct RunState {
     pub metrics_len: Option<u64>,
 }
 
+/// The training loop's part of a checkpoint (the model's is a `TrainState`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoopState {
+    /// Training tokens consumed.
+    pub tokens: u64,
+    /// Position of the training data stream.
+    pub cursor: Cursor,
+    /// Input normalisation in use.
+    pub normalizer: Normalizer,
+    /// The run's configuration.
+    pub config: RunConfig,
+    /// Sums of the metrics logging window still open.
+    pub log_window: LogWindow,
+    /// The training data the run started on (`None` for synthetic data).
+    pub data: Option<DataFingerprint>,
+    /// Length of `metrics.jsonl` in bytes.
+    pub metrics_len: u64,
+}
+
 /// A checkpoint in memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
@@ -75,16 +94,16 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     /// Assembles a checkpoint from the model's state and the loop's.
-    pub fn new(
-        state: TrainState,
-        tokens: u64,
-        cursor: Cursor,
-        normalizer: Normalizer,
-        config: RunConfig,
-        log_window: LogWindow,
-        data: Option<DataFingerprint>,
-        metrics_len: u64,
-    ) -> Self {
+    pub fn new(state: TrainState, position: LoopState) -> Self {
+        let LoopState {
+            tokens,
+            cursor,
+            normalizer,
+            config,
+            log_window,
+            data,
+            metrics_len,
+        } = position;
         Self {
             run: RunState {
                 format: FORMAT,

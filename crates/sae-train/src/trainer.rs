@@ -21,7 +21,7 @@ use crate::export::{Interrupted, write_native};
 use crate::metrics::{LogWindow, MetricsLog, MetricsRecord, ResumePoint};
 use crate::run_dir::{Claim, RunDir};
 use crate::schedule::lr_factor;
-use crate::state::{Checkpoint, OnCorrupt, RunState};
+use crate::state::{Checkpoint, LoopState, OnCorrupt, RunState};
 use crate::tensor::to_device;
 
 /// How a run is driven, beyond its configuration.
@@ -383,13 +383,15 @@ pub fn train_on<B: AutodiffBackend>(
                 fingerprint: &Option<DataFingerprint>| {
         let ckpt = Checkpoint::new(
             step.state(),
-            tokens,
-            cursor,
-            normalizer.clone(),
-            config.clone(),
-            window.clone(),
-            fingerprint.clone(),
-            metrics.len(),
+            LoopState {
+                tokens,
+                cursor,
+                normalizer: normalizer.clone(),
+                config: config.clone(),
+                log_window: window.clone(),
+                data: fingerprint.clone(),
+                metrics_len: metrics.len(),
+            },
         );
         checkpoints.save(step.step_count(), |dir| ckpt.write(dir))
     };

@@ -47,7 +47,7 @@ fn warm_stats(n: usize, f: usize, seed: u64) -> FeatureStats {
 
 fn sparsifiers(k: usize) -> Vec<Box<dyn Sparsifier>> {
     let mut zipf = FeatureChoice::zipf(k, 1.0);
-    zipf.warmup_tokens = 0;
+    zipf.zipf_warmup_tokens = 0;
     vec![
         Box::new(TopK { k }),
         Box::new(MutualChoice { k }),

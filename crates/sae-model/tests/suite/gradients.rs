@@ -54,7 +54,7 @@ fn warm_stats(seed: u64) -> FeatureStats {
 
 fn sparsifiers() -> Vec<Box<dyn Sparsifier>> {
     let mut zipf = FeatureChoice::zipf(K, 1.0);
-    zipf.warmup_tokens = 0;
+    zipf.zipf_warmup_tokens = 0;
     vec![
         Box::new(TopK { k: K }),
         Box::new(MutualChoice { k: K }),

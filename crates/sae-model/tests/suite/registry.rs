@@ -98,3 +98,17 @@ fn k_zero_is_refused_for_every_sparsifier() {
         assert!(err.to_string().contains("sparsifier.exponent"), "{err}");
     }
 }
+
+#[test]
+fn feature_choice_reads_its_zipf_warmup_under_the_new_and_the_old_name() {
+    let r = Registry::with_builtins();
+    for key in ["zipf_warmup_tokens", "warmup_tokens"] {
+        let spec =
+            format!(r#"{{"name": "feature_choice", "k": 4, "capacities": "zipf", "{key}": 5}}"#);
+        let s = r.build_str(&spec).unwrap();
+        assert!(
+            format!("{s:?}").contains("zipf_warmup_tokens: 5"),
+            "{key}: {s:?}"
+        );
+    }
+}

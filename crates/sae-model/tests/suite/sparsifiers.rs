@@ -34,7 +34,7 @@ fn feature_choice_uniform_then_zipf_after_warmup() {
     let m = ScoreMatrix::new(&z, N, F).unwrap();
     let mut stats = FeatureStats::new(F, StatsConfig::default());
     let mut fc = FeatureChoice::zipf(2, 1.0);
-    fc.warmup_tokens = N as u64;
+    fc.zipf_warmup_tokens = N as u64;
     let before = fc.select(&m, &stats).unwrap();
     assert!(
         before

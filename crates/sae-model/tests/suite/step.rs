@@ -163,7 +163,7 @@ fn resume_is_bit_identical() {
     type B = Autodiff<Flex>;
     let device = Default::default();
     let mut fc = FeatureChoice::zipf(4, 1.0);
-    fc.warmup_tokens = 2 * N as u64;
+    fc.zipf_warmup_tokens = 2 * N as u64;
     let cfg = TrainConfig {
         aux: AuxLoss::AuxZipf { exponent: 1.0 },
         ..config()

@@ -1,94 +1,23 @@
 //! One training step: forward, losses, backward, decoder constraint, Adam, statistics.
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
 use sae_alloc::{ScoreMatrix, Selection, ThresholdEstimator, Thresholds, apply_thresholds};
 use serde::{Deserialize, Serialize};
 
-use crate::dense::dense_decode;
+mod config;
+mod grads;
+
+pub use config::{ReconLoss, StepPath, TrainConfig};
+pub use grads::{LossAndGrads, LossSpec, loss_and_grads};
+
+use crate::adam::Adam;
 use crate::error::{Result, SaeError};
-use crate::fused::{HostLossSpec, HostParams, host_loss_and_grads, total_variance};
-use crate::loss::{AuxLoss, aux_normalised, fvu, mse};
+use crate::loss::AuxLoss;
 use crate::sae::{Sae, SaeParams, SaeTensors, host_vec, normalize_rows, remove_parallel_gradient};
-use crate::sparse::{Pairs, sparse_decode};
-use crate::sparsifier::{Activation, BatchSelection, InferenceRule, Sparsifier, select_on_backend};
-use crate::stats::{FeatureStats, StatsConfig};
-
-/// How codes and reconstructions are computed in a step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepPath {
-    /// The backend's training path: [`StepPath::Fused`] on the CPU backends (Flex, NdArray),
-    /// [`StepPath::Sparse`] on the others.
-    #[default]
-    Auto,
-    /// Hand-written forward and backward over the selected pairs on the host, O(N k d) with no
-    /// `[P, d]` intermediate ([`crate::fused`]; the CPU training path).
-    Fused,
-    /// Differentiable gathers at the selected pairs on the backend, O(N k d) forward and
-    /// backward (the device training path).
-    Sparse,
-    /// Dense masked codes `[N, F]` (the mask written on the device) and a dense decoder GEMM:
-    /// the oracle, and a GPU path with no per-pair loops (see the crate README).
-    Dense,
-}
-
-/// The reconstruction term of the loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReconLoss {
-    /// Fraction of variance unexplained (normalised MSE).
-    #[default]
-    Fvu,
-    /// Mean squared error over all elements.
-    Mse,
-}
-
-/// Hyper-parameters of the training step (paper defaults).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Adam learning rate; `None`: 2e-4 / sqrt(F / 16384).
-    pub lr: Option<f64>,
-    /// Adam beta 1.
-    pub beta1: f64,
-    /// Adam beta 2.
-    pub beta2: f64,
-    /// Adam epsilon.
-    pub eps: f64,
-    /// Reconstruction term.
-    pub recon_loss: ReconLoss,
-    /// Auxiliary loss.
-    pub aux: AuxLoss,
-    /// Coefficient of the auxiliary loss.
-    pub aux_coef: f32,
-    /// Features per token of the auxiliary selection; `None`: d / 2.
-    pub k_aux: Option<usize>,
-    /// Windows of the feature statistics.
-    pub stats: StatsConfig,
-    /// Decay of the inference-threshold EMA.
-    pub threshold_decay: f32,
-    /// How the loss and gradients are computed.
-    pub path: StepPath,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            lr: None,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 6.25e-10,
-            recon_loss: ReconLoss::Fvu,
-            aux: AuxLoss::AuxK,
-            aux_coef: 1.0 / 32.0,
-            k_aux: None,
-            stats: StatsConfig::default(),
-            threshold_decay: 0.99,
-            path: StepPath::Auto,
-        }
-    }
-}
+use crate::sparsifier::{BatchSelection, InferenceRule, Sparsifier, select_on_backend};
+use crate::stats::FeatureStats;
+use grads::is_finite;
 
 /// Scalar metrics of one step, plus its selection.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,193 +36,6 @@ pub struct StepOutput {
     pub dead_fraction: f32,
     /// The batch's selection.
     pub selection: Selection,
-}
-
-/// Loss values and parameter gradients of one batch, without any update.
-#[derive(Debug, Clone)]
-pub struct LossAndGrads<B: Backend> {
-    /// Total loss.
-    pub loss: f32,
-    /// Mean squared error.
-    pub mse: f32,
-    /// Fraction of variance unexplained.
-    pub fvu: f32,
-    /// Auxiliary loss before its coefficient.
-    pub aux: f32,
-    /// Gradients of the total loss, one per parameter.
-    pub grads: SaeTensors<B>,
-}
-
-/// What a loss needs besides the parameters and the batch.
-#[derive(Debug, Clone, Copy)]
-pub struct LossSpec<'a> {
-    /// The batch's selection.
-    pub selection: &'a Selection,
-    /// The auxiliary selection, if any.
-    pub aux_selection: Option<&'a Selection>,
-    /// Activation of the selected affinities.
-    pub activation: Activation,
-    /// Reconstruction term.
-    pub recon_loss: ReconLoss,
-    /// Coefficient of the auxiliary loss.
-    pub aux_coef: f32,
-    /// How the loss and gradients are computed.
-    pub path: StepPath,
-}
-
-fn decode<B: Backend>(
-    path: StepPath,
-    params: &SaeTensors<B>,
-    x: Tensor<B, 2>,
-    selection: &Selection,
-    activation: Activation,
-) -> Tensor<B, 2> {
-    match path {
-        StepPath::Dense => dense_decode(params, x, selection, activation),
-        _ => {
-            let pairs = Pairs::from_selection(selection, &x.device());
-            sparse_decode(params, x, &pairs, activation)
-        }
-    }
-}
-
-impl StepPath {
-    /// The concrete path on backend `B` (or `Autodiff<B>`): resolves [`StepPath::Auto`].
-    pub fn resolve<B: Backend>(self, device: &B::Device) -> StepPath {
-        let name = B::name(device);
-        let on_cpu = ["flex", "ndarray"].iter().any(|cpu| name.contains(cpu));
-        match self {
-            StepPath::Auto if on_cpu => StepPath::Fused,
-            StepPath::Auto => StepPath::Sparse,
-            path => path,
-        }
-    }
-}
-
-/// [`loss_and_grads`] on the fused host path.
-fn fused_loss_and_grads<B: Backend>(
-    params: &SaeTensors<B>,
-    x: Tensor<B, 2>,
-    spec: &LossSpec<'_>,
-) -> LossAndGrads<B> {
-    let device = x.device();
-    let [n, d] = x.dims();
-    let x = host_vec(x);
-    let p = params.to_params();
-    let total = total_variance(&x, d);
-    let recon_scale = match spec.recon_loss {
-        ReconLoss::Fvu => 1.0 / total,
-        ReconLoss::Mse => 1.0 / (n * d) as f64,
-    };
-    let out = host_loss_and_grads(
-        &HostParams {
-            w_enc: &p.w_enc,
-            b_enc: &p.b_enc,
-            w_dec: &p.w_dec,
-            b_dec: &p.b_dec,
-        },
-        &x,
-        &HostLossSpec {
-            selection: spec.selection,
-            aux_selection: spec.aux_selection,
-            activation: spec.activation,
-            recon_scale,
-            aux_coef: spec.aux_coef,
-        },
-    );
-    let recon = out.sse * recon_scale;
-    let f = p.features;
-    let grads = SaeParams {
-        d_model: d,
-        features: f,
-        w_enc: out.w_enc,
-        b_enc: out.b_enc,
-        w_dec: out.w_dec,
-        b_dec: out.b_dec,
-    };
-    LossAndGrads {
-        loss: (recon + f64::from(spec.aux_coef) * out.aux) as f32,
-        mse: (out.sse / (n * d) as f64) as f32,
-        fvu: (out.sse / total) as f32,
-        aux: out.aux as f32,
-        grads: SaeTensors::from_host(grads, &device),
-    }
-}
-
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
-    t.into_scalar().elem::<f32>()
-}
-
-fn is_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
-    scalar(t.clone().sum()).is_finite()
-}
-
-/// Loss and gradients of all parameters for a batch and a given selection.
-///
-/// Both paths compute the same function; the dense one is the oracle of the sparse one.
-pub fn loss_and_grads<B: AutodiffBackend>(
-    params: &SaeTensors<B::InnerBackend>,
-    x: Tensor<B::InnerBackend, 2>,
-    spec: &LossSpec<'_>,
-) -> Result<LossAndGrads<B::InnerBackend>> {
-    match spec.path.resolve::<B::InnerBackend>(&x.device()) {
-        StepPath::Fused => Ok(fused_loss_and_grads(params, x, spec)),
-        path => autodiff_loss_and_grads::<B>(params, x, spec, path),
-    }
-}
-
-/// [`loss_and_grads`] by autodiff through the sparse or the dense decoder.
-fn autodiff_loss_and_grads<B: AutodiffBackend>(
-    params: &SaeTensors<B::InnerBackend>,
-    x: Tensor<B::InnerBackend, 2>,
-    spec: &LossSpec<'_>,
-    path: StepPath,
-) -> Result<LossAndGrads<B::InnerBackend>> {
-    let leaves = SaeTensors::<B> {
-        w_enc: Tensor::from_inner(params.w_enc.clone()).require_grad(),
-        b_enc: Tensor::from_inner(params.b_enc.clone()).require_grad(),
-        w_dec: Tensor::from_inner(params.w_dec.clone()).require_grad(),
-        b_dec: Tensor::from_inner(params.b_dec.clone()).require_grad(),
-    };
-    let x = Tensor::<B, 2>::from_inner(x);
-    let decoded = decode(path, &leaves, x.clone(), spec.selection, spec.activation);
-    let recon = decoded + leaves.b_dec.clone().unsqueeze_dim(0);
-    let mse_t = mse(x.clone(), recon.clone());
-    let fvu_t = fvu(x.clone(), recon.clone());
-    let mut loss = match spec.recon_loss {
-        ReconLoss::Fvu => fvu_t.clone(),
-        ReconLoss::Mse => mse_t.clone(),
-    };
-    let mut aux = 0.0;
-    if let Some(aux_sel) = spec.aux_selection.filter(|s| s.nnz() > 0) {
-        let residual = x.clone() - recon.detach();
-        let e_hat = decode(path, &leaves, x, aux_sel, spec.activation);
-        let aux_t = aux_normalised(residual, e_hat);
-        aux = scalar(aux_t.clone().detach());
-        loss = loss + aux_t.mul_scalar(spec.aux_coef);
-    }
-    let loss_value = scalar(loss.clone().detach());
-    let grads = loss.backward();
-    let grad_of = |leaf: &Tensor<B, 2>| {
-        leaf.grad(&grads)
-            .unwrap_or_else(|| Tensor::zeros(leaf.dims(), &leaf.device()))
-    };
-    let grad_of_1 = |leaf: &Tensor<B, 1>| {
-        leaf.grad(&grads)
-            .unwrap_or_else(|| Tensor::zeros(leaf.dims(), &leaf.device()))
-    };
-    Ok(LossAndGrads {
-        loss: loss_value,
-        mse: scalar(mse_t.detach()),
-        fvu: scalar(fvu_t.detach()),
-        aux,
-        grads: SaeTensors {
-            w_enc: grad_of(&leaves.w_enc),
-            b_enc: grad_of_1(&leaves.b_enc),
-            w_dec: grad_of(&leaves.w_dec),
-            b_dec: grad_of_1(&leaves.b_dec),
-        },
-    })
 }
 
 /// Everything a checkpoint needs to resume training bit-identically, as raw host values.
@@ -581,7 +323,8 @@ impl<B: AutodiffBackend> TrainStep<B> {
         }
         let g_w_dec = remove_parallel_gradient(self.params.w_dec.clone(), g.w_dec);
         self.step += 1;
-        let adam = Adam::new(&self.config, self.lr(), self.step);
+        let c = &self.config;
+        let adam = Adam::new(self.lr(), c.beta1, c.beta2, c.eps, self.step);
         let [p, m, v] = self.take_optimizer_state();
         let (w_enc, m_w_enc, v_w_enc) = adam.update(p.w_enc, g.w_enc, m.w_enc, v.w_enc);
         let (b_enc, m_b_enc, v_b_enc) = adam.update(p.b_enc, g.b_enc, m.b_enc, v.b_enc);
@@ -618,51 +361,5 @@ impl<B: AutodiffBackend> TrainStep<B> {
             dead_fraction: self.stats.dead_fraction(),
             selection,
         })
-    }
-}
-
-/// Adam (Kingma & Ba) with bias correction, on plain tensors.
-#[derive(Debug, Clone, Copy)]
-struct Adam {
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-    correction1: f64,
-    correction2: f64,
-}
-
-impl Adam {
-    fn new(config: &TrainConfig, lr: f64, step: u64) -> Self {
-        let t = step as i32;
-        Self {
-            lr,
-            beta1: config.beta1,
-            beta2: config.beta2,
-            eps: config.eps,
-            correction1: 1.0 - config.beta1.powi(t),
-            correction2: 1.0 - config.beta2.powi(t),
-        }
-    }
-
-    fn update<B: Backend, const D: usize>(
-        &self,
-        param: Tensor<B, D>,
-        grad: Tensor<B, D>,
-        m: Tensor<B, D>,
-        v: Tensor<B, D>,
-    ) -> (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>) {
-        // Ordered so that each operation's left operand is uniquely owned where possible
-        // (CPU backends then work in place): v first, while `grad` is still shared.
-        let v = v.mul_scalar(self.beta2 as f32)
-            + grad.clone().square().mul_scalar((1.0 - self.beta2) as f32);
-        let m = m.mul_scalar(self.beta1 as f32) + grad.mul_scalar((1.0 - self.beta1) as f32);
-        let step = (v.clone().mul_scalar((1.0 / self.correction2) as f32))
-            .sqrt()
-            .add_scalar(self.eps as f32)
-            .recip()
-            .mul(m.clone())
-            .mul_scalar((self.lr / self.correction1) as f32);
-        (param - step, m, v)
     }
 }

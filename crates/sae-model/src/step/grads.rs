@@ -1,0 +1,189 @@
+//! Loss and gradients of one batch for a given selection, on each path: fused (host,
+//! hand-written gradients), sparse and dense (autodiff on the backend).
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
+use sae_alloc::Selection;
+
+use super::{ReconLoss, StepPath};
+use crate::dense::dense_decode;
+use crate::error::Result;
+use crate::fused::{HostLossSpec, HostParams, host_loss_and_grads, total_variance};
+use crate::loss::{aux_normalised, fvu, mse};
+use crate::sae::{SaeParams, SaeTensors, host_vec};
+use crate::sparse::{Pairs, sparse_decode};
+use crate::sparsifier::Activation;
+
+/// Loss values and parameter gradients of one batch, without any update.
+#[derive(Debug, Clone)]
+pub struct LossAndGrads<B: Backend> {
+    /// Total loss.
+    pub loss: f32,
+    /// Mean squared error.
+    pub mse: f32,
+    /// Fraction of variance unexplained.
+    pub fvu: f32,
+    /// Auxiliary loss before its coefficient.
+    pub aux: f32,
+    /// Gradients of the total loss, one per parameter.
+    pub grads: SaeTensors<B>,
+}
+
+/// What a loss needs besides the parameters and the batch.
+#[derive(Debug, Clone, Copy)]
+pub struct LossSpec<'a> {
+    /// The batch's selection.
+    pub selection: &'a Selection,
+    /// The auxiliary selection, if any.
+    pub aux_selection: Option<&'a Selection>,
+    /// Activation of the selected affinities.
+    pub activation: Activation,
+    /// Reconstruction term.
+    pub recon_loss: ReconLoss,
+    /// Coefficient of the auxiliary loss.
+    pub aux_coef: f32,
+    /// How the loss and gradients are computed.
+    pub path: StepPath,
+}
+
+fn decode<B: Backend>(
+    path: StepPath,
+    params: &SaeTensors<B>,
+    x: Tensor<B, 2>,
+    selection: &Selection,
+    activation: Activation,
+) -> Tensor<B, 2> {
+    match path {
+        StepPath::Dense => dense_decode(params, x, selection, activation),
+        _ => {
+            let pairs = Pairs::from_selection(selection, &x.device());
+            sparse_decode(params, x, &pairs, activation)
+        }
+    }
+}
+
+/// [`loss_and_grads`] on the fused host path.
+fn fused_loss_and_grads<B: Backend>(
+    params: &SaeTensors<B>,
+    x: Tensor<B, 2>,
+    spec: &LossSpec<'_>,
+) -> LossAndGrads<B> {
+    let device = x.device();
+    let [n, d] = x.dims();
+    let x = host_vec(x);
+    let p = params.to_params();
+    let total = total_variance(&x, d);
+    let recon_scale = match spec.recon_loss {
+        ReconLoss::Fvu => 1.0 / total,
+        ReconLoss::Mse => 1.0 / (n * d) as f64,
+    };
+    let out = host_loss_and_grads(
+        &HostParams {
+            w_enc: &p.w_enc,
+            b_enc: &p.b_enc,
+            w_dec: &p.w_dec,
+            b_dec: &p.b_dec,
+        },
+        &x,
+        &HostLossSpec {
+            selection: spec.selection,
+            aux_selection: spec.aux_selection,
+            activation: spec.activation,
+            recon_scale,
+            aux_coef: spec.aux_coef,
+        },
+    );
+    let recon = out.sse * recon_scale;
+    let f = p.features;
+    let grads = SaeParams {
+        d_model: d,
+        features: f,
+        w_enc: out.w_enc,
+        b_enc: out.b_enc,
+        w_dec: out.w_dec,
+        b_dec: out.b_dec,
+    };
+    LossAndGrads {
+        loss: (recon + f64::from(spec.aux_coef) * out.aux) as f32,
+        mse: (out.sse / (n * d) as f64) as f32,
+        fvu: (out.sse / total) as f32,
+        aux: out.aux as f32,
+        grads: SaeTensors::from_host(grads, &device),
+    }
+}
+
+pub(super) fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
+    t.into_scalar().elem::<f32>()
+}
+
+pub(super) fn is_finite<B: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
+    scalar(t.clone().sum()).is_finite()
+}
+
+/// Loss and gradients of all parameters for a batch and a given selection.
+///
+/// Both paths compute the same function; the dense one is the oracle of the sparse one.
+pub fn loss_and_grads<B: AutodiffBackend>(
+    params: &SaeTensors<B::InnerBackend>,
+    x: Tensor<B::InnerBackend, 2>,
+    spec: &LossSpec<'_>,
+) -> Result<LossAndGrads<B::InnerBackend>> {
+    match spec.path.resolve::<B::InnerBackend>(&x.device()) {
+        StepPath::Fused => Ok(fused_loss_and_grads(params, x, spec)),
+        path => autodiff_loss_and_grads::<B>(params, x, spec, path),
+    }
+}
+
+/// [`loss_and_grads`] by autodiff through the sparse or the dense decoder.
+fn autodiff_loss_and_grads<B: AutodiffBackend>(
+    params: &SaeTensors<B::InnerBackend>,
+    x: Tensor<B::InnerBackend, 2>,
+    spec: &LossSpec<'_>,
+    path: StepPath,
+) -> Result<LossAndGrads<B::InnerBackend>> {
+    let leaves = SaeTensors::<B> {
+        w_enc: Tensor::from_inner(params.w_enc.clone()).require_grad(),
+        b_enc: Tensor::from_inner(params.b_enc.clone()).require_grad(),
+        w_dec: Tensor::from_inner(params.w_dec.clone()).require_grad(),
+        b_dec: Tensor::from_inner(params.b_dec.clone()).require_grad(),
+    };
+    let x = Tensor::<B, 2>::from_inner(x);
+    let decoded = decode(path, &leaves, x.clone(), spec.selection, spec.activation);
+    let recon = decoded + leaves.b_dec.clone().unsqueeze_dim(0);
+    let mse_t = mse(x.clone(), recon.clone());
+    let fvu_t = fvu(x.clone(), recon.clone());
+    let mut loss = match spec.recon_loss {
+        ReconLoss::Fvu => fvu_t.clone(),
+        ReconLoss::Mse => mse_t.clone(),
+    };
+    let mut aux = 0.0;
+    if let Some(aux_sel) = spec.aux_selection.filter(|s| s.nnz() > 0) {
+        let residual = x.clone() - recon.detach();
+        let e_hat = decode(path, &leaves, x, aux_sel, spec.activation);
+        let aux_t = aux_normalised(residual, e_hat);
+        aux = scalar(aux_t.clone().detach());
+        loss = loss + aux_t.mul_scalar(spec.aux_coef);
+    }
+    let loss_value = scalar(loss.clone().detach());
+    let grads = loss.backward();
+    let grad_of = |leaf: &Tensor<B, 2>| {
+        leaf.grad(&grads)
+            .unwrap_or_else(|| Tensor::zeros(leaf.dims(), &leaf.device()))
+    };
+    let grad_of_1 = |leaf: &Tensor<B, 1>| {
+        leaf.grad(&grads)
+            .unwrap_or_else(|| Tensor::zeros(leaf.dims(), &leaf.device()))
+    };
+    Ok(LossAndGrads {
+        loss: loss_value,
+        mse: scalar(mse_t.detach()),
+        fvu: scalar(fvu_t.detach()),
+        aux,
+        grads: SaeTensors {
+            w_enc: grad_of(&leaves.w_enc),
+            b_enc: grad_of_1(&leaves.b_enc),
+            w_dec: grad_of(&leaves.w_dec),
+            b_dec: grad_of_1(&leaves.b_dec),
+        },
+    })
+}
