@@ -301,46 +301,65 @@ fn print_summary(s: &TrainSummary) {
 }
 
 fn print_eval(e: &EvalReport) {
-    let all = if e.eval_tokens < e.requested_tokens {
-        format!(" (every row once; {} asked for)", e.requested_tokens)
+    let percent = |f: f64| format!("{:.1}%", 100.0 * f);
+    let mut rows: Vec<(&str, String, String)> = Vec::new();
+    let asked = if e.eval_tokens < e.requested_tokens {
+        format!("every row once; {} asked for", e.requested_tokens)
     } else {
-        String::new()
+        "held-out tokens, each row once".into()
     };
-    println!("{:<34} {:>12}{all}", "tokens evaluated", e.eval_tokens);
-    println!(
-        "{:<34} {:>12.4}",
-        "held-out FVU (batch selection)", e.batch.fvu
-    );
+    rows.push(("tokens evaluated", e.eval_tokens.to_string(), asked));
+    rows.push((
+        "held-out FVU (batch selection)",
+        format!("{:.4}", e.batch.fvu),
+        "variance of the input the reconstruction misses (0 is perfect)".into(),
+    ));
     if let Some(i) = &e.inference {
-        println!("{:<34} {:>12.4}", "held-out FVU (inference)", i.fvu);
-        println!("{:<34} {:>12.2}", "L0 mean (inference)", i.l0_mean);
+        rows.push((
+            "held-out FVU (inference)",
+            format!("{:.4}", i.fvu),
+            "the same, one token at a time (thresholds, no batch)".into(),
+        ));
+        rows.push((
+            "L0 mean (inference)",
+            format!("{:.2}", i.l0_mean),
+            "features active per token, one token at a time".into(),
+        ));
     }
-    println!(
-        "{:<34} {:>12.2} ± {:.2}",
-        "L0 mean ± std (batch)", e.batch.l0_mean, e.batch.l0_std
-    );
-    println!(
-        "{:<34} {:>11.1}%",
+    rows.push((
+        "L0 mean ± std (batch)",
+        format!("{:.2} ± {:.2}", e.batch.l0_mean, e.batch.l0_std),
+        "features active per token under the training rule".into(),
+    ));
+    rows.push((
         "dead in training (dead window)",
-        100.0 * e.dead_in_training_fraction
-    );
-    println!(
-        "{:<34} {:>11.1}%",
+        percent(e.dead_in_training_fraction),
+        "features that stopped firing during training".into(),
+    ));
+    rows.push((
         "dead on the evaluated tokens",
-        100.0 * e.dead_on_eval_fraction
-    );
-    println!(
-        "{:<34} {:>11.1}%",
+        percent(e.dead_on_eval_fraction),
+        "features that fired on none of them".into(),
+    ));
+    rows.push((
         "under-used features",
-        100.0 * e.underused_fraction
-    );
+        percent(e.underused_fraction),
+        "firing less often than their Zipf target".into(),
+    ));
     if let (Some(m), Some(r)) = (e.mmcs, e.recovered) {
-        println!("{:<34} {:>12.3}", "MMCS to the true dictionary", m);
-        println!(
-            "{:<34} {:>11.1}%",
+        rows.push((
+            "MMCS to the true dictionary",
+            format!("{m:.3}"),
+            "mean over true features of the best cosine to a learned one (1 is exact)".into(),
+        ));
+        rows.push((
             "true features recovered (>0.9)",
-            100.0 * r
-        );
+            percent(r),
+            "true features some learned feature matches with cosine > 0.9".into(),
+        ));
+    }
+    for (name, value, meaning) in rows {
+        println!("{name:<32} {value:>14}   {meaning}");
     }
 }
 

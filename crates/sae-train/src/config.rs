@@ -242,6 +242,13 @@ impl RunConfig {
             }
             None => toml::Table::new(),
         };
+        // `--set sparsifier.k=5` changes the default sparsifier's k rather than replacing the
+        // whole `{ name, k }` table with one that lacks a name.
+        if !doc.contains_key("sparsifier") {
+            let default = toml::Value::try_from(Self::default().sparsifier)
+                .expect("the default sparsifier is a TOML table");
+            doc.insert("sparsifier".into(), default);
+        }
         apply_overrides(&mut doc, overrides)?;
         let origin = path.map_or_else(|| "defaults".to_string(), |p| p.display().to_string());
         Self::from_table(doc, &origin)

@@ -151,3 +151,38 @@ fn every_numeric_field_has_its_range_checked_at_load() {
         load("", &[set]).unwrap_or_else(|e| panic!("{set}: {e}"));
     }
 }
+
+#[test]
+fn setting_one_sparsifier_field_keeps_the_default_sparsifiers_other_fields() {
+    let c = RunConfig::load(None, &["sparsifier.k=5".into()]).unwrap();
+    assert_eq!(
+        c.sparsifier,
+        serde_json::json!({"name": "mutual_choice", "k": 5})
+    );
+    let c = RunConfig::load(None, &["sparsifier.name=\"topk\"".into()]).unwrap();
+    assert_eq!(c.sparsifier, serde_json::json!({"name": "topk", "k": 8}));
+    // A file's own sparsifier table is taken as written.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("run.toml");
+    std::fs::write(&path, "[sparsifier]\nname = \"topk\"\nk = 3\n").unwrap();
+    let c = RunConfig::load(Some(&path), &["sparsifier.k=4".into()]).unwrap();
+    assert_eq!(c.sparsifier, serde_json::json!({"name": "topk", "k": 4}));
+}
+
+#[test]
+fn the_shipped_configurations_load() {
+    let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&configs).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            RunConfig::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no configuration in {}", configs.display());
+    let demo = RunConfig::load(Some(&configs.join("ground-truth.toml")), &[]).unwrap();
+    assert_eq!(demo.step.lr, Some(4e-3));
+    assert_eq!(demo.step.stats.dead_window, 20_000);
+    assert_eq!(demo.sparsifier, RunConfig::default().sparsifier);
+}
