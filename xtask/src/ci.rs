@@ -99,14 +99,27 @@ pub fn smoke() -> Result<()> {
     std::fs::write(&config, spec.config_toml(&crate::shell::root()))
         .with_context(|| format!("writing {}", config.display()))?;
     let out = dir.join("run");
-    step(
-        "smoke: sae train",
-        cargo()
-            .args(["run", "-p", "sae-cli", "--", "train", "--quiet", "--config"])
-            .arg(&config)
-            .arg("--set")
-            .arg(crate::repro::out_dir_override(&out)),
-    )?;
+    // The binary the test step built (its integration tests drive it): `cargo run -p sae-cli`
+    // alone resolves features differently and would rebuild burn's GPU stack for nothing.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::shell::root().join("target"));
+    let built = target
+        .join("debug")
+        .join(format!("sae{}", std::env::consts::EXE_SUFFIX));
+    let mut train = if built.exists() {
+        std::process::Command::new(&built)
+    } else {
+        let mut run = cargo();
+        run.args(["run", "-p", "sae-cli", "--"]);
+        run
+    };
+    train
+        .args(["train", "--quiet", "--config"])
+        .arg(&config)
+        .arg("--set")
+        .arg(crate::repro::out_dir_override(&out));
+    step("smoke: sae train", &mut train)?;
     eprintln!("==> smoke: report of {}", out.display());
     let report = sae_report::write_report(&out, &out.join("report"))
         .context("step `smoke: report` failed")?;

@@ -361,6 +361,18 @@ fn print_eval(e: &EvalReport) {
     for (name, value, meaning) in rows {
         println!("{name:<32} {value:>14}   {meaning}");
     }
+    if let Some(bands) = &e.recovery_by_frequency {
+        println!("recovered by how often the true feature fires (most frequent first):");
+        for band in bands {
+            println!(
+                "  fires on {:>6.2}% to {:>6.2}% of samples ({:>3} features) {:>14.1}%",
+                100.0 * band.max_probability,
+                100.0 * band.min_probability,
+                band.features,
+                100.0 * band.recovered
+            );
+        }
+    }
 }
 
 fn eval(

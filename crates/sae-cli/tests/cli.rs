@@ -11,7 +11,13 @@ fn trains_and_reports_a_summary() {
     let out = run(&small_run(tmp.path(), 60, &[]));
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for needle in ["held-out FVU", "L0 mean", "dead in training", "MMCS"] {
+    for needle in [
+        "held-out FVU",
+        "L0 mean",
+        "dead in training",
+        "MMCS",
+        "recovered by how often",
+    ] {
         assert!(stdout.contains(needle), "summary lacks {needle}: {stdout}");
     }
     let metrics = std::fs::read_to_string(tmp.path().join("metrics.jsonl")).unwrap();

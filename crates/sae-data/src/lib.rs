@@ -72,7 +72,7 @@ mod synthetic;
 pub use dtype::Dtype;
 pub use error::DataError;
 pub use fingerprint::{DataFingerprint, FINGERPRINT_ROWS, FileFingerprint};
-pub use metrics::{max_cosines, mmcs, recovery_fraction};
+pub use metrics::{FrequencyBand, max_cosines, mmcs, recovery_by_frequency, recovery_fraction};
 pub use normalize::Normalizer;
 pub use npy::{NPY_TENSOR, read_npy, write_npy};
 pub use safetensors::{TensorRef, read_safetensors, write_safetensors};

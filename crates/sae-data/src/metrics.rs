@@ -66,3 +66,69 @@ pub fn recovery_fraction(learned: &[f32], truth: &[f32], d: usize, threshold: f3
     }
     best.iter().filter(|&&c| c >= threshold).count() as f32 / best.len() as f32
 }
+
+/// Recovery of the true features of one frequency band.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FrequencyBand {
+    /// Highest firing probability in the band.
+    pub max_probability: f64,
+    /// Lowest firing probability in the band.
+    pub min_probability: f64,
+    /// True features in the band.
+    pub features: usize,
+    /// Fraction of them matched by a learned feature with cosine at least the threshold.
+    pub recovered: f64,
+    /// Mean over them of the best cosine with a learned feature.
+    pub mmcs: f64,
+}
+
+/// Recovery by how often the true features fire: the true features sorted by firing
+/// probability (most frequent first, ties by index) and cut into `bands` bands of equal size
+/// (the first `features % bands` bands one larger), each with its recovery and MMCS.
+///
+/// # Panics
+/// As [`max_cosines`], and if `probabilities` does not have one entry per true feature or
+/// `bands` is zero.
+pub fn recovery_by_frequency(
+    learned: &[f32],
+    truth: &[f32],
+    d: usize,
+    probabilities: &[f64],
+    bands: usize,
+    threshold: f32,
+) -> Vec<FrequencyBand> {
+    let best = max_cosines(learned, truth, d);
+    assert_eq!(
+        best.len(),
+        probabilities.len(),
+        "one probability per true feature"
+    );
+    assert!(bands > 0, "at least one band");
+    let mut order: Vec<usize> = (0..best.len()).collect();
+    order.sort_by(|&a, &b| {
+        probabilities[b]
+            .total_cmp(&probabilities[a])
+            .then(a.cmp(&b))
+    });
+    let (base, extra) = (order.len() / bands, order.len() % bands);
+    let sizes = (0..bands).map(|band| base + usize::from(band < extra));
+    let ranges = sizes.scan(0, |start, size| {
+        let range = *start..*start + size;
+        *start += size;
+        Some(range)
+    });
+    ranges
+        .filter(|range| !range.is_empty())
+        .map(|range| {
+            let members = &order[range];
+            let n = members.len() as f64;
+            FrequencyBand {
+                max_probability: probabilities[members[0]],
+                min_probability: probabilities[members[members.len() - 1]],
+                features: members.len(),
+                recovered: members.iter().filter(|&&f| best[f] >= threshold).count() as f64 / n,
+                mmcs: members.iter().map(|&f| f64::from(best[f])).sum::<f64>() / n,
+            }
+        })
+        .collect()
+}

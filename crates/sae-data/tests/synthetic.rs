@@ -2,7 +2,7 @@
 
 use sae_data::{
     BatchSource, Cursor, EVAL_START, SyntheticConfig, SyntheticSource, max_cosines, mmcs,
-    recovery_fraction,
+    recovery_by_frequency, recovery_fraction,
 };
 
 fn source() -> SyntheticSource {
@@ -228,5 +228,48 @@ fn metrics_score_the_truth_perfectly_and_noise_poorly() {
     let best = max_cosines(&[1.0, 0.0], &[1.0, 0.0, 1.0, 1.0], 2);
     assert!(
         (best[0] - 1.0).abs() < 1e-6 && (best[1] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6
+    );
+}
+
+#[test]
+fn recovery_by_frequency_bands_the_true_features_by_firing_probability() {
+    // Five true features e_0..e_4 in 5 dimensions, with probabilities out of rank order;
+    // learned: e_1 and e_3 exactly, e_0 at cosine 0.8 (not recovered).
+    let d = 5;
+    let mut truth = vec![0f32; 25];
+    for f in 0..5 {
+        truth[f * d + f] = 1.0;
+    }
+    let probabilities = [0.1, 0.5, 0.02, 0.3, 0.2];
+    let mut learned = vec![0f32; 15];
+    learned[1] = 1.0; // e_1
+    learned[d + 3] = 1.0; // e_3
+    learned[2 * d] = 0.8; // 0.8 e_0 + 0.6 e_2: cosine 0.8 with e_0, 0.6 with e_2
+    learned[2 * d + 2] = 0.6;
+    // By probability: e_1 (0.5), e_3 (0.3), e_4 (0.2), e_0 (0.1), e_2 (0.02); two bands of
+    // 3 and 2 features (the first band takes the remainder).
+    let bands = recovery_by_frequency(&learned, &truth, d, &probabilities, 2, 0.9);
+    assert_eq!(bands.len(), 2);
+    assert_eq!((bands[0].features, bands[1].features), (3, 2));
+    assert_eq!(
+        (bands[0].max_probability, bands[0].min_probability),
+        (0.5, 0.2)
+    );
+    assert_eq!(
+        (bands[1].max_probability, bands[1].min_probability),
+        (0.1, 0.02)
+    );
+    assert!((bands[0].recovered - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(bands[1].recovered, 0.0);
+    assert!((bands[0].mmcs - 2.0 / 3.0).abs() < 1e-6);
+    assert!((bands[1].mmcs - 0.7).abs() < 1e-6);
+    // One band is the whole recovery; more bands than features leave no empty band.
+    let one = recovery_by_frequency(&learned, &truth, d, &probabilities, 1, 0.9);
+    assert!(
+        (one[0].recovered - f64::from(recovery_fraction(&learned, &truth, d, 0.9))).abs() < 1e-6
+    );
+    assert_eq!(
+        recovery_by_frequency(&learned, &truth, d, &probabilities, 9, 0.9).len(),
+        5
     );
 }

@@ -132,6 +132,15 @@ pub fn write_report(run_dir: &Path, out_dir: &Path) -> Result<Report, ReportErro
             plots::density(&path, &last.density_histogram)?;
             plots.push((path, "Feature firing density"));
         }
+        if let Some(bands) = last
+            .recovery_by_frequency
+            .as_deref()
+            .filter(|b| !b.is_empty())
+        {
+            let path = out_dir.join("recovery_by_frequency.png");
+            plots::recovery_by_frequency(&path, bands)?;
+            plots.push((path, "True features recovered by frequency"));
+        }
         if !last.batch.l0_histogram.is_empty() {
             let path = out_dir.join("l0_histogram.png");
             let inference = last.inference.as_ref().map(|i| i.l0_histogram.as_slice());

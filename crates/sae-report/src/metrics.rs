@@ -101,6 +101,9 @@ pub struct EvalRecord {
     /// Fraction of true features recovered (synthetic data only).
     #[serde(default)]
     pub recovered: Option<f64>,
+    /// Recovery by true-feature frequency band, most frequent first (synthetic data only).
+    #[serde(default)]
+    pub recovery_by_frequency: Option<Vec<sae_data::FrequencyBand>>,
 }
 
 /// Reads a `metrics.jsonl` file; blank lines are skipped.

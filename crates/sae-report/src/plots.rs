@@ -250,3 +250,39 @@ fn format_tokens(v: f64) -> String {
         format!("{v:.0}")
     }
 }
+
+/// Share of the true features recovered in each frequency band, most frequent band first.
+pub(crate) fn recovery_by_frequency(
+    path: &Path,
+    bands: &[sae_data::FrequencyBand],
+) -> Result<(), ReportError> {
+    render(path, |root| {
+        let n = bands.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(root)
+            .caption(
+                "True features recovered, by how often they fire",
+                (FONT, 24),
+            )
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..n, 0.0..105.0)?;
+        chart
+            .configure_mesh()
+            .x_desc("frequency band of the true features (1 = most frequent; equal-size bands)")
+            .y_desc("recovered (cosine > 0.9), %")
+            .x_labels(bands.len().max(1))
+            .x_label_formatter(&|v| format!("{:.0}", v + 0.5))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FONT, 14))
+            .draw()?;
+        chart.draw_series(bands.iter().enumerate().map(|(i, band)| {
+            let x0 = i as f64 + 0.1;
+            Rectangle::new(
+                [(x0, 0.0), (x0 + 0.8, 100.0 * band.recovered)],
+                TRAIN_COLOR.filled(),
+            )
+        }))?;
+        Ok(())
+    })
+}

@@ -150,3 +150,34 @@ fn eval_lines_carry_training_and_held_out_tokens() {
     };
     assert_eq!((e.tokens, e.eval_tokens), (640, Some(512)));
 }
+
+#[test]
+fn recovery_by_frequency_is_plotted_when_the_eval_has_it() {
+    let dir = scratch("report_recovery_bands");
+    let band = |p: f64, recovered: f64| {
+        format!(
+            "{{\"max_probability\":{p},\"min_probability\":{p},\"features\":4,\"recovered\":{recovered},\"mmcs\":0.9}}"
+        )
+    };
+    let line = format!(
+        "{{\"kind\":\"eval\",\"step\":5,\"tokens\":640,\"eval_tokens\":512,\
+         \"batch\":{{\"fvu\":0.5,\"mse\":0.1,\"l0_mean\":4.0,\"l0_std\":1.0,\"l0_histogram\":[0,1]}},\
+         \"inference\":null,\"dead_in_training_fraction\":0.0,\"underused_fraction\":0.1,\
+         \"density_histogram\":[0,1],\"mmcs\":0.9,\"recovered\":0.75,\
+         \"recovery_by_frequency\":[{},{}]}}\n",
+        band(0.5, 1.0),
+        band(0.01, 0.5)
+    );
+    std::fs::write(dir.join("metrics.jsonl"), line).unwrap();
+    let records = read_metrics(dir.join("metrics.jsonl")).unwrap();
+    let sae_report::Record::Eval(e) = &records[0] else {
+        panic!("{records:?}")
+    };
+    let bands = e.recovery_by_frequency.as_ref().unwrap();
+    assert_eq!(bands.len(), 2);
+    assert_eq!(bands[1].recovered, 0.5);
+    let report = write_report(&dir, &dir.join("report")).unwrap();
+    let plot = dir.join("report/recovery_by_frequency.png");
+    assert!(report.plots.contains(&plot), "{:?}", report.plots);
+    assert_eq!(png_size(&plot), (PLOT_WIDTH, PLOT_HEIGHT));
+}

@@ -17,8 +17,8 @@ pub struct Activations {
     pub train: Box<dyn BatchSource>,
     /// Held-out rows; `None` when the configuration holds none out.
     eval: Option<EvalRows>,
-    /// The true dictionary (`[F_true, d]`, row-major) of synthetic data.
-    pub truth: Option<Vec<f32>>,
+    /// The true dictionary of synthetic data.
+    pub truth: Option<GroundTruth>,
     /// Activation width.
     pub d: usize,
     /// Raw rows for estimating the normaliser and the decoder bias.
@@ -50,7 +50,10 @@ impl Activations {
                 sampler.next_batch(data.sample_rows, &mut sample)?;
                 let eval = EvalRows::new(Box::new(source.held_out()), None);
                 Ok(Self {
-                    truth: Some(source.dictionary().to_vec()),
+                    truth: Some(GroundTruth {
+                        dictionary: source.dictionary().to_vec(),
+                        probabilities: source.feature_probabilities().to_vec(),
+                    }),
                     train: Box::new(source),
                     eval: Some(eval),
                     d,
@@ -203,4 +206,13 @@ impl EvalRows {
     pub fn rewind(&mut self) -> Result<(), TrainError> {
         Ok(self.source.restore(&self.start)?)
     }
+}
+
+/// The known dictionary of synthetic data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroundTruth {
+    /// `[F_true, d]`, row-major.
+    pub dictionary: Vec<f32>,
+    /// Firing probability of each true feature.
+    pub probabilities: Vec<f64>,
 }

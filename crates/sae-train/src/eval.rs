@@ -7,8 +7,13 @@ use sae_model::{SaeParams, Sparsifier, TrainStep};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::data::EvalRows;
+use crate::data::{EvalRows, GroundTruth};
 use crate::tensor::{host_affinities, to_device};
+
+/// Cosine above which a learned feature counts as recovering a true one.
+pub const RECOVERY_COSINE: f32 = 0.9;
+/// Frequency bands of the recovery breakdown.
+pub const FREQUENCY_BANDS: usize = 8;
 
 /// Bins of the log10 feature-density histogram, from 1e-10 to 1.
 pub const DENSITY_BINS: usize = 20;
@@ -57,6 +62,10 @@ pub struct EvalReport {
     pub mmcs: Option<f64>,
     /// Share of true features with a learned feature above 0.9 cosine (synthetic data).
     pub recovered: Option<f64>,
+    /// Recovery of the true features in `FREQUENCY_BANDS` bands of equal size, most frequent
+    /// first (synthetic data): does the rule find the rare features as well as the common?
+    #[serde(default)]
+    pub recovery_by_frequency: Option<Vec<sae_data::FrequencyBand>>,
 }
 
 /// Running sums for one selection method.
@@ -138,7 +147,7 @@ pub fn evaluate<B: AutodiffBackend>(
     normalize: &dyn Fn(&mut [f32]),
     tokens: u64,
     batch_size: usize,
-    truth: Option<&[f32]>,
+    truth: Option<&GroundTruth>,
     zipf_exponent: f64,
 ) -> Result<EvalReport, TrainError> {
     let params = step.sae().to_params();
@@ -205,17 +214,26 @@ pub fn evaluate<B: AutodiffBackend>(
         let bin = (((log + 10.0) / 10.0) * DENSITY_BINS as f64) as usize;
         density_histogram[bin.min(DENSITY_BINS - 1)] += 1;
     }
-    let (mmcs, recovered) = match truth {
+    let w = &params.w_dec;
+    let (mmcs, recovered, recovery_by_frequency) = match truth {
         Some(t) => (
-            Some(f64::from(sae_data::mmcs(&params.w_dec, t, d))),
+            Some(f64::from(sae_data::mmcs(w, &t.dictionary, d))),
             Some(f64::from(sae_data::recovery_fraction(
-                &params.w_dec,
-                t,
+                w,
+                &t.dictionary,
                 d,
-                0.9,
+                RECOVERY_COSINE,
             ))),
+            Some(sae_data::recovery_by_frequency(
+                w,
+                &t.dictionary,
+                d,
+                &t.probabilities,
+                FREQUENCY_BANDS,
+                RECOVERY_COSINE,
+            )),
         ),
-        None => (None, None),
+        None => (None, None, None),
     };
     Ok(EvalReport {
         eval_tokens: seen,
@@ -228,5 +246,6 @@ pub fn evaluate<B: AutodiffBackend>(
         density_histogram,
         mmcs,
         recovered,
+        recovery_by_frequency,
     })
 }

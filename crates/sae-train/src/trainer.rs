@@ -546,7 +546,7 @@ fn run_eval<B: AutodiffBackend>(
         &|x: &mut [f32]| normalizer.apply(x),
         config.train.eval_tokens,
         config.train.batch_size,
-        truth.as_deref(),
+        truth.as_ref(),
         zipf_exponent,
     )
     .map(Some)
