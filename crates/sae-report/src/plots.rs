@@ -266,18 +266,26 @@ pub(crate) fn recovery_by_frequency(
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..n, 0.0..105.0)?;
+            .build_cartesian_2d(-0.5..n - 0.5, 0.0..105.0)?;
         chart
             .configure_mesh()
+            .disable_x_mesh()
             .x_desc("frequency band of the true features (1 = most frequent; equal-size bands)")
             .y_desc("recovered (cosine > 0.9), %")
             .x_labels(bands.len().max(1))
-            .x_label_formatter(&|v| format!("{:.0}", v + 0.5))
+            .x_label_formatter(&|v| {
+                let band = v.round();
+                if (v - band).abs() < 1e-6 && band >= 0.0 {
+                    format!("{:.0}", band + 1.0)
+                } else {
+                    String::new()
+                }
+            })
             .y_label_formatter(&|v| format!("{v:.0}"))
             .label_style((FONT, 14))
             .draw()?;
         chart.draw_series(bands.iter().enumerate().map(|(i, band)| {
-            let x0 = i as f64 + 0.1;
+            let x0 = i as f64 - 0.4;
             Rectangle::new(
                 [(x0, 0.0), (x0 + 0.8, 100.0 * band.recovered)],
                 TRAIN_COLOR.filled(),
