@@ -15,7 +15,7 @@ pub enum Record {
     /// Logged every `log_every_steps` optimizer steps.
     Train(TrainRecord),
     /// Logged every `eval_every_tokens` tokens, and once at the end of training.
-    Eval(EvalRecord),
+    Eval(Box<EvalRecord>),
 }
 
 /// Training-step metrics, averaged since the previous train line.
@@ -152,7 +152,7 @@ pub fn train_records(records: &[Record]) -> impl Iterator<Item = &TrainRecord> {
 /// The eval lines of `records`, in file order.
 pub fn eval_records(records: &[Record]) -> impl Iterator<Item = &EvalRecord> {
     records.iter().filter_map(|r| match r {
-        Record::Eval(e) => Some(e),
+        Record::Eval(e) => Some(e.as_ref()),
         Record::Train(_) => None,
     })
 }
