@@ -350,3 +350,23 @@ fn wgpu_without_an_adapter_is_an_error_saying_what_to_install() {
     assert!(message.contains("Vulkan driver"), "{message}");
     assert!(!message.contains("panicked"), "{message}");
 }
+
+#[test]
+fn exporting_abs_topk_to_saelens_is_refused_saying_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    ok(&small_run(
+        &run_dir,
+        10,
+        &["--set", "sparsifier.name=\"abs_topk\""],
+    ));
+    let message = fails(&[
+        "export".into(),
+        run_dir.display().to_string(),
+        "--out".into(),
+        tmp.path().join("lens").display().to_string(),
+    ]);
+    assert!(message.contains("abs_topk"), "{message}");
+    assert!(message.contains("signed"), "{message}");
+    assert!(!message.contains("thresholds"), "{message}");
+}

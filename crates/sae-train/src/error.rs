@@ -121,6 +121,14 @@ pub enum TrainError {
         /// Rows of the source.
         source_rows: u64,
     },
+    /// A model that the requested export format cannot express.
+    #[error("cannot export sparsifier `{sparsifier}` to SAELens: {reason}")]
+    Export {
+        /// The sparsifier's registry name.
+        sparsifier: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
     /// Evaluation data the user named does not fit the model.
     #[error("evaluation data {}: {reason}", path.display())]
     EvalData {

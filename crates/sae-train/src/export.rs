@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use sae_data::{Dtype, Normalizer, TensorRef, read_safetensors, write_safetensors};
 use sae_model::sae_alloc::Thresholds;
-use sae_model::{SaeParams, TrainState};
+use sae_model::{Activation, InferenceRule, SaeParams, Sparsifier, TrainState};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -52,6 +52,34 @@ pub struct NativeMeta {
     /// Set when the run was stopped before its end: the model is a partial one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Interrupted>,
+    /// How the model selects features for one token, taken from the built sparsifier when
+    /// the model was written (absent in models written before it was recorded, and in
+    /// imported JumpReLU models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<SelectionSpec>,
+}
+
+/// The typed selection rule of a model: what exports and readers go by, never the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionSpec {
+    /// How a single token is encoded at inference.
+    pub inference: InferenceRule,
+    /// The function applied to the selected affinities.
+    pub activation: Activation,
+    /// Target features per token.
+    pub k: usize,
+}
+
+impl SelectionSpec {
+    /// The rule of a built sparsifier.
+    pub fn of(sparsifier: &dyn Sparsifier) -> Self {
+        Self {
+            inference: sparsifier.inference_rule(),
+            activation: sparsifier.activation(),
+            k: sparsifier.k(),
+        }
+    }
 }
 
 /// Where an interrupted run stopped.
@@ -117,6 +145,7 @@ pub fn write_native(
     state: &TrainState,
     normalizer: &Normalizer,
     config: &RunConfig,
+    selection: SelectionSpec,
     interrupted: Option<Interrupted>,
 ) -> Result<(), TrainError> {
     let features = state.params.features;
@@ -137,6 +166,7 @@ pub fn write_native(
             normalizer: normalizer.clone(),
             has_thresholds: thresholds.is_some(),
             interrupted,
+            selection: Some(selection),
         },
         params: state.params.clone(),
         density: state.stats.density(),
@@ -274,15 +304,38 @@ impl NativeModel {
             .get("name")
             .and_then(|n| n.as_str())
             .unwrap_or("");
-        let k = self.meta.sparsifier.get("k").and_then(|k| k.as_u64());
-        let architecture = if name == "topk" { "topk" } else { "jumprelu" };
+        let refuse = |reason: String| TrainError::Export {
+            sparsifier: name.to_string(),
+            reason,
+        };
+        let (architecture, k) = match self.meta.selection {
+            Some(s) if s.activation != Activation::Relu => {
+                return Err(refuse(format!(
+                    "its codes are {:?}-activated (signed); SAELens' topk and jumprelu \
+                     architectures keep only positive codes, so no SAELens architecture \
+                     computes this model (keep the native format: `--format native`)",
+                    s.activation
+                )));
+            }
+            Some(SelectionSpec {
+                inference: InferenceRule::PerToken,
+                k,
+                ..
+            }) => ("topk", Some(k as u64)),
+            Some(_) => ("jumprelu", None),
+            // Models written before the rule was recorded: the built-in names.
+            None if name == "topk" => (
+                "topk",
+                self.meta.sparsifier.get("k").and_then(|k| k.as_u64()),
+            ),
+            None => ("jumprelu", None),
+        };
         if architecture == "jumprelu" && self.thresholds.is_none() {
-            return Err(TrainError::Checkpoint {
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "sparsifier `{name}` has no inference thresholds to export as JumpReLU"
-                ),
-            });
+            return Err(refuse(
+                "its inference thresholds were never estimated (the run stopped before its \
+                 first step?), and SAELens' jumprelu architecture needs them"
+                    .into(),
+            ));
         }
         let w_enc_t = transpose(&raw.w_enc, f, d);
         let mut tensors = vec![
@@ -421,6 +474,11 @@ impl NativeModel {
                 normalizer: Normalizer::identity(),
                 has_thresholds: thresholds.is_some(),
                 interrupted: None,
+                selection: (architecture == "topk").then(|| SelectionSpec {
+                    inference: InferenceRule::PerToken,
+                    activation: Activation::Relu,
+                    k: field("k").unwrap_or(0),
+                }),
             },
             params,
             density,

@@ -17,7 +17,7 @@ use crate::checkpoint::{Checkpoints, write_atomic};
 use crate::config::{BackendKind, RunConfig};
 use crate::data::{Activations, EvalRows};
 use crate::eval::{EvalReport, evaluate};
-use crate::export::{Interrupted, write_native};
+use crate::export::{Interrupted, SelectionSpec, write_native};
 use crate::metrics::{LogWindow, MetricsLog, MetricsRecord, ResumePoint};
 use crate::run_dir::{Claim, RunDir};
 use crate::schedule::lr_factor;
@@ -493,7 +493,14 @@ pub fn train_on<B: AutodiffBackend>(
         step: step.step_count(),
         total_steps,
     });
-    write_native(&model_dir, &step.state(), &normalizer, &config, partial)?;
+    write_native(
+        &model_dir,
+        &step.state(),
+        &normalizer,
+        &config,
+        SelectionSpec::of(step.sparsifier()),
+        partial,
+    )?;
     let trained = (step.step_count() - first_step) as f64 * batch as f64;
     Ok(TrainSummary {
         steps: step.step_count(),

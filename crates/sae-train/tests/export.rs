@@ -28,6 +28,7 @@ fn model(d: usize, f: usize) -> NativeModel {
             },
             has_thresholds: true,
             interrupted: None,
+            selection: None,
         },
         params: SaeParams {
             d_model: d,
@@ -225,4 +226,46 @@ fn the_saelens_config_is_read_as_current_and_keeps_the_metadata() {
             "{key}"
         );
     }
+}
+
+#[test]
+fn the_export_goes_by_the_recorded_rule_not_the_name() {
+    use sae_model::{Activation, InferenceRule};
+    use sae_train::export::SelectionSpec;
+    // A per-token ReLU rule under another name exports as topk with its k.
+    let mut native = model(4, 8);
+    native.meta.sparsifier = serde_json::json!({"name": "my_topk", "k": 3});
+    native.meta.selection = Some(SelectionSpec {
+        inference: InferenceRule::PerToken,
+        activation: Activation::Relu,
+        k: 3,
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    native.write_saelens(tmp.path()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("cfg.json")).unwrap()).unwrap();
+    assert_eq!(
+        (cfg["architecture"].as_str(), cfg["k"].as_u64()),
+        (Some("topk"), Some(3))
+    );
+    // Signed codes have no SAELens architecture: refused, saying why and what to do.
+    native.meta.sparsifier = serde_json::json!({"name": "abs_topk", "k": 3});
+    native.meta.selection = Some(SelectionSpec {
+        inference: InferenceRule::PerToken,
+        activation: Activation::Identity,
+        k: 3,
+    });
+    let err = native
+        .write_saelens(&tmp.path().join("abs"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("abs_topk") && err.contains("signed"), "{err}");
+    assert!(err.contains("--format native"), "{err}");
+    // The recorded rule survives the native round trip.
+    let dir = tmp.path().join("native");
+    native.write(&dir).unwrap();
+    assert_eq!(
+        NativeModel::read(&dir).unwrap().meta.selection,
+        native.meta.selection
+    );
 }
