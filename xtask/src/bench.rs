@@ -368,9 +368,7 @@ pub fn markdown(benches: &[Bench], machine: &Machine, quick: bool) -> String {
 pub fn run(options: &Options) -> Result<()> {
     let root = root();
     let backend = options.backend.clone().unwrap_or_else(|| "flex".into());
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = crate::shell::target_dir();
     let (criterion_dir, load) = match &options.criterion_dir {
         Some(dir) => (dir.clone(), None),
         None => {

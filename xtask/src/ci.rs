@@ -101,10 +101,7 @@ pub fn smoke() -> Result<()> {
     let out = dir.join("run");
     // The binary the test step built (its integration tests drive it): `cargo run -p sae-cli`
     // alone resolves features differently and would rebuild burn's GPU stack for nothing.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| crate::shell::root().join("target"));
-    let built = target
+    let built = crate::shell::target_dir()
         .join("debug")
         .join(format!("sae{}", std::env::consts::EXE_SUFFIX));
     let mut train = if built.exists() {

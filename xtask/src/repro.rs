@@ -367,10 +367,7 @@ pub fn run(options: &Options) -> Result<()> {
                 "build sae",
                 cargo().args(["build", "--release", "-p", "sae-cli"]),
             )?;
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target"));
-            target.join("release/sae")
+            crate::shell::target_dir().join("release/sae")
         }
     };
     let specs = grid(&data, options.seeds, scale);

@@ -7,14 +7,17 @@ use std::path::Path;
 
 use common::*;
 
-fn eval_json(run_dir: &Path, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "eval".to_string(),
-        run_dir.display().to_string(),
-        "--json".into(),
-    ];
+/// `sae eval RUN_DIR EXTRA...`.
+fn eval(run_dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["eval".to_string(), run_dir.display().to_string()];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let out = run(&args);
+    run(&args)
+}
+
+fn eval_json(run_dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let out = eval(run_dir, &args);
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice(&out.stdout).expect("the report is JSON")
 }
@@ -61,12 +64,7 @@ fn every_held_out_row_is_evaluated_once_and_the_count_is_reported() {
         tokens_of(&eval_json(&run_dir, &["--tokens", "100"])),
         (100, 100)
     );
-    let out = run(&[
-        "eval".into(),
-        run_dir.display().to_string(),
-        "--tokens".into(),
-        "0".into(),
-    ]);
+    let out = eval(&run_dir, &["--tokens", "0"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("--tokens"), "{}", text(&out));
 }
@@ -110,12 +108,7 @@ fn eval_reads_every_row_of_files_the_user_names() {
     let fvu = |r: &serde_json::Value| r["inference"]["fvu"].as_f64().unwrap();
     assert!((fvu(&again) - fvu(&all)).abs() < 1e-9, "{again} vs {all}");
 
-    let human = run(&[
-        "eval".into(),
-        run_dir.display().to_string(),
-        "--data".into(),
-        other.display().to_string(),
-    ]);
+    let human = eval(&run_dir, &["--data", other.to_str().unwrap()]);
     assert!(human.status.success(), "{}", text(&human));
     let human = text(&human);
     assert!(human.contains("other.safetensors"), "{human}");
@@ -124,12 +117,7 @@ fn eval_reads_every_row_of_files_the_user_names() {
     // Rows of another width: refused, naming the file and both widths.
     let narrow = tmp.path().join("narrow.safetensors");
     write_f32_shard(&narrow, 10, 8, &[0.5; 80]);
-    let out = run(&[
-        "eval".into(),
-        run_dir.display().to_string(),
-        "--data".into(),
-        narrow.display().to_string(),
-    ]);
+    let out = eval(&run_dir, &["--data", narrow.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let message = text(&out);
     assert!(message.contains("narrow.safetensors"), "{message}");
@@ -138,14 +126,10 @@ fn eval_reads_every_row_of_files_the_user_names() {
         "{message}"
     );
     // A tensor the file does not hold: named.
-    let out = run(&[
-        "eval".into(),
-        run_dir.display().to_string(),
-        "--data".into(),
-        other.display().to_string(),
-        "--tensor".into(),
-        "resid".into(),
-    ]);
+    let out = eval(
+        &run_dir,
+        &["--data", other.to_str().unwrap(), "--tensor", "resid"],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("resid"), "{}", text(&out));
 }

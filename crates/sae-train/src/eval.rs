@@ -69,14 +69,30 @@ pub struct EvalReport {
 }
 
 /// Running sums for one selection method.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Accumulator {
     sse: f64,
     elements: u64,
     l0: Vec<u64>,
+    /// Per feature: whether it gave a non-zero code on some evaluated token.
+    fired: Vec<bool>,
 }
 
 impl Accumulator {
+    fn new(features: usize) -> Self {
+        Self {
+            sse: 0.0,
+            elements: 0,
+            l0: Vec::new(),
+            fired: vec![false; features],
+        }
+    }
+
+    /// Fraction of features that gave no non-zero code on any token added.
+    fn silent_fraction(&self) -> f64 {
+        self.fired.iter().filter(|&&f| !f).count() as f64 / self.fired.len() as f64
+    }
+
     fn add(
         &mut self,
         x: &[f32],
@@ -95,6 +111,7 @@ impl Accumulator {
                 let code = act.apply_scalar(s);
                 if code != 0.0 {
                     l0 += 1;
+                    self.fired[f as usize] = true;
                     let w = &params.w_dec[f as usize * d..(f as usize + 1) * d];
                     recon.iter_mut().zip(w).for_each(|(r, w)| *r += code * w);
                 }
@@ -154,10 +171,12 @@ pub fn evaluate<B: AutodiffBackend>(
     let d = params.d_model;
     let sparsifier = step.sparsifier();
     let device = step.device().clone();
-    let (mut batch_acc, mut infer_acc) = (Accumulator::default(), Accumulator::default());
+    let (mut batch_acc, mut infer_acc) = (
+        Accumulator::new(params.features),
+        Accumulator::new(params.features),
+    );
     let mut has_inference = true;
     let (mut sum, mut sum_sq, mut seen) = (vec![0f64; d], 0f64, 0u64);
-    let mut fired = vec![false; params.features];
     let wanted = rows
         .rows()
         .map_or(tokens, |available| tokens.min(available));
@@ -183,12 +202,6 @@ pub fn evaluate<B: AutodiffBackend>(
         let scores = ScoreMatrix::new(&affinities, rows, params.features)
             .map_err(sae_model::SaeError::from)?;
         let batch = sparsifier.select(&scores, step.stats())?;
-        let activation = sparsifier.activation();
-        for (&f, &s) in batch.features().iter().zip(batch.scores()) {
-            if activation.apply_scalar(s) != 0.0 {
-                fired[f as usize] = true;
-            }
-        }
         batch_acc.add(&x, &params, &batch, sparsifier);
         match step.infer(to_device::<B>(&x, rows, d, &device)) {
             Ok(sel) => infer_acc.add(&x, &params, &sel, sparsifier),
@@ -201,7 +214,7 @@ pub fn evaluate<B: AutodiffBackend>(
     let stats = step.stats();
     let features = params.features as f64;
     let dead = stats.dead_mask().iter().filter(|&&d| d).count() as f64 / features;
-    let silent = fired.iter().filter(|&&f| !f).count() as f64 / features;
+    let silent = batch_acc.silent_fraction();
     let underused = stats
         .underused_weights(sparsifier.k() as f64, zipf_exponent)
         .iter()

@@ -434,9 +434,20 @@ impl NativeModel {
             .get("architecture")
             .and_then(|a| a.as_str())
             .unwrap_or("standard");
-        let sparsifier = match architecture {
-            "topk" => serde_json::json!({ "name": "topk", "k": field("k")? }),
-            "jumprelu" => serde_json::json!({ "name": "jumprelu" }),
+        let (sparsifier, selection) = match architecture {
+            "topk" => {
+                let k = field("k")?;
+                let selection = SelectionSpec {
+                    inference: InferenceRule::PerToken,
+                    activation: Activation::Relu,
+                    k,
+                };
+                (
+                    serde_json::json!({ "name": "topk", "k": k }),
+                    Some(selection),
+                )
+            }
+            "jumprelu" => (serde_json::json!({ "name": "jumprelu" }), None),
             other => {
                 return Err(TrainError::Checkpoint {
                     path: cfg_path,
@@ -474,11 +485,7 @@ impl NativeModel {
                 normalizer: Normalizer::identity(),
                 has_thresholds: thresholds.is_some(),
                 interrupted: None,
-                selection: (architecture == "topk").then(|| SelectionSpec {
-                    inference: InferenceRule::PerToken,
-                    activation: Activation::Relu,
-                    k: field("k").unwrap_or(0),
-                }),
+                selection,
             },
             params,
             density,

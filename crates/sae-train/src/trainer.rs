@@ -15,7 +15,7 @@ use sae_data::DataFingerprint;
 use crate::TrainError;
 use crate::checkpoint::{Checkpoints, write_atomic};
 use crate::config::{BackendKind, RunConfig};
-use crate::data::{Activations, EvalRows};
+use crate::data::{Activations, EvalRows, GroundTruth};
 use crate::eval::{EvalReport, evaluate};
 use crate::export::{Interrupted, SelectionSpec, write_native};
 use crate::metrics::{LogWindow, MetricsLog, MetricsRecord, ResumePoint};
@@ -250,13 +250,12 @@ fn evaluate_checkpoint<B: AutodiffBackend>(
         }
         EvalData::Files { path, tensor } => {
             let mut rows = EvalRows::open_files(path, tensor, step.sae().d_model())?;
-            evaluate(
+            eval_on(
                 &step,
                 &mut rows,
-                &|x: &mut [f32]| normalizer.apply(x),
-                config.train.eval_tokens,
-                config.train.batch_size,
                 None,
+                normalizer,
+                config,
                 zipf_exponent(config),
             )
         }
@@ -547,16 +546,35 @@ fn run_eval<B: AutodiffBackend>(
     let Some(rows) = acts.eval_rows()? else {
         return Ok(None);
     };
+    eval_on(
+        step,
+        rows,
+        truth.as_ref(),
+        normalizer,
+        config,
+        zipf_exponent,
+    )
+    .map(Some)
+}
+
+/// Evaluates on `rows` with the run's normaliser and evaluation settings.
+fn eval_on<B: AutodiffBackend>(
+    step: &TrainStep<B>,
+    rows: &mut EvalRows,
+    truth: Option<&GroundTruth>,
+    normalizer: &sae_data::Normalizer,
+    config: &RunConfig,
+    zipf_exponent: f64,
+) -> Result<EvalReport, TrainError> {
     evaluate(
         step,
         rows,
         &|x: &mut [f32]| normalizer.apply(x),
         config.train.eval_tokens,
         config.train.batch_size,
-        truth.as_ref(),
+        truth,
         zipf_exponent,
     )
-    .map(Some)
 }
 
 fn record(kind: &str, step: u64, tokens: u64, values: serde_json::Value) -> MetricsRecord {
