@@ -60,6 +60,7 @@
 mod dtype;
 mod error;
 mod fingerprint;
+mod layout;
 mod metrics;
 mod normalize;
 mod npy;

@@ -4,8 +4,7 @@ use std::path::Path;
 
 use crate::dtype::{self, Dtype};
 use crate::error::DataError;
-use crate::safetensors::write_file;
-use crate::shards::Layout;
+use crate::layout::{Layout, write_file};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 

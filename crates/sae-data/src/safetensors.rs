@@ -1,14 +1,13 @@
 //! The safetensors format: an 8-byte little-endian header length, a JSON header, then the data.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use serde_json::Value;
 
 use crate::dtype::{self, Dtype};
 use crate::error::DataError;
-use crate::shards::Layout;
+use crate::layout::{Layout, write_file};
 
 /// One tensor to write: a name, a shape and its values in row-major order.
 #[derive(Clone, Debug)]
@@ -350,9 +349,4 @@ pub fn write_safetensors(
         dtype::encode(dtype, t.data, &mut bytes);
     }
     write_file(path, &bytes)
-}
-
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let mut file = std::fs::File::create(path).map_err(|e| DataError::io(path, e))?;
-    file.write_all(bytes).map_err(|e| DataError::io(path, e))
 }

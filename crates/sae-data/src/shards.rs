@@ -8,24 +8,11 @@ use memmap2::Mmap;
 
 use crate::dtype::{self, Dtype};
 use crate::error::DataError;
+use crate::layout::Layout;
 use crate::{npy, safetensors};
 
 /// The tensor name read from safetensors shards unless told otherwise.
 pub const DEFAULT_TENSOR: &str = "activations";
-
-/// Where an `[n, d]` tensor lies in a file.
-#[derive(Clone, Debug)]
-pub(crate) struct Layout {
-    pub tensor: String,
-    pub dtype: Dtype,
-    pub rows: u64,
-    pub d: usize,
-    /// Bytes before the data section (safetensors length prefix and JSON, npy preamble and
-    /// dictionary).
-    pub header_len: usize,
-    /// Where the tensor's first row starts.
-    pub data_start: usize,
-}
 
 /// Finds and checks the `[n, d]` activations in a file's bytes (npy by magic, else
 /// safetensors).

@@ -6,7 +6,8 @@ use sae_alloc::Capacities;
 
 use crate::KernelError;
 use crate::compact::{BY_COLUMN, RowSizes, compact_rows};
-use crate::output::{DeviceScores, DeviceSelection, array, filled, grid, uninit, unit_dim};
+use crate::launch::{array, filled, grid, uninit, unit_dim};
+use crate::output::{DeviceScores, DeviceSelection};
 use crate::select::select_groups;
 
 /// Keeps, for every feature `f`, its `capacities[f]` largest tokens (ties: lower row first),

@@ -12,9 +12,8 @@ use cubecl::server::Handle;
 
 use crate::KernelError;
 use crate::key::{CUBE, NO_KEY, cube_index, is_nan_bits, key_of_bits, run_start, units_before};
-use crate::output::{
-    DeviceScores, DeviceSelection, array, grid, read_u32, uninit, unit_dim, zeros,
-};
+use crate::launch::{array, grid, read_u32, uninit, unit_dim, zeros};
+use crate::output::{DeviceScores, DeviceSelection};
 
 /// `T` and `tie_limit` are per row, the position is the column.
 pub(crate) const BY_ROW: u32 = 0;
@@ -251,15 +250,6 @@ pub(crate) fn threshold_keys(
         }
         keys[i] = key;
         tie_limits[i] = 0u32;
-    }
-}
-
-/// Sets the first `len` elements of `out` to `value`.
-#[cube(launch)]
-pub(crate) fn fill(out: &mut Array<u32>, len: u32, value: u32) {
-    let i = cube_index() * CUBE as usize + UNIT_POS as usize;
-    if i < len as usize {
-        out[i] = value;
     }
 }
 

@@ -17,7 +17,8 @@ use crate::key::{
     CUBE, HIST_WORDS, NO_KEY, RADIX_BITS, cube_index, hist_add, hist_clear, hist_count,
     is_nan_bits, key_of_bits, pick_digit, run_start, units_before,
 };
-use crate::output::{DeviceScores, DeviceSelection, array, filled, grid, uninit, unit_dim, zeros};
+use crate::launch::{array, filled, grid, uninit, unit_dim, zeros};
+use crate::output::{DeviceScores, DeviceSelection};
 
 /// Scores per unit in one tile of the grid kernels.
 const PER_UNIT: u32 = 16;

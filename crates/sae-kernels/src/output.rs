@@ -6,8 +6,7 @@ use cubecl::server::Handle;
 use sae_alloc::{AllocError, Selection};
 
 use crate::KernelError;
-use crate::compact::fill;
-use crate::key::CUBE;
+use crate::launch::{read_error, read_u32};
 
 /// A row-major `rows x cols` f32 score matrix in a device buffer (for example the handle of a
 /// burn `CubeTensor`), borrowed with the client that owns it. Nothing is copied.
@@ -212,68 +211,4 @@ impl<R: Runtime> DeviceSelection<R> {
         tokens.truncate(self.nnz);
         Ok(tokens)
     }
-}
-
-fn read_error(e: impl std::fmt::Debug) -> KernelError {
-    KernelError::Read {
-        reason: format!("{e:?}"),
-    }
-}
-
-pub(crate) fn read_u32<R: Runtime>(
-    client: &ComputeClient<R>,
-    handle: &Handle,
-) -> Result<Vec<u32>, KernelError> {
-    let bytes = client.read_one(handle.clone()).map_err(read_error)?;
-    Ok(u32::from_bytes(&bytes).to_vec())
-}
-
-/// A kernel argument over the first `len` elements of `handle`.
-#[allow(unsafe_code)]
-pub(crate) fn array<R: Runtime>(handle: &Handle, len: usize) -> ArrayArg<R> {
-    // SAFETY (why `unsafe` is allowed here): cubecl cannot know the element count of a raw
-    // buffer. Every caller passes the count the buffer was allocated with in this crate, or
-    // that `DeviceScores::new` checked against the buffer's size.
-    unsafe { ArrayArg::from_raw_parts(handle.clone(), len.max(1)) }
-}
-
-/// A grid of at least `cubes` cubes, split over two dimensions beyond the 65535 limit of one.
-/// A cube's linear index is `CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X`; cubes at or past `cubes`
-/// must do nothing.
-pub fn grid(cubes: usize) -> CubeCount {
-    const MAX: usize = 65_535;
-    let cubes = cubes.max(1);
-    let y = cubes.div_ceil(MAX);
-    let x = cubes.div_ceil(y);
-    CubeCount::Static(x as u32, y as u32, 1)
-}
-
-/// The cube shape of every kernel: `CUBE` units in one dimension.
-pub(crate) fn unit_dim() -> CubeDim {
-    CubeDim::new_1d(CUBE)
-}
-
-/// A device buffer of `len` u32 (at least one), filled with `value` on the device.
-pub(crate) fn filled<R: Runtime>(client: &ComputeClient<R>, len: usize, value: u32) -> Handle {
-    let len = len.max(1);
-    let handle = client.empty(len * 4);
-    fill::launch::<R>(
-        client,
-        grid(len.div_ceil(CUBE as usize)),
-        unit_dim(),
-        array(&handle, len),
-        len as u32,
-        value,
-    );
-    handle
-}
-
-/// A device buffer of `len` zeros (u32).
-pub(crate) fn zeros<R: Runtime>(client: &ComputeClient<R>, len: usize) -> Handle {
-    filled(client, len, 0)
-}
-
-/// An uninitialised device buffer of `len` 4-byte elements (at least one).
-pub(crate) fn uninit<R: Runtime>(client: &ComputeClient<R>, len: usize) -> Handle {
-    client.empty(len.max(1) * 4)
 }

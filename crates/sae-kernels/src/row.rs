@@ -5,7 +5,8 @@ use sae_alloc::AllocError;
 
 use crate::KernelError;
 use crate::compact::{BY_ROW, RowSizes, compact_rows};
-use crate::output::{DeviceScores, DeviceSelection, array, filled, grid, uninit, unit_dim};
+use crate::launch::{array, filled, grid, uninit, unit_dim};
+use crate::output::{DeviceScores, DeviceSelection};
 use crate::select::select_groups;
 
 /// Keeps the `k` largest scores of every row (ties: lower column first), the rule of

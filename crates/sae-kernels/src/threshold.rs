@@ -7,7 +7,8 @@ use sae_alloc::{AllocError, Thresholds};
 use crate::KernelError;
 use crate::compact::{BY_COLUMN, RowSizes, WHOLE, compact_rows, threshold_keys};
 use crate::key::CUBE;
-use crate::output::{DeviceScores, DeviceSelection, array, filled, grid, uninit, unit_dim};
+use crate::launch::{array, filled, grid, uninit, unit_dim};
+use crate::output::{DeviceScores, DeviceSelection};
 
 /// Keeps every score strictly above its (global or per-feature) threshold, the rule of
 /// [`sae_alloc::apply_thresholds`]. The number of kept pairs depends on the data, so it is

@@ -6,8 +6,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use sae_alloc::Selection;
 
+use crate::rule::Activation;
 use crate::sae::SaeTensors;
-use crate::sparsifier::Activation;
 
 /// The selection as a dense 0/1 float mask `[N, F]`, written on `device` by one `scatter_nd`
 /// of the selected positions: only the `nnz` (row, feature) pairs cross to the device, not the

@@ -19,8 +19,8 @@ use sae_alloc::Selection;
 use sae_kernels::{DeviceScores, KernelError};
 
 use crate::error::{Result, SaeError};
+use crate::rule::{Activation, BuiltinRule};
 use crate::sae::host_vec;
-use crate::sparsifier::{Activation, BuiltinRule};
 
 /// Whether `B`'s float tensors are those of a cubecl backend the kernels run on.
 pub(crate) fn is_cubecl<B: Backend>() -> bool {

@@ -21,7 +21,7 @@
 use rayon::prelude::*;
 use sae_alloc::Selection;
 
-use crate::sparsifier::Activation;
+use crate::rule::Activation;
 
 /// Tokens per block of the first pass.
 const TOKEN_BLOCK: usize = 32;

@@ -15,24 +15,25 @@
 mod adam;
 pub mod dense;
 mod device;
+mod dispatch;
 pub mod error;
 pub mod fused;
 pub mod loss;
 pub mod registry;
+mod rule;
 pub mod sae;
 pub mod sparse;
 pub mod sparsifier;
 pub mod stats;
 pub mod step;
 
+pub use dispatch::{BatchAffinities, BatchSelection, select_on_backend};
 pub use error::{Result, SaeError};
 pub use loss::{AuxLoss, aux_selection, fvu, mse};
 pub use registry::{Registry, SparsifierFactory, parse_params};
+pub use rule::{Activation, BuiltinRule, InferenceRule};
 pub use sae::{Sae, SaeConfig, SaeParams, SaeTensors, sample_mean};
-pub use sparsifier::{
-    Activation, BatchAffinities, BatchSelection, BuiltinRule, CapacityRule, FeatureChoice,
-    InferenceRule, MutualChoice, Sparsifier, TopK, select_on_backend,
-};
+pub use sparsifier::{CapacityRule, FeatureChoice, MutualChoice, Sparsifier, TopK};
 pub use stats::{FeatureStats, StatsConfig};
 pub use step::{
     LossAndGrads, LossSpec, ReconLoss, StepOutput, StepPath, TrainConfig, TrainState, TrainStep,

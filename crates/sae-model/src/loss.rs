@@ -7,7 +7,7 @@ use sae_alloc::Selection;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SaeError};
-use crate::sparsifier::Activation;
+use crate::rule::Activation;
 
 /// Mean squared error over all elements, `[1]`.
 pub fn mse<B: Backend>(x: Tensor<B, 2>, x_hat: Tensor<B, 2>) -> Tensor<B, 1> {

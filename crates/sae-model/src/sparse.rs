@@ -9,8 +9,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 use sae_alloc::Selection;
 
+use crate::rule::Activation;
 use crate::sae::SaeTensors;
-use crate::sparsifier::Activation;
 
 /// The selected pairs of a batch as index tensors on a device.
 #[derive(Debug, Clone)]

@@ -1,92 +1,17 @@
 //! The `Sparsifier` extension point and the paper's sparsifiers.
+//!
+//! The types a sparsifier describes itself with ([`Activation`], [`BuiltinRule`],
+//! [`InferenceRule`]) live in `rule.rs` and are re-exported here; how a batch's selection runs
+//! on a backend is `dispatch.rs`.
 
 use std::fmt::Debug;
 
-use burn::tensor::activation::relu;
-use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor};
 use sae_alloc::{Capacities, ScoreMatrix, Selection, column_topm, global_topk, row_topk};
 use serde::{Deserialize, Serialize};
 
-use crate::device;
 use crate::error::{Result, SaeError};
-use crate::loss::aux_selection;
-use crate::sae::host_vec;
+pub use crate::rule::{Activation, BuiltinRule, InferenceRule};
 use crate::stats::FeatureStats;
-
-/// The function applied to the selected affinities to give the codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    /// `max(z, 0)`: the paper's sparsifiers.
-    Relu,
-    /// `z`: signed codes (e.g. AbsTopK).
-    Identity,
-}
-
-impl Activation {
-    /// Applies the activation to a tensor.
-    pub fn apply<B: Backend, const D: usize>(self, t: Tensor<B, D>) -> Tensor<B, D> {
-        match self {
-            Self::Relu => relu(t),
-            Self::Identity => t,
-        }
-    }
-
-    /// Applies the activation to one value.
-    pub fn apply_scalar(self, z: f32) -> f32 {
-        match self {
-            Self::Relu => z.max(0.0),
-            Self::Identity => z,
-        }
-    }
-
-    /// Whether a selected affinity gives a non-zero code (counts as a fire).
-    pub fn fires(self, z: f32) -> bool {
-        self.apply_scalar(z) != 0.0
-    }
-
-    /// [`Activation::fires`] elementwise.
-    pub fn fires_mask<B: Backend, const D: usize>(self, t: Tensor<B, D>) -> Tensor<B, D, Bool> {
-        match self {
-            Self::Relu => t.greater_elem(0.0),
-            Self::Identity => t.not_equal_elem(0.0),
-        }
-    }
-}
-
-/// A selection rule a device backend may run natively instead of calling
-/// [`Sparsifier::select`] on the host (GPU kernels slot in here).
-#[derive(Debug, Clone, PartialEq)]
-pub enum BuiltinRule {
-    /// Each row keeps its `k` largest affinities.
-    RowTopK {
-        /// Features per token.
-        k: usize,
-    },
-    /// The `budget` largest affinities of the whole matrix.
-    GlobalTopK {
-        /// Total pairs kept.
-        budget: usize,
-    },
-    /// Each column keeps its `capacities[j]` largest affinities.
-    ColumnTopM {
-        /// Tokens per feature.
-        capacities: Capacities,
-    },
-}
-
-/// How a trained model selects features for single tokens, without a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InferenceRule {
-    /// The training rule works per token already (TopK, AbsTopK).
-    PerToken,
-    /// One threshold for all features, estimated during training (MC / BatchTopK).
-    GlobalThreshold,
-    /// One threshold per feature, estimated during training (FC).
-    PerFeatureThreshold,
-}
 
 /// The extension point: chooses the (token, feature) pairs of a batch.
 ///
@@ -125,81 +50,6 @@ pub trait Sparsifier: Debug + Send + Sync {
     ) -> Result<Selection> {
         self.select(scores, stats)
     }
-}
-
-/// Where the affinities of a batch are after its selection.
-#[derive(Debug, Clone)]
-pub enum BatchAffinities<B: Backend> {
-    /// Copied to the host, row-major `[N, F]` (the host rules needed them there).
-    Host(Vec<f32>),
-    /// Still on the device only (the selection ran there).
-    Device(Tensor<B, 2>),
-}
-
-/// A batch's selection, and its affinities wherever the selection left them (reused by the
-/// auxiliary loss's selection).
-#[derive(Debug, Clone)]
-pub struct BatchSelection<B: Backend> {
-    /// The chosen pairs.
-    pub selection: Selection,
-    /// The affinities `[N, F]` the pairs were chosen from.
-    pub affinities: BatchAffinities<B>,
-}
-
-impl<B: Backend> BatchSelection<B> {
-    /// The auxiliary selection ([`crate::aux_selection`]) from the same affinities, on the
-    /// device when they are there.
-    pub fn aux_selection(
-        &self,
-        weights: &[f32],
-        k_aux: usize,
-        activation: Activation,
-    ) -> Result<Selection> {
-        let (rows, cols) = (self.selection.rows(), self.selection.cols());
-        match &self.affinities {
-            BatchAffinities::Host(host) => {
-                aux_selection(host, rows, cols, weights, k_aux, activation)
-            }
-            BatchAffinities::Device(scores) => device::aux_select_on_device(
-                scores, weights, k_aux, activation,
-            )
-            .unwrap_or_else(|| {
-                let host = host_vec(scores.clone());
-                aux_selection(&host, rows, cols, weights, k_aux, activation)
-            }),
-        }
-    }
-}
-
-/// Runs a sparsifier on a batch of detached affinities held by any backend.
-///
-/// This is the one place that decides how selection runs for a backend: on burn's cubecl
-/// backends (wgpu, cuda) a [`Sparsifier::builtin`] rule runs as a `sae-kernels` kernel on the
-/// affinities' own buffer, and only the selected pairs travel to the host; everywhere else (and
-/// for sparsifiers without a built-in rule) the affinities are copied to the host and
-/// [`Sparsifier::select`] runs there.
-pub fn select_on_backend<B: Backend>(
-    affinities: Tensor<B, 2>,
-    sparsifier: &dyn Sparsifier,
-    stats: &FeatureStats,
-) -> Result<BatchSelection<B>> {
-    let [n, f] = affinities.dims();
-    if device::is_cubecl::<B>()
-        && let Some(rule) = sparsifier.builtin(n, stats)?
-        && let Some(selection) = device::select_on_device(&affinities, &rule)
-    {
-        return Ok(BatchSelection {
-            selection: selection?,
-            affinities: BatchAffinities::Device(affinities),
-        });
-    }
-    let host = host_vec(affinities);
-    let scores = ScoreMatrix::new(&host, n, f)?;
-    let selection = sparsifier.select(&scores, stats)?;
-    Ok(BatchSelection {
-        selection,
-        affinities: BatchAffinities::Host(host),
-    })
 }
 
 /// TopK (Gao et al. 2024): each token keeps its `k` largest affinities.

@@ -10,9 +10,9 @@ use crate::dense::dense_decode;
 use crate::error::Result;
 use crate::fused::{HostLossSpec, HostParams, host_loss_and_grads, total_variance};
 use crate::loss::{aux_normalised, fvu, mse};
+use crate::rule::Activation;
 use crate::sae::{SaeParams, SaeTensors, host_vec};
 use crate::sparse::{Pairs, sparse_decode};
-use crate::sparsifier::Activation;
 
 /// Loss values and parameter gradients of one batch, without any update.
 #[derive(Debug, Clone)]

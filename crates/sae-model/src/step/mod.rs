@@ -12,10 +12,12 @@ pub use config::{ReconLoss, StepPath, TrainConfig};
 pub use grads::{LossAndGrads, LossSpec, loss_and_grads};
 
 use crate::adam::Adam;
+use crate::dispatch::{BatchSelection, select_on_backend};
 use crate::error::{Result, SaeError};
 use crate::loss::AuxLoss;
+use crate::rule::InferenceRule;
 use crate::sae::{Sae, SaeParams, SaeTensors, host_vec, normalize_rows, remove_parallel_gradient};
-use crate::sparsifier::{BatchSelection, InferenceRule, Sparsifier, select_on_backend};
+use crate::sparsifier::Sparsifier;
 use crate::stats::FeatureStats;
 use grads::is_finite;
 
