@@ -16,13 +16,14 @@
 //! - [`DataFingerprint`]: sizes, header digests and sampled-row digests of a set's files
 //!   ([`ShardSet::fingerprint`]), so a resumed run can tell that its data changed.
 //! - [`Normalizer`]: optional centring plus a scale giving mean squared norm `d`; invertible.
+//!   [`Normalized`] wraps any [`BatchSource`] so its batches come out normalised.
 //! - [`write_safetensors`], [`write_npy`], [`read_safetensors`], [`read_npy`]: small writers
 //!   and readers for tests, users and weight export.
 //! - [`mmcs`], [`recovery_fraction`]: learned dictionary against the true one.
 //!
 //! ```
 //! use sae_data::{
-//!     BatchSource, Dtype, Normalizer, ShardSet, ShardStream, StreamConfig, SyntheticConfig,
+//!     BatchSource, Dtype, Normalized, ShardSet, ShardStream, StreamConfig, SyntheticConfig,
 //!     SyntheticSource, TensorRef, write_safetensors,
 //! };
 //!
@@ -36,9 +37,9 @@
 //!
 //! // Stream it back shuffled and normalised, and resume from a cursor.
 //! let set = ShardSet::open(&path, "activations")?;
-//! let mut stream = ShardStream::new(set, StreamConfig { shuffle_rows: 256, ..Default::default() })?;
+//! let stream = ShardStream::new(set, StreamConfig { shuffle_rows: 256, ..Default::default() })?;
 //! let normalizer = stream.estimate_normalizer(500, false)?;
-//! stream.set_normalizer(Some(normalizer))?;
+//! let mut stream = Normalized::new(stream, normalizer)?;
 //! let mut batch = Vec::new();
 //! stream.next_batch(128, &mut batch)?;
 //! let cursor = serde_json::to_string(&stream.cursor()).expect("cursor serialises");
@@ -74,7 +75,7 @@ pub use dtype::Dtype;
 pub use error::DataError;
 pub use fingerprint::{DataFingerprint, FINGERPRINT_ROWS, FileFingerprint};
 pub use metrics::{FrequencyBand, max_cosines, mmcs, recovery_by_frequency, recovery_fraction};
-pub use normalize::Normalizer;
+pub use normalize::{Normalized, Normalizer};
 pub use npy::{NPY_TENSOR, read_npy, write_npy};
 pub use safetensors::{TensorRef, read_safetensors, write_safetensors};
 pub use shards::{DEFAULT_TENSOR, Shard, ShardSet};

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dtype::first_non_finite;
 use crate::error::DataError;
-use crate::source::BatchSource;
+use crate::source::{BatchSource, Cursor};
 
 /// Maps activations `x` to `(x - mean) * scale`, and back.
 ///
@@ -102,6 +102,17 @@ impl Normalizer {
         Self::estimate(&sample, source.d(), center)
     }
 
+    /// Checks that the mean (if any) is `d` wide.
+    pub fn check_width(&self, d: usize) -> Result<(), DataError> {
+        match &self.mean {
+            Some(mean) if mean.len() != d => Err(DataError::config(format!(
+                "normalizer mean has {} values but the activations have d = {d}",
+                mean.len()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Normalises rows in place (`rows.len()` a multiple of the mean's width when centring).
     pub fn apply(&self, rows: &mut [f32]) {
         match &self.mean {
@@ -129,5 +140,56 @@ impl Normalizer {
             }
             None => rows.iter_mut().for_each(|x| *x *= inverse),
         }
+    }
+}
+
+/// A [`BatchSource`] whose batches come out normalised: the one place a run's normaliser is
+/// applied to its rows (training batches and evaluation rows alike).
+#[derive(Debug)]
+pub struct Normalized<S> {
+    source: S,
+    normalizer: Normalizer,
+}
+
+impl<S: BatchSource> Normalized<S> {
+    /// Wraps `source`. Fails if the normaliser's mean is not the source's width.
+    pub fn new(source: S, normalizer: Normalizer) -> Result<Self, DataError> {
+        normalizer.check_width(source.d())?;
+        Ok(Self { source, normalizer })
+    }
+
+    /// The normaliser applied.
+    pub fn normalizer(&self) -> &Normalizer {
+        &self.normalizer
+    }
+
+    /// The raw source.
+    pub fn inner(&self) -> &S {
+        &self.source
+    }
+
+    /// The raw source, mutably (rows read from it directly are not normalised).
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.source
+    }
+}
+
+impl<S: BatchSource> BatchSource for Normalized<S> {
+    fn d(&self) -> usize {
+        self.source.d()
+    }
+
+    fn next_batch(&mut self, rows: usize, out: &mut Vec<f32>) -> Result<(), DataError> {
+        self.source.next_batch(rows, out)?;
+        self.normalizer.apply(out);
+        Ok(())
+    }
+
+    fn cursor(&self) -> Cursor {
+        self.source.cursor()
+    }
+
+    fn restore(&mut self, cursor: &Cursor) -> Result<(), DataError> {
+        self.source.restore(cursor)
     }
 }

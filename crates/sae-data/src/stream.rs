@@ -148,18 +148,7 @@ fn split_blocks(
     Ok((train, held))
 }
 
-/// Checks that a normalizer's mean (if any) is `d` wide.
-fn check_width(normalizer: Option<&Normalizer>, d: usize) -> Result<(), DataError> {
-    match normalizer.and_then(|n| n.mean.as_ref()) {
-        Some(mean) if mean.len() != d => Err(DataError::config(format!(
-            "normalizer mean has {} values but the shards have d = {d}",
-            mean.len()
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// Rows decoded between two passes of the normalizer, so it rescales values still in cache.
+/// Rows of a piece of a batch decoded in parallel.
 const CHUNK_ROWS: usize = 64;
 
 /// Output values below which a batch is decoded on the calling thread alone. Decoding is bound
@@ -168,7 +157,7 @@ const CHUNK_ROWS: usize = 64;
 /// descheduled stalls the whole batch.
 pub(crate) const PARALLEL_MIN_VALUES: usize = 1 << 22;
 
-/// Decodes the rows `ids` (shard, row) into `out`, checking finiteness and normalising.
+/// Decodes the rows `ids` (shard, row) into `out`, checking finiteness.
 ///
 /// First checks, one `fstat` per shard touched, that no file was cut short under its memory
 /// map (`extent` is scratch space for that). Batches of at least [`PARALLEL_MIN_VALUES`]
@@ -177,16 +166,15 @@ pub(crate) const PARALLEL_MIN_VALUES: usize = 1 << 22;
 fn decode_rows(
     set: &ShardSet,
     ids: &[(u32, u64)],
-    normalizer: Option<&Normalizer>,
     out: &mut [f32],
     extent: &mut Vec<(u64, u64)>,
 ) -> Result<(), DataError> {
     ensure_mapped(set, ids, extent)?;
     let threads = rayon::current_num_threads();
     if threads <= 1 || out.len() < PARALLEL_MIN_VALUES {
-        return decode_serial(set, ids, normalizer, out);
+        return decode_serial(set, ids, out);
     }
-    decode_parallel(set, ids, normalizer, out, CHUNK_ROWS)
+    decode_parallel(set, ids, out, CHUNK_ROWS)
 }
 
 /// [`decode_rows`] in pieces of `piece` rows spread over the rayon threads. Small pieces let
@@ -194,44 +182,28 @@ fn decode_rows(
 fn decode_parallel(
     set: &ShardSet,
     ids: &[(u32, u64)],
-    normalizer: Option<&Normalizer>,
     out: &mut [f32],
     piece: usize,
 ) -> Result<(), DataError> {
     let d = set.d();
     out.par_chunks_mut(d * piece)
         .zip(ids.par_chunks(piece))
-        .try_for_each(|(out, ids)| decode_serial(set, ids, normalizer, out))
+        .try_for_each(|(out, ids)| decode_serial(set, ids, out))
 }
 
 /// [`decode_rows`] on the calling thread, prefetching a few rows ahead.
-fn decode_serial(
-    set: &ShardSet,
-    ids: &[(u32, u64)],
-    normalizer: Option<&Normalizer>,
-    out: &mut [f32],
-) -> Result<(), DataError> {
+fn decode_serial(set: &ShardSet, ids: &[(u32, u64)], out: &mut [f32]) -> Result<(), DataError> {
     const AHEAD: usize = 4;
     let d = set.d();
     let shards = set.shards();
     for &(s, r) in ids.iter().take(AHEAD) {
         shards[s as usize].prefetch_row(r);
     }
-    for (c, (out, chunk)) in out
-        .chunks_mut(d * CHUNK_ROWS)
-        .zip(ids.chunks(CHUNK_ROWS))
-        .enumerate()
-    {
-        let first = c * CHUNK_ROWS;
-        for (i, (row, &(s, r))) in out.chunks_exact_mut(d).zip(chunk).enumerate() {
-            if let Some(&(s, r)) = ids.get(first + i + AHEAD) {
-                shards[s as usize].prefetch_row(r);
-            }
-            shards[s as usize].decode_row(r, row)?;
+    for (i, (row, &(s, r))) in out.chunks_exact_mut(d).zip(ids).enumerate() {
+        if let Some(&(s, r)) = ids.get(i + AHEAD) {
+            shards[s as usize].prefetch_row(r);
         }
-        if let Some(n) = normalizer {
-            n.apply(out);
-        }
+        shards[s as usize].decode_row(r, row)?;
     }
     Ok(())
 }
@@ -252,7 +224,6 @@ pub struct ShardStream {
     order: Vec<u32>,
     /// Rows of the current window in their shuffled order.
     rows: Vec<(u32, u64)>,
-    normalizer: Option<Normalizer>,
     /// Scratch space of the per-batch file length check.
     extent: Vec<(u64, u64)>,
 }
@@ -295,25 +266,10 @@ impl ShardStream {
             offset: 0,
             order: Vec::new(),
             rows: Vec::new(),
-            normalizer: None,
             extent: Vec::new(),
         };
         stream.load(0, 0);
         Ok(stream)
-    }
-
-    /// Applies `normalizer` to every batch from now on (`None` for raw activations).
-    ///
-    /// Fails if its mean is not `d` wide.
-    pub fn set_normalizer(&mut self, normalizer: Option<Normalizer>) -> Result<(), DataError> {
-        check_width(normalizer.as_ref(), self.set.d())?;
-        self.normalizer = normalizer;
-        Ok(())
-    }
-
-    /// The normalizer applied to batches, if any.
-    pub fn normalizer(&self) -> Option<&Normalizer> {
-        self.normalizer.as_ref()
     }
 
     /// Estimates a [`Normalizer`] from `sample_rows` training rows spread evenly over the
@@ -345,7 +301,7 @@ impl ShardStream {
             })
             .collect();
         let mut sample = vec![0.0; count * self.set.d()];
-        decode_rows(&self.set, &ids, None, &mut sample, &mut Vec::new())?;
+        decode_rows(&self.set, &ids, &mut sample, &mut Vec::new())?;
         check_spread(&self.set, &ids, &sample, center)?;
         Normalizer::estimate(&sample, self.set.d(), center)
     }
@@ -365,13 +321,9 @@ impl ShardStream {
         self.train_rows
     }
 
-    /// The held-out rows, in file order, with this stream's normalizer.
+    /// The held-out rows, in file order.
     pub fn held_out(&self) -> HeldOutRows {
-        HeldOutRows::new(
-            Arc::clone(&self.set),
-            self.held.clone(),
-            self.normalizer.clone(),
-        )
+        HeldOutRows::new(Arc::clone(&self.set), self.held.clone())
     }
 
     fn windows_per_epoch(&self) -> u64 {
@@ -429,7 +381,6 @@ impl BatchSource for ShardStream {
             decode_rows(
                 &self.set,
                 &self.rows[self.offset..self.offset + take],
-                self.normalizer.as_ref(),
                 &mut out[filled * d..(filled + take) * d],
                 &mut self.extent,
             )?;
@@ -504,11 +455,10 @@ pub struct HeldOutRows {
     /// Every held-out row as (shard, row), in file order.
     ids: Vec<(u32, u64)>,
     position: u64,
-    normalizer: Option<Normalizer>,
 }
 
 impl HeldOutRows {
-    fn new(set: Arc<ShardSet>, blocks: Vec<Block>, normalizer: Option<Normalizer>) -> Self {
+    fn new(set: Arc<ShardSet>, blocks: Vec<Block>) -> Self {
         let ids = blocks
             .iter()
             .flat_map(|b| (b.start..b.start + u64::from(b.rows)).map(move |r| (b.shard, r)))
@@ -517,22 +467,12 @@ impl HeldOutRows {
             set,
             ids,
             position: 0,
-            normalizer,
         }
     }
 
     /// Number of held-out rows.
     pub fn rows(&self) -> u64 {
         self.ids.len() as u64
-    }
-
-    /// Applies `normalizer` to the rows read from now on.
-    ///
-    /// Fails if its mean is not `d` wide.
-    pub fn set_normalizer(&mut self, normalizer: Option<Normalizer>) -> Result<(), DataError> {
-        check_width(normalizer.as_ref(), self.set.d())?;
-        self.normalizer = normalizer;
-        Ok(())
     }
 
     /// Decodes held-out rows `start..start + out.len() / d` into `out`.
@@ -549,7 +489,6 @@ impl HeldOutRows {
         decode_rows(
             &self.set,
             &self.ids[start..start + count],
-            self.normalizer.as_ref(),
             out,
             &mut Vec::new(),
         )
@@ -639,22 +578,16 @@ mod tests {
         let set = ShardSet::open(&path, "activations").unwrap();
         let mut ids: Vec<(u32, u64)> = (0..rows as u64).map(|r| (0, r)).collect();
         shuffle(&mut ids, &mut ChaCha8Rng::seed_from_u64(5));
-        let normalizer = Normalizer {
-            scale: 0.5,
-            mean: Some((0..d).map(|j| j as f32 * 0.1).collect()),
-        };
-        for normalizer in [None, Some(&normalizer)] {
-            let mut serial = vec![0.0; rows * d];
-            decode_serial(&set, &ids, normalizer, &mut serial).unwrap();
-            for piece in [1, 63, CHUNK_ROWS, 250, rows] {
-                let mut split = vec![f32::NAN; rows * d];
-                decode_parallel(&set, &ids, normalizer, &mut split, piece).unwrap();
-                let same = serial
-                    .iter()
-                    .zip(&split)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "pieces of {piece} rows");
-            }
+        let mut serial = vec![0.0; rows * d];
+        decode_serial(&set, &ids, &mut serial).unwrap();
+        for piece in [1, 63, CHUNK_ROWS, 250, rows] {
+            let mut split = vec![f32::NAN; rows * d];
+            decode_parallel(&set, &ids, &mut split, piece).unwrap();
+            let same = serial
+                .iter()
+                .zip(&split)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "pieces of {piece} rows");
         }
         std::fs::remove_file(&path).ok();
     }

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use sae_data::{BatchSource, Dtype, HoldOut, ShardSet, ShardStream, StreamConfig};
+use sae_data::{BatchSource, Dtype, HoldOut, Normalized, ShardSet, ShardStream, StreamConfig};
 
 const FILE: &str = "minilm-l3-train.safetensors";
 
@@ -81,7 +81,7 @@ fn minilm_streams_normalised_shuffled_batches() {
             seed: 0,
         },
     };
-    let mut stream = ShardStream::new(set, config).unwrap();
+    let stream = ShardStream::new(set, config).unwrap();
     let held = stream.held_out();
     assert_eq!(stream.train_rows() + held.rows(), 131_072);
     assert!(
@@ -97,7 +97,7 @@ fn minilm_streams_normalised_shuffled_batches() {
         "{}",
         normalizer.scale
     );
-    stream.set_normalizer(Some(normalizer)).unwrap();
+    let mut stream = Normalized::new(stream, normalizer).unwrap();
 
     let mut batch = Vec::new();
     let mut squared = 0.0;

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 
 use common::{TempDir, numbered_rows};
 use sae_data::{
-    BatchSource, Cursor, Dtype, HoldOut, Normalizer, ShardSet, ShardStream, StreamConfig,
-    TensorRef, write_npy, write_safetensors,
+    BatchSource, Cursor, Dtype, HoldOut, Normalized, Normalizer, ShardSet, ShardStream,
+    StreamConfig, TensorRef, write_npy, write_safetensors,
 };
 
 const D: usize = 4;
@@ -248,23 +248,20 @@ fn whole_shards_can_be_held_out() {
 }
 
 #[test]
-fn normalizer_is_applied_to_batches() {
+fn normalized_sources_apply_the_normalizer_to_every_batch() {
     let dir = TempDir::new("norm-stream");
     let mut raw = ShardStream::new(shards(&dir), config()).unwrap();
-    let mut scaled = ShardStream::new(shards(&dir), config()).unwrap();
-    let normalizer = scaled.estimate_normalizer(387, true).unwrap();
-    scaled.set_normalizer(Some(normalizer.clone())).unwrap();
+    let stream = ShardStream::new(shards(&dir), config()).unwrap();
+    let normalizer = stream.estimate_normalizer(387, true).unwrap();
     let wrong = Normalizer {
         scale: 1.0,
         mean: Some(vec![0.0; D + 1]),
     };
-    assert!(
-        scaled
-            .set_normalizer(Some(wrong))
-            .unwrap_err()
-            .to_string()
-            .contains("d = 4")
-    );
+    let err = Normalized::new(ShardStream::new(shards(&dir), config()).unwrap(), wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("d = 4"), "{err}");
+    let mut scaled = Normalized::new(stream, normalizer.clone()).unwrap();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     raw.next_batch(387, &mut a).unwrap();
     scaled.next_batch(387, &mut b).unwrap();
@@ -274,11 +271,22 @@ fn normalizer_is_applied_to_batches() {
         .sum::<f32>()
         / 387.0;
     assert!((mean_sq - D as f32).abs() < 1e-2 * D as f32, "{mean_sq}");
+    // Exactly `Normalizer::apply` on the raw rows, and invertible.
+    let mut applied = a.clone();
+    normalizer.apply(&mut applied);
+    assert_eq!(applied, b);
     normalizer.invert(&mut b);
     for (x, y) in a.iter().zip(&b) {
         assert!((x - y).abs() <= 1e-3 * x.abs().max(1.0), "{x} vs {y}");
     }
-    let _ = Normalizer::identity();
+    // The cursor is the raw stream's: a normalised stream resumes where it was.
+    let cursor = scaled.cursor();
+    let mut next = Vec::new();
+    scaled.next_batch(50, &mut next).unwrap();
+    scaled.restore(&cursor).unwrap();
+    let mut again = Vec::new();
+    scaled.next_batch(50, &mut again).unwrap();
+    assert_eq!(next, again);
 }
 
 #[test]
@@ -347,9 +355,9 @@ fn batches_and_cursors_are_identical_for_any_thread_count() {
             .build()
             .unwrap();
         pool.install(|| {
-            let mut stream = ShardStream::open(dir.path(), "activations", config.clone()).unwrap();
+            let stream = ShardStream::open(dir.path(), "activations", config.clone()).unwrap();
             let normalizer = stream.estimate_normalizer(1000, true).unwrap();
-            stream.set_normalizer(Some(normalizer)).unwrap();
+            let mut stream = Normalized::new(stream, normalizer.clone()).unwrap();
             let mut out = Vec::new();
             for &n in &sizes {
                 let cursor = stream.cursor();
@@ -358,10 +366,8 @@ fn batches_and_cursors_are_identical_for_any_thread_count() {
                 let bits: Vec<u32> = batch.iter().map(|v| v.to_bits()).collect();
                 out.push((cursor, bits));
             }
-            let mut resumed = ShardStream::open(dir.path(), "activations", config.clone()).unwrap();
-            resumed
-                .set_normalizer(stream.normalizer().cloned())
-                .unwrap();
+            let resumed = ShardStream::open(dir.path(), "activations", config.clone()).unwrap();
+            let mut resumed = Normalized::new(resumed, normalizer).unwrap();
             resumed.restore(&out[2].0).unwrap();
             let mut batch = Vec::new();
             resumed.next_batch(sizes[2], &mut batch).unwrap();

@@ -31,18 +31,16 @@ pub fn aux_normalised<B: Backend>(residual: Tensor<B, 2>, e_hat: Tensor<B, 2>) -
 
 /// Which auxiliary loss a step uses.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum AuxLoss {
     /// No auxiliary loss.
     None,
     /// `aux_k`: dead features, unit weights.
     #[default]
     AuxK,
-    /// `aux_zipf`: dead and under-used features, weights `1 - rho / tau`.
-    AuxZipf {
-        /// Zipf exponent alpha of the target densities.
-        exponent: f64,
-    },
+    /// `aux_zipf`: dead and under-used features, weights `1 - rho / tau`, the target
+    /// densities `tau` following [`StatsConfig::zipf_exponent`](crate::StatsConfig::zipf_exponent).
+    AuxZipf,
 }
 
 /// Per token, the `k_aux` candidates with the largest `weights[j] * z'_j` (candidates: weight

@@ -15,7 +15,7 @@ pub type SparsifierFactory = fn(&Value) -> Result<Box<dyn Sparsifier>>;
 /// Maps names to sparsifier factories.
 ///
 /// A specification is a JSON object with a `"name"` and the rule's parameters, e.g.
-/// `{"name": "feature_choice", "k": 32, "capacities": "zipf", "exponent": 1.0}`.
+/// `{"name": "feature_choice", "k": 32, "capacities": "zipf"}`.
 #[derive(Clone, Default)]
 pub struct Registry {
     factories: BTreeMap<String, SparsifierFactory>,
@@ -43,14 +43,7 @@ fn build_mutual_choice(p: &Value) -> Result<Box<dyn Sparsifier>> {
 }
 
 fn build_feature_choice(p: &Value) -> Result<Box<dyn Sparsifier>> {
-    let fc = parse_params::<FeatureChoice>(p)?;
-    if !(fc.exponent.is_finite() && fc.exponent > 0.0) {
-        return Err(SaeError::Config(format!(
-            "sparsifier.exponent = {} is out of range: must be a positive finite number",
-            fc.exponent
-        )));
-    }
-    Ok(Box::new(fc))
+    Ok(Box::new(parse_params::<FeatureChoice>(p)?))
 }
 
 impl Registry {

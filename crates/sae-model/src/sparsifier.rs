@@ -113,12 +113,9 @@ pub enum CapacityRule {
     /// `m_j = kN / F`.
     #[default]
     Uniform,
-    /// `m_(r)` proportional to `r^-exponent`, ranks by running density.
+    /// `m_(r)` proportional to `r^-alpha`, ranks by running density; alpha is the
+    /// statistics' [`StatsConfig::zipf_exponent`](crate::StatsConfig::zipf_exponent).
     Zipf,
-}
-
-fn default_exponent() -> f64 {
-    1.0
 }
 
 fn default_warmup() -> u64 {
@@ -134,9 +131,6 @@ pub struct FeatureChoice {
     /// Capacity rule.
     #[serde(default)]
     pub capacities: CapacityRule,
-    /// Zipf exponent alpha.
-    #[serde(default = "default_exponent")]
-    pub exponent: f64,
     /// Zipf capacities stay uniform until the statistics have seen this many tokens (the
     /// learning-rate warm-up is `schedule.warmup_tokens`, another thing). Configurations
     /// written before the rename say `warmup_tokens`, and still load.
@@ -150,17 +144,15 @@ impl FeatureChoice {
         Self {
             k,
             capacities: CapacityRule::Uniform,
-            exponent: 1.0,
             zipf_warmup_tokens: default_warmup(),
         }
     }
 
-    /// Zipf capacities with exponent 1 and the default warm-up.
-    pub fn zipf(k: usize, exponent: f64) -> Self {
+    /// Zipf capacities with the default warm-up (the exponent is the statistics').
+    pub fn zipf(k: usize) -> Self {
         Self {
             k,
             capacities: CapacityRule::Zipf,
-            exponent,
             zipf_warmup_tokens: default_warmup(),
         }
     }
@@ -177,9 +169,12 @@ impl FeatureChoice {
         let budget = self.k * rows;
         let warm = stats.tokens_seen() >= self.zipf_warmup_tokens;
         Ok(match self.capacities {
-            CapacityRule::Zipf if warm => {
-                Capacities::zipf(budget, rows as u32, self.exponent, &stats.usage_order())?
-            }
+            CapacityRule::Zipf if warm => Capacities::zipf(
+                budget,
+                rows as u32,
+                stats.config().zipf_exponent,
+                &stats.usage_order(),
+            )?,
             _ => {
                 let dealt = u128::from(stats.tokens_seen()) * self.k as u128;
                 let offset = (dealt % features.max(1) as u128) as usize;

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SaeError};
 
-/// Windows of the feature statistics, in tokens.
+/// Windows of the feature statistics, in tokens, and the Zipf law the densities are measured
+/// against.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatsConfig {
@@ -13,6 +14,11 @@ pub struct StatsConfig {
     pub density_horizon_tokens: f64,
     /// A feature is dead when it has not fired in this many tokens (Gao et al.: 10M).
     pub dead_window: u64,
+    /// Exponent alpha of the Zipf law feature densities are expected to follow: the feature
+    /// of density rank `r` targets a density proportional to `r^-alpha`. The one value behind
+    /// Feature Choice's Zipf capacities, `aux_zipf`'s under-used weights and the under-used
+    /// fraction of evaluations.
+    pub zipf_exponent: f64,
 }
 
 impl Default for StatsConfig {
@@ -20,6 +26,7 @@ impl Default for StatsConfig {
         Self {
             density_horizon_tokens: 1_000_000.0,
             dead_window: 10_000_000,
+            zipf_exponent: 1.0,
         }
     }
 }
@@ -144,10 +151,10 @@ impl FeatureStats {
     }
 
     /// Zipf target density of each feature at its current rank:
-    /// `tau_j = k * rank_j^-alpha / H(F, alpha)`.
-    pub fn target_density(&self, k: f64, exponent: f64) -> Vec<f32> {
+    /// `tau_j = k * rank_j^-alpha / H(F, alpha)`, alpha = [`StatsConfig::zipf_exponent`].
+    pub fn target_density(&self, k: f64) -> Vec<f32> {
         let order = self.usage_order();
-        let weights = zipf_weights(self.features(), exponent);
+        let weights = zipf_weights(self.features(), self.config.zipf_exponent);
         let mut tau = vec![0f32; self.features()];
         for (rank, &f) in order.iter().enumerate() {
             tau[f as usize] = (k * weights[rank]) as f32;
@@ -157,8 +164,8 @@ impl FeatureStats {
 
     /// aux_zipf candidate weights: `1 - rho_j / tau_j` for under-used features
     /// (`rho_j < tau_j`), 1 for dead features, 0 for the others.
-    pub fn underused_weights(&self, k: f64, exponent: f64) -> Vec<f32> {
-        let tau = self.target_density(k, exponent);
+    pub fn underused_weights(&self, k: f64) -> Vec<f32> {
+        let tau = self.target_density(k);
         let rho = self.density();
         self.dead_mask()
             .iter()

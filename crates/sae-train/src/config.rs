@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use sae_data::SyntheticConfig;
-use sae_model::{AuxLoss, TrainConfig};
+use sae_model::TrainConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -255,14 +255,15 @@ impl RunConfig {
     }
 
     /// Types a TOML table, naming the field at fault on error.
-    pub fn from_table(doc: toml::Table, origin: &str) -> Result<Self, TrainError> {
-        let config: Self =
-            serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
-                TrainError::Config {
-                    origin: origin.to_string(),
-                    reason: format!("{}: {}", e.path(), e.inner()),
-                }
-            })?;
+    /// Keys written by earlier versions are moved to where they live now.
+    pub fn from_table(mut doc: toml::Table, origin: &str) -> Result<Self, TrainError> {
+        let error = |reason| TrainError::Config {
+            origin: origin.to_string(),
+            reason,
+        };
+        crate::migrate::zipf_exponent_toml(&mut doc).map_err(error)?;
+        let config: Self = serde_path_to_error::deserialize(toml::Value::Table(doc))
+            .map_err(|e| error(format!("{}: {}", e.path(), e.inner())))?;
         config.validate(origin)?;
         Ok(config)
     }
@@ -331,16 +332,14 @@ impl RunConfig {
         if let Some(k_aux) = step.k_aux {
             at_least("step.k_aux", k_aux as u64, 1)?;
         }
-        if let AuxLoss::AuxZipf { exponent } = step.aux {
-            in_range(
-                "step.aux.exponent",
-                exponent,
-                0.0,
-                false,
-                f64::INFINITY,
-                false,
-            )?;
-        }
+        in_range(
+            "step.stats.zipf_exponent",
+            step.stats.zipf_exponent,
+            0.0,
+            false,
+            f64::INFINITY,
+            false,
+        )?;
         in_range(
             "step.stats.density_horizon_tokens",
             step.stats.density_horizon_tokens,

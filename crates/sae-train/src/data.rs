@@ -2,8 +2,8 @@
 //! ground truth when there is one.
 
 use sae_data::{
-    BatchSource, Cursor, DataFingerprint, HoldOut, Normalizer, ShardSet, ShardStream, StreamConfig,
-    SyntheticSource,
+    BatchSource, Cursor, DataFingerprint, HoldOut, Normalized, Normalizer, ShardSet, ShardStream,
+    StreamConfig, SyntheticSource,
 };
 
 use std::path::Path;
@@ -13,7 +13,7 @@ use crate::config::{RunConfig, SourceKind};
 
 /// The activations of a run.
 pub struct Activations {
-    /// Training batches (raw; the trainer applies the normaliser).
+    /// Training batches (raw until [`Activations::normalized`]).
     pub train: Box<dyn BatchSource>,
     /// Held-out rows; `None` when the configuration holds none out.
     eval: Option<EvalRows>,
@@ -121,6 +121,19 @@ impl Activations {
         }
     }
 
+    /// The same activations with every training batch and evaluation row normalised by
+    /// `normalizer` (the sample stays raw).
+    pub fn normalized(self, normalizer: &Normalizer) -> Result<Self, TrainError> {
+        Ok(Self {
+            train: Box::new(Normalized::new(self.train, normalizer.clone())?),
+            eval: self
+                .eval
+                .map(|rows| rows.normalized(normalizer))
+                .transpose()?,
+            ..self
+        })
+    }
+
     /// The normaliser a configuration asks for, estimated on the sample.
     pub fn normalizer(&self, config: &RunConfig) -> Result<Normalizer, TrainError> {
         if config.data.normalize || config.data.center {
@@ -190,6 +203,14 @@ impl EvalRows {
             },
         )?;
         Ok(Self::new(Box::new(stream), Some(rows)))
+    }
+
+    /// The same rows normalised by `normalizer`.
+    pub fn normalized(self, normalizer: &Normalizer) -> Result<Self, TrainError> {
+        Ok(Self {
+            source: Box::new(Normalized::new(self.source, normalizer.clone())?),
+            ..self
+        })
     }
 
     /// The distinct rows (`None`: unbounded).

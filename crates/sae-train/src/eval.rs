@@ -2,13 +2,14 @@
 //! with batch-free inference, plus feature recovery when the true dictionary is known.
 
 use burn::tensor::backend::AutodiffBackend;
-use sae_model::sae_alloc::{ScoreMatrix, Selection};
-use sae_model::{SaeParams, Sparsifier, TrainStep};
+use sae_model::sae::host_vec;
+use sae_model::sae_alloc::Selection;
+use sae_model::{Activation, TrainStep};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::data::{EvalRows, GroundTruth};
-use crate::tensor::{host_affinities, to_device};
+use crate::tensor::to_device;
 
 /// Cosine above which a learned feature counts as recovering a true one.
 pub const RECOVERY_COSINE: f32 = 0.9;
@@ -93,41 +94,29 @@ impl Accumulator {
         self.fired.iter().filter(|&&f| !f).count() as f64 / self.fired.len() as f64
     }
 
-    fn add(
-        &mut self,
-        x: &[f32],
-        params: &SaeParams,
-        selection: &Selection,
-        sparsifier: &dyn Sparsifier,
-    ) {
-        let d = params.d_model;
-        let act = sparsifier.activation();
-        let mut recon = vec![0f32; d];
+    /// Adds a batch: `x` and its reconstruction `x_hat` (row-major, `rows x d`), and the
+    /// selection that gave it (a pair with a non-zero code counts towards L0 and fires).
+    fn add(&mut self, x: &[f32], x_hat: &[f32], selection: &Selection, activation: Activation) {
+        self.sse += x
+            .iter()
+            .zip(x_hat)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum::<f64>();
+        self.elements += x.len() as u64;
         for row in 0..selection.rows() {
-            recon.copy_from_slice(&params.b_dec);
             let (features, scores) = selection.row(row);
             let mut l0 = 0usize;
             for (&f, &s) in features.iter().zip(scores) {
-                let code = act.apply_scalar(s);
-                if code != 0.0 {
+                if activation.fires(s) {
                     l0 += 1;
                     self.fired[f as usize] = true;
-                    let w = &params.w_dec[f as usize * d..(f as usize + 1) * d];
-                    recon.iter_mut().zip(w).for_each(|(r, w)| *r += code * w);
                 }
             }
-            let xi = &x[row * d..(row + 1) * d];
-            self.sse += xi
-                .iter()
-                .zip(&recon)
-                .map(|(a, b)| f64::from(a - b).powi(2))
-                .sum::<f64>();
             if self.l0.len() <= l0 {
                 self.l0.resize(l0 + 1, 0);
             }
             self.l0[l0] += 1;
         }
-        self.elements += (selection.rows() * d) as u64;
     }
 
     fn finish(self, variance_sum: f64) -> SelectionMetrics {
@@ -157,19 +146,18 @@ impl Accumulator {
 }
 
 /// Evaluates the model of `step` on up to `tokens` rows of `rows` (each row once, from the
-/// first), normalised by `normalize`.
+/// first), as they come: normalise them beforehand ([`EvalRows::normalized`]).
 pub fn evaluate<B: AutodiffBackend>(
     step: &TrainStep<B>,
     rows: &mut EvalRows,
-    normalize: &dyn Fn(&mut [f32]),
     tokens: u64,
     batch_size: usize,
     truth: Option<&GroundTruth>,
-    zipf_exponent: f64,
 ) -> Result<EvalReport, TrainError> {
     let params = step.sae().to_params();
     let d = params.d_model;
     let sparsifier = step.sparsifier();
+    let activation = sparsifier.activation();
     let device = step.device().clone();
     let (mut batch_acc, mut infer_acc) = (
         Accumulator::new(params.features),
@@ -191,21 +179,24 @@ pub fn evaluate<B: AutodiffBackend>(
     while seen < wanted {
         let rows = batch_size.min((wanted - seen) as usize);
         source.next_batch(rows, &mut x)?;
-        normalize(&mut x);
         for row in x.chunks_exact(d) {
             sum.iter_mut()
                 .zip(row)
                 .for_each(|(s, &v)| *s += f64::from(v));
             sum_sq += row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>();
         }
-        let affinities = host_affinities(step, &x, rows)?;
-        let scores = ScoreMatrix::new(&affinities, rows, params.features)
-            .map_err(sae_model::SaeError::from)?;
-        let batch = sparsifier.select(&scores, step.stats())?;
-        batch_acc.add(&x, &params, &batch, sparsifier);
-        match step.infer(to_device::<B>(&x, rows, d, &device)) {
-            Ok(sel) => infer_acc.add(&x, &params, &sel, sparsifier),
-            Err(_) => has_inference = false,
+        let on_device = to_device::<B>(&x, rows, d, &device);
+        let batch = step.select(on_device.clone())?;
+        let x_hat = host_vec(step.reconstruct(on_device.clone(), &batch)?);
+        batch_acc.add(&x, &x_hat, &batch, activation);
+        if has_inference {
+            match step.infer(on_device.clone()) {
+                Ok(sel) => {
+                    let x_hat = host_vec(step.reconstruct(on_device, &sel)?);
+                    infer_acc.add(&x, &x_hat, &sel, activation);
+                }
+                Err(_) => has_inference = false,
+            }
         }
         seen += rows as u64;
     }
@@ -216,7 +207,7 @@ pub fn evaluate<B: AutodiffBackend>(
     let dead = stats.dead_mask().iter().filter(|&&d| d).count() as f64 / features;
     let silent = batch_acc.silent_fraction();
     let underused = stats
-        .underused_weights(sparsifier.k() as f64, zipf_exponent)
+        .underused_weights(sparsifier.k() as f64)
         .iter()
         .filter(|&&w| w > 0.0)
         .count() as f64

@@ -254,11 +254,15 @@ impl NativeModel {
     pub fn read(dir: &Path) -> Result<Self, TrainError> {
         let meta_path = dir.join(NATIVE_META);
         let bytes = std::fs::read(&meta_path).map_err(io(&meta_path))?;
-        let meta: NativeMeta =
-            serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
-                path: meta_path.clone(),
-                reason: e.to_string(),
-            })?;
+        let error = |e: serde_json::Error| TrainError::Checkpoint {
+            path: meta_path.clone(),
+            reason: e.to_string(),
+        };
+        let mut meta: serde_json::Value = serde_json::from_slice(&bytes).map_err(error)?;
+        if let Some(spec) = meta.get_mut("sparsifier") {
+            crate::migrate::sparsifier_spec(spec);
+        }
+        let meta: NativeMeta = serde_json::from_value(meta).map_err(error)?;
         if meta.format != NATIVE_FORMAT {
             return Err(TrainError::Checkpoint {
                 path: meta_path,

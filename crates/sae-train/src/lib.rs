@@ -15,6 +15,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod metrics;
+mod migrate;
 pub mod overrides;
 pub mod run_dir;
 pub mod schedule;

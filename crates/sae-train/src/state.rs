@@ -175,10 +175,7 @@ impl Checkpoint {
             path: state_path.clone(),
             source,
         })?;
-        let run: RunState = serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
-            path: state_path.clone(),
-            reason: e.to_string(),
-        })?;
+        let run = RunState::from_json(&state_path, &bytes)?;
         if !(OLDEST_READABLE..=FORMAT).contains(&run.format) {
             return Err(TrainError::Checkpoint {
                 path: state_path,
@@ -282,10 +279,20 @@ impl RunState {
             path: path.clone(),
             source,
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| TrainError::Checkpoint {
-            path,
-            reason: e.to_string(),
-        })
+        Self::from_json(&path, &bytes)
+    }
+
+    /// Types the JSON part of a checkpoint read from `path`, moving keys written by earlier
+    /// versions to where they live now.
+    fn from_json(path: &Path, bytes: &[u8]) -> Result<Self, TrainError> {
+        let error = |reason| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut state: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| error(e.to_string()))?;
+        crate::migrate::run_state(&mut state).map_err(error)?;
+        serde_json::from_value(state).map_err(|e| error(e.to_string()))
     }
 
     /// The activation width, read from the stored decoder bias.

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use sae_model::{AuxLoss, Registry, Sae, SaeConfig, SaeError, TrainStep, sample_mean};
+use sae_model::{Registry, Sae, SaeConfig, SaeError, TrainStep, sample_mean};
 use serde::{Deserialize, Serialize};
 
 use sae_data::DataFingerprint;
@@ -238,34 +238,19 @@ fn evaluate_checkpoint<B: AutodiffBackend>(
     let normalizer = &ckpt.run.normalizer;
     match data {
         EvalData::HeldOut => {
-            let mut acts = Activations::open(config)?;
-            run_eval(&step, &mut acts, normalizer, config, zipf_exponent(config))?.ok_or_else(
-                || TrainError::Config {
-                    origin: config.out_dir.join("config.toml").display().to_string(),
-                    reason: "data.heldout_fraction = 0: the run holds no rows out to evaluate \
+            let mut acts = Activations::open(config)?.normalized(normalizer)?;
+            run_eval(&step, &mut acts, config)?.ok_or_else(|| TrainError::Config {
+                origin: config.out_dir.join("config.toml").display().to_string(),
+                reason: "data.heldout_fraction = 0: the run holds no rows out to evaluate \
                              on (evaluate on other files with `sae eval --data PATH`)"
-                        .into(),
-                },
-            )
+                    .into(),
+            })
         }
         EvalData::Files { path, tensor } => {
-            let mut rows = EvalRows::open_files(path, tensor, step.sae().d_model())?;
-            eval_on(
-                &step,
-                &mut rows,
-                None,
-                normalizer,
-                config,
-                zipf_exponent(config),
-            )
+            let mut rows =
+                EvalRows::open_files(path, tensor, step.sae().d_model())?.normalized(normalizer)?;
+            eval_on(&step, &mut rows, None, config)
         }
-    }
-}
-
-fn zipf_exponent(config: &RunConfig) -> f64 {
-    match config.step.aux {
-        AuxLoss::AuxZipf { exponent } => exponent,
-        _ => 1.0,
     }
 }
 
@@ -365,10 +350,11 @@ pub fn train_on<B: AutodiffBackend>(
             None,
         )
     };
+    // From here on every batch and evaluation row comes out normalised.
+    let mut acts = acts.normalized(&normalizer)?;
     let mut metrics = MetricsLog::open(&out_dir.join("metrics.jsonl"), metrics_at)?;
     let batch = config.train.batch_size;
     let total_steps = config.train.total_tokens / batch as u64;
-    let zipf_exponent = zipf_exponent(&config);
     let peak_lr = step.lr();
     let bar = progress_bar(options.progress, total_steps, step.step_count());
     let started = Instant::now();
@@ -401,7 +387,6 @@ pub fn train_on<B: AutodiffBackend>(
             break;
         }
         acts.train.next_batch(batch, &mut x)?;
-        normalizer.apply(&mut x);
         step.set_lr(peak_lr * lr_factor(&config.schedule, tokens, config.train.total_tokens));
         let out = step
             .train_step(to_device::<B>(&x, batch, d, &device))
@@ -443,7 +428,7 @@ pub fn train_on<B: AutodiffBackend>(
         }
         if crossed(tokens, batch as u64, config.train.eval_every_tokens)
             && n < total_steps
-            && let Some(report) = run_eval(&step, &mut acts, &normalizer, &config, zipf_exponent)?
+            && let Some(report) = run_eval(&step, &mut acts, &config)?
         {
             metrics.write(&record(
                 "eval",
@@ -476,7 +461,7 @@ pub fn train_on<B: AutodiffBackend>(
     let eval = if interrupted {
         None
     } else {
-        let eval = run_eval(&step, &mut acts, &normalizer, &config, zipf_exponent)?;
+        let eval = run_eval(&step, &mut acts, &config)?;
         if let Some(report) = &eval {
             metrics.write(&record(
                 "eval",
@@ -538,42 +523,28 @@ fn check_shape(config: &RunConfig, k: usize, d: usize, features: usize) -> Resul
 fn run_eval<B: AutodiffBackend>(
     step: &TrainStep<B>,
     acts: &mut Activations,
-    normalizer: &sae_data::Normalizer,
     config: &RunConfig,
-    zipf_exponent: f64,
 ) -> Result<Option<EvalReport>, TrainError> {
     let truth = acts.truth.clone();
     let Some(rows) = acts.eval_rows()? else {
         return Ok(None);
     };
-    eval_on(
-        step,
-        rows,
-        truth.as_ref(),
-        normalizer,
-        config,
-        zipf_exponent,
-    )
-    .map(Some)
+    eval_on(step, rows, truth.as_ref(), config).map(Some)
 }
 
-/// Evaluates on `rows` with the run's normaliser and evaluation settings.
+/// Evaluates on `rows` (normalised as the run's) with the run's evaluation settings.
 fn eval_on<B: AutodiffBackend>(
     step: &TrainStep<B>,
     rows: &mut EvalRows,
     truth: Option<&GroundTruth>,
-    normalizer: &sae_data::Normalizer,
     config: &RunConfig,
-    zipf_exponent: f64,
 ) -> Result<EvalReport, TrainError> {
     evaluate(
         step,
         rows,
-        &|x: &mut [f32]| normalizer.apply(x),
         config.train.eval_tokens,
         config.train.batch_size,
         truth,
-        zipf_exponent,
     )
 }
 

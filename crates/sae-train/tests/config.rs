@@ -84,8 +84,8 @@ fn every_numeric_field_has_its_range_checked_at_load() {
         ("step.aux_coef=-1.0", "step.aux_coef", "[0, infinity)"),
         ("step.k_aux=0", "step.k_aux", "at least 1"),
         (
-            "step.aux={kind=\"aux_zipf\", exponent=0.0}",
-            "step.aux.exponent",
+            "step.stats.zipf_exponent=0.0",
+            "step.stats.zipf_exponent",
             "(0, infinity)",
         ),
         (

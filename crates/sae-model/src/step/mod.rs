@@ -17,6 +17,7 @@ use crate::error::{Result, SaeError};
 use crate::loss::AuxLoss;
 use crate::rule::InferenceRule;
 use crate::sae::{Sae, SaeParams, SaeTensors, host_vec, normalize_rows, remove_parallel_gradient};
+use crate::sparse::{Pairs, sparse_decode};
 use crate::sparsifier::Sparsifier;
 use crate::stats::FeatureStats;
 use grads::is_finite;
@@ -244,11 +245,41 @@ impl<B: AutodiffBackend> TrainStep<B> {
         }
     }
 
-    /// One optimizer step on the batch `x` (`[N, d]`).
-    ///
-    /// On a non-finite loss or gradient the state is left unchanged and an error is returned.
-    pub fn train_step(&mut self, x: Tensor<B, 2>) -> Result<StepOutput> {
+    /// The training rule's selection for the batch `x` (`[N, d]`), through the dispatch
+    /// training uses ([`select_on_backend`]); nothing is updated.
+    pub fn select(&self, x: Tensor<B, 2>) -> Result<Selection> {
+        Ok(self.select_inner(x.inner())?.selection)
+    }
+
+    /// The reconstruction `b_dec + sum_p act(u_p) w_dec[f]` of the batch `x` (`[N, d]`) from
+    /// the pairs of `selection`, computed by the sparse path's code (the codes recomputed
+    /// from the parameters at the selected pairs), without gradients.
+    pub fn reconstruct(
+        &self,
+        x: Tensor<B, 2>,
+        selection: &Selection,
+    ) -> Result<Tensor<B::InnerBackend, 2>> {
         let x = x.inner();
+        let [n, d] = x.dims();
+        let [features, width] = self.params.w_dec.dims();
+        if (n, d, features) != (selection.rows(), width, selection.cols()) {
+            return Err(SaeError::Shape {
+                what: "batch and selection [tokens, width, features]",
+                expected: vec![selection.rows(), width, features],
+                actual: vec![n, d, selection.cols()],
+            });
+        }
+        let pairs = Pairs::from_selection(selection, &x.device());
+        let decoded = sparse_decode(&self.params, x, &pairs, self.sparsifier.activation());
+        Ok(decoded + self.params.b_dec.clone().unsqueeze_dim(0))
+    }
+
+    /// [`select_on_backend`] on the affinities of `x` after checking its width, a NaN
+    /// affinity reported as the non-finite input it comes from.
+    fn select_inner(
+        &self,
+        x: Tensor<B::InnerBackend, 2>,
+    ) -> Result<BatchSelection<B::InnerBackend>> {
         let [n, d] = x.dims();
         if d != self.params.b_dec.dims()[0] {
             return Err(SaeError::Shape {
@@ -257,24 +288,26 @@ impl<B: AutodiffBackend> TrainStep<B> {
                 actual: vec![n, d],
             });
         }
+        let affinities = self.params.affinities(x);
+        select_on_backend(affinities, self.sparsifier.as_ref(), &self.stats).map_err(|e| match e {
+            SaeError::Alloc(sae_alloc::AllocError::NanScore { .. }) => SaeError::NonFiniteInput,
+            e => e,
+        })
+    }
+
+    /// One optimizer step on the batch `x` (`[N, d]`).
+    ///
+    /// On a non-finite loss or gradient the state is left unchanged and an error is returned.
+    pub fn train_step(&mut self, x: Tensor<B, 2>) -> Result<StepOutput> {
+        let x = x.inner();
+        let d = x.dims()[1];
         let activation = self.sparsifier.activation();
-        let affinities = self.params.affinities(x.clone());
-        let batch =
-            select_on_backend(affinities, self.sparsifier.as_ref(), &self.stats).map_err(|e| {
-                match e {
-                    SaeError::Alloc(sae_alloc::AllocError::NanScore { .. }) => {
-                        SaeError::NonFiniteInput
-                    }
-                    e => e,
-                }
-            })?;
+        let batch = self.select_inner(x.clone())?;
         let aux_selection = match self.config.aux {
             AuxLoss::None => None,
             aux => {
                 let weights = match aux {
-                    AuxLoss::AuxZipf { exponent } => self
-                        .stats
-                        .underused_weights(self.sparsifier.k() as f64, exponent),
+                    AuxLoss::AuxZipf => self.stats.underused_weights(self.sparsifier.k() as f64),
                     _ => self.stats.dead_weights(),
                 };
                 if weights.iter().any(|&w| w > 0.0) {

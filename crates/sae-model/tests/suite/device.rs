@@ -33,6 +33,7 @@ fn warm_stats(n: usize, f: usize, seed: u64) -> FeatureStats {
         StatsConfig {
             density_horizon_tokens: 100.0,
             dead_window: 2 * n as u64,
+            ..StatsConfig::default()
         },
     );
     let z = random(n * f, seed);
@@ -46,7 +47,7 @@ fn warm_stats(n: usize, f: usize, seed: u64) -> FeatureStats {
 }
 
 fn sparsifiers(k: usize) -> Vec<Box<dyn Sparsifier>> {
-    let mut zipf = FeatureChoice::zipf(k, 1.0);
+    let mut zipf = FeatureChoice::zipf(k);
     zipf.zipf_warmup_tokens = 0;
     vec![
         Box::new(TopK { k }),
@@ -103,7 +104,7 @@ fn aux_selection_matches_host<B: Backend>() {
     for (i, &(n, f)) in SHAPES.iter().enumerate() {
         let z = tied_scores(n * f, 10 + i as u64);
         let stats = warm_stats(n, f, 60 + i as u64);
-        let mut fractional = stats.underused_weights(2.0, 1.0);
+        let mut fractional = stats.underused_weights(2.0);
         // Also weights with exact zeros between candidates, and more candidates than k_aux.
         fractional.iter_mut().step_by(3).for_each(|w| *w = 0.0);
         for weights in [stats.dead_weights(), fractional, vec![1.0; f]] {

@@ -37,6 +37,7 @@ fn warm_stats(seed: u64) -> FeatureStats {
         StatsConfig {
             density_horizon_tokens: 100.0,
             dead_window: 40,
+            ..StatsConfig::default()
         },
     );
     let scores = random(N * F, seed);
@@ -53,7 +54,7 @@ fn warm_stats(seed: u64) -> FeatureStats {
 }
 
 fn sparsifiers() -> Vec<Box<dyn Sparsifier>> {
-    let mut zipf = FeatureChoice::zipf(K, 1.0);
+    let mut zipf = FeatureChoice::zipf(K);
     zipf.zipf_warmup_tokens = 0;
     vec![
         Box::new(TopK { k: K }),
@@ -96,7 +97,7 @@ fn check_backend<B: AutodiffBackend>(device: &B::Device, tol: f32) {
             let sel = sparsifier
                 .select(&ScoreMatrix::new(&z, N, F).unwrap(), &stats)
                 .unwrap();
-            let weights = stats.underused_weights(K as f64, 1.0);
+            let weights = stats.underused_weights(K as f64);
             let aux =
                 aux_case.then(|| aux_selection(&z, N, F, &weights, 2, Activation::Relu).unwrap());
             if let Some(a) = &aux {

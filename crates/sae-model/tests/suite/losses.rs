@@ -101,6 +101,7 @@ fn aux_zipf_equals_aux_k_on_dead_set_with_unit_weights() {
         StatsConfig {
             density_horizon_tokens: 50.0,
             dead_window: 32,
+            ..StatsConfig::default()
         },
     );
     let features: Vec<u32> = (0..n as u32).map(|t| t % 10).collect();
@@ -115,7 +116,7 @@ fn aux_zipf_equals_aux_k_on_dead_set_with_unit_weights() {
     let aux_k = aux_selection(&z, n, f, &stats.dead_weights(), 3, Activation::Relu).unwrap();
     // aux_zipf with the candidate set forced to the dead set and unit weights.
     let zipf_weights: Vec<f32> = stats
-        .underused_weights(3.0, 1.0)
+        .underused_weights(3.0)
         .iter()
         .zip(&dead)
         .map(|(_, &d)| if d { 1.0 } else { 0.0 })
@@ -123,7 +124,7 @@ fn aux_zipf_equals_aux_k_on_dead_set_with_unit_weights() {
     let aux_zipf = aux_selection(&z, n, f, &zipf_weights, 3, Activation::Relu).unwrap();
     assert_eq!(aux_k, aux_zipf);
     // And the dead features are all under-used with weight 1 in aux_zipf's own weights.
-    for (w, &d) in stats.underused_weights(3.0, 1.0).iter().zip(&dead) {
+    for (w, &d) in stats.underused_weights(3.0).iter().zip(&dead) {
         if d {
             assert_eq!(*w, 1.0);
         }

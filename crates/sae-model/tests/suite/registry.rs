@@ -20,7 +20,7 @@ fn builtins_by_name() {
         ("mutual_choice", InferenceRule::GlobalThreshold)
     );
     let s = r
-        .build_str(r#"{"name": "feature_choice", "k": 32, "capacities": "zipf", "exponent": 1.0}"#)
+        .build_str(r#"{"name": "feature_choice", "k": 32, "capacities": "zipf"}"#)
         .unwrap();
     assert_eq!((s.name(), s.k()), ("feature_choice", 32));
     assert_eq!(s.activation(), Activation::Relu);
@@ -90,13 +90,12 @@ fn k_zero_is_refused_for_every_sparsifier() {
             "{name}: {err}"
         );
     }
-    for exponent in ["0.0", "-1.0"] {
-        let spec = format!(
-            r#"{{"name": "feature_choice", "k": 4, "capacities": "zipf", "exponent": {exponent}}}"#
-        );
-        let err = r.build_str(&spec).unwrap_err();
-        assert!(err.to_string().contains("sparsifier.exponent"), "{err}");
-    }
+    // The Zipf exponent is the statistics' (`StatsConfig::zipf_exponent`), not a parameter
+    // of the sparsifier: a specification giving one is refused rather than ignored.
+    let err = r
+        .build_str(r#"{"name": "feature_choice", "k": 4, "capacities": "zipf", "exponent": 2.0}"#)
+        .unwrap_err();
+    assert!(err.to_string().contains("exponent"), "{err}");
 }
 
 #[test]

@@ -33,7 +33,7 @@ fn feature_choice_uniform_then_zipf_after_warmup() {
     let z = scores();
     let m = ScoreMatrix::new(&z, N, F).unwrap();
     let mut stats = FeatureStats::new(F, StatsConfig::default());
-    let mut fc = FeatureChoice::zipf(2, 1.0);
+    let mut fc = FeatureChoice::zipf(2);
     fc.zipf_warmup_tokens = N as u64;
     let before = fc.select(&m, &stats).unwrap();
     assert!(
@@ -53,6 +53,21 @@ fn feature_choice_uniform_then_zipf_after_warmup() {
     let top = stats.usage_order()[0] as usize;
     assert_eq!(caps.as_slice()[top], *caps.as_slice().iter().max().unwrap());
     assert!(caps.as_slice().iter().any(|&c| c != caps.as_slice()[0]));
+
+    // The capacities follow the statistics' Zipf exponent, the one every Zipf rule reads.
+    let steep_config = StatsConfig {
+        zipf_exponent: 2.5,
+        ..StatsConfig::default()
+    };
+    let mut steep = FeatureStats::new(F, steep_config);
+    steep
+        .update(&TopK { k: 2 }.select(&m, &steep).unwrap(), |s| s > 0.0)
+        .unwrap();
+    let order = steep.usage_order();
+    let want = sae_model::sae_alloc::Capacities::zipf(2 * N, N as u32, 2.5, &order).unwrap();
+    let steep_caps = fc.capacities(N, &steep).unwrap();
+    assert_eq!(steep_caps, want);
+    assert_ne!(steep_caps, caps);
 }
 
 #[test]

@@ -16,6 +16,7 @@ fn density_dead_and_l0() {
         StatsConfig {
             density_horizon_tokens: 1e9,
             dead_window: 10,
+            ..StatsConfig::default()
         },
     );
     s.update(&selection(8, 4, 2), |z| z > 0.0).unwrap();
@@ -42,6 +43,7 @@ fn density_ema_forgets() {
         StatsConfig {
             density_horizon_tokens: 10.0,
             dead_window: 1000,
+            ..StatsConfig::default()
         },
     );
     for _ in 0..50 {
@@ -64,6 +66,7 @@ fn underused_weights_follow_zipf_targets() {
         StatsConfig {
             density_horizon_tokens: 1e9,
             dead_window: 100,
+            ..StatsConfig::default()
         },
     );
     // Feature 0 fires on every token, 1 on half, 2 on a quarter, 3 never (not yet dead).
@@ -81,24 +84,37 @@ fn underused_weights_follow_zipf_targets() {
         offsets.push(features.len());
     }
     let scores = vec![1.0; features.len()];
-    s.update(
-        &Selection::from_parts(n, f, offsets, features, scores).unwrap(),
-        |z| z > 0.0,
-    )
-    .unwrap();
+    let batch = Selection::from_parts(n, f, offsets, features, scores).unwrap();
+    s.update(&batch, |z| z > 0.0).unwrap();
     assert_eq!(s.usage_order(), vec![0, 1, 2, 3]);
     // k = 1.75 (mean L0), alpha = 1: H(4) = 25/12; tau_r = 1.75 * 12 / 25 / r.
-    let tau = s.target_density(1.75, 1.0);
+    let tau = s.target_density(1.75);
     let h = 25.0 / 12.0;
     for (r, t) in tau.iter().enumerate() {
         assert!((t - 1.75 / h / (r + 1) as f32).abs() < 1e-6);
     }
-    let w = s.underused_weights(1.75, 1.0);
+    let w = s.underused_weights(1.75);
     // rho = (1, .5, .25, 0); tau = (.84, .42, .28, .21).
     assert_eq!(w[0], 0.0);
     assert_eq!(w[1], 0.0);
     assert!((w[2] - (1.0 - 0.25 / tau[2])).abs() < 1e-6);
     assert_eq!(w[3], 1.0);
+
+    // The targets follow the configured exponent: alpha = 2, H(4, 2) = 205/144.
+    let mut steep = FeatureStats::new(
+        f,
+        StatsConfig {
+            density_horizon_tokens: 1e9,
+            dead_window: 100,
+            zipf_exponent: 2.0,
+        },
+    );
+    steep.update(&batch, |z| z > 0.0).unwrap();
+    let h2 = 205.0 / 144.0;
+    for (r, t) in steep.target_density(1.75).iter().enumerate() {
+        let want = 1.75 / h2 / ((r + 1) * (r + 1)) as f32;
+        assert!((t - want).abs() < 1e-6, "rank {r}: {t} vs {want}");
+    }
 }
 
 #[test]

@@ -21,6 +21,7 @@ fn config() -> TrainConfig {
         stats: StatsConfig {
             density_horizon_tokens: 500.0,
             dead_window: 256,
+            ..StatsConfig::default()
         },
         ..TrainConfig::default()
     }
@@ -162,10 +163,10 @@ fn dense_and_sparse_steps_agree() {
 fn resume_is_bit_identical() {
     type B = Autodiff<Flex>;
     let device = Default::default();
-    let mut fc = FeatureChoice::zipf(4, 1.0);
+    let mut fc = FeatureChoice::zipf(4);
     fc.zipf_warmup_tokens = 2 * N as u64;
     let cfg = TrainConfig {
-        aux: AuxLoss::AuxZipf { exponent: 1.0 },
+        aux: AuxLoss::AuxZipf,
         ..config()
     };
     let mut a = trainer::<B>(Box::new(fc.clone()), cfg.clone(), &device);
