@@ -112,7 +112,8 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 }
 
 /// Every `new/` result under a criterion directory (`target/criterion`), sorted by id and
-/// paired with baselines.
+/// paired with baselines. The one reader of criterion's `benchmark.json` and
+/// `estimates.json`: `gpu-run`'s report reads its benches through it too.
 pub fn read_criterion(dir: &Path) -> Result<Vec<Bench>> {
     let mut found = Vec::new();
     collect_new_dirs(dir, &mut found)?;
@@ -310,6 +311,21 @@ fn today() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// The heading from which `docs/benchmarks.md` is written by hand: regenerating the file
+/// keeps everything from it on.
+pub const HAND_NOTES: &str = "## Notes kept by hand";
+
+/// `generated` followed by the hand-kept part of `previous` (from [`HAND_NOTES`] on), if any.
+pub fn with_hand_notes(mut generated: String, previous: &str) -> String {
+    if let Some(at) = previous.find(HAND_NOTES) {
+        if !generated.ends_with("\n\n") {
+            generated.push('\n');
+        }
+        generated.push_str(&previous[at..]);
+    }
+    generated
+}
+
 /// `docs/benchmarks.md`: the machine, then one table per group.
 pub fn markdown(benches: &[Bench], machine: &Machine, quick: bool) -> String {
     let mut md = String::from("# Benchmarks\n\n");
@@ -382,7 +398,9 @@ pub fn run(options: &Options) -> Result<()> {
     let machine = Machine::here(&backend, profile, load);
     let docs = root.join("docs");
     let md_path = docs.join("benchmarks.md");
-    std::fs::write(&md_path, markdown(&benches, &machine, options.quick))
+    let previous = std::fs::read_to_string(&md_path).unwrap_or_default();
+    let generated = markdown(&benches, &machine, options.quick);
+    std::fs::write(&md_path, with_hand_notes(generated, &previous))
         .with_context(|| md_path.display().to_string())?;
     let json_path = docs.join("benchmarks.json");
     let json =
@@ -521,6 +539,17 @@ mod tests {
         for id in ["sae_alloc", "fused_gemm", "topk_burn"] {
             assert!(!is_baseline(id), "{id}");
         }
+    }
+
+    #[test]
+    fn regenerating_keeps_the_hand_kept_notes() {
+        let previous = "# Benchmarks\n\nold tables\n\n## Notes kept by hand\n\nfigures\n";
+        let merged = with_hand_notes("# Benchmarks\n\nnew tables\n".into(), previous);
+        assert_eq!(
+            merged,
+            "# Benchmarks\n\nnew tables\n\n## Notes kept by hand\n\nfigures\n"
+        );
+        assert_eq!(with_hand_notes("new\n".into(), "no notes\n"), "new\n");
     }
 
     #[test]

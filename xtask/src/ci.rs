@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, ensure};
 
-use crate::repro::{Aux, DataSet, RunSpec, Scale, Sparsifier};
+use crate::repro::{Arm, Aux, DataSet, RunSpec, Scale, TrainingConfig, real_data_path};
 use crate::shell::{cargo, step};
 
 pub fn run() -> Result<()> {
@@ -90,13 +90,14 @@ pub fn smoke() -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let spec = RunSpec {
         data: DataSet::Synthetic,
-        sparsifier: Sparsifier::MutualChoice,
+        arm: Arm::MutualChoice,
         aux: Aux::Zipf,
         seed: 0,
         scale: Scale::smoke(),
     };
     let config = dir.join("config.toml");
-    std::fs::write(&config, spec.config_toml(&crate::shell::root()))
+    let training = TrainingConfig::for_run(&spec, &real_data_path(&crate::shell::root()));
+    std::fs::write(&config, training.to_toml())
         .with_context(|| format!("writing {}", config.display()))?;
     let out = dir.join("run");
     // The binary the test step built (its integration tests drive it): `cargo run -p sae-cli`

@@ -14,7 +14,6 @@ mod bench;
 mod ci;
 mod flags;
 mod gpu;
-mod ncu;
 mod release;
 mod repro;
 mod shell;
