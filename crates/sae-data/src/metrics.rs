@@ -67,20 +67,9 @@ pub fn recovery_fraction(learned: &[f32], truth: &[f32], d: usize, threshold: f3
     best.iter().filter(|&&c| c >= threshold).count() as f32 / best.len() as f32
 }
 
-/// Recovery of the true features of one frequency band.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FrequencyBand {
-    /// Highest firing probability in the band.
-    pub max_probability: f64,
-    /// Lowest firing probability in the band.
-    pub min_probability: f64,
-    /// True features in the band.
-    pub features: usize,
-    /// Fraction of them matched by a learned feature with cosine at least the threshold.
-    pub recovered: f64,
-    /// Mean over them of the best cosine with a learned feature.
-    pub mmcs: f64,
-}
+/// Recovery of the true features of one frequency band (the schema of evaluation records
+/// defines it, so the metrics file's writer and readers share it).
+pub use sae_metrics::FrequencyBand;
 
 /// Recovery by how often the true features fire: the true features sorted by firing
 /// probability (most frequent first, ties by index) and cut into `bands` bands of equal size

@@ -25,13 +25,13 @@ use std::path::{Path, PathBuf};
 
 pub use error::ReportError;
 pub use metrics::{
-    EvalRecord, Record, SelectionEval, TrainRecord, eval_records, read_metrics, train_records,
+    EvalRecord, EvalReport, Record, SelectionMetrics, TrainRecord, eval_records, read_metrics,
+    train_records,
 };
-pub use plots::{DENSITY_BINS, PLOT_HEIGHT, PLOT_WIDTH};
-pub use summary::{FinalEval, comparison_table, fmt_opt, fmt_percent};
+pub use plots::{PLOT_HEIGHT, PLOT_WIDTH};
+pub use sae_metrics::{DENSITY_BINS, METRICS_FILE};
+pub use summary::{FinalEval, comparison_table, finite, fmt_opt, fmt_percent};
 
-/// Name of the metrics file inside a run directory.
-pub const METRICS_FILE: &str = "metrics.jsonl";
 /// Where `sae report RUN_DIR` writes, inside the run directory.
 pub const REPORT_DIR: &str = "report";
 /// Name of the markdown summary written by [`write_report`].
@@ -93,21 +93,21 @@ pub fn write_report(run_dir: &Path, out_dir: &Path) -> Result<Report, ReportErro
             "Fraction of variance unexplained",
             "FVU",
             |t| t.fvu,
-            |e| e.batch.fvu,
+            |e| finite(e.report.batch.fvu),
         ),
         (
             "l0.png",
             "Mean active features per token",
             "L0",
             |t| t.l0,
-            |e| e.batch.l0_mean,
+            |e| finite(e.report.batch.l0_mean),
         ),
         (
             "dead.png",
             "Dead features",
             "dead features (%)",
             |t| t.dead_fraction.map(|f| 100.0 * f),
-            |e| e.dead_in_training_fraction.map(|f| 100.0 * f),
+            |e| finite(100.0 * e.report.dead_in_training_fraction),
         ),
     ];
     for (file, title, y_desc, of_train, of_eval) in curves {
@@ -126,7 +126,7 @@ pub fn write_report(run_dir: &Path, out_dir: &Path) -> Result<Report, ReportErro
         plots::curve(&path, title, y_desc, &t, &e)?;
         plots.push((path, title));
     }
-    if let Some(last) = last {
+    if let Some(last) = last.map(|e| &e.report) {
         if !last.density_histogram.is_empty() {
             let path = out_dir.join("density.png");
             plots::density(&path, &last.density_histogram)?;

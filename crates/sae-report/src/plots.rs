@@ -12,8 +12,7 @@ pub const PLOT_WIDTH: u32 = 900;
 /// Height in pixels of every plot.
 pub const PLOT_HEIGHT: u32 = 500;
 
-/// Number of firing-density bins in an eval record, and their log10 range.
-pub const DENSITY_BINS: usize = 20;
+/// The log10 range of the firing-density bins of an eval record (`sae_metrics::DENSITY_BINS`).
 const DENSITY_LOG10_MIN: f64 = -10.0;
 const DENSITY_LOG10_MAX: f64 = 0.0;
 
@@ -254,7 +253,7 @@ fn format_tokens(v: f64) -> String {
 /// Share of the true features recovered in each frequency band, most frequent band first.
 pub(crate) fn recovery_by_frequency(
     path: &Path,
-    bands: &[sae_data::FrequencyBand],
+    bands: &[sae_metrics::FrequencyBand],
 ) -> Result<(), ReportError> {
     render(path, |root| {
         let n = bands.len().max(1) as f64;

@@ -35,21 +35,28 @@ pub struct FinalEval {
 
 impl From<&EvalRecord> for FinalEval {
     fn from(e: &EvalRecord) -> Self {
+        let r = &e.report;
         Self {
             step: e.step,
             tokens: e.tokens,
-            fvu: e.batch.fvu,
-            l0_mean: e.batch.l0_mean,
-            l0_std: e.batch.l0_std,
-            inference_fvu: e.inference.as_ref().and_then(|i| i.fvu),
-            inference_l0_mean: e.inference.as_ref().and_then(|i| i.l0_mean),
-            dead_in_training_fraction: e.dead_in_training_fraction,
-            dead_on_eval_fraction: e.dead_on_eval_fraction,
-            underused_fraction: e.underused_fraction,
-            mmcs: e.mmcs,
-            recovered: e.recovered,
+            fvu: finite(r.batch.fvu),
+            l0_mean: finite(r.batch.l0_mean),
+            l0_std: finite(r.batch.l0_std),
+            inference_fvu: r.inference.as_ref().and_then(|i| finite(i.fvu)),
+            inference_l0_mean: r.inference.as_ref().and_then(|i| finite(i.l0_mean)),
+            dead_in_training_fraction: finite(r.dead_in_training_fraction),
+            dead_on_eval_fraction: finite(r.dead_on_eval_fraction),
+            underused_fraction: finite(r.underused_fraction),
+            mmcs: r.mmcs.and_then(finite),
+            recovered: r.recovered.and_then(finite),
         }
     }
+}
+
+/// `Some(value)` when it is finite: NaN marks a value a diverged run could not compute, or
+/// one an older metrics file did not record.
+pub fn finite(value: f64) -> Option<f64> {
+    value.is_finite().then_some(value)
 }
 
 /// Formats a number with `digits` decimals, `—` when absent or not finite.

@@ -148,7 +148,30 @@ fn eval_lines_carry_training_and_held_out_tokens() {
     let sae_report::Record::Eval(e) = &records[0] else {
         panic!("{records:?}")
     };
-    assert_eq!((e.tokens, e.eval_tokens), (640, Some(512)));
+    assert_eq!((e.tokens, e.report.eval_tokens), (640, 512));
+    // Written before the split of dead features: the old name reads, the new field is unknown.
+    assert_eq!(e.report.dead_in_training_fraction, 0.0);
+    assert!(e.report.dead_on_eval_fraction.is_nan());
+}
+
+#[test]
+fn non_finite_values_written_as_null_read_as_missing() {
+    let dir = scratch("report_null_values");
+    // A diverged run: JSON has no NaN, so the writer stores null.
+    std::fs::write(
+        dir.join("metrics.jsonl"),
+        "{\"kind\":\"train\",\"step\":1,\"tokens\":128,\"loss\":null,\"fvu\":null}\n\
+         {\"kind\":\"eval\",\"step\":1,\"tokens\":128,\"eval_tokens\":64,\
+         \"batch\":{\"fvu\":null,\"mse\":null,\"l0_mean\":4.0,\"l0_std\":1.0},\
+         \"dead_in_training_fraction\":0.0,\"underused_fraction\":null}\n",
+    )
+    .unwrap();
+    let report = write_report(&dir, &dir.join("report")).unwrap();
+    let e = report.final_eval.unwrap();
+    assert_eq!(
+        (e.fvu, e.l0_mean, e.underused_fraction),
+        (None, Some(4.0), None)
+    );
 }
 
 #[test]
@@ -173,7 +196,7 @@ fn recovery_by_frequency_is_plotted_when_the_eval_has_it() {
     let sae_report::Record::Eval(e) = &records[0] else {
         panic!("{records:?}")
     };
-    let bands = e.recovery_by_frequency.as_ref().unwrap();
+    let bands = e.report.recovery_by_frequency.as_ref().unwrap();
     assert_eq!(bands.len(), 2);
     assert_eq!(bands[1].recovered, 0.5);
     let report = write_report(&dir, &dir.join("report")).unwrap();

@@ -2,72 +2,17 @@
 //! with batch-free inference, plus feature recovery when the true dictionary is known.
 
 use burn::tensor::backend::AutodiffBackend;
+pub use sae_metrics::{DENSITY_BINS, EvalReport, RECOVERY_COSINE, SelectionMetrics};
 use sae_model::sae::host_vec;
 use sae_model::sae_alloc::Selection;
 use sae_model::{Activation, TrainStep};
-use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 use crate::data::{EvalRows, GroundTruth};
 use crate::tensor::to_device;
 
-/// Cosine above which a learned feature counts as recovering a true one.
-pub const RECOVERY_COSINE: f32 = 0.9;
 /// Frequency bands of the recovery breakdown.
 pub const FREQUENCY_BANDS: usize = 8;
-
-/// Bins of the log10 feature-density histogram, from 1e-10 to 1.
-pub const DENSITY_BINS: usize = 20;
-
-/// Reconstruction and sparsity of one way of selecting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SelectionMetrics {
-    /// Fraction of variance unexplained (normalised MSE) over the evaluated tokens.
-    pub fvu: f64,
-    /// Mean squared error per element.
-    pub mse: f64,
-    /// Mean number of non-zero codes per token.
-    pub l0_mean: f64,
-    /// Standard deviation of the per-token L0.
-    pub l0_std: f64,
-    /// Tokens with L0 = i, for i = 0..len (the last bucket collects everything above).
-    pub l0_histogram: Vec<u64>,
-}
-
-/// Everything `sae eval` reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalReport {
-    /// Tokens evaluated, each a distinct row: the tokens asked for, or every row of the
-    /// evaluation data when it holds fewer (rows are never repeated).
-    pub eval_tokens: u64,
-    /// Tokens asked for (`train.eval_tokens` or `sae eval --tokens`).
-    #[serde(default)]
-    pub requested_tokens: u64,
-    /// With the training rule on each evaluation batch (batch-dependent for MC and FC).
-    pub batch: SelectionMetrics,
-    /// With batch-free inference (thresholds, or the per-token rule); `None` before thresholds
-    /// are estimated.
-    pub inference: Option<SelectionMetrics>,
-    /// Features that fired on no training token within the dead window (`step.stats`) before
-    /// the evaluated checkpoint: a property of training, not of the evaluated data.
-    #[serde(alias = "dead_fraction")]
-    pub dead_in_training_fraction: f64,
-    /// Features that fired on none of the evaluated tokens under the training rule.
-    #[serde(default)]
-    pub dead_on_eval_fraction: f64,
-    /// Features below their Zipf target density in training (dead ones included).
-    pub underused_fraction: f64,
-    /// Counts of features per log10-density bin of training, `DENSITY_BINS` bins from -10 to 0.
-    pub density_histogram: Vec<u64>,
-    /// Mean max cosine similarity of the learned decoder to the true dictionary (synthetic data).
-    pub mmcs: Option<f64>,
-    /// Share of true features with a learned feature above 0.9 cosine (synthetic data).
-    pub recovered: Option<f64>,
-    /// Recovery of the true features in `FREQUENCY_BANDS` bands of equal size, most frequent
-    /// first (synthetic data): does the rule find the rare features as well as the common?
-    #[serde(default)]
-    pub recovery_by_frequency: Option<Vec<sae_data::FrequencyBand>>,
-}
 
 /// Running sums for one selection method.
 #[derive(Debug)]

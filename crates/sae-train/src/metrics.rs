@@ -1,26 +1,14 @@
-//! The JSON-lines metrics file of a run.
+//! The JSON-lines metrics file of a run: appending [`Record`]s (their schema is `sae-metrics`'),
+//! and cutting the file back to a checkpoint on resume.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+pub use sae_metrics::{EvalRecord, Record, TrainRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsRecord {
-    /// `"train"` (a logging interval) or `"eval"` (held-out evaluation).
-    pub kind: String,
-    /// Optimizer steps taken.
-    pub step: u64,
-    /// Training tokens seen.
-    pub tokens: u64,
-    /// Named values (loss, fvu, l0, dead fraction, ...).
-    #[serde(flatten)]
-    pub values: serde_json::Map<String, serde_json::Value>,
-}
 
 /// Sums over the steps of a logging window not yet written (kept in checkpoints, so a
 /// resumed run's lines equal an uninterrupted run's).
@@ -79,8 +67,8 @@ impl MetricsLog {
                     _ => {
                         let kept: String = read_records_repairing(path)?
                             .into_iter()
-                            .filter(|r| r.step <= at.step)
-                            .map(|r| to_line(&r))
+                            .filter(|r| r.step() <= at.step)
+                            .map(|r| r.to_line())
                             .collect();
                         crate::checkpoint::write_atomic(path, kept.as_bytes())?;
                     }
@@ -108,8 +96,8 @@ impl MetricsLog {
     }
 
     /// Appends one record.
-    pub fn write(&mut self, record: &MetricsRecord) -> Result<(), TrainError> {
-        let line = to_line(record);
+    pub fn write(&mut self, record: &Record) -> Result<(), TrainError> {
+        let line = record.to_line();
         self.file
             .write_all(line.as_bytes())
             .and_then(|()| self.file.flush())
@@ -132,14 +120,8 @@ impl MetricsLog {
     }
 }
 
-fn to_line(record: &MetricsRecord) -> String {
-    let mut line = serde_json::to_string(record).expect("records serialise");
-    line.push('\n');
-    line
-}
-
 /// Reads every record, dropping a torn last line (no final newline and not valid JSON).
-fn read_records_repairing(path: &Path) -> Result<Vec<MetricsRecord>, TrainError> {
+fn read_records_repairing(path: &Path) -> Result<Vec<Record>, TrainError> {
     let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
         source,
@@ -147,20 +129,20 @@ fn read_records_repairing(path: &Path) -> Result<Vec<MetricsRecord>, TrainError>
     let complete = match text.rfind('\n') {
         Some(i) if !text.ends_with('\n') => {
             let tail = &text[i + 1..];
-            if serde_json::from_str::<MetricsRecord>(tail).is_ok() {
+            if Record::parse(tail).is_ok() {
                 &text[..]
             } else {
                 &text[..=i]
             }
         }
-        None if !text.is_empty() && serde_json::from_str::<MetricsRecord>(&text).is_err() => "",
+        None if !text.is_empty() && Record::parse(&text).is_err() => "",
         _ => &text[..],
     };
     parse_records(path, complete)
 }
 
 /// Reads every record of a metrics file.
-pub fn read_records(path: &Path) -> Result<Vec<MetricsRecord>, TrainError> {
+pub fn read_records(path: &Path) -> Result<Vec<Record>, TrainError> {
     let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
         path: path.to_path_buf(),
         source,
@@ -168,13 +150,13 @@ pub fn read_records(path: &Path) -> Result<Vec<MetricsRecord>, TrainError> {
     parse_records(path, &text)
 }
 
-fn parse_records(path: &Path, text: &str) -> Result<Vec<MetricsRecord>, TrainError> {
+fn parse_records(path: &Path, text: &str) -> Result<Vec<Record>, TrainError> {
     let mut records = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        records.push(serde_json::from_str(line).map_err(|e| TrainError::Metrics {
+        records.push(Record::parse(line).map_err(|e| TrainError::Metrics {
             path: path.to_path_buf(),
             line: i + 1,
             reason: e.to_string(),

@@ -18,7 +18,7 @@ use crate::config::{BackendKind, RunConfig};
 use crate::data::{Activations, EvalRows, GroundTruth};
 use crate::eval::{EvalReport, evaluate};
 use crate::export::{Interrupted, SelectionSpec, write_native};
-use crate::metrics::{LogWindow, MetricsLog, MetricsRecord, ResumePoint};
+use crate::metrics::{EvalRecord, LogWindow, MetricsLog, Record, ResumePoint, TrainRecord};
 use crate::run_dir::{Claim, RunDir};
 use crate::schedule::lr_factor;
 use crate::state::{Checkpoint, LoopState, OnCorrupt, RunState};
@@ -412,10 +412,17 @@ pub fn train_on<B: AutodiffBackend>(
             let k = f64::from(w.steps);
             let elapsed = started.elapsed().as_secs_f64();
             let rate = (n - first_step) as f64 * batch as f64 / elapsed;
-            let values = serde_json::json!({
-                "loss": w.loss / k, "fvu": w.fvu / k, "aux": w.aux / k, "l0": w.l0 / k,
-                "dead_fraction": out.dead_fraction, "lr": step.lr(), "tokens_per_second": rate,
-            });
+            let line = TrainRecord {
+                step: n,
+                tokens,
+                loss: Some(w.loss / k),
+                fvu: Some(w.fvu / k),
+                aux: Some(w.aux / k),
+                l0: Some(w.l0 / k),
+                dead_fraction: Some(f64::from(out.dead_fraction)),
+                lr: Some(step.lr()),
+                tokens_per_second: Some(rate),
+            };
             bar.set_position(n);
             bar.set_message(format!(
                 "{rate:>7.0} tok/s  loss {:.4}  fvu {:.4}  L0 {:.1}  dead {:.1}%",
@@ -424,18 +431,13 @@ pub fn train_on<B: AutodiffBackend>(
                 w.l0 / k,
                 100.0 * out.dead_fraction
             ));
-            metrics.write(&record("train", n, tokens, values))?;
+            metrics.write(&Record::Train(line))?;
         }
         if crossed(tokens, batch as u64, config.train.eval_every_tokens)
             && n < total_steps
             && let Some(report) = run_eval(&step, &mut acts, &config)?
         {
-            metrics.write(&record(
-                "eval",
-                n,
-                tokens,
-                serde_json::to_value(&report).expect("serialises"),
-            ))?;
+            metrics.write(&eval_record(n, tokens, report))?;
         }
         if crossed(tokens, batch as u64, config.train.checkpoint_every_tokens) && n < total_steps {
             save(
@@ -463,12 +465,7 @@ pub fn train_on<B: AutodiffBackend>(
     } else {
         let eval = run_eval(&step, &mut acts, &config)?;
         if let Some(report) = &eval {
-            metrics.write(&record(
-                "eval",
-                step.step_count(),
-                tokens,
-                serde_json::to_value(report).expect("serialises"),
-            ))?;
+            metrics.write(&eval_record(step.step_count(), tokens, report.clone()))?;
         }
         eval
     };
@@ -548,16 +545,12 @@ fn eval_on<B: AutodiffBackend>(
     )
 }
 
-fn record(kind: &str, step: u64, tokens: u64, values: serde_json::Value) -> MetricsRecord {
-    let serde_json::Value::Object(values) = values else {
-        unreachable!("metrics are objects")
-    };
-    MetricsRecord {
-        kind: kind.into(),
+fn eval_record(step: u64, tokens: u64, report: EvalReport) -> Record {
+    Record::Eval(Box::new(EvalRecord {
         step,
         tokens,
-        values,
-    }
+        report,
+    }))
 }
 
 fn progress_bar(show: bool, total: u64, done: u64) -> ProgressBar {

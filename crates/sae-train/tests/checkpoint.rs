@@ -86,15 +86,10 @@ fn a_full_disk_is_an_error_and_the_old_checkpoint_survives() {
 
 #[test]
 fn resumed_metrics_drop_lines_written_after_the_checkpoint() {
-    use sae_train::metrics::{MetricsLog, MetricsRecord, read_records};
+    use sae_train::metrics::{MetricsLog, read_records};
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("metrics.jsonl");
-    let rec = |step| MetricsRecord {
-        kind: "train".into(),
-        step,
-        tokens: step * 10,
-        values: Default::default(),
-    };
+    let rec = |step| record("train", step);
     let mut log = MetricsLog::open(&path, None).unwrap();
     for step in 1..=5 {
         log.write(&rec(step)).unwrap();
@@ -109,9 +104,25 @@ fn resumed_metrics_drop_lines_written_after_the_checkpoint() {
     let steps: Vec<u64> = read_records(&path)
         .unwrap()
         .iter()
-        .map(|r| r.step)
+        .map(|r| r.step())
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4]);
+}
+
+/// A train or eval line at `step`, with made-up values.
+fn record(kind: &str, step: u64) -> sae_train::metrics::Record {
+    let values = match kind {
+        "train" => r#""loss": 0.5"#,
+        _ => {
+            r#""batch": {"fvu": 0.5, "mse": 0.1, "l0_mean": 4.0, "l0_std": 1.0},
+               "dead_in_training_fraction": 0.0"#
+        }
+    };
+    let line = format!(
+        r#"{{"kind": "{kind}", "step": {step}, "tokens": {}, {values}}}"#,
+        step * 10
+    );
+    sae_train::metrics::Record::parse(&line).unwrap()
 }
 
 #[test]
@@ -143,15 +154,10 @@ fn a_flipped_bit_or_a_cut_file_fails_verification_naming_the_file() {
 
 #[test]
 fn resumed_metrics_are_cut_back_to_the_recorded_length_and_a_torn_tail_is_dropped() {
-    use sae_train::metrics::{MetricsLog, MetricsRecord, ResumePoint, read_records};
+    use sae_train::metrics::{MetricsLog, Record, ResumePoint, read_records};
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("metrics.jsonl");
-    let rec = |kind: &str, step| MetricsRecord {
-        kind: kind.into(),
-        step,
-        tokens: step * 10,
-        values: Default::default(),
-    };
+    let rec = record;
     let mut log = MetricsLog::open(&path, None).unwrap();
     log.write(&rec("train", 1)).unwrap();
     log.write(&rec("train", 2)).unwrap();
@@ -163,7 +169,10 @@ fn resumed_metrics_are_cut_back_to_the_recorded_length_and_a_torn_tail_is_droppe
         read_records(path)
             .unwrap()
             .iter()
-            .map(|r| format!("{}{}", r.kind, r.step))
+            .map(|r| match r {
+                Record::Train(t) => format!("train{}", t.step),
+                Record::Eval(e) => format!("eval{}", e.step),
+            })
             .collect::<Vec<_>>()
     };
     let mut log = MetricsLog::open(
