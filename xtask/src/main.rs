@@ -2,7 +2,7 @@
 //!
 //! - `ci`: formatting, lints, tests, doc tests and a smoke run of `sae train`;
 //! - `bench [--quick] [--backend B] [--profile P]`: criterion benches, summarised in `docs/benchmarks.md`;
-//! - `repro [--quick | --smoke] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH]
+//! - `repro [--quick | --wide | --smoke] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH]
 //!   [--out DIR]`: the paper's comparison, summarised in `docs/results.md`;
 //! - `release`: metadata and changelog checks and a dry-run packaging, never a publish;
 //! - `gpu-bundle [--cuda-version V]`: the CUDA tests and benches as stripped binaries in
@@ -28,10 +28,12 @@ commands:
   bench [--quick] [--backend B] [--profile P] [--criterion-dir DIR]
                                        cargo bench (or summarise DIR without running);
                                        writes docs/benchmarks.{md,json}
-  repro [--quick | --smoke] [--seeds N] [--data synthetic|real|both] [--backend B]
+  repro [--quick | --wide | --smoke] [--seeds N] [--data synthetic|real|both] [--backend B]
         [--sae-bin PATH] [--out DIR] [--dry-run]
                                        the paper's comparison; writes docs/results.md
-                                       (or DIR/results.md, runs under DIR/runs)
+                                       (or DIR/results.md, runs under DIR/runs); --wide:
+                                       a 16x dictionary where features die
+                                       (docs/wide/results.md by convention)
   release                              check crate metadata and CHANGELOG, dry-run packaging
   gpu-bundle [--cuda-version V]        build the CUDA tests and benches into gpu-bundle/
                                        (V: CUDARC_CUDA_VERSION, default 13000)
@@ -64,6 +66,7 @@ fn main() -> Result<()> {
         }
         "repro" => {
             let quick = args.switch("--quick");
+            let wide = args.switch("--wide");
             let smoke = args.switch("--smoke");
             let out = args.value("--out")?.map(Into::into);
             let seeds = args.value("--seeds")?.map(|s| s.parse()).transpose()?;
@@ -78,6 +81,7 @@ fn main() -> Result<()> {
             args.finish()?;
             repro::run(&repro::Options {
                 quick,
+                wide,
                 smoke,
                 out,
                 seeds: seeds.unwrap_or(if quick { 1 } else { 3 }),

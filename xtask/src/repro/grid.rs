@@ -157,6 +157,24 @@ impl Scale {
             zipf_warmup_tokens: 1_000_000,
         }
     }
+    /// A wide dictionary trained long enough for features to die without help (the setting
+    /// where "aux_zipf reduces dead and under-used features" and "Feature Choice has no dead
+    /// features" can fail): 16x the 384-wide activations, k = 8, 1.5M tokens, a dead window
+    /// of 100k tokens; minutes a run on two CPU cores.
+    pub fn wide() -> Self {
+        Self {
+            d_sae: 6_144,
+            k: 8,
+            batch_size: 4_096,
+            total_tokens: 1_499_136,
+            eval_every_tokens: 499_712,
+            eval_tokens: 65_536,
+            dead_window: 100_000,
+            log_every_steps: 20,
+            lr_warmup_tokens: 40_960,
+            zipf_warmup_tokens: 204_800,
+        }
+    }
     /// One tiny run, seconds on a CPU: the CI smoke test.
     pub fn smoke() -> Self {
         Self {

@@ -11,6 +11,8 @@ use super::grid::{DataSet, Scale};
 #[derive(Debug)]
 pub struct Options {
     pub quick: bool,
+    /// The wide-dictionary grid where features die ([`Scale::wide`]), overriding `quick`.
+    pub wide: bool,
     /// The smallest grid (a pipeline check for tests), overriding `quick`.
     pub smoke: bool,
     /// Where runs (`OUT/runs`) and results (`OUT/results.md`, `OUT/results/`) go instead of
@@ -27,10 +29,12 @@ pub struct Options {
 }
 
 impl Options {
-    /// The run sizes: `--smoke`, else `--quick`, else the full grid.
+    /// The run sizes: `--smoke`, else `--wide`, else `--quick`, else the full grid.
     pub fn scale(&self) -> Scale {
         if self.smoke {
             Scale::smoke()
+        } else if self.wide {
+            Scale::wide()
         } else if self.quick {
             Scale::quick()
         } else {
