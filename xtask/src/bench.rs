@@ -421,7 +421,8 @@ fn run_benches(options: &Options, backend: &str) -> Result<()> {
     }
     if backend == "cuda" {
         // The CUDA runtime of the kernels and burn's CUDA backend are behind features.
-        cmd.args(["--features", crate::gpu::CUDA_FEATURES]);
+        let metadata = crate::ci::workspace_metadata()?;
+        cmd.args(["--features", &crate::ci::cuda_features(&metadata)]);
     }
     if options.quick {
         cmd.args([

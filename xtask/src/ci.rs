@@ -51,7 +51,7 @@ pub fn run() -> Result<()> {
 }
 
 /// `cargo metadata` of the workspace members.
-fn workspace_metadata() -> Result<serde_json::Value> {
+pub fn workspace_metadata() -> Result<serde_json::Value> {
     let output = cargo()
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()
@@ -75,7 +75,13 @@ fn workspace_has(metadata: &serde_json::Value, package: &str) -> bool {
 /// `member/cuda` for every workspace member with a `cuda` feature: the manifests are the one
 /// list of the crates with a CUDA path.
 pub fn cuda_features(metadata: &serde_json::Value) -> String {
+    cuda_features_of(metadata, |_| true)
+}
+
+/// [`cuda_features`] of the members `wanted` selects (the packages a build names with `-p`).
+pub fn cuda_features_of(metadata: &serde_json::Value, wanted: impl Fn(&str) -> bool) -> String {
     packages(metadata)
+        .filter(|p| wanted(p["name"].as_str().unwrap_or_default()))
         .filter(|p| p["features"].get("cuda").is_some())
         .map(|p| format!("{}/cuda", p["name"].as_str().unwrap_or_default()))
         .collect::<Vec<_>>()
@@ -141,6 +147,10 @@ mod tests {
             {"name": "c", "features": {"cuda": []}},
         ]});
         assert_eq!(super::cuda_features(&metadata), "a/cuda,c/cuda");
+        assert_eq!(
+            super::cuda_features_of(&metadata, |name| name != "a"),
+            "c/cuda"
+        );
         assert!(super::workspace_has(&metadata, "b"));
         assert!(!super::workspace_has(&metadata, "d"));
     }

@@ -8,7 +8,6 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::CUDA_FEATURES;
 use crate::shell::{cargo, describe, root, step};
 
 /// Where `gpu-bundle` writes, relative to the workspace root (ignored by git).
@@ -74,6 +73,12 @@ pub fn bundle(options: &BundleOptions) -> Result<()> {
     }
     std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
 
+    // The bundle packs these crates' CUDA tests and benches; their `cuda` features come from
+    // their manifests.
+    let packages = ["sae-kernels", "sae-model", "sae-benches"];
+    let features = crate::ci::cuda_features_of(&crate::ci::workspace_metadata()?, |name| {
+        packages.contains(&name)
+    });
     let mut cmd = cargo();
     cmd.args([
         "test",
@@ -81,8 +86,8 @@ pub fn bundle(options: &BundleOptions) -> Result<()> {
         "--locked",
         "--message-format=json-render-diagnostics",
     ])
-    .args(["-p", "sae-kernels", "-p", "sae-model", "-p", "sae-benches"])
-    .args(["--features", CUDA_FEATURES])
+    .args(packages.iter().flat_map(|p| ["-p", p]))
+    .args(["--features", &features])
     .args(["--test", "suite", "--bench", "kernels", "--bench", "step"])
     .env("CUDARC_CUDA_VERSION", &options.cuda_version)
     .stdout(Stdio::piped());

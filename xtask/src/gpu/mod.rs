@@ -28,7 +28,3 @@ mod run;
 
 pub use bundle::{BundleOptions, bundle};
 pub use run::{RunOptions, run};
-
-/// The features that put the CUDA runtime into the kernels' and the model's tests and into
-/// the benches (`cargo xtask bench --backend cuda` uses them too).
-pub const CUDA_FEATURES: &str = "sae-kernels/cuda,sae-model/cuda,sae-benches/cuda";
