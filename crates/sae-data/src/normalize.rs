@@ -167,11 +167,6 @@ impl<S: BatchSource> Normalized<S> {
     pub fn inner(&self) -> &S {
         &self.source
     }
-
-    /// The raw source, mutably (rows read from it directly are not normalised).
-    pub fn inner_mut(&mut self) -> &mut S {
-        &mut self.source
-    }
 }
 
 impl<S: BatchSource> BatchSource for Normalized<S> {

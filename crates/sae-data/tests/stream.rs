@@ -262,6 +262,8 @@ fn normalized_sources_apply_the_normalizer_to_every_batch() {
         .to_string();
     assert!(err.contains("d = 4"), "{err}");
     let mut scaled = Normalized::new(stream, normalizer.clone()).unwrap();
+    assert_eq!(scaled.normalizer(), &normalizer);
+    assert_eq!(scaled.inner().train_rows(), raw.train_rows());
     let (mut a, mut b) = (Vec::new(), Vec::new());
     raw.next_batch(387, &mut a).unwrap();
     scaled.next_batch(387, &mut b).unwrap();

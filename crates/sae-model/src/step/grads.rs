@@ -46,7 +46,9 @@ pub struct LossSpec<'a> {
     pub path: StepPath,
 }
 
-fn decode<B: Backend>(
+/// The reconstruction without `b_dec` from the pairs of `selection`, by `path`'s code (the
+/// dense oracle, or the sparse gathers every other path's autodiff uses).
+pub(super) fn decode<B: Backend>(
     path: StepPath,
     params: &SaeTensors<B>,
     x: Tensor<B, 2>,

@@ -17,7 +17,6 @@ use crate::error::{Result, SaeError};
 use crate::loss::AuxLoss;
 use crate::rule::InferenceRule;
 use crate::sae::{Sae, SaeParams, SaeTensors, host_vec, normalize_rows, remove_parallel_gradient};
-use crate::sparse::{Pairs, sparse_decode};
 use crate::sparsifier::Sparsifier;
 use crate::stats::FeatureStats;
 use grads::is_finite;
@@ -269,8 +268,13 @@ impl<B: AutodiffBackend> TrainStep<B> {
                 actual: vec![n, d, selection.cols()],
             });
         }
-        let pairs = Pairs::from_selection(selection, &x.device());
-        let decoded = sparse_decode(&self.params, x, &pairs, self.sparsifier.activation());
+        let decoded = grads::decode(
+            StepPath::Sparse,
+            &self.params,
+            x,
+            selection,
+            self.sparsifier.activation(),
+        );
         Ok(decoded + self.params.b_dec.clone().unsqueeze_dim(0))
     }
 
