@@ -63,3 +63,12 @@ pub enum SaeError {
 
 /// Result alias with [`SaeError`].
 pub type Result<T, E = SaeError> = std::result::Result<T, E>;
+
+/// `e`, except that a NaN affinity becomes [`SaeError::NonFiniteInput`]: the parameters are
+/// checked at every update, so a NaN affinity can only come from the batch.
+pub(crate) fn nan_is_bad_input(e: SaeError) -> SaeError {
+    match e {
+        SaeError::Alloc(sae_alloc::AllocError::NanScore { .. }) => SaeError::NonFiniteInput,
+        e => e,
+    }
+}

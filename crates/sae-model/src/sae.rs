@@ -246,6 +246,20 @@ impl<B: Backend> SaeTensors<B> {
         centred.matmul(self.w_enc.clone().transpose()) + self.b_enc.clone().unsqueeze_dim(0)
     }
 
+    /// Moves the parameters to raw host vectors (exact; without a copy on CPU backends when
+    /// no other tensor shares their buffers).
+    pub fn into_params(self) -> SaeParams {
+        let [f, d] = self.w_enc.dims();
+        SaeParams {
+            d_model: d,
+            features: f,
+            w_enc: host_vec(self.w_enc),
+            b_enc: host_vec(self.b_enc),
+            w_dec: host_vec(self.w_dec),
+            b_dec: host_vec(self.b_dec),
+        }
+    }
+
     /// Copies the parameters to raw host vectors (exact).
     pub fn to_params(&self) -> SaeParams {
         let [f, d] = self.w_enc.dims();

@@ -8,7 +8,9 @@ use sae_alloc::Selection;
 use super::{ReconLoss, StepPath};
 use crate::dense::dense_decode;
 use crate::error::Result;
-use crate::fused::{HostLossSpec, HostParams, host_loss_and_grads, total_variance};
+use crate::fused::{
+    HostLossAndGrads, HostLossSpec, HostParams, host_loss_and_grads, total_variance,
+};
 use crate::loss::{aux_normalised, fvu, mse};
 use crate::rule::Activation;
 use crate::sae::{SaeParams, SaeTensors, host_vec};
@@ -64,29 +66,28 @@ pub(super) fn decode<B: Backend>(
     }
 }
 
-/// [`loss_and_grads`] on the fused host path.
-fn fused_loss_and_grads<B: Backend>(
-    params: &SaeTensors<B>,
-    x: Tensor<B, 2>,
-    spec: &LossSpec<'_>,
-) -> LossAndGrads<B> {
-    let device = x.device();
-    let [n, d] = x.dims();
-    let x = host_vec(x);
-    let p = params.to_params();
-    let total = total_variance(&x, d);
+/// Loss values of one batch on the fused host path, with its gradients as host vectors.
+pub(super) struct HostLoss {
+    pub(super) loss: f32,
+    pub(super) mse: f32,
+    pub(super) fvu: f32,
+    pub(super) aux: f32,
+    pub(super) grads: HostLossAndGrads,
+}
+
+/// The loss of `spec` and its gradients by the fused host code, for the batch `x` (`[N, d]`
+/// row-major) and parameters on the host.
+pub(super) fn host_loss(params: &HostParams<'_>, x: &[f32], spec: &LossSpec<'_>) -> HostLoss {
+    let d = params.b_dec.len();
+    let n = x.len() / d.max(1);
+    let total = total_variance(x, d);
     let recon_scale = match spec.recon_loss {
         ReconLoss::Fvu => 1.0 / total,
         ReconLoss::Mse => 1.0 / (n * d) as f64,
     };
     let out = host_loss_and_grads(
-        &HostParams {
-            w_enc: &p.w_enc,
-            b_enc: &p.b_enc,
-            w_dec: &p.w_dec,
-            b_dec: &p.b_dec,
-        },
-        &x,
+        params,
+        x,
         &HostLossSpec {
             selection: spec.selection,
             aux_selection: spec.aux_selection,
@@ -96,20 +97,39 @@ fn fused_loss_and_grads<B: Backend>(
         },
     );
     let recon = out.sse * recon_scale;
-    let f = p.features;
-    let grads = SaeParams {
-        d_model: d,
-        features: f,
-        w_enc: out.w_enc,
-        b_enc: out.b_enc,
-        w_dec: out.w_dec,
-        b_dec: out.b_dec,
-    };
-    LossAndGrads {
+    HostLoss {
         loss: (recon + f64::from(spec.aux_coef) * out.aux) as f32,
         mse: (out.sse / (n * d) as f64) as f32,
         fvu: (out.sse / total) as f32,
         aux: out.aux as f32,
+        grads: out,
+    }
+}
+
+/// [`loss_and_grads`] on the fused host path.
+fn fused_loss_and_grads<B: Backend>(
+    params: &SaeTensors<B>,
+    x: Tensor<B, 2>,
+    spec: &LossSpec<'_>,
+) -> LossAndGrads<B> {
+    let device = x.device();
+    let x = host_vec(x);
+    let p = params.to_params();
+    let out = host_loss(&HostParams::from(&p), &x, spec);
+    let g = out.grads;
+    let grads = SaeParams {
+        d_model: p.d_model,
+        features: p.features,
+        w_enc: g.w_enc,
+        b_enc: g.b_enc,
+        w_dec: g.w_dec,
+        b_dec: g.b_dec,
+    };
+    LossAndGrads {
+        loss: out.loss,
+        mse: out.mse,
+        fvu: out.fvu,
+        aux: out.aux,
         grads: SaeTensors::from_host(grads, &device),
     }
 }

@@ -7,13 +7,15 @@ use serde::{Deserialize, Serialize};
 
 mod config;
 mod grads;
+mod host;
 
 pub use config::{ReconLoss, StepPath, TrainConfig};
 pub use grads::{LossAndGrads, LossSpec, loss_and_grads};
 
 use crate::adam::Adam;
-use crate::dispatch::{BatchSelection, select_on_backend};
-use crate::error::{Result, SaeError};
+use crate::dispatch::{BatchAffinities, BatchSelection, select_on_backend};
+use crate::error::{Result, SaeError, nan_is_bad_input};
+use crate::fused::HostEncoder;
 use crate::loss::AuxLoss;
 use crate::rule::InferenceRule;
 use crate::sae::{Sae, SaeParams, SaeTensors, host_vec, normalize_rows, remove_parallel_gradient};
@@ -69,6 +71,8 @@ pub struct TrainStep<B: AutodiffBackend> {
     sparsifier: Box<dyn Sparsifier>,
     config: TrainConfig,
     device: B::Device,
+    /// The host path's encoder GEMM, its buffers reused from step to step.
+    encoder: HostEncoder,
 }
 
 fn zeros_like<B: Backend>(p: &SaeTensors<B>) -> SaeTensors<B> {
@@ -115,6 +119,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
             sparsifier,
             config,
             device: device.clone(),
+            encoder: HostEncoder::default(),
         })
     }
 
@@ -144,6 +149,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
             sparsifier,
             config,
             device: device.clone(),
+            encoder: HostEncoder::default(),
         })
     }
 
@@ -233,9 +239,14 @@ impl<B: AutodiffBackend> TrainStep<B> {
     /// Selection for tokens encoded one at a time: the sparsifier's per-token rule, or the
     /// estimated thresholds (`z' > theta`).
     pub fn infer(&self, x: Tensor<B, 2>) -> Result<Selection> {
-        let affinities = self.params.affinities(x.inner());
-        let [n, f] = affinities.dims();
-        let host = host_vec(affinities);
+        let x = x.inner();
+        let (n, f) = (x.dims()[0], self.params.b_enc.dims()[0]);
+        self.check_width(&x)?;
+        let host = if self.on_host() {
+            self.host_affinities(&host_vec(x), n)
+        } else {
+            host_vec(self.params.affinities(x))
+        };
         let scores = ScoreMatrix::new(&host, n, f)?;
         match (self.sparsifier.inference_rule(), self.thresholds()) {
             (InferenceRule::PerToken, _) => self.sparsifier.select_per_token(&scores, &self.stats),
@@ -278,25 +289,60 @@ impl<B: AutodiffBackend> TrainStep<B> {
         Ok(decoded + self.params.b_dec.clone().unsqueeze_dim(0))
     }
 
-    /// [`select_on_backend`] on the affinities of `x` after checking its width, a NaN
-    /// affinity reported as the non-finite input it comes from.
+    /// An error unless `x` is `[N, d]` for this model's width `d`.
+    fn check_width(&self, x: &Tensor<B::InnerBackend, 2>) -> Result<()> {
+        let [n, d] = x.dims();
+        let width = self.params.b_dec.dims()[0];
+        if d != width {
+            return Err(SaeError::Shape {
+                what: "batch",
+                expected: vec![n, width],
+                actual: vec![n, d],
+            });
+        }
+        Ok(())
+    }
+
+    /// The training rule's selection on the affinities of `x` after checking its width,
+    /// computed where the training step computes them (the host path's encoder, or the
+    /// backend and [`select_on_backend`]); a NaN affinity is reported as the non-finite input
+    /// it comes from.
     fn select_inner(
         &self,
         x: Tensor<B::InnerBackend, 2>,
     ) -> Result<BatchSelection<B::InnerBackend>> {
-        let [n, d] = x.dims();
-        if d != self.params.b_dec.dims()[0] {
-            return Err(SaeError::Shape {
-                what: "batch",
-                expected: vec![n, self.params.b_dec.dims()[0]],
-                actual: vec![n, d],
+        self.check_width(&x)?;
+        if self.on_host() {
+            let [n, _] = x.dims();
+            let host = self.host_affinities(&host_vec(x), n);
+            let scores = ScoreMatrix::new(&host, n, self.params.b_enc.dims()[0])?;
+            let selection = self
+                .sparsifier
+                .select(&scores, &self.stats)
+                .map_err(nan_is_bad_input)?;
+            return Ok(BatchSelection {
+                selection,
+                affinities: BatchAffinities::Host(host),
             });
         }
         let affinities = self.params.affinities(x);
-        select_on_backend(affinities, self.sparsifier.as_ref(), &self.stats).map_err(|e| match e {
-            SaeError::Alloc(sae_alloc::AllocError::NanScore { .. }) => SaeError::NonFiniteInput,
-            e => e,
-        })
+        select_on_backend(affinities, self.sparsifier.as_ref(), &self.stats)
+            .map_err(nan_is_bad_input)
+    }
+
+    /// The auxiliary loss's candidate weights and `k_aux` for the next step, if the loss is
+    /// on and has candidates.
+    fn aux_candidates(&self) -> Option<(Vec<f32>, usize)> {
+        let weights = match self.config.aux {
+            AuxLoss::None => return None,
+            AuxLoss::AuxZipf => self.stats.underused_weights(self.sparsifier.k() as f64),
+            _ => self.stats.dead_weights(),
+        };
+        let d = self.params.b_dec.dims()[0];
+        weights
+            .iter()
+            .any(|&w| w > 0.0)
+            .then(|| (weights, self.config.k_aux.unwrap_or(d / 2)))
     }
 
     /// One optimizer step on the batch `x` (`[N, d]`).
@@ -304,23 +350,15 @@ impl<B: AutodiffBackend> TrainStep<B> {
     /// On a non-finite loss or gradient the state is left unchanged and an error is returned.
     pub fn train_step(&mut self, x: Tensor<B, 2>) -> Result<StepOutput> {
         let x = x.inner();
-        let d = x.dims()[1];
+        self.check_width(&x)?;
+        if self.on_host() {
+            return self.host_train_step(x);
+        }
         let activation = self.sparsifier.activation();
         let batch = self.select_inner(x.clone())?;
-        let aux_selection = match self.config.aux {
-            AuxLoss::None => None,
-            aux => {
-                let weights = match aux {
-                    AuxLoss::AuxZipf => self.stats.underused_weights(self.sparsifier.k() as f64),
-                    _ => self.stats.dead_weights(),
-                };
-                if weights.iter().any(|&w| w > 0.0) {
-                    let k_aux = self.config.k_aux.unwrap_or(d / 2);
-                    Some(batch.aux_selection(&weights, k_aux, activation)?)
-                } else {
-                    None
-                }
-            }
+        let aux_selection = match self.aux_candidates() {
+            Some((weights, k_aux)) => Some(batch.aux_selection(&weights, k_aux, activation)?),
+            None => None,
         };
         let BatchSelection {
             selection,

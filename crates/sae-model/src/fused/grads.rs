@@ -1,5 +1,5 @@
-//! The fused host path: loss and exact gradients of the sparse step in two passes of plain
-//! loops over the selected pairs, for CPU backends.
+//! Loss and exact gradients of the sparse step in two passes of plain loops over the
+//! selected pairs.
 //!
 //! It computes the same function as [`crate::sparse`] (and the dense oracle), with the
 //! gradients written out by hand instead of taken by autodiff, so no `[P, d]` intermediate is
@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use sae_alloc::Selection;
 
 use crate::rule::Activation;
+use crate::sae::SaeParams;
 
 /// Tokens per block of the first pass.
 const TOKEN_BLOCK: usize = 32;
@@ -39,6 +40,17 @@ pub struct HostParams<'a> {
     pub w_dec: &'a [f32],
     /// Decoder bias `[d]`.
     pub b_dec: &'a [f32],
+}
+
+impl<'a> From<&'a SaeParams> for HostParams<'a> {
+    fn from(p: &'a SaeParams) -> Self {
+        Self {
+            w_enc: &p.w_enc,
+            b_enc: &p.b_enc,
+            w_dec: &p.w_dec,
+            b_dec: &p.b_dec,
+        }
+    }
 }
 
 impl HostParams<'_> {
@@ -72,7 +84,7 @@ pub struct HostLossSpec<'a> {
 }
 
 /// Loss values and gradients as host vectors, shaped like the parameters.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostLossAndGrads {
     /// Sum of squared reconstruction errors.
     pub sse: f64,
@@ -88,7 +100,7 @@ pub struct HostLossAndGrads {
     pub b_dec: Vec<f32>,
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ac

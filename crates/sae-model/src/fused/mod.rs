@@ -1,0 +1,18 @@
+//! The fused host path: the whole training step on the host for CPU backends, with
+//! hand-written gradients and no autodiff graph.
+//!
+//! - [`encode`]: the encoder GEMM `z' = (x - b_dec) W_enc^T + b_enc` in one call of the `gemm`
+//!   crate, the bias folded into the product, into a buffer reused from step to step;
+//! - [`grads`]: loss and exact gradients over the selected pairs in two passes of plain loops,
+//!   with no `[P, d]` intermediate;
+//! - [`update`]: parallel-gradient removal, Adam and the decoder's renormalisation in one
+//!   pass over each parameter.
+//!
+//! Every sum has a fixed order, so results do not depend on the number of threads.
+
+pub mod encode;
+pub mod grads;
+pub mod update;
+
+pub use encode::HostEncoder;
+pub use grads::{HostLossAndGrads, HostLossSpec, HostParams, host_loss_and_grads, total_variance};

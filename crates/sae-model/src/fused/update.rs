@@ -1,0 +1,175 @@
+//! The optimizer update of the host path in one pass over each parameter: for each decoder
+//! row, the gradient's component along the row is removed, Adam moves the row and it is
+//! rescaled to unit norm while it is in cache; the other parameters get Adam alone.
+//!
+//! The same operations as the tensor path's `remove_parallel_gradient`, `Adam::update` and
+//! `normalize_rows`, row by row (the row sums may round differently from a backend's
+//! reduction). Rows are independent, so the result does not depend on the number of threads.
+
+use rayon::prelude::*;
+
+use super::grads::{HostLossAndGrads, dot};
+use crate::adam::Adam;
+use crate::sae::SaeParams;
+
+/// Decoder rows per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+/// Whether every gradient is finite; otherwise the name of the first parameter that is not.
+pub(crate) fn first_non_finite(grads: &HostLossAndGrads) -> Option<&'static str> {
+    [
+        ("w_enc", &grads.w_enc),
+        ("b_enc", &grads.b_enc),
+        ("w_dec", &grads.w_dec),
+        ("b_dec", &grads.b_dec),
+    ]
+    .into_iter()
+    .find(|(_, g)| !g.par_iter().all(|v| v.is_finite()))
+    .map(|(name, _)| name)
+}
+
+/// One update of `params` and the moments `m`, `v` with the gradients `grads` (consumed: the
+/// decoder's gradient rows are projected in place).
+pub(crate) fn update(
+    adam: &Adam,
+    params: &mut SaeParams,
+    mut grads: HostLossAndGrads,
+    m: &mut SaeParams,
+    v: &mut SaeParams,
+) {
+    let d = params.d_model;
+    params
+        .w_dec
+        .par_chunks_mut(d)
+        .zip(grads.w_dec.par_chunks_mut(d))
+        .zip(m.w_dec.par_chunks_mut(d))
+        .zip(v.w_dec.par_chunks_mut(d))
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|(((w, g), m), v)| {
+            let parallel = dot(g, w);
+            for (gi, wi) in g.iter_mut().zip(w.iter()) {
+                *gi -= wi * parallel;
+            }
+            adam.update_slice(w, g, m, v);
+            let norm = dot(w, w).sqrt().max(f32::MIN_POSITIVE);
+            for wi in w.iter_mut() {
+                *wi /= norm;
+            }
+        });
+    params
+        .w_enc
+        .par_chunks_mut(d)
+        .zip(grads.w_enc.par_chunks(d))
+        .zip(m.w_enc.par_chunks_mut(d))
+        .zip(v.w_enc.par_chunks_mut(d))
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|(((w, g), m), v)| adam.update_slice(w, g, m, v));
+    adam.update_slice(&mut params.b_enc, &grads.b_enc, &mut m.b_enc, &mut v.b_enc);
+    adam.update_slice(&mut params.b_dec, &grads.b_dec, &mut m.b_dec, &mut v.b_dec);
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+    use burn::tensor::{Tensor, TensorData};
+
+    use super::*;
+    use crate::sae::{host_vec, normalize_rows, remove_parallel_gradient};
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let h = (i as u32 ^ seed).wrapping_mul(2_654_435_761);
+                (h >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    fn params(f: usize, d: usize, seed: u32) -> SaeParams {
+        SaeParams {
+            d_model: d,
+            features: f,
+            w_enc: values(f * d, seed),
+            b_enc: values(f, seed + 1),
+            w_dec: values(f * d, seed + 2),
+            b_dec: values(d, seed + 3),
+        }
+    }
+
+    fn tensor(v: &[f32], f: usize, d: usize) -> Tensor<NdArray, 2> {
+        Tensor::from_data(TensorData::new(v.to_vec(), [f, d]), &Default::default())
+    }
+
+    #[test]
+    fn equals_the_tensor_path_and_keeps_decoder_rows_unit_norm() {
+        let (f, d) = (130, 7);
+        let mut p = params(f, d, 1);
+        // Unit-norm decoder rows, as the step keeps them, and one zero row (no parallel part).
+        p.w_dec = host_vec(normalize_rows(tensor(&p.w_dec, f, d)));
+        p.w_dec[3 * d..4 * d].fill(0.0);
+        let g = params(f, d, 10);
+        let (mut m, mut v) = (params(f, d, 20), params(f, d, 30));
+        for x in v.w_enc.iter_mut().chain(&mut v.w_dec) {
+            *x = x.abs();
+        }
+        let adam = Adam::new(1e-2, 0.9, 0.999, 1e-8, 3);
+        // The tensor path, as the device step runs it.
+        let g_dec = remove_parallel_gradient(tensor(&p.w_dec, f, d), tensor(&g.w_dec, f, d));
+        let (w_dec, m_dec, v_dec) = adam.update(
+            tensor(&p.w_dec, f, d),
+            g_dec,
+            tensor(&m.w_dec, f, d),
+            tensor(&v.w_dec, f, d),
+        );
+        let want_w_dec = host_vec(normalize_rows(w_dec));
+        let (w_enc, ..) = adam.update(
+            tensor(&p.w_enc, f, d),
+            tensor(&g.w_enc, f, d),
+            tensor(&m.w_enc, f, d),
+            tensor(&v.w_enc, f, d),
+        );
+        let grads = HostLossAndGrads {
+            sse: 0.0,
+            aux: 0.0,
+            w_enc: g.w_enc.clone(),
+            b_enc: g.b_enc.clone(),
+            w_dec: g.w_dec.clone(),
+            b_dec: g.b_dec.clone(),
+        };
+        update(&adam, &mut p, grads, &mut m, &mut v);
+        // The backends' SIMD reciprocal (in Adam's denominator) is approximate, to about 1e-5
+        // relative; the host update divides exactly. The zero row is all Adam step, so it
+        // shows that error in full once normalised.
+        let close = |name: &str, got: &[f32], want: &[f32]| {
+            for (i, (a, b)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 5e-5 * b.abs().max(1.0),
+                    "{name}[{i}]: {a} vs {b}"
+                );
+            }
+        };
+        close("w_dec", &p.w_dec, &want_w_dec);
+        close("m_dec", &m.w_dec, &host_vec(m_dec));
+        close("v_dec", &v.w_dec, &host_vec(v_dec));
+        close("w_enc", &p.w_enc, &host_vec(w_enc));
+        for (r, row) in p.w_dec.chunks(d).enumerate() {
+            let norm = dot(row, row).sqrt();
+            assert!((norm - 1.0).abs() < 1e-6, "row {r}: norm {norm}");
+        }
+    }
+
+    #[test]
+    fn names_the_first_non_finite_gradient() {
+        let g = |w_dec: f32| HostLossAndGrads {
+            sse: 0.0,
+            aux: 0.0,
+            w_enc: vec![1.0; 4],
+            b_enc: vec![0.0; 2],
+            w_dec: vec![0.0, w_dec, 0.0, 0.0],
+            b_dec: vec![0.0; 2],
+        };
+        assert_eq!(first_non_finite(&g(1.0)), None);
+        assert_eq!(first_non_finite(&g(f32::NAN)), Some("w_dec"));
+        assert_eq!(first_non_finite(&g(f32::NEG_INFINITY)), Some("w_dec"));
+    }
+}

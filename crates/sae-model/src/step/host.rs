@@ -1,0 +1,129 @@
+//! The training step of the fused path ([`StepPath::Fused`]): the whole step on the host.
+//!
+//! The parameters and moments leave their tensors for the step (without a copy on the CPU
+//! backends, which hold them in host memory) and go back after it: the encoder GEMM writes
+//! the affinities into a buffer kept from step to step ([`HostEncoder`]), the sparsifier
+//! selects on them, the fused code computes the loss and gradients, and one pass per
+//! parameter applies Adam and the decoder constraint ([`crate::fused::update`]). No
+//! intermediate of the size of a parameter is allocated, and nothing is converted to a
+//! tensor until the step is done. A non-finite loss or gradient leaves the state unchanged.
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use sae_alloc::{ScoreMatrix, Selection};
+
+use super::grads::{HostLoss, host_loss};
+use super::{LossSpec, StepOutput, StepPath, TrainStep};
+use crate::adam::Adam;
+use crate::error::{Result, SaeError, nan_is_bad_input};
+use crate::fused::update::{first_non_finite, update};
+use crate::fused::{HostEncoder, HostParams};
+use crate::loss::aux_selection;
+use crate::sae::{SaeParams, SaeTensors, host_vec};
+
+impl<B: AutodiffBackend> TrainStep<B> {
+    /// Whether this step runs on the host ([`StepPath::Fused`] for this backend).
+    pub(super) fn on_host(&self) -> bool {
+        self.config.path.resolve::<B::InnerBackend>(&self.device) == StepPath::Fused
+    }
+
+    /// The affinities of the host batch `x` (`[N, d]`) by the host path's encoder, into a
+    /// fresh buffer (the training step reuses its own).
+    pub(super) fn host_affinities(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let params = self.params.to_params();
+        let mut encoder = HostEncoder::default();
+        encoder.affinities(&HostParams::from(&params), x, n);
+        encoder.into_affinities()
+    }
+
+    /// [`TrainStep::train_step`] on the host path; the batch's width is checked.
+    pub(super) fn host_train_step(&mut self, x: Tensor<B::InnerBackend, 2>) -> Result<StepOutput> {
+        let [n, _] = x.dims();
+        let x = host_vec(x);
+        let aux = self.aux_candidates();
+        let lr = self.lr();
+        let [p, m, v] = self.take_optimizer_state();
+        let mut state = [p.into_params(), m.into_params(), v.into_params()];
+        let mut encoder = std::mem::take(&mut self.encoder);
+        let result = self.host_update(&x, n, aux, lr, &mut state, &mut encoder);
+        self.encoder = encoder;
+        let [p, m, v] = state;
+        self.params = SaeTensors::from_host(p, &self.device);
+        self.adam_m = SaeTensors::from_host(m, &self.device);
+        self.adam_v = SaeTensors::from_host(v, &self.device);
+        let (losses, selection) = result?;
+        let activation = self.sparsifier.activation();
+        self.stats.update(&selection, |z| activation.fires(z))?;
+        if let Some(t) = self.thresholds.as_mut() {
+            t.update(&selection)?;
+        }
+        Ok(StepOutput {
+            loss: losses.loss,
+            mse: losses.mse,
+            fvu: losses.fvu,
+            aux: losses.aux,
+            l0_mean: self.stats.last_l0_mean(),
+            dead_fraction: self.stats.dead_fraction(),
+            selection,
+        })
+    }
+
+    /// Selection, loss, gradients and update of `state` (parameters, first and second
+    /// moments); `state` is changed only when everything is finite. Returns the step's
+    /// losses (the gradients taken out) and its selection.
+    fn host_update(
+        &mut self,
+        x: &[f32],
+        n: usize,
+        aux: Option<(Vec<f32>, usize)>,
+        lr: f64,
+        [params, m, v]: &mut [SaeParams; 3],
+        encoder: &mut HostEncoder,
+    ) -> Result<(HostLoss, Selection)> {
+        let f = params.features;
+        let activation = self.sparsifier.activation();
+        let host = HostParams::from(&*params);
+        let affinities = encoder.affinities(&host, x, n);
+        let scores = ScoreMatrix::new(affinities, n, f)?;
+        let selection = self
+            .sparsifier
+            .select(&scores, &self.stats)
+            .map_err(nan_is_bad_input)?;
+        let aux_selection = match aux {
+            Some((weights, k_aux)) => Some(aux_selection(
+                affinities, n, f, &weights, k_aux, activation,
+            )?),
+            None => None,
+        };
+        let mut loss = host_loss(
+            &host,
+            x,
+            &LossSpec {
+                selection: &selection,
+                aux_selection: aux_selection.as_ref(),
+                activation,
+                recon_loss: self.config.recon_loss,
+                aux_coef: self.config.aux_coef,
+                path: StepPath::Fused,
+            },
+        );
+        if !loss.loss.is_finite() {
+            return Err(SaeError::NonFiniteLoss {
+                step: self.step,
+                loss: loss.loss,
+            });
+        }
+        if let Some(param) = first_non_finite(&loss.grads) {
+            return Err(SaeError::NonFiniteGradient {
+                step: self.step,
+                param,
+            });
+        }
+        self.step += 1;
+        let c = &self.config;
+        let adam = Adam::new(lr, c.beta1, c.beta2, c.eps, self.step);
+        let grads = std::mem::take(&mut loss.grads);
+        update(&adam, params, grads, m, v);
+        Ok((loss, selection))
+    }
+}
