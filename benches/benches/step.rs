@@ -14,6 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use criterion::{Criterion, black_box};
 use sae_benches::{backend_from_env, backend_name, env_or, median, on_backend, uniform_values};
+use sae_model::fused::{HostEncoder, HostParams};
 use sae_model::sae_alloc::ScoreMatrix;
 use sae_model::{
     AuxLoss, FeatureChoice, FeatureStats, MutualChoice, Sae, SaeConfig, Sparsifier, StatsConfig,
@@ -82,7 +83,29 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
     let w =
         Tensor::<Inner, 2>::from_data(TensorData::new(uniform_values(f * d, 2), [f, d]), &device);
 
-    timed(c, "train_step", "gemm_encoder", || {
+    // The encoder GEMM the step runs: on the CPU backends the host path's own (the `gemm`
+    // crate, bias folded in, output buffer reused), beside burn's `matmul` of the same
+    // operands; on the others burn's `matmul`.
+    let on_host = StepPath::Auto.resolve::<Inner>(&device) == StepPath::Fused;
+    if on_host {
+        let (w_enc, zeros_f, zeros_d) = (uniform_values(f * d, 2), vec![0.0; f], vec![0.0; d]);
+        let params = HostParams {
+            w_enc: &w_enc,
+            b_enc: &zeros_f,
+            w_dec: &w_enc,
+            b_dec: &zeros_d,
+        };
+        let mut encoder = HostEncoder::default();
+        timed(c, "train_step", "gemm_encoder", || {
+            black_box(encoder.affinities(&params, &x_host, n));
+        });
+    }
+    let burn_id = if on_host {
+        "burn_matmul"
+    } else {
+        "gemm_encoder"
+    };
+    timed(c, "train_step", burn_id, || {
         let y = x.clone().matmul(w.clone().transpose());
         Inner::sync(&device).unwrap();
         black_box(y);
@@ -122,7 +145,6 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
     // `select_on_backend`: the sae-kernels kernel on the device buffer, with the selection read
     // back (burn's result stays on the device).
     let scores = sae.affinities(x);
-    let on_host = StepPath::Auto.resolve::<Inner>(&device) == StepPath::Fused;
     let host = on_host.then(|| scores.clone().into_data().into_vec::<f32>().unwrap());
     let stats = FeatureStats::new(f, StatsConfig::default());
     for rule in SelectRule::ALL {
@@ -242,6 +264,10 @@ fn print_summary(Shape { n, d, f, k }: Shape, backend: &str) {
     println!("\nshape N={n} d={d} F={f} k={k}, backend {backend}");
     println!("{:<26} {:>10} {:>8}", "bench", "median s", "ratio");
     println!("{:<26} {:>10.4} {:>8}", "gemm_encoder", gemm, "1.00");
+    let burn = med("burn_matmul");
+    if !burn.is_nan() {
+        println!("{:<26} {:>10.4} {:>8.2}", "burn_matmul", burn, burn / gemm);
+    }
     for (id, _, _) in step_variants(k) {
         println!("{:<26} {:>10.4} {:>8.2}", id, med(id), med(id) / gemm);
     }
