@@ -1,7 +1,8 @@
 //! Workspace automation, run as `cargo xtask <command>`:
 //!
 //! - `ci`: formatting, lints, tests, doc tests and a smoke run of `sae train`;
-//! - `bench [--quick] [--backend B] [--profile P]`: criterion benches, summarised in `docs/benchmarks.md`;
+//! - `bench [--quick] [--backend B] [--profile P] [--peers]`: criterion benches, summarised in
+//!   `docs/benchmarks.md`, with PyTorch and sparsify timed beside them under `--peers`;
 //! - `repro [--quick | --wide | --smoke] [--seeds N] [--data synthetic|real|both] [--sae-bin PATH]
 //!   [--out DIR]`: the paper's comparison, summarised in `docs/results.md`;
 //! - `release`: metadata and changelog checks and a dry-run packaging, never a publish;
@@ -25,9 +26,11 @@ usage: cargo xtask <command> [options]
 
 commands:
   ci                                   fmt, clippy, tests, doc tests, smoke run of `sae train`
-  bench [--quick] [--backend B] [--profile P] [--criterion-dir DIR]
+  bench [--quick] [--backend B] [--profile P] [--criterion-dir DIR] [--peers]
                                        cargo bench (or summarise DIR without running);
-                                       writes docs/benchmarks.{md,json}
+                                       writes docs/benchmarks.{md,json}; --peers times
+                                       PyTorch and sparsify first ($SAE_PEERS_PYTHON,
+                                       default python3) and compares
   repro [--quick | --wide | --smoke] [--seeds N] [--data synthetic|real|both] [--backend B]
         [--sae-bin PATH] [--out DIR] [--dry-run]
                                        the paper's comparison; writes docs/results.md
@@ -60,6 +63,9 @@ fn main() -> Result<()> {
                 backend: args.value("--backend")?,
                 profile: args.value("--profile")?,
                 criterion_dir: args.value("--criterion-dir")?.map(Into::into),
+                peers: args.switch("--peers").then(|| {
+                    std::env::var("SAE_PEERS_PYTHON").unwrap_or_else(|_| "python3".into())
+                }),
             };
             args.finish()?;
             bench::run(&options)

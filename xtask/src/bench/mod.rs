@@ -16,10 +16,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::shell::{cargo, root, step};
+
+pub mod peers;
 
 #[derive(Debug)]
 pub struct Options {
@@ -30,6 +32,8 @@ pub struct Options {
     pub profile: Option<String>,
     /// Summarise this existing criterion directory instead of running the benches.
     pub criterion_dir: Option<PathBuf>,
+    /// Time PyTorch and sparsify with this Python right before the benches and compare.
+    pub peers: Option<String>,
 }
 
 /// Prefixes of the function ids that are their group's baselines.
@@ -385,12 +389,21 @@ pub fn run(options: &Options) -> Result<()> {
     let root = root();
     let backend = options.backend.clone().unwrap_or_else(|| "flex".into());
     let target = crate::shell::target_dir();
-    let (criterion_dir, load) = match &options.criterion_dir {
-        Some(dir) => (dir.clone(), None),
+    if options.peers.is_some() && options.criterion_dir.is_some() {
+        bail!("--peers times the peers beside a run of the benches: not with --criterion-dir");
+    }
+    let (criterion_dir, load, peer_times) = match &options.criterion_dir {
+        Some(dir) => (dir.clone(), None, None),
         None => {
             let load = load_average();
+            let peer_times = match &options.peers {
+                Some(python) => {
+                    peers::measure(python, peers::Shape::from_env(), &target.join("peers.json"))?
+                }
+                None => None,
+            };
             run_benches(options, &backend)?;
-            (target.join("criterion"), load)
+            (target.join("criterion"), load, peer_times)
         }
     };
     let benches = read_criterion(&criterion_dir)?;
@@ -399,12 +412,14 @@ pub fn run(options: &Options) -> Result<()> {
     let docs = root.join("docs");
     let md_path = docs.join("benchmarks.md");
     let previous = std::fs::read_to_string(&md_path).unwrap_or_default();
-    let generated = markdown(&benches, &machine, options.quick);
+    let mut generated = markdown(&benches, &machine, options.quick);
+    if let Some(times) = &peer_times {
+        generated.push_str(&peers::markdown(times, &benches));
+    }
     std::fs::write(&md_path, with_hand_notes(generated, &previous))
         .with_context(|| md_path.display().to_string())?;
     let json_path = docs.join("benchmarks.json");
-    let json =
-        serde_json::json!({ "machine": machine, "quick": options.quick, "benchmarks": benches });
+    let json = serde_json::json!({ "machine": machine, "quick": options.quick, "benchmarks": benches, "peers": peer_times });
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
         .with_context(|| json_path.display().to_string())?;
     eprintln!("wrote {} and {}", md_path.display(), json_path.display());
