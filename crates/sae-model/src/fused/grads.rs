@@ -81,6 +81,10 @@ pub struct HostLossSpec<'a> {
     pub recon_scale: f64,
     /// Coefficient of the auxiliary loss.
     pub aux_coef: f32,
+    /// The `[N, F]` affinities the selections were made on, where the caller holds them: the
+    /// codes are then read from them (one value per pair) instead of recomputed (a dot
+    /// product of `d` per pair).
+    pub affinities: Option<&'a [f32]>,
 }
 
 /// Loss values and gradients as host vectors, shaped like the parameters.
@@ -156,13 +160,17 @@ struct TokenBlock {
 fn encode_token(
     params: &HostParams<'_>,
     centred: &[f32],
+    affinities: Option<&[f32]>,
     pairs: (&[u32], &[f32]),
     activation: Activation,
     sum: &mut [f32],
     out: &mut PairValues,
 ) {
     for &f in pairs.0 {
-        let u = dot(centred, params.enc_row(f)) + params.b_enc[f as usize];
+        let u = match affinities {
+            Some(row) => row[f as usize],
+            None => dot(centred, params.enc_row(f)) + params.b_enc[f as usize],
+        };
         let (v, slope) = activate(activation, u);
         out.values.push(v);
         out.grads.push(slope);
@@ -205,8 +213,12 @@ fn token_block(
     };
     let mut centred = vec![0.0f32; d];
     let main_scale = (-2.0 * spec.recon_scale) as f32;
+    let features = params.b_enc.len();
     for (i, t) in rows.enumerate() {
         let x_t = &x[t * d..(t + 1) * d];
+        let z_t = spec
+            .affinities
+            .map(|z| &z[t * features..(t + 1) * features]);
         for ((c, xi), b) in centred.iter_mut().zip(x_t).zip(params.b_dec) {
             *c = xi - b;
         }
@@ -215,7 +227,15 @@ fn token_block(
         e.fill(0.0);
         let main = spec.selection.row(t);
         let start = block.main.values.len();
-        encode_token(params, &centred, main, spec.activation, e, &mut block.main);
+        encode_token(
+            params,
+            &centred,
+            z_t,
+            main,
+            spec.activation,
+            e,
+            &mut block.main,
+        );
         for (ei, c) in e.iter_mut().zip(&centred) {
             *ei = c - *ei;
         }
@@ -229,7 +249,15 @@ fn token_block(
             a.fill(0.0);
             let pairs = aux.row(t);
             let start = block.aux.values.len();
-            encode_token(params, &centred, pairs, spec.activation, a, &mut block.aux);
+            encode_token(
+                params,
+                &centred,
+                z_t,
+                pairs,
+                spec.activation,
+                a,
+                &mut block.aux,
+            );
             for (ai, ei) in a.iter_mut().zip(e.iter()) {
                 *ai = ei - *ai;
             }
@@ -351,6 +379,19 @@ pub fn host_loss_and_grads(
     x: &[f32],
     spec: &HostLossSpec<'_>,
 ) -> HostLossAndGrads {
+    let mut out = HostLossAndGrads::default();
+    host_loss_and_grads_into(params, x, spec, &mut out);
+    out
+}
+
+/// [`host_loss_and_grads`] into `out`, whose buffers are reused when they have the
+/// parameters' sizes (every value is overwritten): a training step allocates no gradient.
+pub fn host_loss_and_grads_into(
+    params: &HostParams<'_>,
+    x: &[f32],
+    spec: &HostLossSpec<'_>,
+    out: &mut HostLossAndGrads,
+) {
     let d = params.d();
     let n = spec.selection.rows();
     let features = params.b_enc.len();
@@ -416,18 +457,22 @@ pub fn host_loss_and_grads(
             aux_scale,
         ));
     }
-    let mut g_w_enc = vec![0.0f32; features * d];
-    let mut g_w_dec = vec![0.0f32; features * d];
-    let mut g_b_enc = vec![0.0f32; features];
-    g_w_enc
+    // Sized once; each row is cleared right before its pairs are summed into it.
+    out.w_enc.resize(features * d, 0.0);
+    out.w_dec.resize(features * d, 0.0);
+    out.b_enc.resize(features, 0.0);
+    out.w_enc
         .par_chunks_mut(FEATURE_BLOCK * d)
-        .zip(g_w_dec.par_chunks_mut(FEATURE_BLOCK * d))
-        .zip(g_b_enc.par_chunks_mut(FEATURE_BLOCK))
+        .zip(out.w_dec.par_chunks_mut(FEATURE_BLOCK * d))
+        .zip(out.b_enc.par_chunks_mut(FEATURE_BLOCK))
         .enumerate()
         .for_each(|(b, ((enc, dec), bias))| {
             for (i, g_bias) in bias.iter_mut().enumerate() {
                 let f = b * FEATURE_BLOCK + i;
                 let rows = i * d..(i + 1) * d;
+                enc[rows.clone()].fill(0.0);
+                dec[rows.clone()].fill(0.0);
+                *g_bias = 0.0;
                 for set in &sets {
                     feature_grads(
                         set,
@@ -441,16 +486,11 @@ pub fn host_loss_and_grads(
                 }
             }
         });
-    HostLossAndGrads {
-        sse,
-        aux: if aux.is_some() {
-            aux_num / aux_den
-        } else {
-            0.0
-        },
-        w_enc: g_w_enc,
-        b_enc: g_b_enc,
-        w_dec: g_w_dec,
-        b_dec: g_b_dec,
-    }
+    out.sse = sse;
+    out.aux = if aux.is_some() {
+        aux_num / aux_den
+    } else {
+        0.0
+    };
+    out.b_dec = g_b_dec;
 }

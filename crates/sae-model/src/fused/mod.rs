@@ -15,4 +15,7 @@ pub mod grads;
 pub mod update;
 
 pub use encode::HostEncoder;
-pub use grads::{HostLossAndGrads, HostLossSpec, HostParams, host_loss_and_grads, total_variance};
+pub use grads::{
+    HostLossAndGrads, HostLossSpec, HostParams, host_loss_and_grads, host_loss_and_grads_into,
+    total_variance,
+};

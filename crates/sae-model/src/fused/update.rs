@@ -28,12 +28,12 @@ pub(crate) fn first_non_finite(grads: &HostLossAndGrads) -> Option<&'static str>
     .map(|(name, _)| name)
 }
 
-/// One update of `params` and the moments `m`, `v` with the gradients `grads` (consumed: the
-/// decoder's gradient rows are projected in place).
+/// One update of `params` and the moments `m`, `v` with the gradients `grads` (the decoder's
+/// gradient rows are projected in place).
 pub(crate) fn update(
     adam: &Adam,
     params: &mut SaeParams,
-    mut grads: HostLossAndGrads,
+    grads: &mut HostLossAndGrads,
     m: &mut SaeParams,
     v: &mut SaeParams,
 ) {
@@ -128,7 +128,7 @@ mod tests {
             tensor(&m.w_enc, f, d),
             tensor(&v.w_enc, f, d),
         );
-        let grads = HostLossAndGrads {
+        let mut grads = HostLossAndGrads {
             sse: 0.0,
             aux: 0.0,
             w_enc: g.w_enc.clone(),
@@ -136,7 +136,7 @@ mod tests {
             w_dec: g.w_dec.clone(),
             b_dec: g.b_dec.clone(),
         };
-        update(&adam, &mut p, grads, &mut m, &mut v);
+        update(&adam, &mut p, &mut grads, &mut m, &mut v);
         // The backends' SIMD reciprocal (in Adam's denominator) is approximate, to about 1e-5
         // relative; the host update divides exactly. The zero row is all Adam step, so it
         // shows that error in full once normalised.

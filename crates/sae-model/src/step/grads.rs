@@ -9,7 +9,7 @@ use super::{ReconLoss, StepPath};
 use crate::dense::dense_decode;
 use crate::error::Result;
 use crate::fused::{
-    HostLossAndGrads, HostLossSpec, HostParams, host_loss_and_grads, total_variance,
+    HostLossAndGrads, HostLossSpec, HostParams, host_loss_and_grads_into, total_variance,
 };
 use crate::loss::{aux_normalised, fvu, mse};
 use crate::rule::Activation;
@@ -66,18 +66,25 @@ pub(super) fn decode<B: Backend>(
     }
 }
 
-/// Loss values of one batch on the fused host path, with its gradients as host vectors.
+/// Loss values of one batch on the fused host path.
 pub(super) struct HostLoss {
     pub(super) loss: f32,
     pub(super) mse: f32,
     pub(super) fvu: f32,
     pub(super) aux: f32,
-    pub(super) grads: HostLossAndGrads,
 }
 
 /// The loss of `spec` and its gradients by the fused host code, for the batch `x` (`[N, d]`
 /// row-major) and parameters on the host.
-pub(super) fn host_loss(params: &HostParams<'_>, x: &[f32], spec: &LossSpec<'_>) -> HostLoss {
+/// The gradients go into `grads` (its buffers reused); `affinities`, where the caller holds
+/// them, are the `[N, F]` scores the selections were made on.
+pub(super) fn host_loss(
+    params: &HostParams<'_>,
+    x: &[f32],
+    spec: &LossSpec<'_>,
+    affinities: Option<&[f32]>,
+    grads: &mut HostLossAndGrads,
+) -> HostLoss {
     let d = params.b_dec.len();
     let n = x.len() / d.max(1);
     let total = total_variance(x, d);
@@ -85,7 +92,7 @@ pub(super) fn host_loss(params: &HostParams<'_>, x: &[f32], spec: &LossSpec<'_>)
         ReconLoss::Fvu => 1.0 / total,
         ReconLoss::Mse => 1.0 / (n * d) as f64,
     };
-    let out = host_loss_and_grads(
+    host_loss_and_grads_into(
         params,
         x,
         &HostLossSpec {
@@ -94,15 +101,16 @@ pub(super) fn host_loss(params: &HostParams<'_>, x: &[f32], spec: &LossSpec<'_>)
             activation: spec.activation,
             recon_scale,
             aux_coef: spec.aux_coef,
+            affinities,
         },
+        grads,
     );
-    let recon = out.sse * recon_scale;
+    let recon = grads.sse * recon_scale;
     HostLoss {
-        loss: (recon + f64::from(spec.aux_coef) * out.aux) as f32,
-        mse: (out.sse / (n * d) as f64) as f32,
-        fvu: (out.sse / total) as f32,
-        aux: out.aux as f32,
-        grads: out,
+        loss: (recon + f64::from(spec.aux_coef) * grads.aux) as f32,
+        mse: (grads.sse / (n * d) as f64) as f32,
+        fvu: (grads.sse / total) as f32,
+        aux: grads.aux as f32,
     }
 }
 
@@ -115,8 +123,8 @@ fn fused_loss_and_grads<B: Backend>(
     let device = x.device();
     let x = host_vec(x);
     let p = params.to_params();
-    let out = host_loss(&HostParams::from(&p), &x, spec);
-    let g = out.grads;
+    let mut g = HostLossAndGrads::default();
+    let out = host_loss(&HostParams::from(&p), &x, spec, None, &mut g);
     let grads = SaeParams {
         d_model: p.d_model,
         features: p.features,

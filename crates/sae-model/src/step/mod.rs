@@ -15,13 +15,13 @@ pub use grads::{LossAndGrads, LossSpec, loss_and_grads};
 use crate::adam::Adam;
 use crate::dispatch::{BatchAffinities, BatchSelection, select_on_backend};
 use crate::error::{Result, SaeError, nan_is_bad_input};
-use crate::fused::HostEncoder;
 use crate::loss::AuxLoss;
 use crate::rule::InferenceRule;
 use crate::sae::{Sae, SaeParams, SaeTensors, host_vec, normalize_rows, remove_parallel_gradient};
 use crate::sparsifier::Sparsifier;
 use crate::stats::FeatureStats;
 use grads::is_finite;
+use host::HostBuffers;
 
 /// Scalar metrics of one step, plus its selection.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,8 +71,8 @@ pub struct TrainStep<B: AutodiffBackend> {
     sparsifier: Box<dyn Sparsifier>,
     config: TrainConfig,
     device: B::Device,
-    /// The host path's encoder GEMM, its buffers reused from step to step.
-    encoder: HostEncoder,
+    /// The host path's buffers, reused from step to step.
+    host: HostBuffers,
 }
 
 fn zeros_like<B: Backend>(p: &SaeTensors<B>) -> SaeTensors<B> {
@@ -119,7 +119,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
             sparsifier,
             config,
             device: device.clone(),
-            encoder: HostEncoder::default(),
+            host: HostBuffers::default(),
         })
     }
 
@@ -149,7 +149,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
             sparsifier,
             config,
             device: device.clone(),
-            encoder: HostEncoder::default(),
+            host: HostBuffers::default(),
         })
     }
 

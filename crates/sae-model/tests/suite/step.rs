@@ -159,6 +159,85 @@ fn dense_and_sparse_steps_agree() {
     );
 }
 
+/// The host step (the CPU default: codes read from its GEMM's affinities, gradients and
+/// Adam in its own buffers reused across steps) trains the model the autodiff `sparse` path
+/// trains, for every built-in rule with `aux_k`.
+#[test]
+fn host_and_sparse_steps_agree_for_every_rule_with_aux() {
+    type B = Autodiff<Flex>;
+    let device = Default::default();
+    let rules: [fn() -> Box<dyn Sparsifier>; 3] = [
+        || Box::new(TopK { k: 2 }),
+        || Box::new(MutualChoice { k: 2 }),
+        || Box::new(FeatureChoice::uniform(2)),
+    ];
+    let cfg = TrainConfig {
+        aux: AuxLoss::AuxK,
+        stats: StatsConfig {
+            dead_window: 2 * N as u64,
+            ..config().stats
+        },
+        ..config()
+    };
+    // A quarter of the features start with a low bias, so TopK and MC leave them dead and
+    // `aux_k` has pairs to train.
+    let mut p = params(D, F, 1);
+    p.b_enc[..F / 4].fill(-1.0);
+    let sae = Sae::<Flex>::from_params(&p, &device).unwrap();
+    for rule in rules {
+        let name = rule().name().to_owned();
+        let mut on_host = TrainStep::<B>::new(&sae, rule(), cfg.clone(), &device).unwrap();
+        assert_eq!(cfg.path.resolve::<Flex>(&device), StepPath::Fused);
+        let sparse_cfg = TrainConfig {
+            path: StepPath::Sparse,
+            ..cfg.clone()
+        };
+        let mut sparse = TrainStep::<B>::new(&sae, rule(), sparse_cfg, &device).unwrap();
+        let mut aux_steps = 0;
+        for seed in 0..8 {
+            let x = batch::<B>(seed, &device);
+            let (a, b) = (
+                on_host.train_step(x.clone()).unwrap(),
+                sparse.train_step(x).unwrap(),
+            );
+            assert_eq!(
+                a.selection.features(),
+                b.selection.features(),
+                "{name} step {seed}"
+            );
+            assert_eq!(
+                a.selection.offsets(),
+                b.selection.offsets(),
+                "{name} step {seed}"
+            );
+            for (what, got, want) in [("loss", a.loss, b.loss), ("aux", a.aux, b.aux)] {
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs().max(1e-3),
+                    "{name} step {seed}: {what} {got} vs {want}"
+                );
+            }
+            aux_steps += usize::from(a.aux > 0.0);
+        }
+        if name != "feature_choice" {
+            assert!(aux_steps > 0, "{name}: no step had dead features for aux_k");
+        }
+        for (what, got, want) in [
+            (
+                "w_enc",
+                on_host.params().w_enc.clone(),
+                sparse.params().w_enc.clone(),
+            ),
+            (
+                "w_dec",
+                on_host.params().w_dec.clone(),
+                sparse.params().w_dec.clone(),
+            ),
+        ] {
+            common::assert_close(&format!("{name} {what}"), &host(got), &host(want), 1e-3);
+        }
+    }
+}
+
 #[test]
 fn resume_is_bit_identical() {
     type B = Autodiff<Flex>;
