@@ -12,8 +12,7 @@ use std::time::Duration;
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, black_box};
-use sae_benches::{env_or, uniform_values};
-use sae_model::fused::{HostEncoder, HostParams};
+use sae_benches::{StepEncoderGemm, env_or, uniform_values};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,20 +41,13 @@ fn main() {
 fn bench_shape(c: &mut Criterion, n: usize, d: usize, f: usize) {
     let x = uniform_values(n * d, 1);
     let w = uniform_values(f * d, 2);
-    let (zeros_f, zeros_d) = (vec![0.0; f], vec![0.0; d]);
     let mut group = c.benchmark_group(format!("encoder_gemm_{n}x{d}x{f}"));
     group.throughput(Throughput::Elements((2 * n * d * f) as u64));
     let id = |name: &str| BenchmarkId::from_parameter(name);
 
-    let params = HostParams {
-        w_enc: &w,
-        b_enc: &zeros_f,
-        w_dec: &w,
-        b_dec: &zeros_d,
-    };
-    let mut encoder = HostEncoder::default();
+    let mut encoder = StepEncoderGemm::new(f, d, 2);
     group.bench_function(id("step_encoder_baseline"), |b| {
-        b.iter(|| black_box(encoder.affinities(&params, &x, n).len()))
+        b.iter(|| black_box(encoder.run(&x, n).len()))
     });
 
     let mut out = vec![0.0f32; n * f];

@@ -13,8 +13,9 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use criterion::{Criterion, black_box};
-use sae_benches::{backend_from_env, backend_name, env_or, median, on_backend, uniform_values};
-use sae_model::fused::{HostEncoder, HostParams};
+use sae_benches::{
+    StepEncoderGemm, backend_from_env, backend_name, env_or, median, on_backend, uniform_values,
+};
 use sae_model::sae_alloc::ScoreMatrix;
 use sae_model::{
     AuxLoss, FeatureChoice, FeatureStats, MutualChoice, Sae, SaeConfig, Sparsifier, StatsConfig,
@@ -88,16 +89,9 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
     // operands; on the others burn's `matmul`.
     let on_host = StepPath::Auto.resolve::<Inner>(&device) == StepPath::Fused;
     if on_host {
-        let (w_enc, zeros_f, zeros_d) = (uniform_values(f * d, 2), vec![0.0; f], vec![0.0; d]);
-        let params = HostParams {
-            w_enc: &w_enc,
-            b_enc: &zeros_f,
-            w_dec: &w_enc,
-            b_dec: &zeros_d,
-        };
-        let mut encoder = HostEncoder::default();
+        let mut encoder = StepEncoderGemm::new(f, d, 2);
         timed(c, "train_step", "gemm_encoder", || {
-            black_box(encoder.affinities(&params, &x_host, n));
+            black_box(encoder.run(&x_host, n));
         });
     }
     let burn_id = if on_host {

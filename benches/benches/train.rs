@@ -5,7 +5,7 @@
 //!
 //! Each iteration trains `SAE_BENCH_STEPS` steps (default 6) and counts only the training loop
 //! (`TrainSummary::seconds`); the GEMM baseline runs the same number of `[N, d] x [d, F]`
-//! products, so the ratio of the two is the step-time / GEMM-time ratio. Shape from
+//! products, by the encoder GEMM the step itself runs (on the CPU backends the host path's), so the ratio of the two is the step-time / GEMM-time ratio. Shape from
 //! `SAE_BENCH_N`, `SAE_BENCH_D`, `SAE_BENCH_F`, `SAE_BENCH_K` (default 4096, 384, 16384, 32).
 
 use std::path::Path;
@@ -16,9 +16,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use criterion::{Criterion, Throughput, black_box};
 use sae_benches::{
-    BackendKind, backend_from_env, backend_name, env_or, median, on_backend, uniform_values,
+    BackendKind, StepEncoderGemm, backend_from_env, backend_name, env_or, median, on_backend,
+    uniform_values,
 };
 use sae_data::{Dtype, TensorRef, write_safetensors};
+use sae_model::StepPath;
 use sae_train::{RunConfig, TrainOptions, train};
 
 #[global_allocator]
@@ -102,9 +104,17 @@ fn main() {
             TensorData::new(uniform_values(f * d, 2), [f, d]),
             &device,
         );
+        // The GEMM the step runs: on the CPU backends the host path's own, else burn's.
+        let x_host = uniform_values(n * d, 1);
+        let mut host = (StepPath::Auto.resolve::<Inner>(&device) == StepPath::Fused)
+            .then(|| StepEncoderGemm::new(f, d, 2));
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters * steps as u64 {
+                if let Some(host) = host.as_mut() {
+                    black_box(host.run(&x_host, n));
+                    continue;
+                }
                 let y = x.clone().matmul(w.clone().transpose());
                 Inner::sync(&device).expect("the backend syncs");
                 black_box(y);
@@ -121,8 +131,12 @@ fn main() {
         b.iter_custom(|iters| {
             let mut total = 0.0;
             for _ in 0..iters {
-                let summary =
-                    train(config.clone(), &TrainOptions::default()).expect("bench run trains");
+                // Each run starts afresh in the same directory.
+                let options = TrainOptions {
+                    overwrite: true,
+                    ..TrainOptions::default()
+                };
+                let summary = train(config.clone(), &options).expect("bench run trains");
                 assert_eq!(summary.tokens, (n * steps) as u64, "every step ran");
                 total += summary.seconds;
             }

@@ -88,3 +88,37 @@ pub fn median(values: &[f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
+
+/// The training step's own CPU encoder GEMM (`sae_model::fused::HostEncoder`) on fixed
+/// operands: `[N, d] x [d, F]` with zero biases, the baseline of the step, train and gemm
+/// benches on the CPU backends.
+#[derive(Debug)]
+pub struct StepEncoderGemm {
+    w: Vec<f32>,
+    zeros_f: Vec<f32>,
+    zeros_d: Vec<f32>,
+    encoder: sae_model::fused::HostEncoder,
+}
+
+impl StepEncoderGemm {
+    /// An `[F, d]` encoder of [`uniform_values`] from `seed`.
+    pub fn new(f: usize, d: usize, seed: u64) -> Self {
+        Self {
+            w: uniform_values(f * d, seed),
+            zeros_f: vec![0.0; f],
+            zeros_d: vec![0.0; d],
+            encoder: sae_model::fused::HostEncoder::default(),
+        }
+    }
+
+    /// The affinities of the `n` rows of `x` (`[n, d]`), in the encoder's reused buffer.
+    pub fn run(&mut self, x: &[f32], n: usize) -> &[f32] {
+        let params = sae_model::fused::HostParams {
+            w_enc: &self.w,
+            b_enc: &self.zeros_f,
+            w_dec: &self.w,
+            b_dec: &self.zeros_d,
+        };
+        self.encoder.affinities(&params, x, n)
+    }
+}

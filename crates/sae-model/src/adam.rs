@@ -117,16 +117,23 @@ mod tests {
         t.into_data().to_vec().unwrap()
     }
 
-    #[test]
-    fn matches_the_scalar_algorithm_over_many_steps() {
-        // Two coordinates with different gradient sequences (sign changes, scale changes).
-        let grads: Vec<[f64; 2]> = (0..50)
+    /// Learning rate, beta1, beta2, eps of the comparisons with the scalar algorithm.
+    const HYPER: (f64, f64, f64, f64) = (1e-2, 0.9, 0.999, 1e-8);
+
+    /// Fifty steps of gradients for two coordinates with different sequences (sign changes,
+    /// scale changes).
+    fn two_gradient_sequences() -> Vec<[f64; 2]> {
+        (0..50)
             .map(|i| {
                 let i = f64::from(i);
                 [(i * 0.7).sin() * 3.0, 1e-3 * (1.0 + (i * 0.3).cos())]
             })
-            .collect();
-        let (lr, b1, b2, eps) = (1e-2, 0.9, 0.999, 1e-8);
+            .collect()
+    }
+
+    #[test]
+    fn matches_the_scalar_algorithm_over_many_steps() {
+        let (grads, (lr, b1, b2, eps)) = (two_gradient_sequences(), HYPER);
         let mut p = tensor(&[0.5, -2.0]);
         let (mut m, mut v) = (tensor(&[0.0, 0.0]), tensor(&[0.0, 0.0]));
         for (t, g) in grads.iter().enumerate() {
@@ -148,13 +155,7 @@ mod tests {
 
     #[test]
     fn the_slice_update_follows_the_scalar_algorithm_more_closely_than_tensors() {
-        let grads: Vec<[f64; 2]> = (0..50)
-            .map(|i| {
-                let i = f64::from(i);
-                [(i * 0.7).sin() * 3.0, 1e-3 * (1.0 + (i * 0.3).cos())]
-            })
-            .collect();
-        let (lr, b1, b2, eps) = (1e-2, 0.9, 0.999, 1e-8);
+        let (grads, (lr, b1, b2, eps)) = (two_gradient_sequences(), HYPER);
         let mut p = vec![0.5f32, -2.0];
         let (mut m, mut v) = (vec![0.0f32; 2], vec![0.0f32; 2]);
         for (t, g) in grads.iter().enumerate() {

@@ -70,21 +70,8 @@ impl<B: AutodiffBackend> TrainStep<B> {
         self.params = SaeTensors::from_host(p, &self.device);
         self.adam_m = SaeTensors::from_host(m, &self.device);
         self.adam_v = SaeTensors::from_host(v, &self.device);
-        let (losses, selection) = result?;
-        let activation = self.sparsifier.activation();
-        self.stats.update(&selection, |z| activation.fires(z))?;
-        if let Some(t) = self.thresholds.as_mut() {
-            t.update(&selection)?;
-        }
-        Ok(StepOutput {
-            loss: losses.loss,
-            mse: losses.mse,
-            fvu: losses.fvu,
-            aux: losses.aux,
-            l0_mean: self.stats.last_l0_mean(),
-            dead_fraction: self.stats.dead_fraction(),
-            selection,
-        })
+        let (l, selection) = result?;
+        self.record(selection, [l.loss, l.mse, l.fvu, l.aux])
     }
 
     /// Selection, loss, gradients and update of `state` (parameters, first and second

@@ -425,15 +425,23 @@ impl<B: AutodiffBackend> TrainStep<B> {
             w_dec: v_w_dec,
             b_dec: v_b_dec,
         };
+        self.record(selection, [out.loss, out.mse, out.fvu, out.aux])
+    }
+
+    /// After an applied update: the statistics and thresholds take in the step's selection,
+    /// and the step's output (`losses`: loss, MSE, FVU, auxiliary loss).
+    fn record(&mut self, selection: Selection, losses: [f32; 4]) -> Result<StepOutput> {
+        let [loss, mse, fvu, aux] = losses;
+        let activation = self.sparsifier.activation();
         self.stats.update(&selection, |z| activation.fires(z))?;
         if let Some(t) = self.thresholds.as_mut() {
             t.update(&selection)?;
         }
         Ok(StepOutput {
-            loss: out.loss,
-            mse: out.mse,
-            fvu: out.fvu,
-            aux: out.aux,
+            loss,
+            mse,
+            fvu,
+            aux,
             l0_mean: self.stats.last_l0_mean(),
             dead_fraction: self.stats.dead_fraction(),
             selection,
