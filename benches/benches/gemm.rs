@@ -52,8 +52,8 @@ fn bench_shape(c: &mut Criterion, n: usize, d: usize, f: usize) {
 
     let mut out = vec![0.0f32; n * f];
     for (name, parallelism) in [
-        ("gemm_rayon", gemm::Parallelism::Rayon(0)),
-        ("gemm_one_thread", gemm::Parallelism::None),
+        ("crate_gemm_all_threads", gemm::Parallelism::Rayon(0)),
+        ("crate_gemm_one_thread", gemm::Parallelism::None),
     ] {
         group.bench_function(id(name), |b| {
             // SAFETY: `out` is [n, f], `x` [n, d] and `w` [f, d], all row-major; the strides

@@ -281,13 +281,36 @@ impl Machine {
             })
             .unwrap_or_else(|| "unknown".into());
         Self {
-            cpu,
+            cpu: format!("{cpu}, {}", widest_simd()),
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             date: today(),
             backend: backend.to_string(),
             profile: profile.to_string(),
             load,
         }
+    }
+}
+
+/// The widest vector instructions the CPU offers (the CPU GEMM's kernels are chosen by them
+/// at run time, so the same model name can measure very differently).
+fn widest_simd() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return "AVX2";
+        }
+        "SSE"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "NEON"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
     }
 }
 
