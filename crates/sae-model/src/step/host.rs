@@ -3,10 +3,11 @@
 //! The parameters and moments leave their tensors for the step (without a copy on the CPU
 //! backends, which hold them in host memory) and go back after it: the encoder GEMM writes
 //! the affinities into a buffer kept from step to step ([`HostEncoder`]), the sparsifier
-//! selects on them, the fused code computes the loss and gradients, and one pass per
-//! parameter applies Adam and the decoder constraint ([`crate::fused::update`]). No
-//! intermediate of the size of a parameter is allocated, and nothing is converted to a
-//! tensor until the step is done. A non-finite loss or gradient leaves the state unchanged.
+//! selects on them, the fused code reads the codes from them and computes the loss and the
+//! gradients into buffers also kept from step to step ([`HostBuffers`]), and one pass per
+//! parameter applies Adam and the decoder constraint ([`crate::fused::update`]). Nothing is
+//! converted to a tensor until the step is done. A non-finite loss or gradient leaves the
+//! state unchanged.
 
 use std::fmt;
 
@@ -76,7 +77,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
 
     /// Selection, loss, gradients and update of `state` (parameters, first and second
     /// moments); `state` is changed only when everything is finite. Returns the step's
-    /// losses (the gradients taken out) and its selection.
+    /// losses and its selection.
     fn host_update(
         &mut self,
         x: &[f32],
