@@ -28,6 +28,8 @@ use crate::sae::SaeParams;
 const TOKEN_BLOCK: usize = 32;
 /// Features per block of the second pass.
 const FEATURE_BLOCK: usize = 64;
+/// Encoder rows per partial sum of the `b_dec` gradient's encoder part.
+const ENCODER_BLOCK: usize = 1024;
 
 /// Parameters as host slices (`w_enc`, `w_dec`: `[F, d]` row-major).
 #[derive(Debug, Clone, Copy)]
@@ -150,10 +152,10 @@ struct TokenBlock {
     sse: f64,
     aux_num: f64,
     aux_den: f64,
-    /// `sum_t G_t - sum_p dL/du_p w_enc[f]` over the block's main pairs.
+    /// `sum_t G_t` over the block's tokens: the decoder's part of the `b_dec` gradient (the
+    /// encoder's part, `-sum_p dL/du_p w_enc[f]`, is `-W_enc^T` times the `b_enc` gradient,
+    /// formed once after pass 2).
     b_dec_main: Vec<f32>,
-    /// `sum_q dL/du_q w_enc[f]` over the block's auxiliary pairs, before the aux scale.
-    b_dec_aux: Vec<f32>,
 }
 
 /// Codes of one token's pairs, accumulated into `sum` (`sum += v w_dec[f]`).
@@ -178,20 +180,16 @@ fn encode_token(
     }
 }
 
-/// Turns the stored slopes of one token's pairs into `scale * (g . w_dec[f]) * slope` and adds
-/// `-that * w_enc[f]` into `b_dec`.
+/// Turns the stored slopes of one token's pairs into `scale * (g . w_dec[f]) * slope`.
 fn pair_grads(
     params: &HostParams<'_>,
     features: &[u32],
     g: &[f32],
     scale: f32,
     slopes: &mut [f32],
-    b_dec: &mut [f32],
 ) {
     for (&f, slope) in features.iter().zip(slopes) {
-        let gu = scale * dot(g, params.dec_row(f)) * *slope;
-        *slope = gu;
-        axpy(-gu, params.enc_row(f), b_dec);
+        *slope *= scale * dot(g, params.dec_row(f));
     }
 }
 
@@ -208,7 +206,6 @@ fn token_block(
     let d = params.d();
     let mut block = TokenBlock {
         b_dec_main: vec![0.0; d],
-        b_dec_aux: vec![0.0; d],
         ..TokenBlock::default()
     };
     let mut centred = vec![0.0f32; d];
@@ -243,7 +240,7 @@ fn token_block(
         // G_t = -2 s err_t.
         axpy(main_scale, e, &mut block.b_dec_main);
         let slopes = &mut block.main.grads[start..];
-        pair_grads(params, main.0, e, main_scale, slopes, &mut block.b_dec_main);
+        pair_grads(params, main.0, e, main_scale, slopes);
         if let Some(aux) = spec.aux_selection {
             let a = &mut aux_err[i * d..(i + 1) * d];
             a.fill(0.0);
@@ -264,7 +261,7 @@ fn token_block(
             block.aux_num += a.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
             block.aux_den += e.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
             let slopes = &mut block.aux.grads[start..];
-            pair_grads(params, pairs.0, a, 1.0, slopes, &mut block.b_dec_aux);
+            pair_grads(params, pairs.0, a, 1.0, slopes);
         }
     }
     block
@@ -423,7 +420,6 @@ pub fn host_loss_and_grads_into(
     let mut aux_values = PairValues::default();
     let (mut sse, mut aux_num, mut aux_den) = (0.0f64, 0.0f64, 0.0f64);
     let mut g_b_dec = vec![0.0f32; d];
-    let mut b_dec_aux = vec![0.0f32; d];
     for block in blocks {
         main.values.extend(block.main.values);
         main.grads.extend(block.main.grads);
@@ -433,13 +429,9 @@ pub fn host_loss_and_grads_into(
         aux_num += block.aux_num;
         aux_den += block.aux_den;
         axpy(1.0, &block.b_dec_main, &mut g_b_dec);
-        axpy(1.0, &block.b_dec_aux, &mut b_dec_aux);
     }
     // dL/de_hat_t = -2 coef (e - e_hat)_t / sum ||e||^2.
     let aux_scale = (-2.0 * f64::from(spec.aux_coef) / aux_den) as f32;
-    if aux.is_some() {
-        axpy(aux_scale, &b_dec_aux, &mut g_b_dec);
-    }
 
     let main_scale = (-2.0 * spec.recon_scale) as f32;
     // Pass 1 stored the main pairs' dL/du scaled, the auxiliary ones before `aux_scale`.
@@ -486,6 +478,24 @@ pub fn host_loss_and_grads_into(
                 }
             }
         });
+    // The encoder's part of the `b_dec` gradient: `u = (x - b_dec) . w_enc[f] + b_enc[f]`, so
+    // it is `-sum_f (dL/db_enc)[f] w_enc[f]`, one pass over `w_enc` instead of a row per pair.
+    // Fixed blocks summed in order: the same bits for any number of threads.
+    let partials: Vec<Vec<f32>> = params
+        .w_enc
+        .par_chunks(ENCODER_BLOCK * d)
+        .zip(out.b_enc.par_chunks(ENCODER_BLOCK))
+        .map(|(rows, g_bias)| {
+            let mut sum = vec![0.0f32; d];
+            for (row, &g) in rows.chunks_exact(d).zip(g_bias) {
+                axpy(g, row, &mut sum);
+            }
+            sum
+        })
+        .collect();
+    for partial in &partials {
+        axpy(-1.0, partial, &mut g_b_dec);
+    }
     out.sse = sse;
     out.aux = if aux.is_some() {
         aux_num / aux_den
