@@ -13,6 +13,7 @@ use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
 use criterion::{BenchmarkId, Criterion, Throughput, black_box};
 use sae_benches::{StepEncoderGemm, env_or, uniform_values};
+use sae_model::fused::gemm_abt;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -56,35 +57,13 @@ fn bench_shape(c: &mut Criterion, n: usize, d: usize, f: usize) {
         ("crate_gemm_one_thread", gemm::Parallelism::None),
     ] {
         group.bench_function(id(name), |b| {
-            // SAFETY: `out` is [n, f], `x` [n, d] and `w` [f, d], all row-major; the strides
-            // address exactly those elements.
-            b.iter(|| unsafe {
-                gemm::gemm(
-                    n,
-                    f,
-                    d,
-                    out.as_mut_ptr(),
-                    1,
-                    f as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    d as isize,
-                    w.as_ptr(),
-                    d as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                )
-            })
+            b.iter(|| gemm_abt(&mut out, &x, &w, n, f, d, parallelism))
         });
     }
     group.bench_function(id("matrixmultiply"), |b| {
-        // SAFETY: as above, in matrixmultiply's (rows, cols) stride convention.
+        // SAFETY: `out` is [n, f], `x` [n, d] and `w` [f, d], all row-major; in
+        // matrixmultiply's (rows, cols) stride convention the strides address exactly those
+        // elements.
         b.iter(|| unsafe {
             matrixmultiply::sgemm(
                 n,

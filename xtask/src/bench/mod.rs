@@ -81,6 +81,20 @@ impl Bench {
             None => format!("{}/{}", self.group, self.function),
         }
     }
+    /// A result of `group/function` with only its mean time set, for tests.
+    #[cfg(test)]
+    pub fn with_mean(group: &str, function: &str, mean_ns: f64) -> Self {
+        Self {
+            group: group.into(),
+            function: function.into(),
+            value: None,
+            mean_ns,
+            throughput: None,
+            ratio: None,
+            baseline: None,
+        }
+    }
+
     /// Elements or bytes per second.
     pub fn per_second(&self) -> Option<(f64, &'static str)> {
         let secs = self.mean_ns * 1e-9;
@@ -513,15 +527,7 @@ mod tests {
 
     #[test]
     fn a_group_without_baselines_borrows_its_siblings() {
-        let bench = |group: &str, function: &str, mean_ns: f64| Bench {
-            group: group.into(),
-            function: function.into(),
-            value: None,
-            mean_ns,
-            throughput: None,
-            ratio: None,
-            baseline: None,
-        };
+        let bench = Bench::with_mean;
         let mut benches = vec![
             bench("naive_64x64", "naive_row_sort", 100.0),
             bench("naive_64x64", "naive_column_sort", 400.0),

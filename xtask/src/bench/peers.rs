@@ -192,15 +192,7 @@ mod tests {
 
     fn bench(id: &str, mean_ns: f64) -> Bench {
         let (group, function) = id.split_once('/').unwrap();
-        Bench {
-            group: group.into(),
-            function: function.into(),
-            value: None,
-            mean_ns,
-            throughput: None,
-            ratio: None,
-            baseline: None,
-        }
+        Bench::with_mean(group, function, mean_ns)
     }
 
     #[test]

@@ -94,9 +94,15 @@ impl HostEncoder {
     }
 }
 
-/// `out = a b^T` for row-major `a` `[m, k]`, `b` `[n, k]` and `out` `[m, n]`.
+/// `out = a b^T` for row-major `a` `[m, k]`, `b` `[n, k]` and `out` `[m, n]`, by the `gemm`
+/// crate with the given parallelism: the product [`HostEncoder`] runs (there with
+/// `k = d + 1`).
+///
+/// # Panics
+///
+/// If a slice's length does not match its shape.
 #[allow(unsafe_code)]
-fn gemm_abt(
+pub fn gemm_abt(
     out: &mut [f32],
     a: &[f32],
     b: &[f32],
@@ -138,16 +144,8 @@ fn gemm_abt(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_values as values;
     use super::*;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                let h = (i as u32 ^ seed).wrapping_mul(2_654_435_761);
-                (h >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
 
     /// Affinities in f64, written from the definition.
     fn oracle(p: &HostParams<'_>, x: &[f32], n: usize) -> Vec<f64> {

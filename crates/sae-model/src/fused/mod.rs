@@ -14,8 +14,19 @@ pub mod encode;
 pub mod grads;
 pub mod update;
 
-pub use encode::HostEncoder;
+pub use encode::{HostEncoder, gemm_abt};
 pub use grads::{
     HostLossAndGrads, HostLossSpec, HostParams, host_loss_and_grads, host_loss_and_grads_into,
     total_variance,
 };
+
+/// Deterministic test values in `[-0.5, 0.5)` (a multiplicative hash of the index).
+#[cfg(test)]
+fn test_values(len: usize, seed: u32) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            let h = (i as u32 ^ seed).wrapping_mul(2_654_435_761);
+            (h >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}

@@ -73,17 +73,9 @@ mod tests {
     use burn::backend::NdArray;
     use burn::tensor::{Tensor, TensorData};
 
+    use super::super::test_values as values;
     use super::*;
     use crate::sae::{host_vec, normalize_rows, remove_parallel_gradient};
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len)
-            .map(|i| {
-                let h = (i as u32 ^ seed).wrapping_mul(2_654_435_761);
-                (h >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
 
     fn params(f: usize, d: usize, seed: u32) -> SaeParams {
         SaeParams {

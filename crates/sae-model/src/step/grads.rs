@@ -76,6 +76,7 @@ pub(super) struct HostLoss {
 
 /// The loss of `spec` and its gradients by the fused host code, for the batch `x` (`[N, d]`
 /// row-major) and parameters on the host.
+///
 /// The gradients go into `grads` (its buffers reused); `affinities`, where the caller holds
 /// them, are the `[N, F]` scores the selections were made on.
 pub(super) fn host_loss(

@@ -56,6 +56,16 @@ impl<B: AutodiffBackend> TrainStep<B> {
         encoder.into_affinities()
     }
 
+    /// The training rule's selection on host affinities (`[n, f]`), a NaN affinity reported as
+    /// the non-finite input it comes from. (`f` is passed: during a step the parameters are
+    /// out of their tensors.)
+    pub(super) fn host_select(&self, affinities: &[f32], n: usize, f: usize) -> Result<Selection> {
+        let scores = ScoreMatrix::new(affinities, n, f)?;
+        self.sparsifier
+            .select(&scores, &self.stats)
+            .map_err(nan_is_bad_input)
+    }
+
     /// [`TrainStep::train_step`] on the host path; the batch's width is checked.
     pub(super) fn host_train_step(&mut self, x: Tensor<B::InnerBackend, 2>) -> Result<StepOutput> {
         let [n, _] = x.dims();
@@ -91,11 +101,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let activation = self.sparsifier.activation();
         let host = HostParams::from(&*params);
         let affinities = encoder.affinities(&host, x, n);
-        let scores = ScoreMatrix::new(affinities, n, f)?;
-        let selection = self
-            .sparsifier
-            .select(&scores, &self.stats)
-            .map_err(nan_is_bad_input)?;
+        let selection = self.host_select(affinities, n, f)?;
         let aux_selection = match aux {
             Some((weights, k_aux)) => Some(aux_selection(
                 affinities, n, f, &weights, k_aux, activation,

@@ -315,11 +315,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
         if self.on_host() {
             let [n, _] = x.dims();
             let host = self.host_affinities(&host_vec(x), n);
-            let scores = ScoreMatrix::new(&host, n, self.params.b_enc.dims()[0])?;
-            let selection = self
-                .sparsifier
-                .select(&scores, &self.stats)
-                .map_err(nan_is_bad_input)?;
+            let selection = self.host_select(&host, n, self.params.b_enc.dims()[0])?;
             return Ok(BatchSelection {
                 selection,
                 affinities: BatchAffinities::Host(host),
