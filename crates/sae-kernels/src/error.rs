@@ -28,6 +28,16 @@ pub enum KernelError {
         /// Columns (features).
         cols: usize,
     },
+    /// Two inputs of one operation disagree on a shape.
+    #[error("{what}: expected {expected:?}, got {actual:?}")]
+    ShapeMismatch {
+        /// Which input, and the dimensions compared.
+        what: &'static str,
+        /// The shape the other inputs imply.
+        expected: Vec<usize>,
+        /// The input's shape.
+        actual: Vec<usize>,
+    },
     /// The device failed to return a buffer.
     #[error("reading back from the device failed: {reason}")]
     Read {

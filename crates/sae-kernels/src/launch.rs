@@ -13,6 +13,15 @@ pub(crate) fn read_error(e: impl std::fmt::Debug) -> KernelError {
     }
 }
 
+/// Reads buffers of 4-byte words (u32 or f32 bits) back with one synchronisation.
+pub(crate) fn read_words<R: Runtime>(
+    client: &ComputeClient<R>,
+    handles: Vec<Handle>,
+) -> Result<Vec<Vec<u32>>, KernelError> {
+    let bytes = cubecl::future::block_on(client.read_async(handles)).map_err(read_error)?;
+    Ok(bytes.iter().map(|b| u32::from_bytes(b).to_vec()).collect())
+}
+
 pub(crate) fn read_u32<R: Runtime>(
     client: &ComputeClient<R>,
     handle: &Handle,

@@ -42,6 +42,7 @@ mod launch;
 mod output;
 mod row;
 mod select;
+pub mod step;
 mod threshold;
 
 pub use column::{column_topm, column_topm_on_device};

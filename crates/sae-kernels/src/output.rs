@@ -6,7 +6,7 @@ use cubecl::server::Handle;
 use sae_alloc::{AllocError, Selection};
 
 use crate::KernelError;
-use crate::launch::{read_error, read_u32};
+use crate::launch::{read_u32, read_words};
 
 /// A row-major `rows x cols` f32 score matrix in a device buffer (for example the handle of a
 /// burn `CubeTensor`), borrowed with the client that owns it. Nothing is copied.
@@ -165,7 +165,11 @@ impl<R: Runtime> DeviceSelection<R> {
 
     /// Reads back the NaN flag (4 bytes): an error if any score was NaN.
     pub fn check(&self) -> Result<(), KernelError> {
-        let flag = read_u32(&self.client, &self.nan)?[0];
+        self.nan_result(read_u32(&self.client, &self.nan)?[0])
+    }
+
+    /// The error a NaN flag stands for, if any.
+    fn nan_result(&self, flag: u32) -> Result<(), KernelError> {
         if flag == u32::MAX {
             Ok(())
         } else {
@@ -178,22 +182,36 @@ impl<R: Runtime> DeviceSelection<R> {
         }
     }
 
-    /// Reads back the O(nnz) outputs into a host [`Selection`], after [`Self::check`].
+    /// Reads back the O(nnz) outputs into a host [`Selection`], after [`Self::check`], with
+    /// one synchronisation.
     pub fn to_selection(&self) -> Result<Selection, KernelError> {
-        self.check()?;
-        let offsets = read_u32(&self.client, &self.offsets)?;
-        let mut features = read_u32(&self.client, &self.features)?;
-        let scores = self
-            .client
-            .read_one(self.scores.clone())
-            .map_err(read_error)?;
-        let mut scores = f32::from_bytes(&scores).to_vec();
-        features.truncate(self.nnz);
-        scores.truncate(self.nnz);
-        let offsets = offsets[..=self.rows].iter().map(|&o| o as usize).collect();
-        Ok(Selection::from_parts(
-            self.rows, self.cols, offsets, features, scores,
-        )?)
+        Ok(self.read_with(Vec::new())?.0)
+    }
+
+    /// [`Self::to_selection`] and the bytes of `extra` buffers, all read with one
+    /// synchronisation (the NaN check comes first: nothing else is returned after a NaN).
+    pub(crate) fn read_with(
+        &self,
+        extra: Vec<Handle>,
+    ) -> Result<(Selection, Vec<Vec<u32>>), KernelError> {
+        let mut handles = vec![
+            self.nan.clone(),
+            self.offsets.clone(),
+            self.features.clone(),
+            self.scores.clone(),
+        ];
+        handles.extend(extra);
+        let mut words = read_words(&self.client, handles)?;
+        let extra = words.split_off(4);
+        self.nan_result(words[0][0])?;
+        let offsets = words[1][..=self.rows].iter().map(|&o| o as usize).collect();
+        let features = words[2][..self.nnz].to_vec();
+        let scores = words[3][..self.nnz]
+            .iter()
+            .map(|&b| f32::from_bits(b))
+            .collect();
+        let selection = Selection::from_parts(self.rows, self.cols, offsets, features, scores)?;
+        Ok((selection, extra))
     }
 
     /// Reads back the per-feature selection counts, after [`Self::check`].

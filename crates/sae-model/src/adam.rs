@@ -2,11 +2,13 @@
 //!
 //! The training step owns its parameters and moments as inner-backend tensors (no autodiff
 //! graph), so it updates them with this small optimizer rather than burn's module optimizers:
-//! [`Adam::update`] on tensors (device paths), [`Adam::update_slice`] on host slices (the
-//! fused path), the same operations in the same order.
+//! [`Adam::update`] on tensors (the autodiff paths), [`Adam::update_slice`] on host slices
+//! (the fused path) and [`Adam::constants`] for the device step's kernels, the same
+//! operations in the same order.
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use sae_kernels::step::AdamConstants;
 
 /// Adam with bias correction, for one step number (the corrections depend on it).
 #[derive(Debug, Clone, Copy)]
@@ -69,16 +71,26 @@ impl Adam {
         v: &mut [f32],
     ) {
         assert!(param.len() == grad.len() && m.len() == grad.len() && v.len() == grad.len());
-        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
-        let (one_minus_b1, one_minus_b2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
-        let inv_c2 = (1.0 / self.correction2) as f32;
-        let scale = (self.lr / self.correction1) as f32;
-        let eps = self.eps as f32;
+        let c = self.constants();
         for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m).zip(v) {
-            *v = *v * b2 + g * g * one_minus_b2;
-            *m = *m * b1 + g * one_minus_b1;
-            let step = 1.0 / ((*v * inv_c2).sqrt() + eps) * *m * scale;
+            *v = *v * c.beta2 + g * g * c.one_minus_beta2;
+            *m = *m * c.beta1 + g * c.one_minus_beta1;
+            let step = 1.0 / ((*v * c.inv_correction2).sqrt() + c.eps) * *m * c.step_scale;
             *p -= step;
+        }
+    }
+
+    /// The `f32` constants of [`Adam::update_slice`], which the device step's kernels use in
+    /// the same operations.
+    pub(crate) fn constants(&self) -> AdamConstants {
+        AdamConstants {
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            one_minus_beta1: (1.0 - self.beta1) as f32,
+            one_minus_beta2: (1.0 - self.beta2) as f32,
+            inv_correction2: (1.0 / self.correction2) as f32,
+            step_scale: (self.lr / self.correction1) as f32,
+            eps: self.eps as f32,
         }
     }
 }

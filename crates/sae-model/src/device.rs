@@ -10,13 +10,15 @@
 use std::any::{Any, TypeId};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData, TensorPrimitive};
 use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime};
-use burn_fusion::FusionTensor;
+use burn_fusion::stream::OperationStreams;
+use burn_fusion::{FusionTensor, NoOp};
+use burn_ir::{InitOperationIr, OperationIr};
 use sae_alloc::Selection;
-use sae_kernels::{DeviceScores, KernelError};
+use sae_kernels::{DeviceScores, DeviceSelection, KernelError};
 
 use crate::error::{Result, SaeError};
 use crate::rule::{Activation, BuiltinRule};
@@ -47,7 +49,7 @@ pub(crate) fn aux_select_on_device<B: Backend>(
     if !is_cubecl::<B>() {
         return None;
     }
-    let [rows, cols] = affinities.dims();
+    let [_, cols] = affinities.dims();
     if weights.len() != cols {
         return Some(Err(SaeError::Shape {
             what: "aux weights",
@@ -55,20 +57,33 @@ pub(crate) fn aux_select_on_device<B: Backend>(
             actual: vec![weights.len()],
         }));
     }
-    let device = affinities.device();
-    let w = Tensor::<B, 1>::from_data(TensorData::new(weights.to_vec(), [cols]), &device)
-        .unsqueeze_dim::<2>(0);
-    let candidate = w.clone().greater_elem(0.0).expand([rows, cols]);
-    let keep = activation
-        .fires_mask(affinities.clone())
-        .bool_and(candidate);
-    let ranked = (affinities.clone() * w).mask_fill(keep.bool_not(), f32::NEG_INFINITY);
+    let ranked = aux_ranked(affinities, weights, activation);
     let rule = BuiltinRule::RowTopK { k: k_aux.min(cols) };
     let padded = match select_on_device(&ranked, &rule)? {
         Ok(s) => s,
         Err(e) => return Some(Err(e)),
     };
     Some(drop_padding(affinities, &padded))
+}
+
+/// The scores the auxiliary selection ranks by: the candidates' weighted affinities where
+/// they fire, `-inf` elsewhere (`weights` has one entry per column).
+pub(crate) fn aux_ranked<B: Backend>(
+    affinities: &Tensor<B, 2>,
+    weights: &[f32],
+    activation: Activation,
+) -> Tensor<B, 2> {
+    let [rows, cols] = affinities.dims();
+    let w = Tensor::<B, 1>::from_data(
+        TensorData::new(weights.to_vec(), [cols]),
+        &affinities.device(),
+    )
+    .unsqueeze_dim::<2>(0);
+    let candidate = w.clone().greater_elem(0.0).expand([rows, cols]);
+    let keep = activation
+        .fires_mask(affinities.clone())
+        .bool_and(candidate);
+    (affinities.clone() * w).mask_fill(keep.bool_not(), f32::NEG_INFINITY)
 }
 
 /// The pairs of `padded` whose ranked score is finite, scored with their affinities.
@@ -145,6 +160,13 @@ fn try_runtime<R: CubeRuntime>(
 
 /// Runs the kernel of `rule` on a cubecl tensor and reads back its selection.
 fn select_cube<R: CubeRuntime>(tensor: CubeTensor<R>, rule: &BuiltinRule) -> Result<Selection> {
+    select_on_cube(&contiguous_scores(tensor)?, rule)?
+        .to_selection()
+        .map_err(kernel_error)
+}
+
+/// A contiguous f32 `[N, F]` tensor, or the error naming what it is instead.
+pub(crate) fn contiguous_scores<R: CubeRuntime>(tensor: CubeTensor<R>) -> Result<CubeTensor<R>> {
     let shape = tensor.meta.shape().clone();
     let dims: Vec<usize> = shape.iter().copied().collect();
     if dims.len() != 2 || tensor.dtype != DType::F32 {
@@ -153,28 +175,92 @@ fn select_cube<R: CubeRuntime>(tensor: CubeTensor<R>, rule: &BuiltinRule) -> Res
             tensor.dtype
         )));
     }
-    let tensor = if tensor.is_contiguous() {
+    Ok(contiguous(tensor))
+}
+
+/// `tensor` with a contiguous layout (itself when it already has one).
+pub(crate) fn contiguous<R: CubeRuntime>(tensor: CubeTensor<R>) -> CubeTensor<R> {
+    if tensor.is_contiguous() {
         tensor
     } else {
         burn_cubecl::kernel::into_contiguous(tensor)
-    };
+    }
+}
+
+/// Runs the kernel of `rule` on contiguous `[N, F]` scores, leaving the selection on the
+/// device.
+pub(crate) fn select_on_cube<R: CubeRuntime>(
+    tensor: &CubeTensor<R>,
+    rule: &BuiltinRule,
+) -> Result<DeviceSelection<R>> {
+    let dims = tensor.meta.shape();
     let scores = DeviceScores::new(&tensor.client, &tensor.handle, dims[0], dims[1])
         .map_err(kernel_error)?;
-    let selected = match rule {
+    match rule {
         BuiltinRule::RowTopK { k } => sae_kernels::row_topk(&scores, *k),
         BuiltinRule::GlobalTopK { budget } => sae_kernels::global_topk(&scores, *budget),
         BuiltinRule::ColumnTopM { capacities } => sae_kernels::column_topm(&scores, capacities),
-    };
-    selected
-        .and_then(|s| s.to_selection())
-        .map_err(kernel_error)
+    }
+    .map_err(kernel_error)
 }
 
 /// Kernel errors that are rule errors (NaN scores, bad k) keep their `sae-alloc` form, so
 /// callers see the same error on every backend.
-fn kernel_error(e: KernelError) -> SaeError {
+pub(crate) fn kernel_error(e: KernelError) -> SaeError {
     match e {
         KernelError::Alloc(e) => SaeError::Alloc(e),
         e => SaeError::Device(e.to_string()),
     }
+}
+
+/// The cubecl tensor behind a float tensor of `B`, if `B` is a cubecl backend on runtime `R`
+/// (with or without burn's fusion layer, whose pending operations are flushed first).
+pub(crate) fn to_cube<B: Backend, R: CubeRuntime, const D: usize>(
+    tensor: Tensor<B, D>,
+) -> Option<CubeTensor<R>> {
+    let primitive: Box<dyn Any> = Box::new(tensor.into_primitive().tensor());
+    let primitive = match primitive.downcast::<FusionTensor<FusionCubeRuntime<R>>>() {
+        Ok(fused) => {
+            let client = fused.client.clone();
+            return Some(client.resolve_tensor_float::<CubeBackend<R, f32, i32, u32>>(*fused));
+        }
+        Err(other) => other,
+    };
+    primitive.downcast::<CubeTensor<R>>().ok().map(|t| *t)
+}
+
+/// A float tensor of `B` over the buffer of a cubecl tensor of runtime `R` (nothing is
+/// copied); `None` unless `B` is a cubecl backend on `R`.
+pub(crate) fn from_cube<B: Backend, R: CubeRuntime, const D: usize>(
+    tensor: CubeTensor<R>,
+) -> Option<Tensor<B, D>> {
+    let id = TypeId::of::<B::FloatTensorPrimitive>();
+    let primitive: Box<dyn Any> = if id == TypeId::of::<CubeTensor<R>>() {
+        Box::new(tensor)
+    } else if id == TypeId::of::<FusionTensor<FusionCubeRuntime<R>>>() {
+        Box::new(into_fusion(tensor))
+    } else {
+        return None;
+    };
+    let primitive = *primitive.downcast::<B::FloatTensorPrimitive>().ok()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+}
+
+/// Hands a buffer to burn's fusion layer as a new tensor, as `from_data` does with an
+/// uploaded one.
+fn into_fusion<R: CubeRuntime>(tensor: CubeTensor<R>) -> FusionTensor<FusionCubeRuntime<R>> {
+    type Inner<R> = CubeBackend<R, f32, i32, u32>;
+    let client = burn_fusion::get_client::<Inner<R>>(&tensor.device);
+    let shape = tensor.meta.shape().clone();
+    let dtype = tensor.dtype;
+    let init = InitOperationIr::create(shape, dtype, || {
+        client.register_tensor_handle(tensor.into())
+    });
+    client
+        .register(
+            OperationStreams::default(),
+            OperationIr::Init(init),
+            NoOp::<Inner<R>>::new(),
+        )
+        .remove(0)
 }

@@ -11,14 +11,20 @@ use crate::stats::StatsConfig;
 #[serde(rename_all = "snake_case")]
 pub enum StepPath {
     /// The backend's training path: [`StepPath::Fused`] on the CPU backends (Flex, NdArray),
-    /// [`StepPath::Sparse`] on the others.
+    /// [`StepPath::Device`] on burn's cubecl backends (wgpu, cuda), [`StepPath::Sparse`] on
+    /// the others.
     #[default]
     Auto,
     /// Hand-written forward and backward over the selected pairs on the host, O(N k d) with no
     /// `[P, d]` intermediate ([`crate::fused`]; the CPU training path).
     Fused,
+    /// The whole step in kernels on the device that holds the parameters: burn's encoder
+    /// GEMM, then selection, loss, hand-written gradients and Adam as `sae-kernels` kernels,
+    /// with one read-back per step (the device training path; sparsifiers without a built-in
+    /// rule take [`StepPath::Sparse`]).
+    Device,
     /// Differentiable gathers at the selected pairs on the backend, O(N k d) forward and
-    /// backward (the device training path).
+    /// backward by autodiff (the device path's oracle, and its fallback).
     Sparse,
     /// Dense masked codes `[N, F]` (the mask written on the device) and a dense decoder GEMM:
     /// the oracle, and a GPU path with no per-pair loops (see the crate README).
@@ -89,6 +95,7 @@ impl StepPath {
         let on_cpu = ["flex", "ndarray"].iter().any(|cpu| name.contains(cpu));
         match self {
             StepPath::Auto if on_cpu => StepPath::Fused,
+            StepPath::Auto if crate::device::is_cubecl::<B>() => StepPath::Device,
             StepPath::Auto => StepPath::Sparse,
             path => path,
         }

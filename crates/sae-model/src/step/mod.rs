@@ -6,6 +6,7 @@ use sae_alloc::{ScoreMatrix, Selection, ThresholdEstimator, Thresholds, apply_th
 use serde::{Deserialize, Serialize};
 
 mod config;
+mod device;
 mod grads;
 mod host;
 
@@ -349,6 +350,9 @@ impl<B: AutodiffBackend> TrainStep<B> {
         self.check_width(&x)?;
         if self.on_host() {
             return self.host_train_step(x);
+        }
+        if let Some(rule) = self.device_rule(x.dims()[0])? {
+            return self.device_train_step(x, &rule);
         }
         let activation = self.sparsifier.activation();
         let batch = self.select_inner(x.clone())?;

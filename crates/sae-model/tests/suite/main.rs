@@ -7,6 +7,7 @@
 mod common;
 
 mod device;
+mod device_step;
 mod gradients;
 mod losses;
 mod registry;

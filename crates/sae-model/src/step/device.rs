@@ -1,0 +1,226 @@
+//! The training step of the device path ([`StepPath::Device`]): the whole step on the
+//! device that holds the parameters.
+//!
+//! burn computes the encoder GEMM; the selection runs as a `sae-kernels` kernel on its
+//! output, and the loss, the gradients and the update run as the kernels of
+//! [`sae_kernels::step`], reading the parameters' and moments' own buffers and writing new
+//! ones. The selection, the loss sums and the non-finite flags come back with one
+//! synchronisation; the new buffers become the state only when everything was finite, so a
+//! failed step leaves the state unchanged. Statistics and thresholds are then updated from
+//! the selection as on every path.
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeBackend, CubeRuntime};
+use sae_kernels::step::{
+    Activation as KernelActivation, DeviceStep, ParamBuffers, Reconstruction, StepInputs,
+    train_step,
+};
+
+use super::{ReconLoss, StepOutput, StepPath, TrainStep};
+use crate::adam::Adam;
+use crate::device::{
+    aux_ranked, contiguous, contiguous_scores, from_cube, kernel_error, select_on_cube, to_cube,
+};
+use crate::error::{Result, SaeError, nan_is_bad_input};
+use crate::rule::{Activation, BuiltinRule};
+use crate::sae::SaeTensors;
+
+/// burn's cubecl backend without fusion, on which the step's few tensor operations run.
+type Cube<R> = CubeBackend<R, f32, i32, u32>;
+
+impl<B: AutodiffBackend> TrainStep<B> {
+    /// The built-in rule of this batch of `n` tokens when the step runs on the device path
+    /// ([`StepPath::Device`] for this backend, and a sparsifier with a built-in rule);
+    /// `None` otherwise (the step then runs on the `sparse` path).
+    pub(super) fn device_rule(&self, n: usize) -> Result<Option<BuiltinRule>> {
+        if self.config.path.resolve::<B::InnerBackend>(&self.device) != StepPath::Device {
+            return Ok(None);
+        }
+        self.sparsifier.builtin(n, &self.stats)
+    }
+
+    /// [`TrainStep::train_step`] on the device path; the batch's width is checked.
+    pub(super) fn device_train_step(
+        &mut self,
+        x: Tensor<B::InnerBackend, 2>,
+        rule: &BuiltinRule,
+    ) -> Result<StepOutput> {
+        if let Some(x) = to_cube::<_, cubecl::wgpu::WgpuRuntime, 2>(x.clone()) {
+            return self.cube_train_step(x, rule);
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(x) = to_cube::<_, cubecl::cuda::CudaRuntime, 2>(x.clone()) {
+            return self.cube_train_step(x, rule);
+        }
+        drop(x);
+        Err(SaeError::Config(format!(
+            "the device step needs a cubecl backend (wgpu, cuda), not {}",
+            std::any::type_name::<B::InnerBackend>()
+        )))
+    }
+
+    /// The device step on runtime `R`.
+    fn cube_train_step<R: CubeRuntime>(
+        &mut self,
+        x: CubeTensor<R>,
+        rule: &BuiltinRule,
+    ) -> Result<StepOutput> {
+        let x = contiguous(x);
+        let [n, d] = [x.meta.shape()[0], x.meta.shape()[1]];
+        let activation = self.sparsifier.activation();
+        let params = self.cube_params::<R>(&self.params)?;
+        let batch = Tensor::<Cube<R>, 2>::from_primitive(TensorPrimitive::Float(x.clone()));
+        let affinities = contiguous_scores(params.affinities(batch).into_primitive().tensor())?;
+        let selection = select_on_cube(&affinities, rule)?;
+        let aux = match self.aux_candidates() {
+            Some((weights, k_aux)) => {
+                let scores = Tensor::<Cube<R>, 2>::from_primitive(TensorPrimitive::Float(
+                    affinities.clone(),
+                ));
+                let ranked = aux_ranked(&scores, &weights, activation);
+                let k = k_aux.min(weights.len());
+                let ranked = contiguous(ranked.into_primitive().tensor());
+                Some(select_on_cube(&ranked, &BuiltinRule::RowTopK { k })?)
+            }
+            None => None,
+        };
+        let next = self.step + 1;
+        let c = &self.config;
+        let adam = Adam::new(self.lr(), c.beta1, c.beta2, c.eps, next);
+        let inputs = StepInputs {
+            x: &x.handle,
+            affinities: &affinities.handle,
+            width: d,
+            selection: &selection,
+            aux: aux.as_ref(),
+            aux_coef: c.aux_coef,
+            activation: match activation {
+                Activation::Relu => KernelActivation::Relu,
+                Activation::Identity => KernelActivation::Identity,
+            },
+            reconstruction: match c.recon_loss {
+                ReconLoss::Fvu => Reconstruction::Fvu,
+                ReconLoss::Mse => Reconstruction::Mse,
+            },
+            adam: adam.constants(),
+        };
+        let state = [&self.params, &self.adam_m, &self.adam_v].map(|p| buffers::<B, R>(p));
+        let [p, m, v] = match state {
+            [Some(p), Some(m), Some(v)] => [p, m, v],
+            _ => {
+                return Err(SaeError::Device(
+                    "parameters are not on the batch's device".into(),
+                ));
+            }
+        };
+        let step = train_step(&x.client, &inputs, [&p, &m, &v]).map_err(kernel_error)?;
+        let report = step
+            .finish(&selection)
+            .map_err(kernel_error)
+            .map_err(nan_is_bad_input)?;
+        let recon_scale = match c.recon_loss {
+            ReconLoss::Fvu => 1.0 / report.total_variance,
+            ReconLoss::Mse => 1.0 / (n * d) as f64,
+        };
+        let with_aux = aux.as_ref().is_some_and(|a| a.nnz() > 0);
+        let aux_loss = if with_aux {
+            report.aux_sse / report.sse
+        } else {
+            0.0
+        };
+        let loss = (report.sse * recon_scale + f64::from(c.aux_coef) * aux_loss) as f32;
+        if !loss.is_finite() {
+            return Err(SaeError::NonFiniteLoss {
+                step: self.step,
+                loss,
+            });
+        }
+        if let Some(param) = report.non_finite {
+            return Err(SaeError::NonFiniteGradient {
+                step: self.step,
+                param,
+            });
+        }
+        self.adopt::<R>(step, &x)?;
+        self.step = next;
+        let mse = (report.sse / (n * d) as f64) as f32;
+        let fvu = (report.sse / report.total_variance) as f32;
+        self.record(report.selection, [loss, mse, fvu, aux_loss as f32])
+    }
+
+    /// The parameters as tensors of burn's cubecl backend on `R`, over the same buffers.
+    fn cube_params<R: CubeRuntime>(
+        &self,
+        p: &SaeTensors<B::InnerBackend>,
+    ) -> Result<SaeTensors<Cube<R>>> {
+        let missing = || SaeError::Device("parameters are not on the batch's device".into());
+        let wrap2 = |t: Tensor<B::InnerBackend, 2>| {
+            to_cube::<_, R, 2>(t)
+                .map(|t| Tensor::<Cube<R>, 2>::from_primitive(TensorPrimitive::Float(t)))
+                .ok_or_else(missing)
+        };
+        let wrap1 = |t: Tensor<B::InnerBackend, 1>| {
+            to_cube::<_, R, 1>(t)
+                .map(|t| Tensor::<Cube<R>, 1>::from_primitive(TensorPrimitive::Float(t)))
+                .ok_or_else(missing)
+        };
+        Ok(SaeTensors {
+            w_enc: wrap2(p.w_enc.clone())?,
+            b_enc: wrap1(p.b_enc.clone())?,
+            w_dec: wrap2(p.w_dec.clone())?,
+            b_dec: wrap1(p.b_dec.clone())?,
+        })
+    }
+
+    /// Makes the step's new buffers the parameters and moments.
+    fn adopt<R: CubeRuntime>(&mut self, step: DeviceStep<R>, like: &CubeTensor<R>) -> Result<()> {
+        let [features, d] = self.params.w_enc.dims();
+        let tensors = |b: ParamBuffers| -> Option<SaeTensors<B::InnerBackend>> {
+            let wrap = |handle, shape: Vec<usize>| {
+                CubeTensor::new_contiguous(
+                    like.client.clone(),
+                    like.device.clone(),
+                    Shape::from(shape),
+                    handle,
+                    DType::F32,
+                )
+            };
+            Some(SaeTensors {
+                w_enc: from_cube::<_, R, 2>(wrap(b.w_enc, vec![features, d]))?,
+                b_enc: from_cube::<_, R, 1>(wrap(b.b_enc, vec![features]))?,
+                w_dec: from_cube::<_, R, 2>(wrap(b.w_dec, vec![features, d]))?,
+                b_dec: from_cube::<_, R, 1>(wrap(b.b_dec, vec![d]))?,
+            })
+        };
+        let DeviceStep { params, m, v, .. } = step;
+        match (tensors(params), tensors(m), tensors(v)) {
+            (Some(p), Some(m), Some(v)) => {
+                self.params = p;
+                self.adam_m = m;
+                self.adam_v = v;
+                Ok(())
+            }
+            _ => Err(SaeError::Device(
+                "the device step's buffers do not fit this backend".into(),
+            )),
+        }
+    }
+}
+
+/// The buffers of parameters (or moments) held by a cubecl backend on `R`, contiguous.
+fn buffers<B: AutodiffBackend, R: CubeRuntime>(
+    p: &SaeTensors<B::InnerBackend>,
+) -> Option<ParamBuffers> {
+    let handle2 =
+        |t: &Tensor<B::InnerBackend, 2>| Some(contiguous(to_cube::<_, R, 2>(t.clone())?).handle);
+    let handle1 =
+        |t: &Tensor<B::InnerBackend, 1>| Some(contiguous(to_cube::<_, R, 1>(t.clone())?).handle);
+    Some(ParamBuffers {
+        w_enc: handle2(&p.w_enc)?,
+        b_enc: handle1(&p.b_enc)?,
+        w_dec: handle2(&p.w_dec)?,
+        b_dec: handle1(&p.b_dec)?,
+    })
+}

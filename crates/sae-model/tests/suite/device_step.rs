@@ -1,0 +1,227 @@
+//! The device step ([`StepPath::Device`], the training path on burn's cubecl backends; wgpu
+//! on lavapipe where there is no GPU) against the host step (`fused` on Flex): the same
+//! selections, losses, gradients and parameters, the same bits on every run and on both of
+//! burn's wgpu backends, and a failed step that changes nothing.
+
+use crate::common;
+
+use burn::backend::wgpu::{CubeBackend, WgpuRuntime};
+use burn::backend::{Autodiff, Flex, Wgpu};
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use common::{host, params, random, tensor};
+use sae_model::{
+    AuxLoss, FeatureChoice, MutualChoice, Sae, SaeError, SaeParams, Sparsifier, StatsConfig,
+    StepOutput, StepPath, TopK, TrainConfig, TrainStep,
+};
+
+/// burn's wgpu backend without its fusion layer.
+type Plain = CubeBackend<WgpuRuntime, f32, i32, u32>;
+
+/// `(N, d, F, k)`: widths that are not multiples of 4, features with no pairs, features with
+/// more pairs than a cube has units (600 tokens, 16 features), several row blocks, k = 1.
+const CASES: [(usize, usize, usize, usize); 3] = [(37, 13, 70, 3), (600, 5, 16, 8), (9, 6, 40, 1)];
+
+fn rules(k: usize) -> Vec<Box<dyn Sparsifier>> {
+    let mut zipf = FeatureChoice::zipf(k);
+    zipf.zipf_warmup_tokens = 0;
+    vec![
+        Box::new(TopK { k }),
+        Box::new(MutualChoice { k }),
+        Box::new(FeatureChoice::uniform(k)),
+        Box::new(zipf),
+    ]
+}
+
+/// Statistics under which every feature counts as dead from the first step, so the
+/// auxiliary losses have pairs on every step.
+fn config(aux: AuxLoss) -> TrainConfig {
+    TrainConfig {
+        lr: Some(1e-2),
+        aux,
+        stats: StatsConfig {
+            density_horizon_tokens: 500.0,
+            dead_window: 0,
+            ..StatsConfig::default()
+        },
+        ..TrainConfig::default()
+    }
+}
+
+fn trainer<B: AutodiffBackend>(
+    rule: Box<dyn Sparsifier>,
+    cfg: TrainConfig,
+    (d, f): (usize, usize),
+) -> TrainStep<B> {
+    let device = Default::default();
+    let sae = Sae::<B::InnerBackend>::from_params(&params(d, f, 7), &device).unwrap();
+    TrainStep::new(&sae, rule, cfg, &device).unwrap()
+}
+
+fn batch<B: AutodiffBackend>(seed: u64, n: usize, d: usize) -> Tensor<B, 2> {
+    let device = Default::default();
+    Tensor::from_inner(tensor::<B::InnerBackend>(
+        random(n * d, seed),
+        n,
+        d,
+        &device,
+    ))
+}
+
+/// `|a - b| <= tol * max(|b|, 1e-3)` for each loss term.
+fn assert_losses(what: &str, got: &StepOutput, want: &StepOutput, tol: f32) {
+    for (term, a, b) in [
+        ("loss", got.loss, want.loss),
+        ("mse", got.mse, want.mse),
+        ("fvu", got.fvu, want.fvu),
+        ("aux", got.aux, want.aux),
+    ] {
+        assert!(
+            (a - b).abs() <= tol * b.abs().max(1e-3),
+            "{what}: {term} {a} vs {b}"
+        );
+    }
+}
+
+fn assert_params_close(what: &str, got: &SaeParams, want: &SaeParams, tol: f32) {
+    for (name, a, b) in [
+        ("w_enc", &got.w_enc, &want.w_enc),
+        ("b_enc", &got.b_enc, &want.b_enc),
+        ("w_dec", &got.w_dec, &want.w_dec),
+        ("b_dec", &got.b_dec, &want.b_dec),
+    ] {
+        common::assert_close(&format!("{what} {name}"), a, b, tol);
+    }
+}
+
+/// After the first step from zero moments, `m = (1 - beta1) g`: the first moments are the
+/// gradients (the decoder's with its parallel component removed), scaled.
+#[test]
+fn device_step_has_the_host_steps_selection_loss_gradients_and_parameters() {
+    if !common::wgpu_available() {
+        return;
+    }
+    assert_eq!(
+        StepPath::Auto
+            .resolve::<<Autodiff<Wgpu> as AutodiffBackend>::InnerBackend>(&Default::default()),
+        StepPath::Device
+    );
+    for (n, d, f, k) in CASES {
+        for i in 0..rules(k).len() {
+            let rule = || rules(k).remove(i);
+            let name = format!("{} {i}", rule().name());
+            let mut auxes = vec![AuxLoss::None, AuxLoss::AuxK];
+            if rule().name() == "feature_choice" {
+                auxes.push(AuxLoss::AuxZipf);
+            }
+            for aux in auxes {
+                let what = format!("{name} {aux:?} N={n} d={d} F={f} k={k}");
+                let mut on_host = trainer::<Autodiff<Flex>>(rule(), config(aux), (d, f));
+                let mut on_device = trainer::<Autodiff<Wgpu>>(rule(), config(aux), (d, f));
+                for seed in 0..4 {
+                    let what = format!("{what} step {seed}");
+                    let want = on_host.train_step(batch(seed, n, d)).unwrap();
+                    let got = on_device.train_step(batch(seed, n, d)).unwrap();
+                    assert_eq!(got.selection.offsets(), want.selection.offsets(), "{what}");
+                    assert_eq!(
+                        got.selection.features(),
+                        want.selection.features(),
+                        "{what}"
+                    );
+                    assert_losses(&what, &got, &want, 1e-5);
+                    if aux != AuxLoss::None {
+                        assert!(got.aux > 0.0, "{what}: no auxiliary pairs");
+                    }
+                    if seed == 0 {
+                        let (got, want) = (on_device.state(), on_host.state());
+                        assert_params_close(
+                            &format!("{what} gradients"),
+                            &got.adam_m,
+                            &want.adam_m,
+                            1e-4,
+                        );
+                    }
+                }
+                let (got, want) = (on_device.state(), on_host.state());
+                assert_params_close(&what, &got.params, &want.params, 1e-3);
+                assert_params_close(&format!("{what} m"), &got.adam_m, &want.adam_m, 1e-3);
+                assert_params_close(&format!("{what} v"), &got.adam_v, &want.adam_v, 1e-3);
+                assert_eq!(got.stats, want.stats, "{what}: statistics");
+            }
+        }
+    }
+}
+
+/// The same bits on every run, and on burn's wgpu backend with and without fusion.
+#[test]
+fn device_steps_are_bit_identical_across_runs_and_backends() {
+    if !common::wgpu_available() {
+        return;
+    }
+    let (n, d, f, k) = CASES[0];
+    for i in 0..rules(k).len() {
+        let what = format!("{} {i}", rules(k)[i].name());
+        let run = |fused: bool| {
+            let rule = rules(k).remove(i);
+            let cfg = config(AuxLoss::AuxK);
+            if fused {
+                let mut t = trainer::<Autodiff<Wgpu>>(rule, cfg, (d, f));
+                for seed in 0..3 {
+                    t.train_step(batch(seed, n, d)).unwrap();
+                }
+                t.state()
+            } else {
+                let mut t = trainer::<Autodiff<Plain>>(rule, cfg, (d, f));
+                for seed in 0..3 {
+                    t.train_step(batch(seed, n, d)).unwrap();
+                }
+                t.state()
+            }
+        };
+        let first = run(true);
+        assert_eq!(run(true), first, "{what}: a second run");
+        assert_eq!(run(false), first, "{what}: without fusion");
+    }
+}
+
+/// A NaN in the batch and an overflowing batch are errors that leave the state as it was;
+/// training then goes on from it.
+#[test]
+fn a_failed_device_step_leaves_the_state_unchanged() {
+    if !common::wgpu_available() {
+        return;
+    }
+    type B = Autodiff<Wgpu>;
+    let (n, d, f, k) = CASES[0];
+    let mut t = trainer::<B>(Box::new(MutualChoice { k }), config(AuxLoss::AuxK), (d, f));
+    t.train_step(batch(0, n, d)).unwrap();
+    let before = t.state();
+    let device = Default::default();
+    let mut x = random(n * d, 1);
+    x[5] = f32::NAN;
+    let err = t
+        .train_step(Tensor::from_inner(tensor(x, n, d, &device)))
+        .unwrap_err();
+    assert!(matches!(err, SaeError::NonFiniteInput), "{err:?}");
+    assert_eq!(t.state(), before, "after a NaN input");
+    let huge = vec![1e30f32; n * d];
+    let err = t
+        .train_step(Tensor::from_inner(tensor(huge, n, d, &device)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SaeError::NonFiniteLoss { step: 1, .. } | SaeError::NonFiniteGradient { step: 1, .. }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(t.state(), before, "after an overflowing batch");
+    let out = t.train_step(batch(2, n, d)).unwrap();
+    assert!(out.loss.is_finite());
+    assert_eq!(t.step_count(), 2);
+    let norms: Vec<f32> = host(t.params().w_dec.clone())
+        .chunks(d)
+        .map(|r| r.iter().map(|v| v * v).sum::<f32>().sqrt())
+        .collect();
+    assert!(norms.iter().all(|&x| (x - 1.0).abs() < 1e-5), "{norms:?}");
+}
