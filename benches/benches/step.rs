@@ -115,7 +115,7 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
         &device,
     )
     .unwrap();
-    for (id, sparsifier, path) in step_variants(k) {
+    for (id, sparsifier, path) in step_variants(k, on_host) {
         let config = TrainConfig {
             path,
             aux: AuxLoss::AuxK,
@@ -231,9 +231,10 @@ impl SelectRule {
 }
 
 /// The step variants: the three sparsifiers on the backend's training path, then TopK on the
-/// gather path and on the dense oracle.
-fn step_variants(k: usize) -> Vec<(&'static str, Box<dyn Sparsifier>, StepPath)> {
-    vec![
+/// gather path and on the dense oracle; on device backends also Mutual Choice and Feature
+/// Choice on the gather path, the device path's predecessor.
+fn step_variants(k: usize, on_host: bool) -> Vec<(&'static str, Box<dyn Sparsifier>, StepPath)> {
+    let mut variants: Vec<(&'static str, Box<dyn Sparsifier>, StepPath)> = vec![
         ("step_topk", Box::new(TopK { k }), StepPath::Auto),
         (
             "step_mutual_choice",
@@ -247,7 +248,20 @@ fn step_variants(k: usize) -> Vec<(&'static str, Box<dyn Sparsifier>, StepPath)>
         ),
         ("step_topk_gather", Box::new(TopK { k }), StepPath::Sparse),
         ("step_topk_dense", Box::new(TopK { k }), StepPath::Dense),
-    ]
+    ];
+    if !on_host {
+        variants.push((
+            "step_mutual_choice_gather",
+            Box::new(MutualChoice { k }),
+            StepPath::Sparse,
+        ));
+        variants.push((
+            "step_feature_choice_gather",
+            Box::new(FeatureChoice::uniform(k)),
+            StepPath::Sparse,
+        ));
+    }
+    variants
 }
 
 fn print_summary(Shape { n, d, f, k }: Shape, backend: &str) {
@@ -262,8 +276,11 @@ fn print_summary(Shape { n, d, f, k }: Shape, backend: &str) {
     if !burn.is_nan() {
         println!("{:<26} {:>10.4} {:>8.2}", "burn_matmul", burn, burn / gemm);
     }
-    for (id, _, _) in step_variants(k) {
-        println!("{:<26} {:>10.4} {:>8.2}", id, med(id), med(id) / gemm);
+    // The device-only variants print only where they ran.
+    for (id, _, _) in step_variants(k, false) {
+        if times.contains_key(id) || !id.ends_with("choice_gather") {
+            println!("{:<26} {:>10.4} {:>8.2}", id, med(id), med(id) / gemm);
+        }
     }
     for rule in SelectRule::ALL {
         let (ours, burn) = (med(rule.ours()), med(rule.burn()));

@@ -9,7 +9,8 @@
 //! - `gpu-bundle [--cuda-version V]`: the CUDA tests and benches as stripped binaries in
 //!   `gpu-bundle/`, for a GPU machine without a Rust toolchain;
 //! - `gpu-run --out DIR [...]` (options in `USAGE`): runs them there (and profiles the kernels
-//!   with Nsight Compute where `ncu` is found) and writes `DIR/gpu-report.md`.
+//!   and one training step with Nsight Compute where `ncu` is found) and writes
+//!   `DIR/gpu-report.md`.
 
 mod bench;
 mod ci;

@@ -13,7 +13,8 @@
 //! - every kernel's bytes/s, against the device's nominal memory bandwidth and against a copy
 //!   of the same bytes;
 //! - every rule against burn's own top-k on the same input;
-//! - the step time against the encoder GEMM.
+//! - the step time against the encoder GEMM;
+//! - with Nsight Compute, every kernel of the kernels bench and of one training step.
 //!
 //! By job: [`bundle`] (building, packing and unpacking the bundle, its manifest), [`device`]
 //! (the GPU and the CUDA toolkit of the machine), [`run`] (the tests and benches on the

@@ -148,17 +148,40 @@ pub fn parse(text: &str) -> Vec<KernelProfile> {
     kernels
 }
 
+/// What a profile covered: the report section's title and the sentence that says what ran.
+#[derive(Debug, Clone, Copy)]
+pub struct Profiled {
+    /// The section title.
+    pub title: &'static str,
+    /// What ran under the profiler.
+    pub what: &'static str,
+}
+
+/// The kernels bench in criterion's test mode.
+pub const KERNELS_BENCH: Profiled = Profiled {
+    title: "Kernels under Nsight Compute",
+    what: "The kernels bench in test mode (each rule once per shape, both shapes)",
+};
+
+/// One TopK training step of the step bench, with the set-up before it.
+pub const ONE_STEP: Profiled = Profiled {
+    title: "One training step under Nsight Compute",
+    what: "The step bench in test mode filtered to `train_step/step_topk$` (the model's \
+           initialisation, then one TopK step on the device path: GEMM, selection, the step's \
+           kernels)",
+};
+
 /// The report section for the profiled kernels.
-pub fn markdown(kernels: &[KernelProfile]) -> String {
+pub fn markdown(kernels: &[KernelProfile], profiled: Profiled) -> String {
     if kernels.is_empty() {
         return String::new();
     }
-    let mut md = String::from(
-        "\n## Kernels under Nsight Compute\n\nThe kernels bench in test mode (each rule once per \
-         shape, both shapes), every launch profiled with the clocks left as they are. Shares \
+    let mut md = format!(
+        "\n## {}\n\n{}, every launch profiled with the clocks left as they are. Shares \
          are of the peak the device sustains, time-weighted over launches.\n\n\
          | kernel | grid | launches | time | DRAM % of peak | SM % of peak |\n\
          |---|---:|---:|---:|---:|---:|\n",
+        profiled.title, profiled.what
     );
     for k in kernels {
         let _ = writeln!(
@@ -206,8 +229,10 @@ mod tests {
         // Time-weighted: (1000 * 80 + 3000 * 40) / 4000 = 50.
         assert_eq!((k[1].dram_pct, k[1].sm_pct), (50.0, 25.0));
         assert_eq!(k[2].kernel, "row_compact");
-        assert!(markdown(&k).contains("| select_groups | 4096 | 2 | 4.000 µs | 50% | 25% |"));
+        let md = markdown(&k, ONE_STEP);
+        assert!(md.contains("| select_groups | 4096 | 2 | 4.000 µs | 50% | 25% |"));
+        assert!(md.contains("## One training step under Nsight Compute"));
         assert!(parse("no csv here").is_empty());
-        assert_eq!(markdown(&[]), "", "no profile, no section");
+        assert_eq!(markdown(&[], KERNELS_BENCH), "", "no profile, no section");
     }
 }

@@ -1,6 +1,6 @@
 //! `gpu-run`: on the GPU machine, the bundle's CUDA tests and then its benches (the kernels
-//! bench once more under Nsight Compute where `ncu` is found), all within a time budget, each
-//! logged; then the report, as markdown and JSON.
+//! bench and one training step once more under Nsight Compute where `ncu` is found), all
+//! within a time budget, each logged; then the report, as markdown and JSON.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ pub struct RunOptions {
     pub peak_gbs: Option<f64>,
     /// Seconds for all the binaries together; one still running then is stopped.
     pub budget_s: u64,
-    /// Skip the Nsight Compute profile of the kernels.
+    /// Skip the Nsight Compute profiles (the kernels bench, one training step).
     pub no_ncu: bool,
 }
 
@@ -220,8 +220,8 @@ pub fn run(options: &RunOptions) -> Result<()> {
         let (text, status) = session.run(&name, "test", &mut cmd)?;
         outcomes.push(parse_test_results(&name, &text, status == RunStatus::Ok));
     }
-    let kernels = if options.no_bench {
-        Vec::new()
+    let profiles = if options.no_bench {
+        Profiles::default()
     } else {
         run_benches(&mut session, &bundle, &manifest, options)?
     };
@@ -233,12 +233,14 @@ pub fn run(options: &RunOptions) -> Result<()> {
     };
 
     let runs = &session.runs;
-    let report = report(&manifest, &device, runs, &outcomes, &benches) + &ncu::markdown(&kernels);
+    let report = report(&manifest, &device, runs, &outcomes, &benches)
+        + &ncu::markdown(&profiles.kernels, ncu::KERNELS_BENCH)
+        + &ncu::markdown(&profiles.step, ncu::ONE_STEP);
     let report_path = out.join("gpu-report.md");
     std::fs::write(&report_path, &report).with_context(|| report_path.display().to_string())?;
     let json = serde_json::json!({
         "device": device, "commit": manifest.commit, "runs": runs, "tests": outcomes,
-        "benchmarks": benches, "kernels": kernels,
+        "benchmarks": benches, "kernels": profiles.kernels, "step_kernels": profiles.step,
     });
     let json_path = out.join("gpu-report.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(&json)? + "\n")
@@ -255,41 +257,60 @@ pub fn run(options: &RunOptions) -> Result<()> {
     Ok(())
 }
 
+/// What Nsight Compute measured: the kernels bench's rules, and one training step.
+#[derive(Debug, Default)]
+struct Profiles {
+    kernels: Vec<ncu::KernelProfile>,
+    step: Vec<ncu::KernelProfile>,
+}
+
 /// The kernels' bench (the bandwidth figures), one pass of it under Nsight Compute where
-/// `ncu` exists, then the workspace benches, the longest; returns the kernels `ncu` measured.
-/// Criterion keeps every finished benchmark, so a bench stopped at the deadline or failing
-/// late still reports what it measured.
+/// `ncu` exists, then the workspace benches, the longest, and one training step under Nsight
+/// Compute. Criterion keeps every finished benchmark, so a bench stopped at the deadline or
+/// failing late still reports what it measured.
 fn run_benches(
     session: &mut Session,
     bundle: &Path,
     manifest: &Manifest,
     options: &RunOptions,
-) -> Result<Vec<ncu::KernelProfile>> {
+) -> Result<Profiles> {
     let mut benches: Vec<&Binary> = manifest
         .binaries
         .iter()
         .filter(|b| b.kind == "bench")
         .collect();
     benches.sort_by_key(|b| b.package != "sae-kernels");
-    let mut kernels = Vec::new();
+    let mut profiles = Profiles::default();
     for binary in benches {
         let (exe, name) = session.unpack(bundle, binary)?;
         let mut cmd = session.bench_command(&exe, "criterion");
         cmd.arg("--bench").args(&options.filter);
         session.run(&name, "bench", &mut cmd)?;
-        if binary.package != "sae-kernels" || options.no_ncu {
+        let Some(ncu) = ncu::find().filter(|_| !options.no_ncu) else {
             continue;
-        }
-        if let Some(ncu) = ncu::find() {
-            // One pass of the kernels bench (criterion's test mode).
-            let csv = options.out.join("ncu.csv");
-            let mut cmd = session.bench_command(&ncu, "criterion-ncu");
-            cmd.args(ncu::args(&csv)).arg(&exe);
-            session.run("ncu sae-kernels/kernels", "profile", &mut cmd)?;
-            kernels = ncu::parse(&std::fs::read_to_string(&csv).unwrap_or_default());
+        };
+        // One pass in criterion's test mode (no `--bench`): each selected bench runs once.
+        let (label, file, filter) = match (binary.package.as_str(), binary.target.as_str()) {
+            ("sae-kernels", _) => ("ncu sae-kernels/kernels", "ncu.csv", None),
+            (_, "step") => (
+                "ncu one step",
+                "ncu-step.csv",
+                Some("train_step/step_topk$"),
+            ),
+            _ => continue,
+        };
+        let csv = options.out.join(file);
+        let mut cmd = session.bench_command(&ncu, "criterion-ncu");
+        cmd.args(ncu::args(&csv)).arg(&exe).args(filter);
+        session.run(label, "profile", &mut cmd)?;
+        let found = ncu::parse(&std::fs::read_to_string(&csv).unwrap_or_default());
+        if filter.is_some() {
+            profiles.step = found;
+        } else {
+            profiles.kernels = found;
         }
     }
-    Ok(kernels)
+    Ok(profiles)
 }
 
 #[cfg(test)]

@@ -93,9 +93,12 @@ impl StepPath {
     pub fn resolve<B: Backend>(self, device: &B::Device) -> StepPath {
         let name = B::name(device);
         let on_cpu = ["flex", "ndarray"].iter().any(|cpu| name.contains(cpu));
+        // `B` may be the autodiff wrapper of a cubecl backend, whose tensors are not cubecl's.
+        let on_cubecl =
+            crate::device::is_cubecl::<B>() || ["wgpu", "cuda"].iter().any(|n| name.contains(n));
         match self {
             StepPath::Auto if on_cpu => StepPath::Fused,
-            StepPath::Auto if crate::device::is_cubecl::<B>() => StepPath::Device,
+            StepPath::Auto if on_cubecl => StepPath::Device,
             StepPath::Auto => StepPath::Sparse,
             path => path,
         }

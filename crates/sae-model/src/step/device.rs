@@ -35,7 +35,8 @@ impl<B: AutodiffBackend> TrainStep<B> {
     /// ([`StepPath::Device`] for this backend, and a sparsifier with a built-in rule);
     /// `None` otherwise (the step then runs on the `sparse` path).
     pub(super) fn device_rule(&self, n: usize) -> Result<Option<BuiltinRule>> {
-        if self.config.path.resolve::<B::InnerBackend>(&self.device) != StepPath::Device {
+        let path = self.config.path.resolve::<B::InnerBackend>(&self.device);
+        if path != StepPath::Device || !crate::device::is_cubecl::<B::InnerBackend>() {
             return Ok(None);
         }
         self.sparsifier.builtin(n, &self.stats)

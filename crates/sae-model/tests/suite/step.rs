@@ -123,10 +123,10 @@ fn auto_path_resolves_per_backend() {
         let gpu = Default::default();
         assert_eq!(
             StepPath::Auto.resolve::<burn::backend::Wgpu>(&gpu),
-            StepPath::Sparse
+            StepPath::Device
         );
         let path = StepPath::Auto.resolve::<Autodiff<burn::backend::Wgpu>>(&gpu);
-        assert_eq!(path, StepPath::Sparse);
+        assert_eq!(path, StepPath::Device);
     }
 }
 
