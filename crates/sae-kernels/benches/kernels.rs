@@ -16,7 +16,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sae_alloc::{Capacities, Thresholds, usage_order};
 use sae_kernels::{
-    DeviceScores, apply_thresholds, column_topm, global_topk, grid, row_topk, upload_scores,
+    DeviceScores, RowKernel, apply_thresholds, column_topm, global_topk, grid, row_topk,
+    row_topk_with, upload_scores,
 };
 
 /// Copies `input` to `output`: one read and one write of every score.
@@ -76,6 +77,14 @@ fn bench_runtime<R: Runtime>(c: &mut Criterion, client: &ComputeClient<R>, name:
         group.bench_function(BenchmarkId::new("row_topk", &shape), |b| {
             b.iter(|| {
                 black_box(row_topk(&scores, k).expect("row_topk"));
+                sync(client);
+            })
+        });
+        // The streaming kernels the resident one replaces where a row fits.
+        group.bench_function(BenchmarkId::new("row_topk_streaming", &shape), |b| {
+            b.iter(|| {
+                let s = row_topk_with(&scores, k, RowKernel::Streaming).expect("row_topk");
+                black_box(s);
                 sync(client);
             })
         });

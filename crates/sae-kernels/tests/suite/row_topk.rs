@@ -4,10 +4,15 @@ use crate::common;
 
 use cubecl::prelude::*;
 use sae_alloc::{ScoreMatrix, row_topk as host_row_topk};
-use sae_kernels::{DeviceScores, row_topk, upload_scores};
+use sae_kernels::{DeviceScores, RowKernel, row_topk, row_topk_with, upload_scores};
+
+/// Rows that fill several chunks of the resident kernel (a padded last chunk, a chunk count
+/// rounded up to a power of two), the longest row it holds, and one just too long for it.
+const WIDE: [(usize, usize); 4] = [(3, 4097), (2, 9000), (2, 32768), (2, 32769)];
 
 fn suite<R: Runtime>(client: &ComputeClient<R>) {
-    for (i, &(rows, cols)) in common::SHAPES.iter().enumerate() {
+    let shapes = common::SHAPES.iter().chain(&WIDE);
+    for (i, &(rows, cols)) in shapes.enumerate() {
         for levels in [0, 3, 9] {
             let data = common::matrix(i as u64 * 31 + u64::from(levels), rows, cols, levels);
             let handle = upload_scores(client, &data);
@@ -19,8 +24,13 @@ fn suite<R: Runtime>(client: &ComputeClient<R>) {
             }
             for k in ks {
                 let expected = host_row_topk(&host, k).unwrap();
-                let got = row_topk(&scores, k).unwrap();
-                common::assert_same(&got, &expected, &format!("{rows}x{cols} k={k} l={levels}"));
+                let what = format!("{rows}x{cols} k={k} l={levels}");
+                common::assert_same(&row_topk(&scores, k).unwrap(), &expected, &what);
+                // Both kernels, whichever the default picks for this width.
+                for kernel in [RowKernel::Resident, RowKernel::Streaming] {
+                    let got = row_topk_with(&scores, k, kernel).unwrap();
+                    common::assert_same(&got, &expected, &format!("{what} {kernel:?}"));
+                }
             }
         }
     }
