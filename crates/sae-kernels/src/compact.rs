@@ -278,20 +278,10 @@ pub(crate) fn compact_rows<R: Runtime>(
     let client = scores.client();
     let (rows, cols) = (scores.rows(), scores.cols());
     let total = rows * cols;
-    let offsets = uninit(client, rows + 1);
-    let nnz = match sizes {
-        RowSizes::Uniform(k) => {
-            uniform_offsets::launch::<R>(
-                client,
-                grid((rows + 1).div_ceil(CUBE as usize)),
-                unit_dim(),
-                array(&offsets, rows + 1),
-                rows as u32,
-                k as u32,
-            );
-            rows * k
-        }
+    let (offsets, nnz) = match sizes {
+        RowSizes::Uniform(k) => (uniform_row_offsets(client, rows, k), rows * k),
         RowSizes::Counted(known) => {
+            let offsets = uninit(client, rows + 1);
             let counts = uninit(client, rows);
             row_counts::launch::<R>(
                 client,
@@ -315,16 +305,14 @@ pub(crate) fn compact_rows<R: Runtime>(
                 array(&offsets, rows + 1),
                 rows as u32,
             );
-            match known {
+            let nnz = match known {
                 Some(n) => n,
                 None => read_u32(client, &offsets)?[rows] as usize,
-            }
+            };
+            (offsets, nnz)
         }
     };
-    let tokens = uninit(client, nnz);
-    let features = uninit(client, nnz);
-    let values = uninit(client, nnz);
-    let feature_counts = zeros(client, cols);
+    let out = PairOutputs::new(client, nnz, cols);
     row_compact::launch::<R>(
         client,
         grid(rows),
@@ -333,24 +321,75 @@ pub(crate) fn compact_rows<R: Runtime>(
         array(thresholds.0, thresholds.1),
         array(tie_limits.0, tie_limits.1),
         array(&offsets, rows + 1),
-        array(&tokens, nnz),
-        array(&features, nnz),
-        array(&values, nnz),
-        array(&feature_counts, cols),
+        array(&out.tokens, nnz),
+        array(&out.features, nnz),
+        array(&out.values, nnz),
+        array(&out.feature_counts, cols),
         rows as u32,
         cols as u32,
         mode,
     );
-    Ok(DeviceSelection {
-        client: client.clone(),
-        rows,
-        cols,
-        nnz,
-        offsets,
-        tokens,
-        features,
-        scores: values,
-        feature_counts,
-        nan,
-    })
+    Ok(out.into_selection(client, (rows, cols, nnz), offsets, nan))
+}
+
+/// The CSR offsets of `rows` rows of `k` pairs each: `i * k`.
+pub(crate) fn uniform_row_offsets<R: Runtime>(
+    client: &ComputeClient<R>,
+    rows: usize,
+    k: usize,
+) -> Handle {
+    let offsets = uninit(client, rows + 1);
+    uniform_offsets::launch::<R>(
+        client,
+        grid((rows + 1).div_ceil(CUBE as usize)),
+        unit_dim(),
+        array(&offsets, rows + 1),
+        rows as u32,
+        k as u32,
+    );
+    offsets
+}
+
+/// The per-pair outputs a compaction writes: token, feature and score of each of `nnz` pairs,
+/// and each feature's count (zeroed).
+pub(crate) struct PairOutputs {
+    pub(crate) tokens: Handle,
+    pub(crate) features: Handle,
+    pub(crate) values: Handle,
+    pub(crate) feature_counts: Handle,
+}
+
+impl PairOutputs {
+    /// Buffers for `nnz` pairs over `cols` features.
+    pub(crate) fn new<R: Runtime>(client: &ComputeClient<R>, nnz: usize, cols: usize) -> Self {
+        Self {
+            tokens: uninit(client, nnz),
+            features: uninit(client, nnz),
+            values: uninit(client, nnz),
+            feature_counts: zeros(client, cols),
+        }
+    }
+
+    /// The selection of a `(rows, cols, nnz)` matrix with these outputs, its CSR `offsets` and
+    /// its NaN flag.
+    pub(crate) fn into_selection<R: Runtime>(
+        self,
+        client: &ComputeClient<R>,
+        (rows, cols, nnz): (usize, usize, usize),
+        offsets: Handle,
+        nan: Handle,
+    ) -> DeviceSelection<R> {
+        DeviceSelection {
+            client: client.clone(),
+            rows,
+            cols,
+            nnz,
+            offsets,
+            tokens: self.tokens,
+            features: self.features,
+            scores: self.values,
+            feature_counts: self.feature_counts,
+            nan,
+        }
+    }
 }

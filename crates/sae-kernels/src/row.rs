@@ -4,9 +4,8 @@ use cubecl::prelude::*;
 use sae_alloc::AllocError;
 
 use crate::KernelError;
-use crate::compact::{BY_ROW, RowSizes, compact_rows, uniform_offsets};
-use crate::key::CUBE;
-use crate::launch::{array, filled, grid, uninit, unit_dim, zeros};
+use crate::compact::{BY_ROW, PairOutputs, RowSizes, compact_rows, uniform_row_offsets};
+use crate::launch::{array, filled, grid, uninit, unit_dim};
 use crate::output::{DeviceScores, DeviceSelection};
 use crate::row_resident::{MAX_COLS, chunks_for, row_topk_resident};
 use crate::select::select_groups;
@@ -54,47 +53,25 @@ fn resident<R: Runtime>(scores: &DeviceScores<'_, R>, k: usize) -> DeviceSelecti
     let (rows, cols) = (scores.rows(), scores.cols());
     let client = scores.client();
     let nnz = rows * k;
-    let offsets = uninit(client, rows + 1);
-    uniform_offsets::launch::<R>(
-        client,
-        grid((rows + 1).div_ceil(CUBE as usize)),
-        unit_dim(),
-        array(&offsets, rows + 1),
-        rows as u32,
-        k as u32,
-    );
-    let tokens = uninit(client, nnz);
-    let features = uninit(client, nnz);
-    let values = uninit(client, nnz);
-    let feature_counts = zeros(client, cols);
+    let offsets = uniform_row_offsets(client, rows, k);
+    let out = PairOutputs::new(client, nnz, cols);
     let nan = filled(client, 1, u32::MAX);
     row_topk_resident::launch::<R>(
         client,
         grid(rows),
         unit_dim(),
         array(scores.handle(), rows * cols),
-        array(&tokens, nnz),
-        array(&features, nnz),
-        array(&values, nnz),
-        array(&feature_counts, cols),
+        array(&out.tokens, nnz),
+        array(&out.features, nnz),
+        array(&out.values, nnz),
+        array(&out.feature_counts, cols),
         array(&nan, 1),
         rows as u32,
         cols as u32,
         k as u32,
         chunks_for(cols),
     );
-    DeviceSelection {
-        client: client.clone(),
-        rows,
-        cols,
-        nnz,
-        offsets,
-        tokens,
-        features,
-        scores: values,
-        feature_counts,
-        nan,
-    }
+    out.into_selection(client, (rows, cols, nnz), offsets, nan)
 }
 
 /// The streaming kernels: radix select per row, then the compaction.

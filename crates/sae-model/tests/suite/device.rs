@@ -11,8 +11,8 @@ use burn::tensor::backend::Backend;
 use common::{random, tensor};
 use sae_model::sae_alloc::{AllocError, ScoreMatrix, Selection};
 use sae_model::{
-    Activation, BatchAffinities, FeatureChoice, FeatureStats, MutualChoice, SaeError, Sparsifier,
-    StatsConfig, TopK, aux_selection, select_on_backend,
+    Activation, BatchAffinities, FeatureStats, SaeError, Sparsifier, StatsConfig, TopK,
+    aux_selection, select_on_backend,
 };
 
 /// Odd shapes (not multiples of the kernels' cube size).
@@ -46,17 +46,6 @@ fn warm_stats(n: usize, f: usize, seed: u64) -> FeatureStats {
     stats
 }
 
-fn sparsifiers(k: usize) -> Vec<Box<dyn Sparsifier>> {
-    let mut zipf = FeatureChoice::zipf(k);
-    zipf.zipf_warmup_tokens = 0;
-    vec![
-        Box::new(TopK { k }),
-        Box::new(MutualChoice { k }),
-        Box::new(FeatureChoice::uniform(k)),
-        Box::new(zipf),
-    ]
-}
-
 fn assert_same(what: &str, got: &Selection, want: &Selection) {
     assert_eq!(got.offsets(), want.offsets(), "{what}: offsets");
     assert_eq!(got.features(), want.features(), "{what}: features");
@@ -71,7 +60,7 @@ fn builtin_rules_match_host<B: Backend>() {
         let z = tied_scores(n * f, i as u64);
         let stats = warm_stats(n, f, 50 + i as u64);
         for k in [1, 3, 9] {
-            for sparsifier in sparsifiers(k) {
+            for sparsifier in common::builtin_sparsifiers(k) {
                 let what = format!("{} k={k} {n}x{f}", sparsifier.name());
                 let batch =
                     select_on_backend(tensor::<B>(z.clone(), n, f, &device), &*sparsifier, &stats)
@@ -130,7 +119,7 @@ fn nan_affinities_are_reported<B: Backend>() {
     let mut z = random(n * f, 3);
     z[2 * f + 17] = f32::NAN;
     let stats = FeatureStats::new(f, StatsConfig::default());
-    for sparsifier in sparsifiers(2) {
+    for sparsifier in common::builtin_sparsifiers(2) {
         let err = select_on_backend(
             tensor::<B>(z.clone(), n, f, &Default::default()),
             &*sparsifier,

@@ -9,10 +9,10 @@ use burn::backend::wgpu::{CubeBackend, WgpuRuntime};
 use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use common::{host, params, random, tensor};
+use common::{builtin_sparsifiers, host, params, random, tensor};
 use sae_model::{
-    AuxLoss, FeatureChoice, MutualChoice, Sae, SaeError, SaeParams, Sparsifier, StatsConfig,
-    StepOutput, StepPath, TopK, TrainConfig, TrainState, TrainStep,
+    AuxLoss, MutualChoice, Sae, SaeError, SaeParams, Sparsifier, StatsConfig, StepOutput, StepPath,
+    TrainConfig, TrainState, TrainStep,
 };
 
 /// burn's wgpu backend without its fusion layer.
@@ -21,17 +21,6 @@ type Plain = CubeBackend<WgpuRuntime, f32, i32, u32>;
 /// `(N, d, F, k)`: widths that are not multiples of 4, features with no pairs, features with
 /// more pairs than a cube has units (600 tokens, 16 features), several row blocks, k = 1.
 const CASES: [(usize, usize, usize, usize); 3] = [(37, 13, 70, 3), (600, 5, 16, 8), (9, 6, 40, 1)];
-
-fn rules(k: usize) -> Vec<Box<dyn Sparsifier>> {
-    let mut zipf = FeatureChoice::zipf(k);
-    zipf.zipf_warmup_tokens = 0;
-    vec![
-        Box::new(TopK { k }),
-        Box::new(MutualChoice { k }),
-        Box::new(FeatureChoice::uniform(k)),
-        Box::new(zipf),
-    ]
-}
 
 /// Statistics under which every feature counts as dead from the first step, so the
 /// auxiliary losses have pairs on every step.
@@ -119,8 +108,8 @@ fn agrees_with_the_host_step<B: AutodiffBackend>(agreement: Agreement) {
         StepPath::Device
     );
     for (n, d, f, k) in CASES {
-        for i in 0..rules(k).len() {
-            let rule = || rules(k).remove(i);
+        for i in 0..builtin_sparsifiers(k).len() {
+            let rule = || builtin_sparsifiers(k).remove(i);
             let name = format!("{} {i}", rule().name());
             let mut auxes = vec![AuxLoss::None, AuxLoss::AuxK];
             if rule().name() == "feature_choice" {
@@ -171,7 +160,11 @@ fn agrees_with_the_host_step<B: AutodiffBackend>(agreement: Agreement) {
 /// Three steps of every rule with `aux_k` on backend `B`.
 fn three_steps<B: AutodiffBackend>(i: usize) -> TrainState {
     let (n, d, f, k) = CASES[0];
-    let mut t = trainer::<B>(rules(k).remove(i), config(AuxLoss::AuxK), (d, f));
+    let mut t = trainer::<B>(
+        builtin_sparsifiers(k).remove(i),
+        config(AuxLoss::AuxK),
+        (d, f),
+    );
     for seed in 0..3 {
         t.train_step(batch(seed, n, d)).unwrap();
     }
@@ -182,8 +175,8 @@ fn three_steps<B: AutodiffBackend>(i: usize) -> TrainState {
 /// its fusion layer.
 fn bit_identical<Fused: AutodiffBackend, Plain: AutodiffBackend>() {
     let k = CASES[0].3;
-    for i in 0..rules(k).len() {
-        let what = format!("{} {i}", rules(k)[i].name());
+    for i in 0..builtin_sparsifiers(k).len() {
+        let what = format!("{} {i}", builtin_sparsifiers(k)[i].name());
         let first = three_steps::<Fused>(i);
         assert_eq!(three_steps::<Fused>(i), first, "{what}: a second run");
         assert_eq!(three_steps::<Plain>(i), first, "{what}: without fusion");
@@ -196,15 +189,20 @@ fn bit_identical<Fused: AutodiffBackend, Plain: AutodiffBackend>() {
 fn resume_is_bit_identical<B: AutodiffBackend>() {
     let (n, d, f, k) = CASES[0];
     for (i, aux) in [(3, AuxLoss::AuxZipf), (1, AuxLoss::AuxK)] {
-        let mut a = trainer::<B>(rules(k).remove(i), config(aux), (d, f));
+        let mut a = trainer::<B>(builtin_sparsifiers(k).remove(i), config(aux), (d, f));
         for seed in 0..3 {
             a.train_step(batch(seed, n, d)).unwrap();
         }
         let saved = serde_json::to_value(a.state()).unwrap();
         let restored: TrainState = serde_json::from_value(saved).unwrap();
         let device = Default::default();
-        let mut b = TrainStep::<B>::from_state(&restored, rules(k).remove(i), config(aux), &device)
-            .unwrap();
+        let mut b = TrainStep::<B>::from_state(
+            &restored,
+            builtin_sparsifiers(k).remove(i),
+            config(aux),
+            &device,
+        )
+        .unwrap();
         for seed in 3..6 {
             let (oa, ob) = (
                 a.train_step(batch(seed, n, d)).unwrap(),

@@ -5,7 +5,20 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sae_model::{SaeConfig, SaeParams};
+use sae_model::{FeatureChoice, MutualChoice, SaeConfig, SaeParams, Sparsifier, TopK};
+
+/// The paper's rules with `k` features per token: TopK, Mutual Choice, Feature Choice uniform
+/// and Zipf (its capacities Zipf from the first token).
+pub fn builtin_sparsifiers(k: usize) -> Vec<Box<dyn Sparsifier>> {
+    let mut zipf = FeatureChoice::zipf(k);
+    zipf.zipf_warmup_tokens = 0;
+    vec![
+        Box::new(TopK { k }),
+        Box::new(MutualChoice { k }),
+        Box::new(FeatureChoice::uniform(k)),
+        Box::new(zipf),
+    ]
+}
 
 /// Uniform values in [-1, 1).
 pub fn random(len: usize, seed: u64) -> Vec<f32> {
