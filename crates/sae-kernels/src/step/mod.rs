@@ -125,6 +125,7 @@ pub struct DeviceStep<R: Runtime> {
     pub v: ParamBuffers,
     status: Handle,
     flags: Handle,
+    aux_active: Handle,
     _runtime: std::marker::PhantomData<R>,
 }
 
@@ -135,6 +136,9 @@ pub struct StepReport {
     pub sse: f64,
     /// Sum of squared auxiliary errors `||e - e_hat||^2` (0 without auxiliary pairs).
     pub aux_sse: f64,
+    /// Whether any auxiliary pair was more than padding: without one the auxiliary loss is
+    /// off (its pairs changed no gradient).
+    pub aux_active: bool,
     /// `sum_t ||x_t - mean(x)||^2` of the batch.
     pub total_variance: f64,
     /// The first parameter (`w_enc`, `b_enc`, `w_dec`, `b_dec`) with a non-finite gradient.
@@ -147,8 +151,11 @@ impl<R: Runtime> DeviceStep<R> {
     /// Reads the step's loss sums, its non-finite flags and `selection` (the step's own) with
     /// one synchronisation. A NaN affinity is reported as the selection's error.
     pub fn finish(&self, selection: &DeviceSelection<R>) -> Result<StepReport, KernelError> {
-        let (selection, words) =
-            selection.read_with(vec![self.status.clone(), self.flags.clone()])?;
+        let (selection, words) = selection.read_with(vec![
+            self.status.clone(),
+            self.flags.clone(),
+            self.aux_active.clone(),
+        ])?;
         let status: Vec<f64> = words[0][..3]
             .iter()
             .map(|&b| f64::from(f32::from_bits(b)))
@@ -162,6 +169,7 @@ impl<R: Runtime> DeviceStep<R> {
         Ok(StepReport {
             sse: status[0],
             aux_sse: status[1],
+            aux_active: words[2][0] != 0,
             total_variance: status[2],
             non_finite,
             selection,
@@ -272,6 +280,7 @@ pub fn train_step<R: Runtime>(
     let err = uninit(client, rows * d);
     let token_sse = uninit(client, n);
     let token_aux = uninit(client, n);
+    let aux_active = zeros(client, 1);
     let aux_sel = aux.unwrap_or(selection);
     token_pass::launch::<R>(
         client,
@@ -294,6 +303,7 @@ pub fn train_step<R: Runtime>(
         array(&err, rows * d),
         array(&token_sse, n),
         array(&token_aux, n),
+        array(&aux_active, 1),
         n as u32,
         d as u32,
         f as u32,
@@ -430,7 +440,8 @@ pub fn train_step<R: Runtime>(
         m: m_out,
         v: v_out,
         status,
-        _runtime: std::marker::PhantomData,
         flags,
+        aux_active,
+        _runtime: std::marker::PhantomData,
     })
 }

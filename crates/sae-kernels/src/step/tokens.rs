@@ -88,7 +88,8 @@ fn pair_grads(
 }
 
 /// The token pass (see the module docs). `token_sse[t]` gets `||x_t - x_hat_t||^2`,
-/// `token_aux[t]` gets `||e_t - e_hat_t||^2`.
+/// `token_aux[t]` gets `||e_t - e_hat_t||^2`, `aux_active[0]` becomes 1 when any auxiliary
+/// pair is not padding.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn token_pass(
@@ -109,6 +110,7 @@ pub(crate) fn token_pass(
     err: &mut Array<f32>,
     token_sse: &mut Array<f32>,
     token_aux: &mut Array<f32>,
+    aux_active: &mut Array<Atomic<u32>>,
     tokens: u32,
     width: u32,
     cols: u32,
@@ -195,6 +197,17 @@ pub(crate) fn token_pass(
                 unit,
                 relu,
             );
+            // Whether any auxiliary pair is more than padding (without one, the auxiliary
+            // loss is off, as on the host).
+            let mut p = aux_start + unit;
+            let mut active = false;
+            while p < aux_end {
+                active = active || u32::reinterpret(aux_scores[p]) != NEG_INFINITY_BITS;
+                p += CUBE as usize;
+            }
+            if active {
+                aux_active[0].fetch_max(1u32);
+            }
             sync_storage();
             sync_cube();
             // a_t = e_t - sum_p v_p w_dec[f] over the auxiliary pairs.

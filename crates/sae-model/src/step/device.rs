@@ -125,8 +125,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
             ReconLoss::Fvu => 1.0 / report.total_variance,
             ReconLoss::Mse => 1.0 / (n * d) as f64,
         };
-        let with_aux = aux.as_ref().is_some_and(|a| a.nnz() > 0);
-        let aux_loss = if with_aux {
+        let aux_loss = if report.aux_active {
             report.aux_sse / report.sse
         } else {
             0.0

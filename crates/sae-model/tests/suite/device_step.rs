@@ -12,7 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use common::{builtin_sparsifiers, host, params, random, tensor};
 use sae_model::{
     AuxLoss, MutualChoice, Sae, SaeError, SaeParams, Sparsifier, StatsConfig, StepOutput, StepPath,
-    TrainConfig, TrainState, TrainStep,
+    TopK, TrainConfig, TrainState, TrainStep,
 };
 
 /// burn's wgpu backend without its fusion layer.
@@ -216,6 +216,33 @@ fn resume_is_bit_identical<B: AutodiffBackend>() {
     }
 }
 
+/// Auxiliary candidates that fire on no token give the auxiliary loss no pair: it is off
+/// (0) on both paths, though the device's row top-k pads every row.
+fn aux_is_off_without_firing_candidates<B: AutodiffBackend>() {
+    let (n, d, f, k) = CASES[0];
+    let mut p = params(d, f, 7);
+    p.b_enc.fill(-100.0);
+    let host_sae = Sae::<Flex>::from_params(&p, &Default::default()).unwrap();
+    let device_sae = Sae::<B::InnerBackend>::from_params(&p, &Default::default()).unwrap();
+    let rule = || Box::new(TopK { k });
+    let cfg = config(AuxLoss::AuxK);
+    let mut on_host =
+        TrainStep::<Autodiff<Flex>>::new(&host_sae, rule(), cfg.clone(), &Default::default())
+            .unwrap();
+    let mut on_device = TrainStep::<B>::new(&device_sae, rule(), cfg, &Default::default()).unwrap();
+    let want = on_host.train_step(batch(0, n, d)).unwrap();
+    let got = on_device.train_step(batch(0, n, d)).unwrap();
+    assert_eq!((got.aux, want.aux), (0.0, 0.0));
+    assert_losses("no firing candidate", &got, &want, 1e-5);
+}
+
+#[test]
+fn device_step_has_no_aux_loss_without_firing_candidates() {
+    if common::wgpu_available() {
+        aux_is_off_without_firing_candidates::<Autodiff<Wgpu>>();
+    }
+}
+
 #[test]
 fn device_step_resumes_bit_identically() {
     if common::wgpu_available() {
@@ -316,6 +343,13 @@ mod cuda {
     fn cuda_device_step_resumes_bit_identically() {
         if common::cuda_available() {
             super::resume_is_bit_identical::<Autodiff<Cuda>>();
+        }
+    }
+
+    #[test]
+    fn cuda_device_step_has_no_aux_loss_without_firing_candidates() {
+        if common::cuda_available() {
+            super::aux_is_off_without_firing_candidates::<Autodiff<Cuda>>();
         }
     }
 
