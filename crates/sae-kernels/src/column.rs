@@ -6,7 +6,7 @@ use sae_alloc::Capacities;
 
 use crate::KernelError;
 use crate::compact::{BY_COLUMN, RowSizes, compact_rows};
-use crate::launch::{array, filled, grid, uninit, unit_dim};
+use crate::launch::{array, check_words, filled, grid, uninit, unit_dim};
 use crate::output::{DeviceScores, DeviceSelection};
 use crate::select::select_groups;
 
@@ -32,14 +32,7 @@ pub fn column_topm_on_device<R: Runtime>(
     budget: usize,
 ) -> Result<DeviceSelection<R>, KernelError> {
     let (rows, cols) = (scores.rows(), scores.cols());
-    let expected = cols as u64 * 4;
-    if capacities.size_in_used() < expected {
-        return Err(KernelError::BufferTooSmall {
-            what: "capacities",
-            bytes: capacities.size_in_used(),
-            expected,
-        });
-    }
+    check_words("capacities", capacities, cols)?;
     let client = scores.client();
     let thresholds = uninit(client, cols);
     let tie_limits = uninit(client, cols);

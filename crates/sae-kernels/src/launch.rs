@@ -13,6 +13,23 @@ pub(crate) fn read_error(e: impl std::fmt::Debug) -> KernelError {
     }
 }
 
+/// An error unless `handle` holds at least `len` 4-byte elements (`what` names the buffer).
+pub(crate) fn check_words(
+    what: &'static str,
+    handle: &Handle,
+    len: usize,
+) -> Result<(), KernelError> {
+    let expected = len as u64 * 4;
+    if handle.size_in_used() < expected {
+        return Err(KernelError::BufferTooSmall {
+            what,
+            bytes: handle.size_in_used(),
+            expected,
+        });
+    }
+    Ok(())
+}
+
 /// Reads buffers of 4-byte words (u32 or f32 bits) back with one synchronisation.
 pub(crate) fn read_words<R: Runtime>(
     client: &ComputeClient<R>,

@@ -6,7 +6,7 @@ use cubecl::server::Handle;
 use sae_alloc::{AllocError, Selection};
 
 use crate::KernelError;
-use crate::launch::{read_u32, read_words};
+use crate::launch::{check_words, read_u32, read_words};
 
 /// A row-major `rows x cols` f32 score matrix in a device buffer (for example the handle of a
 /// burn `CubeTensor`), borrowed with the client that owns it. Nothing is copied.
@@ -51,14 +51,7 @@ impl<'a, R: Runtime> DeviceScores<'a, R> {
             .checked_mul(cols)
             .filter(|&t| t <= u32::MAX as usize)
             .ok_or(KernelError::TooManyScores { rows, cols })?;
-        let expected = total as u64 * 4;
-        if handle.size_in_used() < expected {
-            return Err(KernelError::BufferTooSmall {
-                what: "scores",
-                bytes: handle.size_in_used(),
-                expected,
-            });
-        }
+        check_words("scores", handle, total)?;
         Ok(Self {
             client,
             handle,

@@ -7,7 +7,7 @@ use sae_alloc::{AllocError, Thresholds};
 use crate::KernelError;
 use crate::compact::{BY_COLUMN, RowSizes, WHOLE, compact_rows, threshold_keys};
 use crate::key::CUBE;
-use crate::launch::{array, filled, grid, uninit, unit_dim};
+use crate::launch::{array, check_words, filled, grid, uninit, unit_dim};
 use crate::output::{DeviceScores, DeviceSelection};
 
 /// Keeps every score strictly above its (global or per-feature) threshold, the rule of
@@ -43,14 +43,7 @@ pub fn apply_thresholds_on_device<R: Runtime>(
     per_feature: bool,
 ) -> Result<DeviceSelection<R>, KernelError> {
     let count = if per_feature { scores.cols() } else { 1 };
-    let expected = count as u64 * 4;
-    if thresholds.size_in_used() < expected {
-        return Err(KernelError::BufferTooSmall {
-            what: "thresholds",
-            bytes: thresholds.size_in_used(),
-            expected,
-        });
-    }
+    check_words("thresholds", thresholds, count)?;
     let client = scores.client();
     let keys = uninit(client, count);
     let tie_limits = uninit(client, count);

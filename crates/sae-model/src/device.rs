@@ -123,39 +123,14 @@ pub(crate) fn select_on_device<B: Backend>(
     scores: &Tensor<B, 2>,
     rule: &BuiltinRule,
 ) -> Option<Result<Selection>> {
-    let primitive: Box<dyn Any> = Box::new(scores.clone().into_primitive().tensor());
-    let primitive = match try_runtime::<cubecl::wgpu::WgpuRuntime>(primitive, rule) {
-        Ok(done) => return Some(done),
-        Err(other) => other,
-    };
-    #[cfg(feature = "cuda")]
-    let primitive = match try_runtime::<cubecl::cuda::CudaRuntime>(primitive, rule) {
-        Ok(done) => return Some(done),
-        Err(other) => other,
-    };
-    drop(primitive);
-    None
-}
-
-/// Selects on runtime `R` if the primitive is one of its tensors (fused or not); gives the
-/// primitive back otherwise.
-fn try_runtime<R: CubeRuntime>(
-    primitive: Box<dyn Any>,
-    rule: &BuiltinRule,
-) -> std::result::Result<Result<Selection>, Box<dyn Any>> {
-    let primitive = match primitive.downcast::<FusionTensor<FusionCubeRuntime<R>>>() {
-        Ok(fused) => {
-            let client = fused.client.clone();
-            // Flushes the pending fused operations and hands out the tensor's buffer.
-            let tensor = client.resolve_tensor_float::<CubeBackend<R, f32, i32, u32>>(*fused);
-            return Ok(select_cube(tensor, rule));
-        }
-        Err(other) => other,
-    };
-    match primitive.downcast::<CubeTensor<R>>() {
-        Ok(tensor) => Ok(select_cube(*tensor, rule)),
-        Err(other) => Err(other),
+    if let Some(tensor) = to_cube::<B, cubecl::wgpu::WgpuRuntime, 2>(scores.clone()) {
+        return Some(select_cube(tensor, rule));
     }
+    #[cfg(feature = "cuda")]
+    if let Some(tensor) = to_cube::<B, cubecl::cuda::CudaRuntime, 2>(scores.clone()) {
+        return Some(select_cube(tensor, rule));
+    }
+    None
 }
 
 /// Runs the kernel of `rule` on a cubecl tensor and reads back its selection.
@@ -222,6 +197,7 @@ pub(crate) fn to_cube<B: Backend, R: CubeRuntime, const D: usize>(
     let primitive = match primitive.downcast::<FusionTensor<FusionCubeRuntime<R>>>() {
         Ok(fused) => {
             let client = fused.client.clone();
+            // Flushes the pending fused operations and hands out the tensor's buffer.
             return Some(client.resolve_tensor_float::<CubeBackend<R, f32, i32, u32>>(*fused));
         }
         Err(other) => other,

@@ -29,7 +29,7 @@ use sae_alloc::Selection;
 
 use crate::KernelError;
 use crate::key::CUBE;
-use crate::launch::{array, grid, uninit, unit_dim, zeros};
+use crate::launch::{array, check_words, grid, uninit, unit_dim, zeros};
 use crate::output::DeviceSelection;
 use by_feature::{by_feature, join_offsets};
 use reduce::{
@@ -177,19 +177,6 @@ impl<R: Runtime> DeviceStep<R> {
     }
 }
 
-/// Checks that `handle` holds at least `len` 4-byte elements.
-fn check_len(what: &'static str, handle: &Handle, len: usize) -> Result<(), KernelError> {
-    let expected = (len * 4) as u64;
-    if handle.size_in_used() < expected {
-        return Err(KernelError::BufferTooSmall {
-            what,
-            bytes: handle.size_in_used(),
-            expected,
-        });
-    }
-    Ok(())
-}
-
 /// Enqueues one training step: loss, gradients and the update of `params` with moments `m`,
 /// `v`, into fresh buffers. Nothing is read back (see [`DeviceStep::finish`]).
 pub fn train_step<R: Runtime>(
@@ -209,17 +196,17 @@ pub fn train_step<R: Runtime>(
             actual: vec![a.rows(), a.cols()],
         });
     }
-    check_len("x", inputs.x, n * d)?;
-    check_len("affinities", inputs.affinities, n * f)?;
+    check_words("x", inputs.x, n * d)?;
+    check_words("affinities", inputs.affinities, n * f)?;
     for (state, name) in [
         (params, "parameters"),
         (m, "first moments"),
         (v, "second moments"),
     ] {
-        check_len(name, &state.w_enc, f * d)?;
-        check_len(name, &state.b_enc, f)?;
-        check_len(name, &state.w_dec, f * d)?;
-        check_len(name, &state.b_dec, d)?;
+        check_words(name, &state.w_enc, f * d)?;
+        check_words(name, &state.b_enc, f)?;
+        check_words(name, &state.w_dec, f * d)?;
+        check_words(name, &state.b_dec, d)?;
     }
     let main_pairs = selection.nnz();
     let aux_pairs = aux.map_or(0, |a| a.nnz());

@@ -13,6 +13,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime};
+use cubecl::server::Handle;
 use sae_kernels::step::{
     Activation as KernelActivation, DeviceStep, ParamBuffers, Reconstruction, StepInputs,
     train_step,
@@ -71,7 +72,12 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let x = contiguous(x);
         let [n, d] = [x.meta.shape()[0], x.meta.shape()[1]];
         let activation = self.sparsifier.activation();
-        let params = self.cube_params::<R>(&self.params)?;
+        let params = cube_tensors::<B, R>(&self.params)?;
+        let [p, m, v] = [
+            buffers(&params),
+            buffers(&cube_tensors::<B, R>(&self.adam_m)?),
+            buffers(&cube_tensors::<B, R>(&self.adam_v)?),
+        ];
         let batch = Tensor::<Cube<R>, 2>::from_primitive(TensorPrimitive::Float(x.clone()));
         let affinities = contiguous_scores(params.affinities(batch).into_primitive().tensor())?;
         let selection = select_on_cube(&affinities, rule)?;
@@ -107,15 +113,6 @@ impl<B: AutodiffBackend> TrainStep<B> {
             },
             adam: adam.constants(),
         };
-        let state = [&self.params, &self.adam_m, &self.adam_v].map(|p| buffers::<B, R>(p));
-        let [p, m, v] = match state {
-            [Some(p), Some(m), Some(v)] => [p, m, v],
-            _ => {
-                return Err(SaeError::Device(
-                    "parameters are not on the batch's device".into(),
-                ));
-            }
-        };
         let step = train_step(&x.client, &inputs, [&p, &m, &v]).map_err(kernel_error)?;
         let report = step
             .finish(&selection)
@@ -148,30 +145,6 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let mse = (report.sse / (n * d) as f64) as f32;
         let fvu = (report.sse / report.total_variance) as f32;
         self.record(report.selection, [loss, mse, fvu, aux_loss as f32])
-    }
-
-    /// The parameters as tensors of burn's cubecl backend on `R`, over the same buffers.
-    fn cube_params<R: CubeRuntime>(
-        &self,
-        p: &SaeTensors<B::InnerBackend>,
-    ) -> Result<SaeTensors<Cube<R>>> {
-        let missing = || SaeError::Device("parameters are not on the batch's device".into());
-        let wrap2 = |t: Tensor<B::InnerBackend, 2>| {
-            to_cube::<_, R, 2>(t)
-                .map(|t| Tensor::<Cube<R>, 2>::from_primitive(TensorPrimitive::Float(t)))
-                .ok_or_else(missing)
-        };
-        let wrap1 = |t: Tensor<B::InnerBackend, 1>| {
-            to_cube::<_, R, 1>(t)
-                .map(|t| Tensor::<Cube<R>, 1>::from_primitive(TensorPrimitive::Float(t)))
-                .ok_or_else(missing)
-        };
-        Ok(SaeTensors {
-            w_enc: wrap2(p.w_enc.clone())?,
-            b_enc: wrap1(p.b_enc.clone())?,
-            w_dec: wrap2(p.w_dec.clone())?,
-            b_dec: wrap1(p.b_dec.clone())?,
-        })
     }
 
     /// Makes the step's new buffers the parameters and moments.
@@ -209,18 +182,37 @@ impl<B: AutodiffBackend> TrainStep<B> {
     }
 }
 
-/// The buffers of parameters (or moments) held by a cubecl backend on `R`, contiguous.
-fn buffers<B: AutodiffBackend, R: CubeRuntime>(
+/// Parameters (or moments) held by a cubecl backend on `R`, as contiguous tensors of burn's
+/// backend without fusion over the same buffers.
+fn cube_tensors<B: AutodiffBackend, R: CubeRuntime>(
     p: &SaeTensors<B::InnerBackend>,
-) -> Option<ParamBuffers> {
-    let handle2 =
-        |t: &Tensor<B::InnerBackend, 2>| Some(contiguous(to_cube::<_, R, 2>(t.clone())?).handle);
-    let handle1 =
-        |t: &Tensor<B::InnerBackend, 1>| Some(contiguous(to_cube::<_, R, 1>(t.clone())?).handle);
-    Some(ParamBuffers {
-        w_enc: handle2(&p.w_enc)?,
-        b_enc: handle1(&p.b_enc)?,
-        w_dec: handle2(&p.w_dec)?,
-        b_dec: handle1(&p.b_dec)?,
+) -> Result<SaeTensors<Cube<R>>> {
+    fn wrap<B: burn::tensor::backend::Backend, R: CubeRuntime, const D: usize>(
+        t: &Tensor<B, D>,
+    ) -> Result<Tensor<Cube<R>, D>> {
+        let t = to_cube::<_, R, D>(t.clone())
+            .ok_or_else(|| SaeError::Device("parameters are not on the batch's device".into()))?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(contiguous(
+            t,
+        ))))
+    }
+    Ok(SaeTensors {
+        w_enc: wrap(&p.w_enc)?,
+        b_enc: wrap(&p.b_enc)?,
+        w_dec: wrap(&p.w_dec)?,
+        b_dec: wrap(&p.b_dec)?,
     })
+}
+
+/// The buffers of parameters (or moments) on `R`.
+fn buffers<R: CubeRuntime>(p: &SaeTensors<Cube<R>>) -> ParamBuffers {
+    fn handle<R: CubeRuntime, const D: usize>(t: &Tensor<Cube<R>, D>) -> Handle {
+        t.clone().into_primitive().tensor().handle
+    }
+    ParamBuffers {
+        w_enc: handle(&p.w_enc),
+        b_enc: handle(&p.b_enc),
+        w_dec: handle(&p.w_dec),
+        b_dec: handle(&p.b_dec),
+    }
 }
