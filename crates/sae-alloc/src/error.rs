@@ -140,6 +140,16 @@ pub enum AllocError {
         /// Number of columns of the score matrix.
         expected: usize,
     },
+    /// The shards of a sharded batch disagree on the number of features.
+    #[error("the shard of peer {peer} has {cols} columns, this peer's has {expected}")]
+    ShardMismatch {
+        /// The first peer whose shard differs.
+        peer: usize,
+        /// Its number of columns.
+        cols: usize,
+        /// This peer's number of columns.
+        expected: usize,
+    },
     /// A selection whose shape differs from what the operation expects.
     #[error("selection is inconsistent: {reason}")]
     InvalidSelection {

@@ -14,7 +14,8 @@
 //! Every rule returns the same [`Selection`] (CSR by token), breaks ties the same way (larger
 //! score first, then lower index: column for rows, row for columns, row-major for global) and
 //! gives identical results for any number of threads. NaN scores are errors, never selected.
-//! [`ThresholdEstimator`] and [`apply_thresholds`] serve batch-free inference.
+//! [`ThresholdEstimator`] and [`apply_thresholds`] serve batch-free inference. The
+//! [`sharded`] module runs the same rules on a batch whose rows are split over several peers.
 //!
 //! ```
 //! use sae_alloc::{global_topk, row_topk, ScoreMatrix};
@@ -38,6 +39,7 @@ pub mod key;
 mod matrix;
 mod row;
 mod selection;
+pub mod sharded;
 mod threshold;
 
 pub use capacity::{Capacities, usage_order, zipf_weights};
