@@ -129,17 +129,23 @@ impl ThresholdEstimator {
 
     /// Folds one training selection into the estimate (see the module documentation).
     pub fn update(&mut self, selection: &Selection) -> Result<(), AllocError> {
-        let decay = self.decay;
-        let blend = |old: &mut Option<f32>, smallest_kept: f32| {
-            let level = smallest_kept.max(0.0);
-            *old = Some(old.map_or(level, |t| decay * t + (1.0 - decay) * level));
-        };
-        match &mut self.state {
-            EstimatorState::Global(t) => {
-                if let Some(s) = selection.scores().iter().copied().reduce(f32::min) {
-                    blend(t, s);
-                }
-            }
+        let smallest = self.smallest_kept(selection)?;
+        self.fold(&smallest)
+    }
+
+    /// The smallest score `selection` kept: one value for a global estimator, one per feature
+    /// otherwise, `+inf` where nothing was kept. The minima of a batch split over several
+    /// peers are the element-wise minima of the peers' values; [`fold`](Self::fold) takes
+    /// them in, and `update` is the two together.
+    pub fn smallest_kept(&self, selection: &Selection) -> Result<Vec<f32>, AllocError> {
+        match &self.state {
+            EstimatorState::Global(_) => Ok(vec![
+                selection
+                    .scores()
+                    .iter()
+                    .copied()
+                    .fold(f32::INFINITY, f32::min),
+            ]),
             EstimatorState::PerFeature(t) => {
                 if t.len() != selection.cols() {
                     return Err(AllocError::InvalidSelection {
@@ -154,10 +160,37 @@ impl ThresholdEstimator {
                 for (&f, &s) in selection.features().iter().zip(selection.scores()) {
                     smallest[f as usize] = smallest[f as usize].min(s);
                 }
-                for (old, seen) in t.iter_mut().zip(smallest) {
-                    if seen != f32::INFINITY {
-                        blend(old, seen);
-                    }
+                Ok(smallest)
+            }
+        }
+    }
+
+    /// Folds a batch's smallest kept scores (as [`smallest_kept`](Self::smallest_kept) gives
+    /// them; `+inf`: nothing kept, the estimate stays) into the estimate.
+    pub fn fold(&mut self, smallest: &[f32]) -> Result<(), AllocError> {
+        let decay = self.decay;
+        let blend = |old: &mut Option<f32>, smallest_kept: f32| {
+            if smallest_kept == f32::INFINITY {
+                return;
+            }
+            let level = smallest_kept.max(0.0);
+            *old = Some(old.map_or(level, |t| decay * t + (1.0 - decay) * level));
+        };
+        let expected = match &self.state {
+            EstimatorState::Global(_) => 1,
+            EstimatorState::PerFeature(t) => t.len(),
+        };
+        if smallest.len() != expected {
+            return Err(AllocError::ThresholdCount {
+                got: smallest.len(),
+                expected,
+            });
+        }
+        match &mut self.state {
+            EstimatorState::Global(t) => blend(t, smallest[0]),
+            EstimatorState::PerFeature(t) => {
+                for (old, &seen) in t.iter_mut().zip(smallest) {
+                    blend(old, seen);
                 }
             }
         }

@@ -56,6 +56,14 @@ pub enum SaeError {
     /// The device failed to run a selection kernel or to return its result.
     #[error("device selection failed: {0}")]
     Device(String),
+    /// The peers of a sharded batch could not exchange their sums, or disagree.
+    #[error("peer {peer}: {reason}")]
+    Collective {
+        /// The peer that reports it.
+        peer: usize,
+        /// What went wrong.
+        reason: String,
+    },
     /// A saved state does not fit the model it is loaded into.
     #[error("invalid saved state: {0}")]
     State(String),

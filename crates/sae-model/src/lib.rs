@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod adam;
+pub mod collective;
 pub mod dense;
 mod device;
 mod dispatch;
@@ -27,6 +28,7 @@ pub mod sparsifier;
 pub mod stats;
 pub mod step;
 
+pub use collective::{BurnPeer, Collective, SinglePeer};
 pub use dispatch::{BatchAffinities, BatchSelection, select_on_backend};
 pub use error::{Result, SaeError};
 pub use loss::{AuxLoss, aux_selection, fvu, mse};
@@ -34,7 +36,7 @@ pub use registry::{Registry, SparsifierFactory, parse_params};
 pub use rule::{Activation, BuiltinRule, InferenceRule};
 pub use sae::{Sae, SaeConfig, SaeParams, SaeTensors, sample_mean};
 pub use sparsifier::{CapacityRule, FeatureChoice, MutualChoice, Sparsifier, TopK};
-pub use stats::{FeatureStats, StatsConfig};
+pub use stats::{FeatureStats, FiredCounts, StatsConfig};
 pub use step::{
     LossAndGrads, LossSpec, ReconLoss, StepOutput, StepPath, TrainConfig, TrainState, TrainStep,
     loss_and_grads,

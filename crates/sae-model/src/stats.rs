@@ -31,6 +31,15 @@ impl Default for StatsConfig {
     }
 }
 
+/// One batch's tokens and fires per feature, the input of [`FeatureStats::update_counts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FiredCounts {
+    /// Tokens of the batch.
+    pub tokens: u64,
+    /// Fires of each feature (pairs whose code is non-zero).
+    pub per_feature: Vec<u64>,
+}
+
 /// Running statistics of every feature, updated from each batch's selection.
 ///
 /// Serialisable so a checkpoint restores it exactly.
@@ -77,6 +86,18 @@ impl FeatureStats {
     /// Updates from one batch: a pair counts as a fire when `fired(score)` (for relu
     /// sparsifiers, a positive affinity).
     pub fn update(&mut self, selection: &Selection, fired: impl Fn(f32) -> bool) -> Result<()> {
+        let counts = self.fired_counts(selection, fired)?;
+        self.update_counts(&counts)
+    }
+
+    /// What [`update`](Self::update) takes from a selection: the tokens and each feature's
+    /// fires. The counts of a batch split over several peers are the sums of the peers'
+    /// counts; [`update_counts`](Self::update_counts) takes them in.
+    pub fn fired_counts(
+        &self,
+        selection: &Selection,
+        fired: impl Fn(f32) -> bool,
+    ) -> Result<FiredCounts> {
         if selection.cols() != self.features() {
             return Err(SaeError::Shape {
                 what: "selection columns",
@@ -84,28 +105,42 @@ impl FeatureStats {
                 actual: vec![selection.cols()],
             });
         }
-        let n = selection.rows();
+        let mut per_feature = vec![0u64; self.features()];
+        for (&f, &s) in selection.features().iter().zip(selection.scores()) {
+            if fired(s) {
+                per_feature[f as usize] += 1;
+            }
+        }
+        Ok(FiredCounts {
+            tokens: selection.rows() as u64,
+            per_feature,
+        })
+    }
+
+    /// Takes in one batch's counts (see [`fired_counts`](Self::fired_counts)).
+    pub fn update_counts(&mut self, counts: &FiredCounts) -> Result<()> {
+        if counts.per_feature.len() != self.features() {
+            return Err(SaeError::Shape {
+                what: "fire counts",
+                expected: vec![self.features()],
+                actual: vec![counts.per_feature.len()],
+            });
+        }
+        let n = counts.tokens;
         if n == 0 {
             return Ok(());
         }
-        let mut counts = vec![0u64; self.features()];
-        let mut fired_total = 0u64;
-        for (&f, &s) in selection.features().iter().zip(selection.scores()) {
-            if fired(s) {
-                counts[f as usize] += 1;
-                fired_total += 1;
-            }
-        }
+        let fired_total: u64 = counts.per_feature.iter().sum();
         let keep = (1.0 - 1.0 / self.config.density_horizon_tokens.max(1.0)).powf(n as f64);
         let alpha = 1.0 - keep;
-        for (ema, &c) in self.density_ema.iter_mut().zip(&counts) {
+        for (ema, &c) in self.density_ema.iter_mut().zip(&counts.per_feature) {
             *ema = keep * *ema + alpha * (c as f64 / n as f64);
         }
         self.ema_weight = keep * self.ema_weight + alpha;
-        for (since, &c) in self.since_fired.iter_mut().zip(&counts) {
-            *since = if c > 0 { 0 } else { *since + n as u64 };
+        for (since, &c) in self.since_fired.iter_mut().zip(&counts.per_feature) {
+            *since = if c > 0 { 0 } else { *since + n };
         }
-        self.tokens_seen += n as u64;
+        self.tokens_seen += n;
         self.last_l0_mean = fired_total as f32 / n as f32;
         Ok(())
     }

@@ -74,7 +74,9 @@ impl HostParams<'_> {
 pub struct HostLossSpec<'a> {
     /// The batch's selection.
     pub selection: &'a Selection,
-    /// The auxiliary selection, if any.
+    /// The auxiliary selection, if the auxiliary loss is on. It is on when the batch has
+    /// auxiliary pairs: pass `None` for a selection without pairs, unless other peers of a
+    /// sharded batch have some (every token's residual then counts in the loss).
     pub aux_selection: Option<&'a Selection>,
     /// Activation of the selected affinities.
     pub activation: Activation,
@@ -350,24 +352,61 @@ fn feature_grads(
     }
 }
 
+/// Sums over the whole batch of a step whose rows are split over several peers: each peer
+/// passes its partial sums and gets the batch's. On one device the partial sums are the
+/// batch's ([`WholeBatch`]).
+pub trait BatchSums {
+    /// Replaces each of `values` by its sum over the peers; every peer gets the same bits.
+    fn sum(&mut self, values: &mut [f64]) -> crate::Result<()>;
+}
+
+/// The batch is all on this device: nothing to add.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WholeBatch;
+
+impl BatchSums for WholeBatch {
+    fn sum(&mut self, _values: &mut [f64]) -> crate::Result<()> {
+        Ok(())
+    }
+}
+
 /// `sum_t ||x_t - mean(x)||^2` over the rows of `x` (`[N, d]`), the FVU denominator.
 pub fn total_variance(x: &[f32], d: usize) -> f64 {
-    let n = x.len() / d.max(1);
-    let mut mean = vec![0.0f64; d];
+    match batch_variance(x, d, &mut WholeBatch) {
+        Ok((total, _)) => total,
+        Err(_) => unreachable!("a whole batch needs no exchange"),
+    }
+}
+
+/// The FVU denominator and the rows of the batch whose rows on this peer are `x`: the mean
+/// is the batch's, from summed column sums, then the squared deviations are summed.
+pub fn batch_variance(
+    x: &[f32],
+    d: usize,
+    sums: &mut dyn BatchSums,
+) -> crate::Result<(f64, usize)> {
+    // [rows, column sums...]
+    let mut totals = vec![0.0f64; d + 1];
+    totals[0] = (x.len() / d.max(1)) as f64;
     for row in x.chunks_exact(d) {
-        for (m, &v) in mean.iter_mut().zip(row) {
+        for (m, &v) in totals[1..].iter_mut().zip(row) {
             *m += f64::from(v);
         }
     }
-    mean.iter_mut().for_each(|m| *m /= n as f64);
-    x.chunks_exact(d)
+    sums.sum(&mut totals)?;
+    let n = totals[0];
+    let mean: Vec<f64> = totals[1..].iter().map(|s| s / n).collect();
+    let mut total = [x
+        .chunks_exact(d)
         .map(|row| {
             row.iter()
                 .zip(&mean)
                 .map(|(&v, m)| (f64::from(v) - m).powi(2))
                 .sum::<f64>()
         })
-        .sum()
+        .sum()];
+    sums.sum(&mut total)?;
+    Ok((total[0], n as usize))
 }
 
 /// Loss terms and all parameter gradients of a batch `x` (`[N, d]`) for given selections.
@@ -377,26 +416,30 @@ pub fn host_loss_and_grads(
     spec: &HostLossSpec<'_>,
 ) -> HostLossAndGrads {
     let mut out = HostLossAndGrads::default();
-    host_loss_and_grads_into(params, x, spec, &mut out);
-    out
+    match host_loss_and_grads_into(params, x, spec, &mut out, &mut WholeBatch) {
+        Ok(()) => out,
+        Err(_) => unreachable!("a whole batch needs no exchange"),
+    }
 }
 
 /// [`host_loss_and_grads`] into `out`, whose buffers are reused when they have the
 /// parameters' sizes (every value is overwritten): a training step allocates no gradient.
+///
+/// When the batch's rows are split over peers, `x` and the selections are this peer's rows,
+/// `sums` adds the loss terms over the peers (the auxiliary loss is normalised by the whole
+/// batch's residual), and the gradients are this peer's part of the batch's: their sum over
+/// the peers is the gradient of the whole batch.
 pub fn host_loss_and_grads_into(
     params: &HostParams<'_>,
     x: &[f32],
     spec: &HostLossSpec<'_>,
     out: &mut HostLossAndGrads,
-) {
+    sums: &mut dyn BatchSums,
+) -> crate::Result<()> {
     let d = params.d();
     let n = spec.selection.rows();
     let features = params.b_enc.len();
-    let aux = spec.aux_selection.filter(|a| a.nnz() > 0);
-    let spec = HostLossSpec {
-        aux_selection: aux,
-        ..*spec
-    };
+    let aux = spec.aux_selection;
     let mut err = vec![0.0f32; n * d];
     let mut aux_err = vec![0.0f32; if aux.is_some() { n * d } else { 0 }];
     let block_len = TOKEN_BLOCK * d;
@@ -418,18 +461,21 @@ pub fn host_loss_and_grads_into(
 
     let mut main = PairValues::default();
     let mut aux_values = PairValues::default();
-    let (mut sse, mut aux_num, mut aux_den) = (0.0f64, 0.0f64, 0.0f64);
+    // [sse, aux numerator, aux denominator]
+    let mut terms = [0.0f64; 3];
     let mut g_b_dec = vec![0.0f32; d];
     for block in blocks {
         main.values.extend(block.main.values);
         main.grads.extend(block.main.grads);
         aux_values.values.extend(block.aux.values);
         aux_values.grads.extend(block.aux.grads);
-        sse += block.sse;
-        aux_num += block.aux_num;
-        aux_den += block.aux_den;
+        terms[0] += block.sse;
+        terms[1] += block.aux_num;
+        terms[2] += block.aux_den;
         axpy(1.0, &block.b_dec_main, &mut g_b_dec);
     }
+    sums.sum(&mut terms)?;
+    let [sse, aux_num, aux_den] = terms;
     // dL/de_hat_t = -2 coef (e - e_hat)_t / sum ||e||^2.
     let aux_scale = (-2.0 * f64::from(spec.aux_coef) / aux_den) as f32;
 
@@ -503,4 +549,5 @@ pub fn host_loss_and_grads_into(
         0.0
     };
     out.b_dec = g_b_dec;
+    Ok(())
 }

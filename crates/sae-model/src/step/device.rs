@@ -21,6 +21,7 @@ use sae_kernels::step::{
 
 use super::{ReconLoss, StepOutput, StepPath, TrainStep};
 use crate::adam::Adam;
+use crate::collective::SinglePeer;
 use crate::device::{
     aux_ranked, contiguous, contiguous_scores, from_cube, kernel_error, select_on_cube, to_cube,
 };
@@ -144,7 +145,11 @@ impl<B: AutodiffBackend> TrainStep<B> {
         self.step = next;
         let mse = (report.sse / (n * d) as f64) as f32;
         let fvu = (report.sse / report.total_variance) as f32;
-        self.record(report.selection, [loss, mse, fvu, aux_loss as f32])
+        self.record(
+            report.selection,
+            [loss, mse, fvu, aux_loss as f32],
+            &mut SinglePeer,
+        )
     }
 
     /// Makes the step's new buffers the parameters and moments.

@@ -8,9 +8,8 @@ use sae_alloc::Selection;
 use super::{ReconLoss, StepPath};
 use crate::dense::dense_decode;
 use crate::error::Result;
-use crate::fused::{
-    HostLossAndGrads, HostLossSpec, HostParams, host_loss_and_grads_into, total_variance,
-};
+use crate::fused::grads::{BatchSums, WholeBatch, batch_variance};
+use crate::fused::{HostLossAndGrads, HostLossSpec, HostParams, host_loss_and_grads_into};
 use crate::loss::{aux_normalised, fvu, mse};
 use crate::rule::Activation;
 use crate::sae::{SaeParams, SaeTensors, host_vec};
@@ -78,17 +77,19 @@ pub(super) struct HostLoss {
 /// row-major) and parameters on the host.
 ///
 /// The gradients go into `grads` (its buffers reused); `affinities`, where the caller holds
-/// them, are the `[N, F]` scores the selections were made on.
+/// them, are the `[N, F]` scores the selections were made on. The auxiliary loss is on when
+/// `spec` has an auxiliary selection (see [`HostLossSpec::aux_selection`]). On a batch split
+/// over peers, `sums` makes the losses the whole batch's and the gradients this peer's part.
 pub(super) fn host_loss(
     params: &HostParams<'_>,
     x: &[f32],
     spec: &LossSpec<'_>,
     affinities: Option<&[f32]>,
     grads: &mut HostLossAndGrads,
-) -> HostLoss {
+    sums: &mut dyn BatchSums,
+) -> Result<HostLoss> {
     let d = params.b_dec.len();
-    let n = x.len() / d.max(1);
-    let total = total_variance(x, d);
+    let (total, n) = batch_variance(x, d, sums)?;
     let recon_scale = match spec.recon_loss {
         ReconLoss::Fvu => 1.0 / total,
         ReconLoss::Mse => 1.0 / (n * d) as f64,
@@ -105,14 +106,15 @@ pub(super) fn host_loss(
             affinities,
         },
         grads,
-    );
+        sums,
+    )?;
     let recon = grads.sse * recon_scale;
-    HostLoss {
+    Ok(HostLoss {
         loss: (recon + f64::from(spec.aux_coef) * grads.aux) as f32,
         mse: (grads.sse / (n * d) as f64) as f32,
         fvu: (grads.sse / total) as f32,
         aux: grads.aux as f32,
-    }
+    })
 }
 
 /// [`loss_and_grads`] on the fused host path.
@@ -120,12 +122,23 @@ fn fused_loss_and_grads<B: Backend>(
     params: &SaeTensors<B>,
     x: Tensor<B, 2>,
     spec: &LossSpec<'_>,
-) -> LossAndGrads<B> {
+) -> Result<LossAndGrads<B>> {
     let device = x.device();
     let x = host_vec(x);
     let p = params.to_params();
     let mut g = HostLossAndGrads::default();
-    let out = host_loss(&HostParams::from(&p), &x, spec, None, &mut g);
+    let spec = LossSpec {
+        aux_selection: spec.aux_selection.filter(|a| a.nnz() > 0),
+        ..*spec
+    };
+    let out = host_loss(
+        &HostParams::from(&p),
+        &x,
+        &spec,
+        None,
+        &mut g,
+        &mut WholeBatch,
+    )?;
     let grads = SaeParams {
         d_model: p.d_model,
         features: p.features,
@@ -134,13 +147,13 @@ fn fused_loss_and_grads<B: Backend>(
         w_dec: g.w_dec,
         b_dec: g.b_dec,
     };
-    LossAndGrads {
+    Ok(LossAndGrads {
         loss: out.loss,
         mse: out.mse,
         fvu: out.fvu,
         aux: out.aux,
         grads: SaeTensors::from_host(grads, &device),
-    }
+    })
 }
 
 pub(super) fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
@@ -160,7 +173,7 @@ pub fn loss_and_grads<B: AutodiffBackend>(
     spec: &LossSpec<'_>,
 ) -> Result<LossAndGrads<B::InnerBackend>> {
     match spec.path.resolve::<B::InnerBackend>(&x.device()) {
-        StepPath::Fused => Ok(fused_loss_and_grads(params, x, spec)),
+        StepPath::Fused => fused_loss_and_grads(params, x, spec),
         path => autodiff_loss_and_grads::<B>(params, x, spec, path),
     }
 }

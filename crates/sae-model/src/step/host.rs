@@ -18,6 +18,7 @@ use sae_alloc::{ScoreMatrix, Selection};
 use super::grads::{HostLoss, host_loss};
 use super::{LossSpec, StepOutput, StepPath, TrainStep};
 use crate::adam::Adam;
+use crate::collective::{Collective, PeerSums};
 use crate::error::{Result, SaeError, nan_is_bad_input};
 use crate::fused::update::{first_non_finite, update};
 use crate::fused::{HostEncoder, HostLossAndGrads, HostParams};
@@ -66,8 +67,13 @@ impl<B: AutodiffBackend> TrainStep<B> {
             .map_err(nan_is_bad_input)
     }
 
-    /// [`TrainStep::train_step`] on the host path; the batch's width is checked.
-    pub(super) fn host_train_step(&mut self, x: Tensor<B::InnerBackend, 2>) -> Result<StepOutput> {
+    /// [`TrainStep::train_step`] on the host path, `x` being this peer's rows of the batch
+    /// (all of it for [`SinglePeer`](crate::SinglePeer)); the batch's width is checked.
+    pub(super) fn host_train_step(
+        &mut self,
+        x: Tensor<B::InnerBackend, 2>,
+        peers: &mut dyn Collective,
+    ) -> Result<StepOutput> {
         let [n, _] = x.dims();
         let x = host_vec(x);
         let aux = self.aux_candidates();
@@ -75,19 +81,23 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let [p, m, v] = self.take_optimizer_state();
         let mut state = [p.into_params(), m.into_params(), v.into_params()];
         let mut buffers = std::mem::take(&mut self.host);
-        let result = self.host_update(&x, n, aux, lr, &mut state, &mut buffers);
+        let result = self.host_update(&x, n, aux, lr, &mut state, &mut buffers, peers);
         self.host = buffers;
         let [p, m, v] = state;
         self.params = SaeTensors::from_host(p, &self.device);
         self.adam_m = SaeTensors::from_host(m, &self.device);
         self.adam_v = SaeTensors::from_host(v, &self.device);
         let (l, selection) = result?;
-        self.record(selection, [l.loss, l.mse, l.fvu, l.aux])
+        self.record(selection, [l.loss, l.mse, l.fvu, l.aux], peers)
     }
 
     /// Selection, loss, gradients and update of `state` (parameters, first and second
     /// moments); `state` is changed only when everything is finite. Returns the step's
-    /// losses and its selection.
+    /// losses and its selection (of this peer's rows).
+    ///
+    /// With several peers, every decision is made on sums over all of them, so all peers
+    /// return the same error, or apply the same update.
+    #[allow(clippy::too_many_arguments)]
     fn host_update(
         &mut self,
         x: &[f32],
@@ -96,18 +106,27 @@ impl<B: AutodiffBackend> TrainStep<B> {
         lr: f64,
         [params, m, v]: &mut [SaeParams; 3],
         HostBuffers { encoder, grads }: &mut HostBuffers,
+        peers: &mut dyn Collective,
     ) -> Result<(HostLoss, Selection)> {
         let f = params.features;
         let activation = self.sparsifier.activation();
         let host = HostParams::from(&*params);
         let affinities = encoder.affinities(&host, x, n);
-        let selection = self.host_select(affinities, n, f)?;
+        let selection = if peers.peers() == 1 {
+            self.host_select(affinities, n, f)?
+        } else {
+            self.sharded_select(affinities, n, f, peers)?
+        };
         let aux_selection = match aux {
             Some((weights, k_aux)) => Some(aux_selection(
                 affinities, n, f, &weights, k_aux, activation,
             )?),
             None => None,
         };
+        // The auxiliary loss is on when the batch has auxiliary pairs on any peer.
+        let mut aux_pairs = [aux_selection.as_ref().map_or(0, |a| a.nnz() as u64)];
+        peers.sum_counts(&mut aux_pairs)?;
+        let aux_selection = aux_selection.filter(|_| aux_pairs[0] > 0);
         let loss = host_loss(
             &host,
             x,
@@ -121,12 +140,22 @@ impl<B: AutodiffBackend> TrainStep<B> {
             },
             Some(affinities),
             grads,
-        );
+            &mut PeerSums(&mut *peers),
+        )?;
         if !loss.loss.is_finite() {
             return Err(SaeError::NonFiniteLoss {
                 step: self.step,
                 loss: loss.loss,
             });
+        }
+        // The batch's gradients: the sum of every peer's part.
+        for g in [
+            &mut grads.w_enc,
+            &mut grads.b_enc,
+            &mut grads.w_dec,
+            &mut grads.b_dec,
+        ] {
+            peers.sum_values(g)?;
         }
         if let Some(param) = first_non_finite(grads) {
             return Err(SaeError::NonFiniteGradient {

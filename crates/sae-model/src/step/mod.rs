@@ -9,11 +9,13 @@ mod config;
 mod device;
 mod grads;
 mod host;
+mod sharded;
 
 pub use config::{ReconLoss, StepPath, TrainConfig};
 pub use grads::{LossAndGrads, LossSpec, loss_and_grads};
 
 use crate::adam::Adam;
+use crate::collective::{Collective, SinglePeer, gather};
 use crate::dispatch::{BatchAffinities, BatchSelection, select_on_backend};
 use crate::error::{Result, SaeError, nan_is_bad_input};
 use crate::loss::AuxLoss;
@@ -349,7 +351,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let x = x.inner();
         self.check_width(&x)?;
         if self.on_host() {
-            return self.host_train_step(x);
+            return self.host_train_step(x, &mut SinglePeer);
         }
         if let Some(rule) = self.device_rule(x.dims()[0])? {
             return self.device_train_step(x, &rule);
@@ -425,17 +427,47 @@ impl<B: AutodiffBackend> TrainStep<B> {
             w_dec: v_w_dec,
             b_dec: v_b_dec,
         };
-        self.record(selection, [out.loss, out.mse, out.fvu, out.aux])
+        self.record(
+            selection,
+            [out.loss, out.mse, out.fvu, out.aux],
+            &mut SinglePeer,
+        )
     }
 
-    /// After an applied update: the statistics and thresholds take in the step's selection,
-    /// and the step's output (`losses`: loss, MSE, FVU, auxiliary loss).
-    fn record(&mut self, selection: Selection, losses: [f32; 4]) -> Result<StepOutput> {
+    /// After an applied update: the statistics and thresholds take in the step's selection
+    /// (summed over the peers: every peer keeps the same statistics), and the step's output
+    /// (`losses`: loss, MSE, FVU, auxiliary loss).
+    fn record(
+        &mut self,
+        selection: Selection,
+        losses: [f32; 4],
+        peers: &mut dyn Collective,
+    ) -> Result<StepOutput> {
         let [loss, mse, fvu, aux] = losses;
         let activation = self.sparsifier.activation();
-        self.stats.update(&selection, |z| activation.fires(z))?;
+        let mut fired = self
+            .stats
+            .fired_counts(&selection, |z| activation.fires(z))?;
+        let mut tokens = [fired.tokens];
+        peers.sum_counts(&mut tokens)?;
+        peers.sum_counts(&mut fired.per_feature)?;
+        fired.tokens = tokens[0];
+        self.stats.update_counts(&fired)?;
         if let Some(t) = self.thresholds.as_mut() {
-            t.update(&selection)?;
+            let local = t.smallest_kept(&selection)?;
+            let smallest = if peers.peers() == 1 {
+                local
+            } else {
+                let all = gather(peers, &local)?;
+                (0..local.len())
+                    .map(|i| {
+                        all.chunks_exact(local.len())
+                            .map(|slot| slot[i])
+                            .fold(f32::INFINITY, f32::min)
+                    })
+                    .collect()
+            };
+            t.fold(&smallest)?;
         }
         Ok(StepOutput {
             loss,

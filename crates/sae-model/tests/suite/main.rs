@@ -11,6 +11,7 @@ mod device_step;
 mod gradients;
 mod losses;
 mod registry;
+mod sharded;
 mod sparsifiers;
 mod stats;
 mod step;

@@ -1,0 +1,227 @@
+//! The peers of a sharded batch: several devices (or machines) each hold consecutive rows of
+//! one global batch and train one model together.
+//!
+//! [`Collective`] is what a step needs from the peers: exact sums of counts (selection
+//! histograms, fire counts) and sums of values (gradients). [`SinglePeer`] is the one-device
+//! case, where every sum is the identity; [`BurnPeer`] runs the sums through
+//! `burn-collective`'s all-reduce, one thread per device of a machine.
+//!
+//! Everything built on these two sums is the same on every peer: the selection is the one the
+//! single-device rule makes on the whole batch (`sae_alloc::sharded`), loss terms are summed in
+//! peer order in `f64` ([`PeerSums`]), and the gradients are one all-reduced tensor that every
+//! peer receives, so every peer applies the same update and keeps the same parameters.
+
+use std::fmt;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+use sae_alloc::sharded::Exchange;
+
+use crate::error::{Result, SaeError};
+use crate::fused::grads::BatchSums;
+use crate::sae::host_vec;
+
+/// The sums a training step makes across the peers of a sharded batch.
+///
+/// Every peer makes the same calls in the same order with slices of the same lengths; a call
+/// returns once every peer made it, each slice replaced by its element-wise sum over the peers.
+pub trait Collective {
+    /// This peer's position, `0..peers()`; peers hold the batch's rows in this order.
+    fn peer(&self) -> usize;
+    /// The number of peers.
+    fn peers(&self) -> usize;
+    /// Sums integer counts over the peers, exactly.
+    fn sum_counts(&mut self, counts: &mut [u64]) -> Result<()>;
+    /// Sums values over the peers; every peer receives the same bits.
+    fn sum_values(&mut self, values: &mut [f32]) -> Result<()>;
+}
+
+/// One device holds the whole batch: every sum is the identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinglePeer;
+
+impl Collective for SinglePeer {
+    fn peer(&self) -> usize {
+        0
+    }
+    fn peers(&self) -> usize {
+        1
+    }
+    fn sum_counts(&mut self, _counts: &mut [u64]) -> Result<()> {
+        Ok(())
+    }
+    fn sum_values(&mut self, _values: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Each peer's `values` in its own slot of a zeroed `[peers, values.len()]` buffer, summed:
+/// every peer receives all peers' values unchanged (adding zeros is exact), row `p` peer `p`'s.
+pub(crate) fn gather(peers: &mut dyn Collective, values: &[f32]) -> Result<Vec<f32>> {
+    let (peer, len) = (peers.peer(), values.len());
+    let mut slots = vec![0.0f32; peers.peers() * len];
+    slots[peer * len..(peer + 1) * len].copy_from_slice(values);
+    peers.sum_values(&mut slots)?;
+    Ok(slots)
+}
+
+/// The [`Collective`] seen as the sums the step's parts take: `f64` loss terms (gathered as two
+/// `f32` halves and added in peer order, so every peer gets the same bits whatever order the
+/// transport sums in) and the selection rules' counts.
+pub(crate) struct PeerSums<'a>(pub(crate) &'a mut dyn Collective);
+
+impl BatchSums for PeerSums<'_> {
+    fn sum(&mut self, values: &mut [f64]) -> Result<()> {
+        let peers = self.0.peers();
+        if peers == 1 {
+            return Ok(());
+        }
+        let halves: Vec<f32> = values
+            .iter()
+            .flat_map(|&v| {
+                let high = v as f32;
+                [high, (v - f64::from(high)) as f32]
+            })
+            .collect();
+        let all = gather(self.0, &halves)?;
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = all
+                .chunks_exact(halves.len())
+                .map(|slot| f64::from(slot[2 * i]) + f64::from(slot[2 * i + 1]))
+                .sum();
+        }
+        Ok(())
+    }
+}
+
+impl Exchange for PeerSums<'_> {
+    type Error = SaeError;
+    fn peer(&self) -> usize {
+        self.0.peer()
+    }
+    fn peers(&self) -> usize {
+        self.0.peers()
+    }
+    fn sum(&mut self, counts: &mut [u64]) -> Result<()> {
+        self.0.sum_counts(counts)
+    }
+}
+
+/// Bits of a count per `f32` limb: a sum of at most [`MAX_PEERS`] limbs stays below `2^24`,
+/// where every integer is an `f32`, so limb sums are exact in any order.
+const LIMB_BITS: u32 = 16;
+/// Limbs per count: counts below `2^48`.
+const LIMBS: usize = 3;
+/// The most peers whose limb sums stay exact.
+pub const MAX_PEERS: usize = 1 << (24 - LIMB_BITS);
+
+/// One peer of a machine's devices, summing through `burn-collective`'s all-reduce: one thread
+/// per device, each registered with its position; the tree strategy of `burn-collective`
+/// reduces and every peer receives the reduced tensor. Unregisters when dropped.
+pub struct BurnPeer<B: Backend> {
+    id: PeerId,
+    peer: usize,
+    peers: usize,
+    device: B::Device,
+}
+
+impl<B: Backend> fmt::Debug for BurnPeer<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BurnPeer")
+            .field("peer", &self.peer)
+            .field("peers", &self.peers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> BurnPeer<B> {
+    /// Registers peer `peer` of `peers` on `device` (a device of this machine) and waits until
+    /// all peers have registered.
+    pub fn register(peer: usize, peers: usize, device: &B::Device) -> Result<Self> {
+        if peers == 0 || peers > MAX_PEERS || peer >= peers {
+            return Err(SaeError::Config(format!(
+                "peer {peer} of {peers}: need 1 to {MAX_PEERS} peers and a position below their number"
+            )));
+        }
+        let id = PeerId(peer as u32);
+        let config = CollectiveConfig::default().with_num_devices(peers);
+        burn_collective::register::<B>(id, device.clone(), config)
+            .map_err(|e| collective_error(peer, "register", e))?;
+        Ok(Self {
+            id,
+            peer,
+            peers,
+            device: device.clone(),
+        })
+    }
+}
+
+fn collective_error(peer: usize, what: &str, e: burn_collective::CollectiveError) -> SaeError {
+    SaeError::Collective {
+        peer,
+        reason: format!("{what}: {e:?}"),
+    }
+}
+
+impl<B: Backend> Collective for BurnPeer<B> {
+    fn peer(&self) -> usize {
+        self.peer
+    }
+    fn peers(&self) -> usize {
+        self.peers
+    }
+
+    fn sum_counts(&mut self, counts: &mut [u64]) -> Result<()> {
+        if let Some(&big) = counts
+            .iter()
+            .find(|&&c| c >> (LIMB_BITS * LIMBS as u32) != 0)
+        {
+            return Err(SaeError::Collective {
+                peer: self.peer,
+                reason: format!("count {big} is beyond the 2^48 an exchange carries"),
+            });
+        }
+        let mask = (1u64 << LIMB_BITS) - 1;
+        let mut limbs: Vec<f32> = counts
+            .iter()
+            .flat_map(|&c| (0..LIMBS).map(move |l| ((c >> (LIMB_BITS * l as u32)) & mask) as f32))
+            .collect();
+        self.sum_values(&mut limbs)?;
+        for (c, l) in counts.iter_mut().zip(limbs.chunks_exact(LIMBS)) {
+            *c = l
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (v as u64) << (LIMB_BITS * i as u32))
+                .sum();
+        }
+        Ok(())
+    }
+
+    fn sum_values(&mut self, values: &mut [f32]) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let len = values.len();
+        let tensor =
+            Tensor::<B, 1>::from_data(TensorData::new(values.to_vec(), [len]), &self.device);
+        let summed = burn_collective::all_reduce::<B>(
+            self.id,
+            tensor.into_primitive().tensor(),
+            ReduceOperation::Sum,
+        )
+        .map_err(|e| collective_error(self.peer, "all-reduce", e))?;
+        let summed = host_vec(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(
+            summed,
+        )));
+        values.copy_from_slice(&summed);
+        Ok(())
+    }
+}
+
+impl<B: Backend> Drop for BurnPeer<B> {
+    fn drop(&mut self) {
+        // Nothing to report to: the peers are done with each other either way.
+        let _ = burn_collective::finish_collective::<B>(self.id);
+    }
+}

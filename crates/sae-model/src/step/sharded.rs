@@ -1,0 +1,85 @@
+//! The training step on a batch whose rows are split over several peers ([`Collective`]):
+//! the host path's step, with the selection made by `sae_alloc::sharded` and every sum taken
+//! over the peers, so that every peer applies the update one device would apply to the whole
+//! batch.
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use sae_alloc::sharded::{
+    ShardSelection, ShardedError, column_topm_sharded, global_topk_sharded, row_topk_sharded,
+};
+use sae_alloc::{ScoreMatrix, Selection};
+
+use super::{StepOutput, TrainStep};
+use crate::collective::{Collective, PeerSums};
+use crate::error::{Result, SaeError, nan_is_bad_input};
+use crate::rule::BuiltinRule;
+
+impl<B: AutodiffBackend> TrainStep<B> {
+    /// One optimizer step on a batch split over `peers`: `x` (`[n_p, d]`) is this peer's part,
+    /// the peers holding consecutive rows of the batch in peer order.
+    ///
+    /// Every peer calls this with its rows; together they take the step one device takes on
+    /// the whole batch ([`TrainStep::train_step`]): the same selection (the built-in rules,
+    /// bit for bit), the loss of the whole batch, the sum of the peers' gradients, and the same
+    /// statistics and thresholds on every peer. The returned losses are the batch's, the
+    /// selection this peer's rows. An error (a NaN on any peer, a non-finite loss or gradient)
+    /// is returned by every peer and leaves every state unchanged.
+    ///
+    /// Runs on the host path (CPU backends) and needs a sparsifier with a built-in rule.
+    pub fn train_step_sharded(
+        &mut self,
+        x: Tensor<B, 2>,
+        peers: &mut dyn Collective,
+    ) -> Result<StepOutput> {
+        let x = x.inner();
+        self.check_width(&x)?;
+        if !self.on_host() {
+            return Err(SaeError::Config(
+                "training over several peers runs on the CPU backends' host step; \
+                 the device step is single-device"
+                    .into(),
+            ));
+        }
+        self.host_train_step(x, peers)
+    }
+
+    /// The training rule's selection of this peer's rows, made over the whole batch.
+    pub(super) fn sharded_select(
+        &self,
+        affinities: &[f32],
+        n: usize,
+        f: usize,
+        peers: &mut dyn Collective,
+    ) -> Result<Selection> {
+        let mut rows = [n as u64];
+        peers.sum_counts(&mut rows)?;
+        let rule = self
+            .sparsifier
+            .builtin(rows[0] as usize, &self.stats)?
+            .ok_or_else(|| {
+                SaeError::Config(format!(
+                    "sparsifier {:?} has no built-in rule; training over several peers needs one",
+                    self.sparsifier.name()
+                ))
+            })?;
+        let scores = ScoreMatrix::new(affinities, n, f)?;
+        let exchange = &mut PeerSums(peers);
+        let sharded: Result<ShardSelection, ShardedError<SaeError>> = match &rule {
+            BuiltinRule::RowTopK { k } => row_topk_sharded(&scores, *k, exchange),
+            BuiltinRule::GlobalTopK { budget } => global_topk_sharded(&scores, *budget, exchange),
+            BuiltinRule::ColumnTopM { capacities } => {
+                column_topm_sharded(&scores, capacities, exchange)
+            }
+        };
+        match sharded {
+            Ok(s) => Ok(s.selection),
+            Err(ShardedError::Alloc(e)) => Err(nan_is_bad_input(e.into())),
+            Err(ShardedError::Exchange(e)) => Err(e),
+            Err(ShardedError::PeerFailed { peer }) => Err(SaeError::Collective {
+                peer,
+                reason: "its selection failed".into(),
+            }),
+        }
+    }
+}

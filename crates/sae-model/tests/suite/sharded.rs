@@ -1,0 +1,240 @@
+//! Training over several peers ([`TrainStep::train_step_sharded`], `burn-collective` between
+//! threads of CPU peers) against one device on the whole batch: the same selected pairs at
+//! every step; the batch's losses; parameters after 20 steps within a tolerance; and the
+//! same state, bit for bit, on every peer.
+
+use std::sync::Mutex;
+
+use crate::common;
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::Tensor;
+use common::{builtin_sparsifiers, params, random, tensor};
+use sae_model::sae_alloc::Selection;
+use sae_model::{
+    AuxLoss, BurnPeer, Sae, SaeError, Sparsifier, StatsConfig, StepOutput, TrainConfig, TrainState,
+    TrainStep,
+};
+
+type B = Autodiff<Flex>;
+
+/// burn-collective's server is one per process and backend: one sharded run at a time.
+static COLLECTIVE: Mutex<()> = Mutex::new(());
+
+const D: usize = 13;
+const F: usize = 70;
+const N: usize = 37;
+const K: usize = 3;
+const STEPS: usize = 20;
+
+/// Every feature counts as dead from the first step, so the auxiliary losses have pairs.
+fn config(aux: AuxLoss) -> TrainConfig {
+    TrainConfig {
+        lr: Some(1e-2),
+        aux,
+        stats: StatsConfig {
+            density_horizon_tokens: 500.0,
+            dead_window: 0,
+            ..StatsConfig::default()
+        },
+        ..TrainConfig::default()
+    }
+}
+
+fn trainer(rule: Box<dyn Sparsifier>, cfg: TrainConfig) -> TrainStep<B> {
+    let device = Default::default();
+    let sae = Sae::<Flex>::from_params(&params(D, F, 7), &device).unwrap();
+    TrainStep::new(&sae, rule, cfg, &device).unwrap()
+}
+
+fn batch(data: &[f32]) -> Tensor<B, 2> {
+    Tensor::from_inner(tensor::<Flex>(
+        data.to_vec(),
+        data.len() / D,
+        D,
+        &Default::default(),
+    ))
+}
+
+/// Step `s`'s batch, `[N, D]`, row-major.
+fn batches() -> Vec<Vec<f32>> {
+    (0..STEPS).map(|s| random(N * D, 100 + s as u64)).collect()
+}
+
+/// What one peer saw: per step its output and the whole-batch selection one device makes
+/// with the state the step started from (peer 0 only), then its final state.
+struct PeerRun {
+    outputs: Vec<Result<StepOutput, SaeError>>,
+    whole: Vec<Result<Selection, SaeError>>,
+    state: TrainState,
+}
+
+/// Trains on `data` over peers holding rows `cuts[p]..cuts[p + 1]`, one thread each.
+fn sharded_run(
+    rule: impl Fn() -> Box<dyn Sparsifier> + Sync,
+    cfg: &TrainConfig,
+    cuts: &[usize],
+    data: &[Vec<f32>],
+) -> Vec<PeerRun> {
+    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let peers = cuts.len() - 1;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..peers)
+            .map(|p| {
+                let rule = &rule;
+                scope.spawn(move || {
+                    let mut collective = BurnPeer::<Flex>::register(p, peers, &Default::default())
+                        .expect("peers register");
+                    let mut t = trainer(rule(), cfg.clone());
+                    let (mut outputs, mut whole) = (Vec::new(), Vec::new());
+                    for x in data {
+                        if p == 0 {
+                            whole.push(t.select(batch(x)));
+                        }
+                        let rows = &x[cuts[p] * D..cuts[p + 1] * D];
+                        outputs.push(t.train_step_sharded(batch(rows), &mut collective));
+                    }
+                    PeerRun {
+                        outputs,
+                        whole,
+                        state: t.state(),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// The peers' selections of one step stacked into one selection of the batch.
+fn stacked(runs: &[PeerRun], step: usize) -> Selection {
+    let (mut offsets, mut features, mut scores) = (vec![0], Vec::new(), Vec::new());
+    for run in runs {
+        let s = &run.outputs[step].as_ref().unwrap().selection;
+        for row in 0..s.rows() {
+            let (f, v) = s.row(row);
+            features.extend_from_slice(f);
+            scores.extend_from_slice(v);
+            offsets.push(features.len());
+        }
+    }
+    let rows = offsets.len() - 1;
+    Selection::from_parts(rows, F, offsets, features, scores).unwrap()
+}
+
+/// The same pairs, exactly; the same scores up to the last bits. (The encoder GEMM's
+/// blocking follows the number of rows, so a shard's affinities may differ from the whole
+/// batch's in the last bit; on equal scores the sharded rules are exact, see sae-alloc's
+/// `tests/sharded.rs`.)
+fn assert_same_pairs(what: &str, got: &Selection, want: &Selection) {
+    assert_eq!(got.offsets(), want.offsets(), "{what}: pairs per token");
+    assert_eq!(got.features(), want.features(), "{what}: features");
+    common::assert_close(
+        &format!("{what}: scores"),
+        got.scores(),
+        want.scores(),
+        1e-6,
+    );
+}
+
+fn close(a: f32, b: f32, tol: f32) -> bool {
+    (a - b).abs() <= tol * b.abs().max(1e-3)
+}
+
+fn follows_one_device(
+    rule: &(dyn Fn() -> Box<dyn Sparsifier> + Sync),
+    aux: AuxLoss,
+    cuts: &[usize],
+) {
+    let name = format!("{} {aux:?} over {} peers", rule().name(), cuts.len() - 1);
+    let data = batches();
+    let cfg = config(aux);
+    let runs = sharded_run(|| rule(), &cfg, cuts, &data);
+    let mut single = trainer(rule(), cfg);
+    for (s, x) in data.iter().enumerate() {
+        let want = single.train_step(batch(x)).unwrap();
+        let got = runs[0].outputs[s].as_ref().unwrap();
+        // The selection the sharded step made is the single-device rule's on the same state.
+        let whole = runs[0].whole[s].as_ref().unwrap();
+        assert_same_pairs(&format!("{name}: step {s}"), &stacked(&runs, s), whole);
+        if s == 0 {
+            assert_same_pairs(
+                &format!("{name}: first step"),
+                &stacked(&runs, 0),
+                &want.selection,
+            );
+        }
+        for (term, a, b) in [
+            ("loss", got.loss, want.loss),
+            ("fvu", got.fvu, want.fvu),
+            ("mse", got.mse, want.mse),
+            ("aux", got.aux, want.aux),
+            ("l0", got.l0_mean, want.l0_mean),
+        ] {
+            assert!(close(a, b, 1e-4), "{name}: step {s} {term} {a} vs {b}");
+        }
+        for run in &runs[1..] {
+            let other = run.outputs[s].as_ref().unwrap();
+            assert_eq!(
+                [other.loss, other.fvu, other.aux, other.l0_mean],
+                [got.loss, got.fvu, got.aux, got.l0_mean],
+                "{name}: step {s} losses differ between peers"
+            );
+        }
+    }
+    for run in &runs[1..] {
+        assert!(run.state == runs[0].state, "{name}: peers' states differ");
+    }
+    let (got, want) = (&runs[0].state, single.state());
+    for (what, a, b) in [
+        ("w_enc", &got.params.w_enc, &want.params.w_enc),
+        ("b_enc", &got.params.b_enc, &want.params.b_enc),
+        ("w_dec", &got.params.w_dec, &want.params.w_dec),
+        ("b_dec", &got.params.b_dec, &want.params.b_dec),
+    ] {
+        common::assert_close(&format!("{name}: {what} after {STEPS} steps"), a, b, 1e-4);
+    }
+    assert_eq!(got.step, want.step);
+    assert_eq!(got.stats.tokens_seen(), want.stats.tokens_seen(), "{name}");
+}
+
+/// Every built-in rule with and without the auxiliary losses, over 2 and 4 peers with uneven
+/// shards.
+#[test]
+fn sharded_training_follows_one_device_on_the_whole_batch() {
+    for cuts in [&[0, 20, 37][..], &[0, 9, 10, 25, 37]] {
+        for i in 0..builtin_sparsifiers(K).len() {
+            let rule = move || builtin_sparsifiers(K).swap_remove(i);
+            for aux in [AuxLoss::None, AuxLoss::AuxK, AuxLoss::AuxZipf] {
+                follows_one_device(&rule, aux, cuts);
+            }
+        }
+    }
+}
+
+/// A NaN in one peer's rows fails the step on every peer with the same error and changes no
+/// state; the next step trains on.
+#[test]
+fn a_nan_on_one_peer_fails_every_peer_and_changes_nothing() {
+    let mut data = batches();
+    data.truncate(3);
+    data[1][30 * D + 4] = f32::NAN;
+    let cuts = [0, 20, 37];
+    let cfg = config(AuxLoss::AuxK);
+    let runs = sharded_run(|| builtin_sparsifiers(K).swap_remove(1), &cfg, &cuts, &data);
+    let mut reference = trainer(builtin_sparsifiers(K).swap_remove(1), cfg);
+    reference.train_step(batch(&data[0])).unwrap();
+    reference.train_step(batch(&data[2])).unwrap();
+    for run in &runs {
+        assert!(matches!(run.outputs[1], Err(SaeError::NonFiniteInput)));
+        assert!(run.outputs[2].is_ok());
+        assert_eq!(run.state.step, 2);
+        assert!(run.state == runs[0].state);
+    }
+    common::assert_close(
+        "w_enc after a failed step",
+        &runs[0].state.params.w_enc,
+        &reference.state().params.w_enc,
+        1e-5,
+    );
+}
