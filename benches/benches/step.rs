@@ -21,6 +21,7 @@ use sae_model::{
     AuxLoss, FeatureChoice, FeatureStats, MutualChoice, Sae, SaeConfig, Sparsifier, StatsConfig,
     StepPath, TopK, TrainConfig, TrainStep, select_on_backend,
 };
+use sae_train::peers::Peers;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -131,6 +132,42 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
             let out = step.train_step(xb.clone()).unwrap();
             black_box(out.loss);
         });
+    }
+
+    // The same steps over two peers of this machine (threads summing through
+    // burn-collective), each on half of the batch's rows: the collective's cost per step,
+    // against the one-device step measured just above.
+    if on_host {
+        for (id, rule) in [
+            ("step_topk_2_peers", SelectRule::Row),
+            ("step_mutual_choice_2_peers", SelectRule::Global),
+            ("step_feature_choice_2_peers", SelectRule::Column),
+        ] {
+            let config = TrainConfig {
+                aux: AuxLoss::AuxK,
+                ..TrainConfig::default()
+            };
+            let mut step = TrainStep::<Autodiff<Inner>>::new(
+                &sae,
+                rule.sparsifier(k),
+                config.clone(),
+                &device,
+            )
+            .unwrap();
+            let state = step.state();
+            let mut peers = Peers::<Autodiff<Inner>>::start(
+                2,
+                &state,
+                || Ok(rule.sparsifier(k)),
+                &config,
+                &device,
+            )
+            .unwrap();
+            timed(c, "train_step", id, || {
+                black_box(peers.step(&mut step, &x_host).unwrap().loss);
+            });
+            peers.finish();
+        }
     }
 
     // Each rule of ours against burn's `topk` doing the same job on the same affinities. On
@@ -280,6 +317,21 @@ fn print_summary(Shape { n, d, f, k }: Shape, backend: &str) {
     for (id, _, _) in step_variants(k, false) {
         if times.contains_key(id) || !id.ends_with("choice_gather") {
             println!("{:<26} {:>10.4} {:>8.2}", id, med(id), med(id) / gemm);
+        }
+    }
+    // Over two peers: the ratio is to the same rule's one-device step.
+    for (id, one) in [
+        ("step_topk_2_peers", "step_topk"),
+        ("step_mutual_choice_2_peers", "step_mutual_choice"),
+        ("step_feature_choice_2_peers", "step_feature_choice"),
+    ] {
+        if times.contains_key(id) {
+            println!(
+                "{:<26} {:>10.4} {:>8.2} (/ {one})",
+                id,
+                med(id),
+                med(id) / med(one)
+            );
         }
     }
     for rule in SelectRule::ALL {

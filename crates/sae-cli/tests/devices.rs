@@ -1,6 +1,6 @@
-//! `sae train` on a GPU backend (wgpu; lavapipe where there is no GPU) trains the model the CPU
-//! run trains: the device step path and the host path end in the same evaluation, for every
-//! allocation rule.
+//! `sae train` on a GPU backend (wgpu; lavapipe where there is no GPU), or over several CPU
+//! peers (`distributed.devices`), trains the model the one-device CPU run trains: the runs end
+//! in the same evaluation, for every allocation rule.
 
 mod common;
 
@@ -33,6 +33,77 @@ fn on_wgpu(args: &[String]) -> Option<()> {
     panic!("the wgpu run failed: {message}");
 }
 
+/// Asserts that two runs' final evaluations agree within `1e-3` (batch and inference FVU
+/// and L0) and saw the same tokens.
+fn assert_same_evaluation(what: &str, got: &Path, want: &Path) {
+    let (got, want) = (final_eval(got), final_eval(want));
+    for (part, metric) in [
+        ("batch", "fvu"),
+        ("batch", "l0_mean"),
+        ("inference", "fvu"),
+        ("inference", "l0_mean"),
+    ] {
+        let (a, b) = (
+            got[part][metric].as_f64().unwrap(),
+            want[part][metric].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-3 * b.abs().max(1.0),
+            "{what} {part} {metric}: {a} vs one device's {b}"
+        );
+    }
+    assert_eq!(got["tokens"], want["tokens"], "{what}");
+}
+
+#[test]
+fn training_over_peers_ends_in_the_one_device_runs_evaluation() {
+    let tmp = tempfile::tempdir().unwrap();
+    for rule in ["mutual_choice", "feature_choice", "topk"] {
+        let name = format!("sparsifier.name=\"{rule}\"");
+        let one = tmp.path().join(rule);
+        let out = run(&small_run(&one, 30, &["--set", &name]));
+        assert!(out.status.success(), "{}", text(&out));
+        // Three peers: 128 rows split 42 / 43 / 43.
+        let three = tmp.path().join(format!("{rule}-3"));
+        let out = run(&small_run(
+            &three,
+            30,
+            &["--set", &name, "--set", "distributed.devices=3"],
+        ));
+        assert!(out.status.success(), "{}", text(&out));
+        assert_same_evaluation(&format!("{rule} over 3 peers"), &three, &one);
+    }
+}
+
+/// Settings that cannot train over several peers are refused before any step, naming the
+/// option at fault.
+#[test]
+fn settings_that_cannot_train_over_peers_are_refused_up_front() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (set, expected) in [
+        ("backend=\"wgpu\"", "needs backend = \"flex\""),
+        (
+            "train.batch_size=2",
+            "train.batch_size = 2 is less than distributed.devices = 4",
+        ),
+        ("step.path=\"sparse\"", "needs step.path"),
+    ] {
+        let dir = tmp.path().join("refused");
+        let out = run(&small_run(
+            &dir,
+            30,
+            &["--set", "distributed.devices=4", "--set", set],
+        ));
+        assert!(!out.status.success(), "{set} was accepted");
+        let message = text(&out);
+        assert!(message.contains(expected), "{set}: {message}");
+        assert!(
+            !dir.join("metrics.jsonl").exists(),
+            "{set}: training started"
+        );
+    }
+}
+
 #[test]
 fn training_on_wgpu_ends_in_the_cpu_runs_evaluation() {
     let tmp = tempfile::tempdir().unwrap();
@@ -48,22 +119,6 @@ fn training_on_wgpu_ends_in_the_cpu_runs_evaluation() {
         if on_wgpu(&wgpu).is_none() {
             return;
         }
-        let (want, got) = (final_eval(&cpu), final_eval(&gpu));
-        for (part, metric) in [
-            ("batch", "fvu"),
-            ("batch", "l0_mean"),
-            ("inference", "fvu"),
-            ("inference", "l0_mean"),
-        ] {
-            let (a, b) = (
-                got[part][metric].as_f64().unwrap(),
-                want[part][metric].as_f64().unwrap(),
-            );
-            assert!(
-                (a - b).abs() <= 1e-3 * b.abs().max(1.0),
-                "{rule} {part} {metric}: wgpu {a} vs cpu {b}"
-            );
-        }
-        assert_eq!(got["tokens"], want["tokens"], "{rule}");
+        assert_same_evaluation(&format!("{rule} on wgpu"), &gpu, &cpu);
     }
 }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use sae_data::SyntheticConfig;
-use sae_model::TrainConfig;
+use sae_model::{StepPath, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -31,6 +31,8 @@ pub struct RunConfig {
     pub schedule: ScheduleConfig,
     /// Batch size, length and intervals.
     pub train: LoopConfig,
+    /// Training over several peers, each on its share of every batch.
+    pub distributed: DistributedConfig,
 }
 
 impl Default for RunConfig {
@@ -45,6 +47,7 @@ impl Default for RunConfig {
             step: TrainConfig::default(),
             schedule: ScheduleConfig::default(),
             train: LoopConfig::default(),
+            distributed: DistributedConfig::default(),
         }
     }
 }
@@ -188,6 +191,24 @@ impl Default for ScheduleConfig {
             decay_fraction: 0.2,
             final_fraction: 0.0,
         }
+    }
+}
+
+/// Training over several peers of this machine: one global batch, its rows split over the
+/// peers in order, the model the one device would train on the whole batch (see
+/// `docs/distributed.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedConfig {
+    /// Peers on this machine, one thread each (1: no distribution). Each takes consecutive
+    /// rows of every batch; they sum their selection counts and gradients through
+    /// burn-collective. The CPU backends run every peer on the machine's cores.
+    pub devices: usize,
+}
+
+impl Default for DistributedConfig {
+    fn default() -> Self {
+        Self { devices: 1 }
     }
 }
 
@@ -376,6 +397,36 @@ impl RunConfig {
             true,
         )?;
 
+        let devices = self.distributed.devices;
+        if !(1..=sae_model::collective::MAX_PEERS).contains(&devices) {
+            return Err(format!(
+                "distributed.devices = {devices} is out of range: must be in 1..={}",
+                sae_model::collective::MAX_PEERS
+            ));
+        }
+        if devices > 1 {
+            if self.train.batch_size < devices {
+                return Err(format!(
+                    "train.batch_size = {} is less than distributed.devices = {devices}: \
+                     every peer needs rows of each batch",
+                    self.train.batch_size
+                ));
+            }
+            if !matches!(self.backend, BackendKind::Flex | BackendKind::Ndarray) {
+                return Err(format!(
+                    "distributed.devices = {devices} needs backend = \"flex\" or \"ndarray\": \
+                     training over several peers runs the CPU step (backend = {:?} trains on one device)",
+                    self.backend.name()
+                ));
+            }
+            if !matches!(self.step.path, StepPath::Auto | StepPath::Fused) {
+                return Err(format!(
+                    "distributed.devices = {devices} needs step.path = \"auto\" or \"fused\", \
+                     the step that trains over several peers (got {:?})",
+                    self.step.path
+                ));
+            }
+        }
         if !self.sparsifier.get("name").is_some_and(|n| n.is_string()) {
             return Err("sparsifier.name: missing: name a registered sparsifier".into());
         }

@@ -17,13 +17,14 @@ pub mod export;
 pub mod metrics;
 mod migrate;
 pub mod overrides;
+pub mod peers;
 pub mod run_dir;
 pub mod schedule;
 pub mod state;
 mod tensor;
 pub mod trainer;
 
-pub use config::{BackendKind, RunConfig};
+pub use config::{BackendKind, DistributedConfig, RunConfig};
 pub use error::TrainError;
 pub use eval::{EvalReport, SelectionMetrics};
 pub use export::NativeModel;

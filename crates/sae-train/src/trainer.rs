@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use sae_model::{Registry, Sae, SaeConfig, SaeError, TrainStep, sample_mean};
+use sae_model::{FeatureStats, Registry, Sae, SaeConfig, SaeError, TrainStep, sample_mean};
 use serde::{Deserialize, Serialize};
 
 use sae_data::DataFingerprint;
@@ -19,6 +19,7 @@ use crate::data::{Activations, EvalRows, GroundTruth};
 use crate::eval::{EvalReport, evaluate};
 use crate::export::{Interrupted, SelectionSpec, write_native};
 use crate::metrics::{EvalRecord, LogWindow, MetricsLog, Record, ResumePoint, TrainRecord};
+use crate::peers::Peers;
 use crate::run_dir::{Claim, RunDir};
 use crate::schedule::lr_factor;
 use crate::state::{Checkpoint, LoopState, OnCorrupt, RunState};
@@ -278,6 +279,25 @@ pub fn train_on<B: AutodiffBackend>(
     let d = acts.d;
     let features = config.model.features(d);
     check_shape(&config, sparsifier.k(), d, features)?;
+    let devices = config.distributed.devices;
+    if devices > 1
+        && sparsifier
+            .builtin(
+                config.train.batch_size,
+                &FeatureStats::new(features, config.step.stats.clone()),
+            )?
+            .is_none()
+    {
+        return Err(TrainError::Config {
+            origin: "the run".into(),
+            reason: format!(
+                "distributed.devices = {devices}: sparsifier {:?} has no built-in selection \
+                 rule, which training over several peers needs (TopK, Mutual Choice, Feature \
+                 Choice have one)",
+                sparsifier.name()
+            ),
+        });
+    }
     if acts.eval_rows()?.is_none() {
         (options.notice)(
             "data.heldout_fraction = 0: no rows are held out, so the run is not evaluated",
@@ -350,6 +370,19 @@ pub fn train_on<B: AutodiffBackend>(
             None,
         )
     };
+    // Peers 1.. of a run over several devices start from this state, as peer 0 (this loop).
+    let mut peers = if devices > 1 {
+        let rule = || options.registry.build(&config.sparsifier);
+        Some(Peers::<B>::start(
+            devices,
+            &step.state(),
+            rule,
+            &config.step,
+            &device,
+        )?)
+    } else {
+        None
+    };
     // From here on every batch and evaluation row comes out normalised.
     let mut acts = acts.normalized(&normalizer)?;
     let mut metrics = MetricsLog::open(&out_dir.join("metrics.jsonl"), metrics_at)?;
@@ -388,18 +421,20 @@ pub fn train_on<B: AutodiffBackend>(
         }
         acts.train.next_batch(batch, &mut x)?;
         step.set_lr(peak_lr * lr_factor(&config.schedule, tokens, config.train.total_tokens));
-        let out = step
-            .train_step(to_device::<B>(&x, batch, d, &device))
-            .map_err(|e| match e {
-                SaeError::NonFiniteLoss { .. }
-                | SaeError::NonFiniteGradient { .. }
-                | SaeError::NonFiniteInput => TrainError::Diverged {
-                    step: step.step_count(),
-                    source: e,
-                    last_good: checkpoints.latest().ok().flatten().map(|(_, p)| p),
-                },
-                e => e.into(),
-            })?;
+        let out = match peers.as_mut() {
+            Some(peers) => peers.step(&mut step, &x),
+            None => step.train_step(to_device::<B>(&x, batch, d, &device)),
+        }
+        .map_err(|e| match e {
+            SaeError::NonFiniteLoss { .. }
+            | SaeError::NonFiniteGradient { .. }
+            | SaeError::NonFiniteInput => TrainError::Diverged {
+                step: step.step_count(),
+                source: e,
+                last_good: checkpoints.latest().ok().flatten().map(|(_, p)| p),
+            },
+            e => e.into(),
+        })?;
         tokens += batch as u64;
         window.steps += 1;
         window.loss += f64::from(out.loss);
@@ -452,6 +487,9 @@ pub fn train_on<B: AutodiffBackend>(
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
+    if let Some(peers) = peers {
+        peers.finish();
+    }
     save(
         &step,
         tokens,

@@ -134,6 +134,8 @@ fn every_numeric_field_has_its_range_checked_at_load() {
         ("data.sample_rows=0", "data.sample_rows", "at least 1"),
         ("model.d_sae=0", "model.d_sae", "at least 1"),
         ("model.expansion=0", "model.expansion", "at least 1"),
+        ("distributed.devices=0", "distributed.devices", "1..=256"),
+        ("distributed.devices=257", "distributed.devices", "1..=256"),
     ];
     for (set, field, range) in cases {
         let err = load("", &[set]).unwrap_err().to_string();
@@ -147,6 +149,7 @@ fn every_numeric_field_has_its_range_checked_at_load() {
         "schedule.final_fraction=1.0",
         "data.heldout_fraction=0.0",
         "step.threshold_decay=0.0",
+        "distributed.devices=256",
     ] {
         load("", &[set]).unwrap_or_else(|e| panic!("{set}: {e}"));
     }
