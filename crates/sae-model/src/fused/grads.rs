@@ -454,7 +454,7 @@ pub fn host_loss_and_grads_into(
         .enumerate()
         .map(|(b, (e, a))| {
             let rows = b * TOKEN_BLOCK..((b + 1) * TOKEN_BLOCK).min(n);
-            token_block(params, x, rows, &spec, e, a)
+            token_block(params, x, rows, spec, e, a)
         })
         .collect();
     drop(aux_chunks);
