@@ -101,6 +101,27 @@ impl Selection {
         }
     }
 
+    /// The pairs grouped by feature: `(offsets, pairs)`, feature `f`'s pair indices (into
+    /// [`features`](Self::features) and [`scores`](Self::scores)) being
+    /// `pairs[offsets[f]..offsets[f + 1]]`, rows ascending (a counting sort of the row-major
+    /// pairs).
+    pub fn feature_major(&self) -> (Vec<usize>, Vec<u32>) {
+        let mut offsets = vec![0usize; self.cols + 1];
+        for &f in &self.features {
+            offsets[f as usize + 1] += 1;
+        }
+        for f in 0..self.cols {
+            offsets[f + 1] += offsets[f];
+        }
+        let mut next = offsets.clone();
+        let mut pairs = vec![0u32; self.features.len()];
+        for (p, &f) in self.features.iter().enumerate() {
+            pairs[next[f as usize]] = p as u32;
+            next[f as usize] += 1;
+        }
+        (offsets, pairs)
+    }
+
     /// Number of rows (tokens) of the scored matrix.
     pub fn rows(&self) -> usize {
         self.rows

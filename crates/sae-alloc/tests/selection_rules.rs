@@ -105,6 +105,29 @@ proptest! {
         prop_assert!(by_rank.windows(2).all(|w| w[0] >= w[1]), "not monotone: {:?}", by_rank);
     }
 
+    /// `feature_major` lists every pair once, under its own feature, rows ascending.
+    #[test]
+    fn feature_major_groups_every_pair_by_feature_in_row_order(
+        ((data, rows, cols), frac) in (matrix(20, 30), 0.0..=1.0f64)
+    ) {
+        let budget = (frac * (rows * cols) as f64).round() as usize;
+        let selection = oracle_global(&data, rows, cols, budget);
+        let (offsets, pairs) = selection.feature_major();
+        let tokens = selection.token_ids();
+        prop_assert_eq!(offsets.len(), cols + 1);
+        let mut seen = vec![false; selection.nnz()];
+        for f in 0..cols {
+            let group = &pairs[offsets[f]..offsets[f + 1]];
+            prop_assert!(group.iter().all(|&p| selection.features()[p as usize] as usize == f));
+            prop_assert!(group.windows(2).all(|w| tokens[w[0] as usize] < tokens[w[1] as usize]));
+            for &p in group {
+                prop_assert!(!seen[p as usize]);
+                seen[p as usize] = true;
+            }
+        }
+        prop_assert!(seen.iter().all(|&s| s));
+    }
+
     #[test]
     fn uniform_capacities_are_even(features in 1..500usize, max in 1..100u32, fill in 0.0..=1.0f64) {
         let budget = (fill * (features * max as usize) as f64) as usize;

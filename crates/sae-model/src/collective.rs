@@ -118,7 +118,10 @@ pub const MAX_PEERS: usize = 1 << (24 - LIMB_BITS);
 
 /// One peer of a machine's devices, summing through `burn-collective`'s all-reduce: one thread
 /// per device, each registered with its position; the tree strategy of `burn-collective`
-/// reduces and every peer receives the reduced tensor. Unregisters when dropped.
+/// reduces and every peer receives the reduced tensor. Every sum also counts the peers that
+/// took part, so a peer that has left fails the sum on every other peer. Unregisters when
+/// dropped. burn-collective keeps one set of peers per process and backend: one group of
+/// `BurnPeer`s at a time.
 pub struct BurnPeer<B: Backend> {
     id: PeerId,
     peer: usize,
@@ -164,6 +167,45 @@ fn collective_error(peer: usize, what: &str, e: burn_collective::CollectiveError
     }
 }
 
+impl<B: Backend> BurnPeer<B> {
+    /// All-reduces `values` with two status slots appended: every peer adds 1 to the first
+    /// (so a sum short of `peers` means a peer has left the collective, and burn-collective
+    /// went on without it) and 1 to the second when its own input cannot travel. Every peer
+    /// reads the same status, so all fail alike, or none.
+    fn all_reduce(&mut self, mut values: Vec<f32>, unfit: bool) -> Result<Vec<f32>> {
+        let len = values.len();
+        values.extend([1.0, f32::from(u8::from(unfit))]);
+        let tensor = Tensor::<B, 1>::from_data(TensorData::new(values, [len + 2]), &self.device);
+        let summed = burn_collective::all_reduce::<B>(
+            self.id,
+            tensor.into_primitive().tensor(),
+            ReduceOperation::Sum,
+        )
+        .map_err(|e| collective_error(self.peer, "all-reduce", e))?;
+        let mut summed = host_vec(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(
+            summed,
+        )));
+        let (present, unfit) = (summed[len], summed[len + 1]);
+        if present != self.peers as f32 {
+            return Err(SaeError::Collective {
+                peer: self.peer,
+                reason: format!(
+                    "{present} of {} peers took part in a sum: a peer has stopped",
+                    self.peers
+                ),
+            });
+        }
+        if unfit > 0.0 {
+            return Err(SaeError::Collective {
+                peer: self.peer,
+                reason: "a peer's count is beyond the 2^48 a sum carries".into(),
+            });
+        }
+        summed.truncate(len);
+        Ok(summed)
+    }
+}
+
 impl<B: Backend> Collective for BurnPeer<B> {
     fn peer(&self) -> usize {
         self.peer
@@ -173,21 +215,13 @@ impl<B: Backend> Collective for BurnPeer<B> {
     }
 
     fn sum_counts(&mut self, counts: &mut [u64]) -> Result<()> {
-        if let Some(&big) = counts
-            .iter()
-            .find(|&&c| c >> (LIMB_BITS * LIMBS as u32) != 0)
-        {
-            return Err(SaeError::Collective {
-                peer: self.peer,
-                reason: format!("count {big} is beyond the 2^48 an exchange carries"),
-            });
-        }
+        let unfit = counts.iter().any(|&c| c >> (LIMB_BITS * LIMBS as u32) != 0);
         let mask = (1u64 << LIMB_BITS) - 1;
-        let mut limbs: Vec<f32> = counts
+        let limbs: Vec<f32> = counts
             .iter()
             .flat_map(|&c| (0..LIMBS).map(move |l| ((c >> (LIMB_BITS * l as u32)) & mask) as f32))
             .collect();
-        self.sum_values(&mut limbs)?;
+        let limbs = self.all_reduce(limbs, unfit)?;
         for (c, l) in counts.iter_mut().zip(limbs.chunks_exact(LIMBS)) {
             *c = l
                 .iter()
@@ -199,21 +233,7 @@ impl<B: Backend> Collective for BurnPeer<B> {
     }
 
     fn sum_values(&mut self, values: &mut [f32]) -> Result<()> {
-        if values.is_empty() {
-            return Ok(());
-        }
-        let len = values.len();
-        let tensor =
-            Tensor::<B, 1>::from_data(TensorData::new(values.to_vec(), [len]), &self.device);
-        let summed = burn_collective::all_reduce::<B>(
-            self.id,
-            tensor.into_primitive().tensor(),
-            ReduceOperation::Sum,
-        )
-        .map_err(|e| collective_error(self.peer, "all-reduce", e))?;
-        let summed = host_vec(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(
-            summed,
-        )));
+        let summed = self.all_reduce(values.to_vec(), false)?;
         values.copy_from_slice(&summed);
         Ok(())
     }
@@ -221,7 +241,10 @@ impl<B: Backend> Collective for BurnPeer<B> {
 
 impl<B: Backend> Drop for BurnPeer<B> {
     fn drop(&mut self) {
-        // Nothing to report to: the peers are done with each other either way.
-        let _ = burn_collective::finish_collective::<B>(self.id);
+        // A peer unwinding from a panic stays registered: the others' next sum then waits
+        // for it instead of going on without it. Otherwise there is nothing to report to.
+        if !std::thread::panicking() {
+            let _ = burn_collective::finish_collective::<B>(self.id);
+        }
     }
 }

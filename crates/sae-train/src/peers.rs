@@ -8,6 +8,7 @@
 //! is the run's.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 
 use burn::tensor::backend::AutodiffBackend;
@@ -35,11 +36,17 @@ struct Worker {
     handle: JoinHandle<()>,
 }
 
-/// Peers `1..P` of a run, and peer 0's own handle on the collective.
+/// burn-collective keeps one group of peers per process: one run over several peers at a
+/// time.
+static ONE_GROUP: Mutex<()> = Mutex::new(());
+
+/// Peers `1..P` of a run, and peer 0's own handle on the collective. Dropping it stops the
+/// peer threads.
 pub struct Peers<B: AutodiffBackend> {
     workers: Vec<Worker>,
-    own: BurnPeer<B::InnerBackend>,
+    own: Option<BurnPeer<B::InnerBackend>>,
     d: usize,
+    _group: MutexGuard<'static, ()>,
 }
 
 impl<B: AutodiffBackend> std::fmt::Debug for Peers<B> {
@@ -67,6 +74,15 @@ impl<B: AutodiffBackend> Peers<B> {
         config: &TrainConfig,
         device: &B::Device,
     ) -> Result<Self, SaeError> {
+        let group = match ONE_GROUP.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                return Err(SaeError::Config(
+                    "another run over several peers is running in this process".into(),
+                ));
+            }
+        };
         let d = state.params.d_model;
         let mut workers = Vec::with_capacity(devices - 1);
         for peer in 1..devices {
@@ -103,7 +119,12 @@ impl<B: AutodiffBackend> Peers<B> {
         for (i, w) in workers.iter().enumerate() {
             w.answers.recv().map_err(|_| stopped(i + 1))??;
         }
-        Ok(Self { workers, own, d })
+        Ok(Self {
+            workers,
+            own: Some(own),
+            d,
+            _group: group,
+        })
     }
 
     /// One step of every peer on the global batch `x` (row-major), peer 0 being `step`.
@@ -123,7 +144,11 @@ impl<B: AutodiffBackend> Peers<B> {
         let own = shard(n, peers, 0);
         let device = step.device().clone();
         let batch = to_device::<B>(&x[own.start * d..own.end * d], own.len(), d, &device);
-        let out = step.train_step_sharded(batch, &mut self.own);
+        let own = self
+            .own
+            .as_mut()
+            .expect("peer 0 is registered while the peers live");
+        let out = step.train_step_sharded(batch, own);
         // Every peer answers, so none is left mid-step; their errors are those of peer 0.
         let mut first_other = None;
         for (i, w) in self.workers.iter().enumerate() {
@@ -138,15 +163,20 @@ impl<B: AutodiffBackend> Peers<B> {
             (Ok(out), None) => Ok(out),
         }
     }
+}
 
-    /// Stops the peer threads (each unregisters as it ends).
-    pub fn finish(self) {
-        let Self { workers, own, .. } = self;
-        drop(own);
-        for w in workers {
+impl<B: AutodiffBackend> Drop for Peers<B> {
+    /// Stops the peer threads: each unregisters as its queue closes.
+    fn drop(&mut self) {
+        drop(self.own.take());
+        let unwinding = std::thread::panicking();
+        for w in self.workers.drain(..) {
             drop(w.jobs);
-            // A thread that panicked has reported nothing more to say.
-            let _ = w.handle.join();
+            // Unwinding, a thread may wait in a sum this one will never join: leave it.
+            if !unwinding {
+                // A thread that panicked has nothing more to say.
+                let _ = w.handle.join();
+            }
         }
     }
 }

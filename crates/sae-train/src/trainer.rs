@@ -487,9 +487,7 @@ pub fn train_on<B: AutodiffBackend>(
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    if let Some(peers) = peers {
-        peers.finish();
-    }
+    drop(peers);
     save(
         &step,
         tokens,

@@ -25,20 +25,15 @@ impl GroupedKeys {
     /// The pairs of `candidates` grouped by feature, rows ascending within a feature (a
     /// counting sort of the row-major pairs).
     pub(super) fn by_column(candidates: &Selection) -> Self {
-        let mut offsets = vec![0usize; candidates.cols() + 1];
-        for &f in candidates.features() {
-            offsets[f as usize + 1] += 1;
+        let (offsets, pairs) = candidates.feature_major();
+        let scores = candidates.scores();
+        Self {
+            offsets,
+            keys: pairs
+                .iter()
+                .map(|&p| score_key(scores[p as usize]))
+                .collect(),
         }
-        for f in 0..candidates.cols() {
-            offsets[f + 1] += offsets[f];
-        }
-        let mut next = offsets.clone();
-        let mut keys = vec![0u32; candidates.nnz()];
-        for (&f, &s) in candidates.features().iter().zip(candidates.scores()) {
-            keys[next[f as usize]] = score_key(s);
-            next[f as usize] += 1;
-        }
-        Self { offsets, keys }
     }
 
     fn groups(&self) -> usize {

@@ -269,25 +269,6 @@ fn token_block(
     block
 }
 
-/// Pairs of a selection grouped by feature: `(offsets [F + 1], pair ids)`, token order within
-/// a feature (a counting sort of the CSR pairs).
-fn by_feature(selection: &Selection) -> (Vec<usize>, Vec<u32>) {
-    let mut offsets = vec![0usize; selection.cols() + 1];
-    for &f in selection.features() {
-        offsets[f as usize + 1] += 1;
-    }
-    for j in 0..selection.cols() {
-        offsets[j + 1] += offsets[j];
-    }
-    let mut next = offsets.clone();
-    let mut ids = vec![0u32; selection.nnz()];
-    for (p, &f) in selection.features().iter().enumerate() {
-        ids[next[f as usize]] = p as u32;
-        next[f as usize] += 1;
-    }
-    (offsets, ids)
-}
-
 /// One selection's pairs, flattened for pass 2.
 struct FeaturePairs<'a> {
     offsets: Vec<usize>,
@@ -310,7 +291,7 @@ impl<'a> FeaturePairs<'a> {
         rows: (&'a [f32], f32),
         grad_scale: f32,
     ) -> Self {
-        let (offsets, ids) = by_feature(selection);
+        let (offsets, ids) = selection.feature_major();
         Self {
             offsets,
             ids,
@@ -416,7 +397,12 @@ pub fn host_loss_and_grads(
     spec: &HostLossSpec<'_>,
 ) -> HostLossAndGrads {
     let mut out = HostLossAndGrads::default();
-    match host_loss_and_grads_into(params, x, spec, &mut out, &mut WholeBatch) {
+    // The whole batch is here: the auxiliary loss is on when its selection has pairs.
+    let spec = HostLossSpec {
+        aux_selection: spec.aux_selection.filter(|a| a.nnz() > 0),
+        ..*spec
+    };
+    match host_loss_and_grads_into(params, x, &spec, &mut out, &mut WholeBatch) {
         Ok(()) => out,
         Err(_) => unreachable!("a whole batch needs no exchange"),
     }

@@ -32,8 +32,6 @@ impl<B: AutodiffBackend> TrainStep<B> {
         x: Tensor<B, 2>,
         peers: &mut dyn Collective,
     ) -> Result<StepOutput> {
-        let x = x.inner();
-        self.check_width(&x)?;
         if !self.on_host() {
             return Err(SaeError::Config(
                 "training over several peers runs on the CPU backends' host step; \
@@ -41,10 +39,21 @@ impl<B: AutodiffBackend> TrainStep<B> {
                     .into(),
             ));
         }
+        let x = x.inner();
+        let rows = self.check_width(&x).and_then(|()| match x.dims()[0] {
+            0 => Err(SaeError::Shape {
+                what: "this peer's rows of the batch",
+                expected: vec![1, self.params.b_dec.dims()[0]],
+                actual: x.dims().to_vec(),
+            }),
+            _ => Ok(()),
+        });
+        agree(rows, peers)?;
         self.host_train_step(x, peers)
     }
 
-    /// The training rule's selection of this peer's rows, made over the whole batch.
+    /// The training rule's selection of this peer's rows, made over the whole batch. (Every
+    /// peer has rows: `train_step_sharded` agreed on that.)
     pub(super) fn sharded_select(
         &self,
         affinities: &[f32],
@@ -81,5 +90,21 @@ impl<B: AutodiffBackend> TrainStep<B> {
                 reason: "its selection failed".into(),
             }),
         }
+    }
+}
+
+/// Every peer learns whether every peer's own check passed, so that all go on or all stop:
+/// a peer's own error, or an error naming the first peer that failed.
+fn agree(local: Result<()>, peers: &mut dyn Collective) -> Result<()> {
+    let mut failed = vec![0u64; peers.peers()];
+    failed[peers.peer()] = u64::from(local.is_err());
+    peers.sum_counts(&mut failed)?;
+    local?;
+    match failed.iter().position(|&f| f > 0) {
+        Some(peer) => Err(SaeError::Collective {
+            peer,
+            reason: "its rows of the batch were rejected".into(),
+        }),
+        None => Ok(()),
     }
 }

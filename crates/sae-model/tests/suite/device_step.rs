@@ -9,10 +9,10 @@ use burn::backend::wgpu::{CubeBackend, WgpuRuntime};
 use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use common::{builtin_sparsifiers, host, params, random, tensor};
+use common::{all_dead_config as config, builtin_sparsifiers, host, params, random, tensor};
 use sae_model::{
-    AuxLoss, MutualChoice, Sae, SaeError, SaeParams, Sparsifier, StatsConfig, StepOutput, StepPath,
-    TopK, TrainConfig, TrainState, TrainStep,
+    AuxLoss, MutualChoice, Sae, SaeError, SaeParams, Sparsifier, StepOutput, StepPath, TopK,
+    TrainConfig, TrainState, TrainStep,
 };
 
 /// burn's wgpu backend without its fusion layer.
@@ -21,21 +21,6 @@ type Plain = CubeBackend<WgpuRuntime, f32, i32, u32>;
 /// `(N, d, F, k)`: widths that are not multiples of 4, features with no pairs, features with
 /// more pairs than a cube has units (600 tokens, 16 features), several row blocks, k = 1.
 const CASES: [(usize, usize, usize, usize); 3] = [(37, 13, 70, 3), (600, 5, 16, 8), (9, 6, 40, 1)];
-
-/// Statistics under which every feature counts as dead from the first step, so the
-/// auxiliary losses have pairs on every step.
-fn config(aux: AuxLoss) -> TrainConfig {
-    TrainConfig {
-        lr: Some(1e-2),
-        aux,
-        stats: StatsConfig {
-            density_horizon_tokens: 500.0,
-            dead_window: 0,
-            ..StatsConfig::default()
-        },
-        ..TrainConfig::default()
-    }
-}
 
 fn trainer<B: AutodiffBackend>(
     rule: Box<dyn Sparsifier>,

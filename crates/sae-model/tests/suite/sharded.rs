@@ -9,10 +9,10 @@ use crate::common;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::Tensor;
-use common::{builtin_sparsifiers, params, random, tensor};
+use common::{all_dead_config as config, builtin_sparsifiers, params, random, tensor};
 use sae_model::sae_alloc::Selection;
 use sae_model::{
-    AuxLoss, BurnPeer, Sae, SaeError, Sparsifier, StatsConfig, StepOutput, TrainConfig, TrainState,
+    AuxLoss, BurnPeer, Collective, Sae, SaeError, Sparsifier, StepOutput, TrainConfig, TrainState,
     TrainStep,
 };
 
@@ -26,20 +26,6 @@ const F: usize = 70;
 const N: usize = 37;
 const K: usize = 3;
 const STEPS: usize = 20;
-
-/// Every feature counts as dead from the first step, so the auxiliary losses have pairs.
-fn config(aux: AuxLoss) -> TrainConfig {
-    TrainConfig {
-        lr: Some(1e-2),
-        aux,
-        stats: StatsConfig {
-            density_horizon_tokens: 500.0,
-            dead_window: 0,
-            ..StatsConfig::default()
-        },
-        ..TrainConfig::default()
-    }
-}
 
 fn trainer(rule: Box<dyn Sparsifier>, cfg: TrainConfig) -> TrainStep<B> {
     let device = Default::default();
@@ -237,4 +223,49 @@ fn a_nan_on_one_peer_fails_every_peer_and_changes_nothing() {
         &reference.state().params.w_enc,
         1e-5,
     );
+}
+
+/// A peer that leaves the group mid-run: burn-collective then sums without it, and every
+/// remaining peer's next sum fails (each sum counts its participants) instead of going on
+/// with a partial sum.
+#[test]
+fn a_peer_that_leaves_fails_the_others_next_sum() {
+    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let left = std::sync::Barrier::new(3);
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|p| {
+                let left = &left;
+                scope.spawn(move || {
+                    let mut peer = BurnPeer::<Flex>::register(p, 3, &Default::default()).unwrap();
+                    let mut counts = [p as u64, 1 << 40];
+                    let first = peer.sum_counts(&mut counts).map(|()| counts);
+                    if p == 2 {
+                        drop(peer);
+                        left.wait();
+                        return (first, None);
+                    }
+                    left.wait();
+                    let mut again = [1u64];
+                    (first, Some(peer.sum_counts(&mut again)))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (p, (first, second)) in outcomes.into_iter().enumerate() {
+        assert_eq!(
+            first.unwrap(),
+            [3, 3 << 40],
+            "peer {p}: the sum of all three"
+        );
+        if p < 2 {
+            match second {
+                Some(Err(SaeError::Collective { reason, .. })) => {
+                    assert!(reason.contains("a peer has stopped"), "peer {p}: {reason}")
+                }
+                other => panic!("peer {p}: expected a failed sum, got {other:?}"),
+            }
+        }
+    }
 }

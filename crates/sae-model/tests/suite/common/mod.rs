@@ -5,7 +5,10 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sae_model::{FeatureChoice, MutualChoice, SaeConfig, SaeParams, Sparsifier, TopK};
+use sae_model::{
+    AuxLoss, FeatureChoice, MutualChoice, SaeConfig, SaeParams, Sparsifier, StatsConfig, TopK,
+    TrainConfig,
+};
 
 /// The paper's rules with `k` features per token: TopK, Mutual Choice, Feature Choice uniform
 /// and Zipf (its capacities Zipf from the first token).
@@ -18,6 +21,21 @@ pub fn builtin_sparsifiers(k: usize) -> Vec<Box<dyn Sparsifier>> {
         Box::new(FeatureChoice::uniform(k)),
         Box::new(zipf),
     ]
+}
+
+/// Step settings (lr 1e-2) under which every feature counts as dead from the first step, so
+/// the auxiliary losses have pairs on every step.
+pub fn all_dead_config(aux: AuxLoss) -> TrainConfig {
+    TrainConfig {
+        lr: Some(1e-2),
+        aux,
+        stats: StatsConfig {
+            density_horizon_tokens: 500.0,
+            dead_window: 0,
+            ..StatsConfig::default()
+        },
+        ..TrainConfig::default()
+    }
 }
 
 /// Uniform values in [-1, 1).
