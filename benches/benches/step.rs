@@ -161,6 +161,7 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
                 || Ok(rule.sparsifier(k)),
                 &config,
                 &device,
+                Duration::from_secs(600),
             )
             .unwrap();
             timed(c, "train_step", id, || {

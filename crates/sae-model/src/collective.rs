@@ -12,6 +12,9 @@
 //! peer receives, so every peer applies the same update and keeps the same parameters.
 
 use std::fmt;
+use std::sync::mpsc::sync_channel;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
@@ -127,6 +130,18 @@ pub struct BurnPeer<B: Backend> {
     peer: usize,
     peers: usize,
     device: B::Device,
+    /// How long a sum waits for the other peers.
+    timeout: Duration,
+    /// A sum timed out: burn-collective still holds it, so this peer can sum no more.
+    stuck: bool,
+}
+
+/// How many sums each peer of this process's group has entered (one group per process, as
+/// burn-collective keeps): a sum that times out names the peers that never entered it.
+static ENTERED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+fn entered() -> MutexGuard<'static, Vec<u64>> {
+    ENTERED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<B: Backend> fmt::Debug for BurnPeer<B> {
@@ -140,8 +155,14 @@ impl<B: Backend> fmt::Debug for BurnPeer<B> {
 
 impl<B: Backend> BurnPeer<B> {
     /// Registers peer `peer` of `peers` on `device` (a device of this machine) and waits until
-    /// all peers have registered.
-    pub fn register(peer: usize, peers: usize, device: &B::Device) -> Result<Self> {
+    /// all peers have registered. A sum that waits longer than `timeout` for the other peers
+    /// fails, naming the peers that never entered it.
+    pub fn register(
+        peer: usize,
+        peers: usize,
+        device: &B::Device,
+        timeout: Duration,
+    ) -> Result<Self> {
         if peers == 0 || peers > MAX_PEERS || peer >= peers {
             return Err(SaeError::Config(format!(
                 "peer {peer} of {peers}: need 1 to {MAX_PEERS} peers and a position below their number"
@@ -149,6 +170,11 @@ impl<B: Backend> BurnPeer<B> {
         }
         let id = PeerId(peer as u32);
         let config = CollectiveConfig::default().with_num_devices(peers);
+        {
+            let mut entered = entered();
+            entered.resize(peers, 0);
+            entered[peer] = 0;
+        }
         burn_collective::register::<B>(id, device.clone(), config)
             .map_err(|e| collective_error(peer, "register", e))?;
         Ok(Self {
@@ -156,6 +182,8 @@ impl<B: Backend> BurnPeer<B> {
             peer,
             peers,
             device: device.clone(),
+            timeout,
+            stuck: false,
         })
     }
 }
@@ -173,15 +201,50 @@ impl<B: Backend> BurnPeer<B> {
     /// went on without it) and 1 to the second when its own input cannot travel. Every peer
     /// reads the same status, so all fail alike, or none.
     fn all_reduce(&mut self, mut values: Vec<f32>, unfit: bool) -> Result<Vec<f32>> {
+        if self.stuck {
+            return Err(SaeError::Collective {
+                peer: self.peer,
+                reason: "an earlier sum timed out".into(),
+            });
+        }
         let len = values.len();
         values.extend([1.0, f32::from(u8::from(unfit))]);
         let tensor = Tensor::<B, 1>::from_data(TensorData::new(values, [len + 2]), &self.device);
-        let summed = burn_collective::all_reduce::<B>(
-            self.id,
-            tensor.into_primitive().tensor(),
-            ReduceOperation::Sum,
-        )
-        .map_err(|e| collective_error(self.peer, "all-reduce", e))?;
+        let sum = {
+            let mut entered = entered();
+            entered[self.peer] += 1;
+            entered[self.peer]
+        };
+        // burn-collective's all-reduce waits without a limit: it runs on its own thread, and
+        // this one waits for it at most `timeout`.
+        let (done, result) = sync_channel(1);
+        let (id, primitive) = (self.id, tensor.into_primitive().tensor());
+        std::thread::spawn(move || {
+            let _ = done.send(burn_collective::all_reduce::<B>(
+                id,
+                primitive,
+                ReduceOperation::Sum,
+            ));
+        });
+        let summed = match result.recv_timeout(self.timeout) {
+            Ok(summed) => summed.map_err(|e| collective_error(self.peer, "all-reduce", e))?,
+            Err(_) => {
+                self.stuck = true;
+                let missing: Vec<usize> = entered()
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &n)| n < sum)
+                    .map(|(p, _)| p)
+                    .collect();
+                return Err(SaeError::Collective {
+                    peer: self.peer,
+                    reason: format!(
+                        "peers {missing:?} did not join sum {sum} within {:?}: stopped or unreachable",
+                        self.timeout
+                    ),
+                });
+            }
+        };
         let mut summed = host_vec(Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(
             summed,
         )));
@@ -243,7 +306,7 @@ impl<B: Backend> Drop for BurnPeer<B> {
     fn drop(&mut self) {
         // A peer unwinding from a panic stays registered: the others' next sum then waits
         // for it instead of going on without it. Otherwise there is nothing to report to.
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && !self.stuck {
             let _ = burn_collective::finish_collective::<B>(self.id);
         }
     }

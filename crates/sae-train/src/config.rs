@@ -204,11 +204,17 @@ pub struct DistributedConfig {
     /// rows of every batch; they sum their selection counts and gradients through
     /// burn-collective. The CPU backends run every peer on the machine's cores.
     pub devices: usize,
+    /// How long a peer waits in a sum for the others before the run stops with an error
+    /// naming the peers that did not come (stopped, or too slow).
+    pub timeout_seconds: f64,
 }
 
 impl Default for DistributedConfig {
     fn default() -> Self {
-        Self { devices: 1 }
+        Self {
+            devices: 1,
+            timeout_seconds: 600.0,
+        }
     }
 }
 
@@ -404,6 +410,15 @@ impl RunConfig {
                 sae_model::collective::MAX_PEERS
             ));
         }
+        // Finite and at most a year: `Duration` takes it as it is.
+        in_range(
+            "distributed.timeout_seconds",
+            self.distributed.timeout_seconds,
+            0.0,
+            false,
+            3.2e7,
+            true,
+        )?;
         if devices > 1 {
             if self.train.batch_size < devices {
                 return Err(format!(

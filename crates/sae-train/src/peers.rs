@@ -10,6 +10,7 @@
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use burn::tensor::backend::AutodiffBackend;
 use sae_model::{BurnPeer, SaeError, Sparsifier, StepOutput, TrainConfig, TrainState, TrainStep};
@@ -66,13 +67,15 @@ fn stopped(peer: usize) -> SaeError {
 
 impl<B: AutodiffBackend> Peers<B> {
     /// Starts peers `1..devices`, each from `state` with a sparsifier from `sparsifier`, and
-    /// registers all of them (peer 0 being the caller) with burn-collective on `device`.
+    /// registers all of them (peer 0 being the caller) with burn-collective on `device`; a
+    /// sum that waits longer than `timeout` for the others fails (see [`BurnPeer`]).
     pub fn start(
         devices: usize,
         state: &TrainState,
         mut sparsifier: impl FnMut() -> Result<Box<dyn Sparsifier>, SaeError>,
         config: &TrainConfig,
         device: &B::Device,
+        timeout: Duration,
     ) -> Result<Self, SaeError> {
         let group = match ONE_GROUP.try_lock() {
             Ok(guard) => guard,
@@ -95,7 +98,12 @@ impl<B: AutodiffBackend> Peers<B> {
                 .spawn(move || {
                     let ready = TrainStep::<B>::from_state(&state, rule, config, &device);
                     drop(state);
-                    serve(peer, devices, d, ready, &device, &inbox, &outbox);
+                    let group = Group {
+                        peer,
+                        peers: devices,
+                        timeout,
+                    };
+                    serve(group, d, ready, &device, &inbox, &outbox);
                 })
                 .map_err(|e| SaeError::Collective {
                     peer,
@@ -115,7 +123,7 @@ impl<B: AutodiffBackend> Peers<B> {
         for (i, w) in workers.iter().enumerate() {
             w.jobs.send(Job::Register).map_err(|_| stopped(i + 1))?;
         }
-        let own = BurnPeer::register(0, devices, device)?;
+        let own = BurnPeer::register(0, devices, device, timeout)?;
         for (i, w) in workers.iter().enumerate() {
             w.answers.recv().map_err(|_| stopped(i + 1))??;
         }
@@ -181,11 +189,21 @@ impl<B: AutodiffBackend> Drop for Peers<B> {
     }
 }
 
-/// The life of peer `peer`: report whether its state is ready, register when asked, then
-/// train on the rows it is given until the loop closes its queue.
-fn serve<B: AutodiffBackend>(
+/// A peer thread's place in the group.
+struct Group {
     peer: usize,
     peers: usize,
+    timeout: Duration,
+}
+
+/// The life of a peer thread: report whether its state is ready, register when asked, then
+/// train on the rows it is given until the loop closes its queue.
+fn serve<B: AutodiffBackend>(
+    Group {
+        peer,
+        peers,
+        timeout,
+    }: Group,
     d: usize,
     ready: Result<TrainStep<B>, SaeError>,
     device: &B::Device,
@@ -202,7 +220,7 @@ fn serve<B: AutodiffBackend>(
     if outbox.send(Ok(())).is_err() || !matches!(inbox.recv(), Ok(Job::Register)) {
         return;
     }
-    let mut collective = match BurnPeer::<B::InnerBackend>::register(peer, peers, device) {
+    let mut collective = match BurnPeer::<B::InnerBackend>::register(peer, peers, device, timeout) {
         Ok(c) => c,
         Err(e) => {
             let _ = outbox.send(Err(e));

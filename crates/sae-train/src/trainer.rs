@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -379,6 +379,7 @@ pub fn train_on<B: AutodiffBackend>(
             rule,
             &config.step,
             &device,
+            Duration::from_secs_f64(config.distributed.timeout_seconds),
         )?)
     } else {
         None

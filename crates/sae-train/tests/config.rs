@@ -136,6 +136,11 @@ fn every_numeric_field_has_its_range_checked_at_load() {
         ("model.expansion=0", "model.expansion", "at least 1"),
         ("distributed.devices=0", "distributed.devices", "1..=256"),
         ("distributed.devices=257", "distributed.devices", "1..=256"),
+        (
+            "distributed.timeout_seconds=0.0",
+            "distributed.timeout_seconds",
+            "(0, 32000000]",
+        ),
     ];
     for (set, field, range) in cases {
         let err = load("", &[set]).unwrap_err().to_string();

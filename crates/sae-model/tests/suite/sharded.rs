@@ -4,6 +4,7 @@
 //! same state, bit for bit, on every peer.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::common;
 
@@ -26,6 +27,8 @@ const F: usize = 70;
 const N: usize = 37;
 const K: usize = 3;
 const STEPS: usize = 20;
+/// How long a sum waits for the other peers: far beyond any step here.
+const WAIT: Duration = Duration::from_secs(120);
 
 fn trainer(rule: Box<dyn Sparsifier>, cfg: TrainConfig) -> TrainStep<B> {
     let device = Default::default();
@@ -69,8 +72,9 @@ fn sharded_run(
             .map(|p| {
                 let rule = &rule;
                 scope.spawn(move || {
-                    let mut collective = BurnPeer::<Flex>::register(p, peers, &Default::default())
-                        .expect("peers register");
+                    let mut collective =
+                        BurnPeer::<Flex>::register(p, peers, &Default::default(), WAIT)
+                            .expect("peers register");
                     let mut t = trainer(rule(), cfg.clone());
                     let (mut outputs, mut whole) = (Vec::new(), Vec::new());
                     for x in data {
@@ -237,7 +241,8 @@ fn a_peer_that_leaves_fails_the_others_next_sum() {
             .map(|p| {
                 let left = &left;
                 scope.spawn(move || {
-                    let mut peer = BurnPeer::<Flex>::register(p, 3, &Default::default()).unwrap();
+                    let mut peer =
+                        BurnPeer::<Flex>::register(p, 3, &Default::default(), WAIT).unwrap();
                     let mut counts = [p as u64, 1 << 40];
                     let first = peer.sum_counts(&mut counts).map(|()| counts);
                     if p == 2 {
@@ -266,6 +271,56 @@ fn a_peer_that_leaves_fails_the_others_next_sum() {
                 }
                 other => panic!("peer {p}: expected a failed sum, got {other:?}"),
             }
+        }
+    }
+}
+
+/// A peer that stops taking part without leaving (a hung or dead thread): the others' sum
+/// fails after the timeout, naming it, instead of waiting forever.
+#[test]
+fn a_sum_waits_for_a_silent_peer_only_as_long_as_the_timeout() {
+    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let timeout = Duration::from_millis(500);
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|p| {
+                scope.spawn(move || {
+                    let mut peer =
+                        BurnPeer::<Flex>::register(p, 3, &Default::default(), timeout).unwrap();
+                    let mut counts = [1u64];
+                    let first = peer.sum_counts(&mut counts).map(|()| counts[0]);
+                    if p == 2 {
+                        // Silent from here on, and still registered.
+                        std::mem::forget(peer);
+                        return (first, None);
+                    }
+                    let started = Instant::now();
+                    let mut values = [1.0f32];
+                    let second = peer.sum_values(&mut values);
+                    (first, Some((second, started.elapsed())))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // The group holds the silent peer and the sum nobody finished: start afresh.
+    burn_collective::reset_collective::<Flex>();
+    for (p, (first, second)) in outcomes.into_iter().enumerate() {
+        assert_eq!(first.unwrap(), 3, "peer {p}");
+        if let Some((second, waited)) = second {
+            match second {
+                Err(SaeError::Collective { reason, .. }) => {
+                    assert!(
+                        reason.contains("peers [2] did not join sum 2"),
+                        "peer {p}: {reason}"
+                    )
+                }
+                other => panic!("peer {p}: expected a timed-out sum, got {other:?}"),
+            }
+            assert!(
+                waited >= timeout && waited < timeout * 20,
+                "peer {p} waited {waited:?}"
+            );
         }
     }
 }
