@@ -324,3 +324,19 @@ fn a_sum_waits_for_a_silent_peer_only_as_long_as_the_timeout() {
         }
     }
 }
+
+/// Two peers' sums have one order (`a + b == b + a`): a run over two peers repeats bit for bit.
+#[test]
+fn a_run_over_two_peers_repeats_bit_for_bit() {
+    let data = &batches()[..5];
+    let cfg = config(AuxLoss::AuxZipf);
+    for i in 0..builtin_sparsifiers(K).len() {
+        let rule = || builtin_sparsifiers(K).swap_remove(i);
+        let first = sharded_run(rule, &cfg, &[0, 20, 37], data);
+        let again = sharded_run(rule, &cfg, &[0, 20, 37], data);
+        assert!(
+            first[0].state == again[0].state,
+            "rule {i}: the runs differ"
+        );
+    }
+}
