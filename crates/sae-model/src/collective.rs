@@ -186,16 +186,7 @@ impl<B: Backend> BurnPeer<B> {
             stuck: false,
         })
     }
-}
 
-fn collective_error(peer: usize, what: &str, e: burn_collective::CollectiveError) -> SaeError {
-    SaeError::Collective {
-        peer,
-        reason: format!("{what}: {e:?}"),
-    }
-}
-
-impl<B: Backend> BurnPeer<B> {
     /// All-reduces `values` with two status slots appended: every peer adds 1 to the first
     /// (so a sum short of `peers` means a peer has left the collective, and burn-collective
     /// went on without it) and 1 to the second when its own input cannot travel. Every peer
@@ -266,6 +257,13 @@ impl<B: Backend> BurnPeer<B> {
         }
         summed.truncate(len);
         Ok(summed)
+    }
+}
+
+fn collective_error(peer: usize, what: &str, e: burn_collective::CollectiveError) -> SaeError {
+    SaeError::Collective {
+        peer,
+        reason: format!("{what}: {e:?}"),
     }
 }
 

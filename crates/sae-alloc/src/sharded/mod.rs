@@ -135,14 +135,9 @@ pub fn column_topm_sharded<X: Exchange>(
     // A feature's global winners on this shard are among its local top `min(m_f, rows)`.
     let local_caps: Vec<u32> = capacities.as_slice().iter().map(|&c| c.min(rows)).collect();
     let local_budget = local_caps.iter().map(|&c| c as usize).sum();
-    let local = if local_caps.len() == scores.cols() {
-        Capacities::from_vec(local_caps, local_budget).and_then(|c| column_topm(scores, &c))
-    } else {
-        Err(AllocError::CapacityCount {
-            got: local_caps.len(),
-            expected: scores.cols(),
-        })
-    };
+    // `column_topm` rejects a capacity vector of the wrong length.
+    let local =
+        Capacities::from_vec(local_caps, local_budget).and_then(|c| column_topm(scores, &c));
     let layout = agree(scores, &local, exchange)?;
     let local = local?;
     let caps = capacities.for_shape(layout.global_rows, scores.cols())?;

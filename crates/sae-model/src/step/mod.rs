@@ -448,10 +448,10 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let mut fired = self
             .stats
             .fired_counts(&selection, |z| activation.fires(z))?;
-        let mut tokens = [fired.tokens];
-        peers.sum_counts(&mut tokens)?;
+        // One sum for the fires and, in the last slot, the tokens.
+        fired.per_feature.push(fired.tokens);
         peers.sum_counts(&mut fired.per_feature)?;
-        fired.tokens = tokens[0];
+        fired.tokens = fired.per_feature.pop().unwrap_or_default();
         self.stats.update_counts(&fired)?;
         if let Some(t) = self.thresholds.as_mut() {
             let local = t.smallest_kept(&selection)?;
