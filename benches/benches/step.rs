@@ -21,7 +21,7 @@ use sae_model::{
     AuxLoss, FeatureChoice, FeatureStats, MutualChoice, Sae, SaeConfig, Sparsifier, StatsConfig,
     StepPath, TopK, TrainConfig, TrainStep, select_on_backend,
 };
-use sae_train::peers::Peers;
+use sae_train::peers::{Group, Peers};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -155,15 +155,16 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
             )
             .unwrap();
             let state = step.state();
-            let mut peers = Peers::<Autodiff<Inner>>::start(
-                2,
-                &state,
-                || Ok(rule.sparsifier(k)),
-                &config,
-                &device,
-                Duration::from_secs(600),
-            )
-            .unwrap();
+            let group = Group {
+                devices: 2,
+                machines: None,
+                timeout: Duration::from_secs(600),
+            };
+            let mut peers = Peers::<Autodiff<Inner>>::join(group, &device)
+                .and_then(|joined| {
+                    joined.start(&state, || Ok(rule.sparsifier(k)), &config, &Vec::new())
+                })
+                .unwrap();
             timed(c, "train_step", id, || {
                 black_box(peers.step(&mut step, &x_host).unwrap().loss);
             });

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use sae_model::Registry;
 use sae_train::state::OnCorrupt;
+use sae_train::peers::NodeLaunch;
 use sae_train::{EvalData, EvalReport, NativeModel, RunConfig, TrainOptions, TrainSummary};
 
 /// mimalloc keeps freed pages for reuse; with glibc every large batch-sized buffer is mapped,
@@ -52,6 +53,24 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// This machine's position in a run over several machines (`distributed.nodes`):
+        /// `0..nodes`; machine `i` trains on the `i`-th share of every batch.
+        #[arg(long, requires_all = ["node_address", "orchestrator"])]
+        node: Option<usize>,
+        /// With `--node`: where the other machines reach this one, `ws://HOST:PORT` (this
+        /// machine serves its share of the sums on PORT).
+        #[arg(long, value_name = "ADDRESS", requires = "node")]
+        node_address: Option<String>,
+        /// With `--node`: the address of `sae orchestrator`, `ws://HOST:PORT`.
+        #[arg(long, value_name = "ADDRESS", requires = "node")]
+        orchestrator: Option<String>,
+    },
+    /// Serve as the meeting point of the machines of a run over several machines
+    /// (`distributed.nodes`) until stopped; start it first, one per run.
+    Orchestrator {
+        /// The port to listen on, on every interface of this machine.
+        #[arg(long)]
+        port: u16,
     },
     /// Evaluate a run's newest checkpoint on its held-out data, or on files of your own.
     Eval {
@@ -128,6 +147,12 @@ fn registry() -> Registry {
 }
 
 fn main() -> Result<()> {
+    // The collective engine logs every tensor transfer at `info` (and installs a logger for
+    // that unless one is there): warnings and errors only, on stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
     match Cli::parse().command {
         Command::Train {
             config,
@@ -137,6 +162,9 @@ fn main() -> Result<()> {
             fallback,
             allow_data_change,
             quiet,
+            node,
+            node_address,
+            orchestrator,
         } => {
             let options = TrainOptions {
                 registry: registry(),
@@ -151,9 +179,15 @@ fn main() -> Result<()> {
                 progress: !quiet,
                 stop: Arc::new(AtomicBool::new(false)),
                 notice: |message| eprintln!("note: {message}"),
+                node: node.map(|node| NodeLaunch {
+                    node,
+                    address: node_address.unwrap_or_default(),
+                    orchestrator: orchestrator.unwrap_or_default(),
+                }),
             };
             train(config, overrides, resume, options)
         }
+        Command::Orchestrator { port } => orchestrator(port),
         Command::Eval {
             run_dir,
             tokens,
@@ -213,6 +247,20 @@ fn main() -> Result<()> {
         }
         Command::Inspect { path } => inspect(&path),
     }
+}
+
+/// Serves burn-collective's global orchestrator on `port` until Ctrl-C.
+fn orchestrator(port: u16) -> Result<()> {
+    // burn-collective only logs a port it cannot take: find out first.
+    std::net::TcpListener::bind(("0.0.0.0", port))
+        .with_context(|| format!("cannot listen on port {port}"))?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the orchestrator's runtime")?;
+    eprintln!(
+        "orchestrator on port {port}: start each machine's `sae train --node I --node-address \
+         ws://THAT_MACHINE:PORT --orchestrator ws://THIS_MACHINE:{port}`; Ctrl-C stops it"
+    );
+    runtime.block_on(burn_collective::start_global_orchestrator(port));
+    Ok(())
 }
 
 /// An output directory must be new or empty unless the user asked to overwrite it.

@@ -84,7 +84,7 @@ fn settings_that_cannot_train_over_peers_are_refused_up_front() {
         ("backend=\"wgpu\"", "needs backend = \"flex\""),
         (
             "train.batch_size=2",
-            "train.batch_size = 2 is less than distributed.devices = 4",
+            "train.batch_size = 2 is less than the 4 peers of distributed.devices = 4",
         ),
         ("step.path=\"sparse\"", "needs step.path"),
     ] {

@@ -4,7 +4,8 @@
 //! [`Collective`] is what a step needs from the peers: exact sums of counts (selection
 //! histograms, fire counts) and sums of values (gradients). [`SinglePeer`] is the one-device
 //! case, where every sum is the identity; [`BurnPeer`] runs the sums through
-//! `burn-collective`'s all-reduce, one thread per device of a machine.
+//! `burn-collective`'s all-reduce: one thread per device of a machine and, across machines
+//! ([`Machines`]), one process per machine meeting at burn-collective's global orchestrator.
 //!
 //! Everything built on these two sums is the same on every peer: the selection is the one the
 //! single-device rule makes on the whole batch (`sae_alloc::sharded`), loss terms are summed in
@@ -12,6 +13,7 @@
 //! peer receives, so every peer applies the same update and keeps the same parameters.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::mpsc::sync_channel;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -69,6 +71,46 @@ pub(crate) fn gather(peers: &mut dyn Collective, values: &[f32]) -> Result<Vec<f
     Ok(slots)
 }
 
+/// Bits of a digest that [`disagreement`] compares: a count the sums carry exactly.
+const DIGEST_BITS: u32 = LIMB_BITS * LIMBS as u32;
+
+/// The first of several things every peer must hold alike that some peer holds otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disagreement {
+    /// The position of the thing in the list every peer passed.
+    pub item: usize,
+    /// The peers whose digest of it differs from peer 0's, ascending.
+    pub peers: Vec<usize>,
+}
+
+/// Compares `digests` (one per thing every peer must hold alike: settings, data, state) across
+/// the peers; every peer passes the same number and receives the same answer. Digests are
+/// compared on their low 48 bits.
+pub fn disagreement(
+    peers: &mut dyn Collective,
+    digests: &[u64],
+) -> Result<Option<Disagreement>> {
+    let (peer, len) = (peers.peer(), digests.len());
+    let mut slots = vec![0u64; peers.peers() * len];
+    for (slot, digest) in slots[peer * len..(peer + 1) * len].iter_mut().zip(digests) {
+        *slot = digest & ((1u64 << DIGEST_BITS) - 1);
+    }
+    peers.sum_counts(&mut slots)?;
+    let (first, rest) = slots.split_at(len);
+    Ok((0..len).find_map(|item| {
+        let differ: Vec<usize> = rest
+            .chunks_exact(len.max(1))
+            .enumerate()
+            .filter(|(_, slot)| slot[item] != first[item])
+            .map(|(p, _)| p + 1)
+            .collect();
+        (!differ.is_empty()).then_some(Disagreement {
+            item,
+            peers: differ,
+        })
+    }))
+}
+
 /// The [`Collective`] seen as the sums the step's parts take: `f64` loss terms (gathered as two
 /// `f32` halves and added in peer order, so every peer gets the same bits whatever order the
 /// transport sums in) and the selection rules' counts.
@@ -119,16 +161,36 @@ const LIMBS: usize = 3;
 /// The most peers whose limb sums stay exact.
 pub const MAX_PEERS: usize = 1 << (24 - LIMB_BITS);
 
+/// The machines of a run, as one of them sees them: burn-collective's global level. Each
+/// machine runs one process with the same number of peers (its devices); machine `node` holds
+/// peers `node * devices..(node + 1) * devices`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machines {
+    /// The number of machines.
+    pub nodes: usize,
+    /// This machine's position, `0..nodes`.
+    pub node: usize,
+    /// The global orchestrator's address, e.g. `ws://10.0.0.1:3000`.
+    pub orchestrator: String,
+    /// The address the other machines reach this one at, e.g. `ws://10.0.0.2:3001`.
+    pub address: String,
+    /// The port this machine serves its tensors on (the port of `address`).
+    pub data_port: u16,
+}
+
 /// One peer of a machine's devices, summing through `burn-collective`'s all-reduce: one thread
 /// per device, each registered with its position; the tree strategy of `burn-collective`
-/// reduces and every peer receives the reduced tensor. Every sum also counts the peers that
-/// took part, so a peer that has left fails the sum on every other peer. Unregisters when
-/// dropped. burn-collective keeps one set of peers per process and backend: one group of
-/// `BurnPeer`s at a time.
+/// reduces and every peer receives the reduced tensor (across machines, the machines' sums meet
+/// in burn-collective's ring all-reduce). Every sum also counts the peers that took part, so a
+/// peer that has left fails the sum on every other peer. Unregisters when dropped.
+/// burn-collective keeps one set of peers per process and backend: one group of `BurnPeer`s at
+/// a time.
 pub struct BurnPeer<B: Backend> {
     id: PeerId,
     peer: usize,
     peers: usize,
+    /// The peers of this machine (all of them on one machine).
+    local: Range<usize>,
     device: B::Device,
     /// How long a sum waits for the other peers.
     timeout: Duration,
@@ -137,7 +199,8 @@ pub struct BurnPeer<B: Backend> {
 }
 
 /// How many sums each peer of this process's group has entered (one group per process, as
-/// burn-collective keeps): a sum that times out names the peers that never entered it.
+/// burn-collective keeps): a sum that times out names the peers of this machine that never
+/// entered it (or, when all did, the peers of the other machines).
 static ENTERED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 
 fn entered() -> MutexGuard<'static, Vec<u64>> {
@@ -155,32 +218,79 @@ impl<B: Backend> fmt::Debug for BurnPeer<B> {
 
 impl<B: Backend> BurnPeer<B> {
     /// Registers peer `peer` of `peers` on `device` (a device of this machine) and waits until
-    /// all peers have registered. A sum that waits longer than `timeout` for the other peers
-    /// fails, naming the peers that never entered it.
+    /// all peers have registered; across `machines`, `peers` counts the peers of every machine
+    /// and this machine holds its share of them (see [`Machines`]). A sum, or the registration,
+    /// that waits longer than `timeout` for the other peers fails, naming the peers that never
+    /// came.
     pub fn register(
         peer: usize,
         peers: usize,
         device: &B::Device,
         timeout: Duration,
+        machines: Option<&Machines>,
     ) -> Result<Self> {
-        if peers == 0 || peers > MAX_PEERS || peer >= peers {
+        let nodes = machines.map_or(1, |m| m.nodes);
+        let node = machines.map_or(0, |m| m.node);
+        if peers == 0 || peers > MAX_PEERS || peer >= peers || peers % nodes != 0 || node >= nodes
+        {
             return Err(SaeError::Config(format!(
-                "peer {peer} of {peers}: need 1 to {MAX_PEERS} peers and a position below their number"
+                "peer {peer} of {peers} on machine {node} of {nodes}: need 1 to {MAX_PEERS} peers, \
+                 as many on every machine, and positions below their numbers"
+            )));
+        }
+        let devices = peers / nodes;
+        let local = node * devices..(node + 1) * devices;
+        if !local.contains(&peer) {
+            return Err(SaeError::Config(format!(
+                "peer {peer} is not one of machine {node}'s peers {local:?}"
             )));
         }
         let id = PeerId(peer as u32);
-        let config = CollectiveConfig::default().with_num_devices(peers);
+        let mut config = CollectiveConfig::default().with_num_devices(devices);
+        if let Some(m) = machines {
+            let at = |address: &str| {
+                address.parse().map_err(|e| {
+                    SaeError::Config(format!("cannot read the address {address:?}: {e}"))
+                })
+            };
+            config = config
+                .with_num_nodes(nodes as u32)
+                .with_global_address(at(&m.orchestrator)?)
+                .with_node_address(at(&m.address)?)
+                .with_data_service_port(m.data_port);
+        }
         {
             let mut entered = entered();
             entered.resize(peers, 0);
             entered[peer] = 0;
         }
-        burn_collective::register::<B>(id, device.clone(), config)
-            .map_err(|e| collective_error(peer, "register", e))?;
+        let registered = {
+            let device = device.clone();
+            within(timeout, move || {
+                burn_collective::register::<B>(id, device, config)
+            })
+        };
+        match registered {
+            Some(done) => done.map_err(|e| collective_error(peer, "register", e))?,
+            None => {
+                return Err(SaeError::Collective {
+                    peer,
+                    reason: format!(
+                        "the other peers did not register within {timeout:?}{}",
+                        machines.map_or(String::new(), |m| format!(
+                            ": are all {} machines started, and the orchestrator at {} \
+                             reachable?",
+                            m.nodes, m.orchestrator
+                        ))
+                    ),
+                });
+            }
+        }
         Ok(Self {
             id,
             peer,
             peers,
+            local,
             device: device.clone(),
             timeout,
             stuck: false,
@@ -208,29 +318,31 @@ impl<B: Backend> BurnPeer<B> {
         };
         // burn-collective's all-reduce waits without a limit: it runs on its own thread, and
         // this one waits for it at most `timeout`.
-        let (done, result) = sync_channel(1);
         let (id, primitive) = (self.id, tensor.into_primitive().tensor());
-        std::thread::spawn(move || {
-            let _ = done.send(burn_collective::all_reduce::<B>(
-                id,
-                primitive,
-                ReduceOperation::Sum,
-            ));
+        let summed = within(self.timeout, move || {
+            burn_collective::all_reduce::<B>(id, primitive, ReduceOperation::Sum)
         });
-        let summed = match result.recv_timeout(self.timeout) {
-            Ok(summed) => summed.map_err(|e| collective_error(self.peer, "all-reduce", e))?,
-            Err(_) => {
+        let summed = match summed {
+            Some(summed) => summed.map_err(|e| collective_error(self.peer, "all-reduce", e))?,
+            None => {
                 self.stuck = true;
                 let missing: Vec<usize> = entered()
                     .iter()
                     .enumerate()
-                    .filter(|&(_, &n)| n < sum)
+                    .filter(|&(p, &n)| self.local.contains(&p) && n < sum)
                     .map(|(p, _)| p)
                     .collect();
+                let who = if missing.is_empty() {
+                    let others: Vec<usize> =
+                        (0..self.peers).filter(|p| !self.local.contains(p)).collect();
+                    format!("peers {others:?} of the other machines, or some of them,")
+                } else {
+                    format!("peers {missing:?}")
+                };
                 return Err(SaeError::Collective {
                     peer: self.peer,
                     reason: format!(
-                        "peers {missing:?} did not join sum {sum} within {:?}: stopped or unreachable",
+                        "{who} did not join sum {sum} within {:?}: stopped or unreachable",
                         self.timeout
                     ),
                 });
@@ -258,6 +370,19 @@ impl<B: Backend> BurnPeer<B> {
         summed.truncate(len);
         Ok(summed)
     }
+}
+
+/// Runs `work` on a thread of its own and waits for it at most `timeout`: `None` when it has
+/// not finished by then (it is left to finish, or not, on its own).
+fn within<T: Send + 'static>(
+    timeout: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (done, result) = sync_channel(1);
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    result.recv_timeout(timeout).ok()
 }
 
 fn collective_error(peer: usize, what: &str, e: burn_collective::CollectiveError) -> SaeError {

@@ -194,9 +194,9 @@ impl Default for ScheduleConfig {
     }
 }
 
-/// Training over several peers of this machine: one global batch, its rows split over the
-/// peers in order, the model the one device would train on the whole batch (see
-/// `docs/distributed.md`).
+/// Training over several peers (devices of this machine, and machines): one global batch, its
+/// rows split over the peers in order, the model the one device would train on the whole batch
+/// (see `docs/distributed.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DistributedConfig {
@@ -204,6 +204,10 @@ pub struct DistributedConfig {
     /// rows of every batch; they sum their selection counts and gradients through
     /// burn-collective. The CPU backends run every peer on the machine's cores.
     pub devices: usize,
+    /// Machines of the run (1: this one only). Each runs `sae train` with the same settings and
+    /// data, `devices` peers each, and `--node`, `--node-address` and `--orchestrator` of its
+    /// own; machine `i` holds peers `i * devices..(i + 1) * devices`.
+    pub nodes: usize,
     /// How long a peer waits in a sum for the others before the run stops with an error
     /// naming the peers that did not come (stopped, or too slow).
     pub timeout_seconds: f64,
@@ -213,8 +217,16 @@ impl Default for DistributedConfig {
     fn default() -> Self {
         Self {
             devices: 1,
+            nodes: 1,
             timeout_seconds: 600.0,
         }
+    }
+}
+
+impl DistributedConfig {
+    /// Every peer of the run: the devices of all machines.
+    pub fn peers(&self) -> usize {
+        self.devices.saturating_mul(self.nodes)
     }
 }
 
@@ -403,11 +415,20 @@ impl RunConfig {
             true,
         )?;
 
-        let devices = self.distributed.devices;
-        if !(1..=sae_model::collective::MAX_PEERS).contains(&devices) {
+        let max = sae_model::collective::MAX_PEERS;
+        let DistributedConfig { devices, nodes, .. } = self.distributed;
+        for (option, value) in [("devices", devices), ("nodes", nodes)] {
+            if !(1..=max).contains(&value) {
+                return Err(format!(
+                    "distributed.{option} = {value} is out of range: must be in 1..={max}"
+                ));
+            }
+        }
+        let peers = self.distributed.peers();
+        if peers > max {
             return Err(format!(
-                "distributed.devices = {devices} is out of range: must be in 1..={}",
-                sae_model::collective::MAX_PEERS
+                "distributed.devices = {devices} times distributed.nodes = {nodes} is {peers} \
+                 peers: at most {max}"
             ));
         }
         // Finite and at most a year: `Duration` takes it as it is.
@@ -419,24 +440,29 @@ impl RunConfig {
             3.2e7,
             true,
         )?;
-        if devices > 1 {
-            if self.train.batch_size < devices {
+        if peers > 1 {
+            let what = if nodes > 1 {
+                format!("distributed.devices = {devices} on distributed.nodes = {nodes}")
+            } else {
+                format!("distributed.devices = {devices}")
+            };
+            if self.train.batch_size < peers {
                 return Err(format!(
-                    "train.batch_size = {} is less than distributed.devices = {devices}: \
+                    "train.batch_size = {} is less than the {peers} peers of {what}: \
                      every peer needs rows of each batch",
                     self.train.batch_size
                 ));
             }
             if !matches!(self.backend, BackendKind::Flex | BackendKind::Ndarray) {
                 return Err(format!(
-                    "distributed.devices = {devices} needs backend = \"flex\" or \"ndarray\": \
+                    "{what} needs backend = \"flex\" or \"ndarray\": \
                      training over several peers runs the CPU step (backend = {:?} trains on one device)",
                     self.backend.name()
                 ));
             }
             if !matches!(self.step.path, StepPath::Auto | StepPath::Fused) {
                 return Err(format!(
-                    "distributed.devices = {devices} needs step.path = \"auto\" or \"fused\", \
+                    "{what} needs step.path = \"auto\" or \"fused\", \
                      the step that trains over several peers (got {:?})",
                     self.step.path
                 ));

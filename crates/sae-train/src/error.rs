@@ -111,6 +111,16 @@ pub enum TrainError {
         /// The first difference, naming the file.
         reason: String,
     },
+    /// The machines of a run over several machines do not hold the same run.
+    #[error(
+        "the machines of the run differ in {what}: machines {nodes:?} hold another than machine 0's; every machine needs the same settings, the same data and the same starting point (the same checkpoint when resuming)"
+    )]
+    MachinesDiffer {
+        /// What differs, e.g. "the settings [train]".
+        what: String,
+        /// The machines whose copy differs from machine 0's.
+        nodes: Vec<usize>,
+    },
     /// The held-out split of the data is empty although evaluation needs it.
     #[error(
         "data.heldout_fraction = {fraction} holds out no rows of {source_rows} rows: raise it, or set it to 0 to train without held-out evaluation"

@@ -227,10 +227,15 @@ pub enum OnCorrupt {
 }
 
 impl Checkpoint {
-    /// Reads the newest checkpoint of `checkpoints`, verified; with [`OnCorrupt::FallBack`],
-    /// the newest one that verifies.
-    pub fn latest(checkpoints: &Checkpoints, on_corrupt: OnCorrupt) -> Result<Latest, TrainError> {
-        let all = checkpoints.list()?;
+    /// Reads the newest checkpoint of `checkpoints` (of those at step `up_to` or before, when
+    /// given), verified; with [`OnCorrupt::FallBack`], the newest one that verifies.
+    pub fn latest(
+        checkpoints: &Checkpoints,
+        on_corrupt: OnCorrupt,
+        up_to: Option<u64>,
+    ) -> Result<Latest, TrainError> {
+        let mut all = checkpoints.list()?;
+        all.retain(|&(step, _)| up_to.is_none_or(|last| step <= last));
         if all.is_empty() {
             return Err(TrainError::Checkpoint {
                 path: checkpoints.root().to_path_buf(),

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use sae_model::{FeatureStats, Registry, Sae, SaeConfig, SaeError, TrainStep, sample_mean};
+use sae_model::{
+    FeatureStats, Machines, Registry, Sae, SaeConfig, SaeError, TrainStep, sample_mean,
+};
 use serde::{Deserialize, Serialize};
 
 use sae_data::DataFingerprint;
@@ -19,7 +21,7 @@ use crate::data::{Activations, EvalRows, GroundTruth};
 use crate::eval::{EvalReport, evaluate};
 use crate::export::{Interrupted, SelectionSpec, write_native};
 use crate::metrics::{EvalRecord, LogWindow, MetricsLog, Record, ResumePoint, TrainRecord};
-use crate::peers::Peers;
+use crate::peers::{Group, NodeLaunch, Peers, agreed};
 use crate::run_dir::{Claim, RunDir};
 use crate::schedule::lr_factor;
 use crate::state::{Checkpoint, LoopState, OnCorrupt, RunState};
@@ -48,6 +50,8 @@ pub struct TrainOptions {
     /// Receives what the user should know as it happens (a checkpoint passed over, data
     /// allowed to change, evaluation skipped). The library prints nothing itself.
     pub notice: fn(&str),
+    /// This machine's part in a run over several machines (`distributed.nodes` > 1).
+    pub node: Option<NodeLaunch>,
 }
 
 impl Default for TrainOptions {
@@ -61,6 +65,7 @@ impl Default for TrainOptions {
             progress: false,
             stop: Arc::default(),
             notice: |_| {},
+            node: None,
         }
     }
 }
@@ -229,7 +234,7 @@ fn evaluate_checkpoint<B: AutodiffBackend>(
 ) -> Result<EvalReport, TrainError> {
     let sparsifier = registry.build(&config.sparsifier)?;
     let checkpoints = Checkpoints::new(&config.out_dir, 1);
-    let ckpt = Checkpoint::latest(&checkpoints, OnCorrupt::Fail)?.checkpoint;
+    let ckpt = Checkpoint::latest(&checkpoints, OnCorrupt::Fail, None)?.checkpoint;
     let step = TrainStep::<B>::from_state(
         &ckpt.train_state(),
         sparsifier,
@@ -259,6 +264,29 @@ fn crossed(tokens: u64, batch: u64, every: u64) -> bool {
     every > 0 && tokens / every > (tokens - batch) / every
 }
 
+/// This machine's view of the machines of a run: present exactly when `distributed.nodes` > 1,
+/// refused when `--node` and the settings do not fit together.
+fn machines(config: &RunConfig, node: Option<&NodeLaunch>) -> Result<Option<Machines>, TrainError> {
+    let nodes = config.distributed.nodes;
+    let refuse = |reason: String| TrainError::Config {
+        origin: "the run".into(),
+        reason,
+    };
+    match node {
+        None if nodes > 1 => Err(refuse(format!(
+            "distributed.nodes = {nodes} needs this machine's --node, --node-address and \
+             --orchestrator (see docs/distributed.md)"
+        ))),
+        None => Ok(None),
+        Some(_) if nodes == 1 => Err(refuse(
+            "--node is given but distributed.nodes = 1: set distributed.nodes to the number of \
+             machines"
+                .into(),
+        )),
+        Some(launch) => launch.machines(nodes).map(Some).map_err(refuse),
+    }
+}
+
 /// Trains on backend `B`.
 pub fn train_on<B: AutodiffBackend>(
     config: RunConfig,
@@ -268,6 +296,7 @@ pub fn train_on<B: AutodiffBackend>(
     // Everything that can be refused is refused before any compute: the sparsifier's
     // parameters, the run directory, the data and its held-out split.
     let sparsifier = options.registry.build(&config.sparsifier)?;
+    let machines = machines(&config, options.node.as_ref())?;
     let out_dir = config.out_dir.clone();
     let claim = match (options.resume, options.overwrite) {
         (true, _) => Claim::Resume,
@@ -279,8 +308,8 @@ pub fn train_on<B: AutodiffBackend>(
     let d = acts.d;
     let features = config.model.features(d);
     check_shape(&config, sparsifier.k(), d, features)?;
-    let devices = config.distributed.devices;
-    if devices > 1
+    let peers_total = config.distributed.peers();
+    if peers_total > 1
         && sparsifier
             .builtin(
                 config.train.batch_size,
@@ -291,9 +320,9 @@ pub fn train_on<B: AutodiffBackend>(
         return Err(TrainError::Config {
             origin: "the run".into(),
             reason: format!(
-                "distributed.devices = {devices}: sparsifier {:?} has no built-in selection \
-                 rule, which training over several peers needs (TopK, Mutual Choice, Feature \
-                 Choice have one)",
+                "{peers_total} peers (distributed.devices times distributed.nodes): sparsifier \
+                 {:?} has no built-in selection rule, which training over several peers needs \
+                 (TopK, Mutual Choice, Feature Choice have one)",
                 sparsifier.name()
             ),
         });
@@ -306,8 +335,29 @@ pub fn train_on<B: AutodiffBackend>(
     let checkpoints = Checkpoints::new(&out_dir, config.train.keep_checkpoints);
     // The data as it is now: a run resumed with `allow_data_change` records the new files.
     let fingerprint = acts.fingerprint.clone();
+    // The peers of a run over several devices or machines meet before anything is loaded:
+    // the machines resume from a checkpoint they all hold.
+    let timeout = Duration::from_secs_f64(config.distributed.timeout_seconds);
+    let mut joined = match peers_total {
+        1 => None,
+        _ => Some(Peers::<B>::join(
+            Group {
+                devices: config.distributed.devices,
+                machines,
+                timeout,
+            },
+            &device,
+        )?),
+    };
+    let resume_at = match joined.as_mut() {
+        Some(joined) => {
+            let held: Vec<u64> = checkpoints.list()?.into_iter().map(|(s, _)| s).collect();
+            joined.agree_on_start(options.resume, &held)?
+        }
+        None => None,
+    };
     let (mut step, normalizer, mut tokens, mut window, metrics_at) = if options.resume {
-        let latest = Checkpoint::latest(&checkpoints, options.on_corrupt)?;
+        let latest = Checkpoint::latest(&checkpoints, options.on_corrupt, resume_at)?;
         for (dir, why) in &latest.passed_over {
             let aside = checkpoints.set_aside(dir)?;
             (options.notice)(&format!(
@@ -370,19 +420,22 @@ pub fn train_on<B: AutodiffBackend>(
             None,
         )
     };
-    // Peers 1.. of a run over several devices start from this state, as peer 0 (this loop).
-    let mut peers = if devices > 1 {
-        let rule = || options.registry.build(&config.sparsifier);
-        Some(Peers::<B>::start(
-            devices,
-            &step.state(),
-            rule,
-            &config.step,
-            &device,
-            Duration::from_secs_f64(config.distributed.timeout_seconds),
-        )?)
-    } else {
-        None
+    // The other peers start from this state, as this loop's peer.
+    let mut peers = match joined {
+        Some(joined) => {
+            let state = step.state();
+            let agreed = agreed(
+                &config,
+                fingerprint.as_ref(),
+                &state,
+                tokens,
+                &acts.train.cursor(),
+                &normalizer,
+            );
+            let rule = || options.registry.build(&config.sparsifier);
+            Some(joined.start(&state, rule, &config.step, &agreed)?)
+        }
+        None => None,
     };
     // From here on every batch and evaluation row comes out normalised.
     let mut acts = acts.normalized(&normalizer)?;

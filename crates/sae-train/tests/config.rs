@@ -136,6 +136,8 @@ fn every_numeric_field_has_its_range_checked_at_load() {
         ("model.expansion=0", "model.expansion", "at least 1"),
         ("distributed.devices=0", "distributed.devices", "1..=256"),
         ("distributed.devices=257", "distributed.devices", "1..=256"),
+        ("distributed.nodes=0", "distributed.nodes", "1..=256"),
+        ("distributed.nodes=257", "distributed.nodes", "1..=256"),
         (
             "distributed.timeout_seconds=0.0",
             "distributed.timeout_seconds",
@@ -155,9 +157,16 @@ fn every_numeric_field_has_its_range_checked_at_load() {
         "data.heldout_fraction=0.0",
         "step.threshold_decay=0.0",
         "distributed.devices=256",
+        "distributed.nodes=256",
     ] {
         load("", &[set]).unwrap_or_else(|e| panic!("{set}: {e}"));
     }
+    // Peers are the devices of every machine: 16 on each of 17 machines is too many.
+    let err = load("", &["distributed.devices=16", "distributed.nodes=17"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is 272 peers: at most 256"), "{err}");
+    load("", &["distributed.devices=16", "distributed.nodes=16"]).unwrap();
 }
 
 #[test]

@@ -73,7 +73,7 @@ fn sharded_run(
                 let rule = &rule;
                 scope.spawn(move || {
                     let mut collective =
-                        BurnPeer::<Flex>::register(p, peers, &Default::default(), WAIT)
+                        BurnPeer::<Flex>::register(p, peers, &Default::default(), WAIT, None)
                             .expect("peers register");
                     let mut t = trainer(rule(), cfg.clone());
                     let (mut outputs, mut whole) = (Vec::new(), Vec::new());
@@ -242,7 +242,7 @@ fn a_peer_that_leaves_fails_the_others_next_sum() {
                 let left = &left;
                 scope.spawn(move || {
                     let mut peer =
-                        BurnPeer::<Flex>::register(p, 3, &Default::default(), WAIT).unwrap();
+                        BurnPeer::<Flex>::register(p, 3, &Default::default(), WAIT, None).unwrap();
                     let mut counts = [p as u64, 1 << 40];
                     let first = peer.sum_counts(&mut counts).map(|()| counts);
                     if p == 2 {
@@ -286,7 +286,7 @@ fn a_sum_waits_for_a_silent_peer_only_as_long_as_the_timeout() {
             .map(|p| {
                 scope.spawn(move || {
                     let mut peer =
-                        BurnPeer::<Flex>::register(p, 3, &Default::default(), timeout).unwrap();
+                        BurnPeer::<Flex>::register(p, 3, &Default::default(), timeout, None).unwrap();
                     let mut counts = [1u64];
                     let first = peer.sum_counts(&mut counts).map(|()| counts[0]);
                     if p == 2 {
@@ -337,6 +337,45 @@ fn a_run_over_two_peers_repeats_bit_for_bit() {
         assert!(
             first[0].state == again[0].state,
             "rule {i}: the runs differ"
+        );
+    }
+}
+
+/// `disagreement` finds the first digest some peer holds otherwise than peer 0, and every
+/// peer hears the same: here peers 1 and 3 of 4 differ in the second item, peer 2 in the
+/// third; digests are compared on their low 48 bits.
+#[test]
+fn peers_agree_on_the_first_item_that_differs_and_on_who_differs() {
+    let _one_at_a_time = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    let peers = 4;
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..peers)
+            .map(|p| {
+                scope.spawn(move || {
+                    let mut collective =
+                        BurnPeer::<Flex>::register(p, peers, &Default::default(), WAIT, None)
+                            .expect("peers register");
+                    let alike = [7u64, 1 << 60, u64::MAX];
+                    let same = sae_model::disagreement(&mut collective, &alike).unwrap();
+                    let mut digests = [7u64, 9 + (p % 2) as u64, 11 + u64::from(p == 2)];
+                    // Above bit 48: not compared.
+                    digests[0] |= (p as u64) << 50;
+                    let differ = sae_model::disagreement(&mut collective, &digests).unwrap();
+                    (same, differ)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (p, (same, differ)) in answers.into_iter().enumerate() {
+        assert_eq!(same, None, "peer {p}");
+        assert_eq!(
+            differ,
+            Some(sae_model::Disagreement {
+                item: 1,
+                peers: vec![1, 3]
+            }),
+            "peer {p}"
         );
     }
 }

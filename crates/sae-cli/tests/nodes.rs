@@ -1,0 +1,275 @@
+//! `sae train` on several machines (`distributed.nodes`), here processes on this machine
+//! meeting at `sae orchestrator` on localhost: the machines train the model one machine trains
+//! with as many devices, bit for bit; machines that differ in settings are refused; a machine
+//! that dies stops the others within the timeout, and the run resumes.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process, killed when dropped (a failing test leaves nothing running).
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Running {
+    /// Waits at most `limit` for the process to end: its success and its output.
+    fn finish(mut self, limit: Duration) -> (bool, String) {
+        let start = Instant::now();
+        let mut child = self.0.take().expect("running");
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!("still running after {limit:?}: a hang\n{}", text(&out));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), text(&out))
+    }
+}
+
+fn spawn(args: &[String]) -> Running {
+    Running(Some(
+        Command::new(SAE)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the sae binary starts"),
+    ))
+}
+
+/// An orchestrator on a free port, and its address.
+fn orchestrator() -> (Running, String) {
+    let port = free_port();
+    let running = spawn(&["orchestrator".into(), "--port".into(), port.to_string()]);
+    // Until it listens, the machines' registration would fail.
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(30), "no orchestrator");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (running, format!("ws://127.0.0.1:{port}"))
+}
+
+/// Machine `node`'s flags in a run of machines meeting at `orchestrator`.
+fn node_flags(node: usize, orchestrator: &str) -> Vec<String> {
+    vec![
+        "--node".into(),
+        node.to_string(),
+        "--node-address".into(),
+        format!("ws://127.0.0.1:{}", free_port()),
+        "--orchestrator".into(),
+        orchestrator.into(),
+    ]
+}
+
+/// Starts machines `0..nodes` of a run in `dirs`, each `small_run(dir, steps, extra)` and
+/// then its machine's `extra_per_node`.
+fn machines(
+    dirs: &[&Path],
+    steps: u64,
+    extra: &[&str],
+    orchestrator: &str,
+    per_node: impl Fn(usize) -> Vec<String>,
+) -> Vec<Running> {
+    let nodes = format!("distributed.nodes={}", dirs.len());
+    dirs.iter()
+        .enumerate()
+        .map(|(node, dir)| {
+            let mut extra: Vec<&str> = extra.to_vec();
+            extra.extend(["--set", &nodes]);
+            let mut args = small_run(dir, steps, &extra);
+            args.extend(node_flags(node, orchestrator));
+            args.extend(per_node(node));
+            spawn(&args)
+        })
+        .collect()
+}
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+#[test]
+fn two_machines_train_the_model_one_machine_with_two_devices_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    for rule in ["mutual_choice", "feature_choice"] {
+        let name = format!("sparsifier.name=\"{rule}\"");
+        let one = tmp.path().join(format!("{rule}-one"));
+        let out = run(&small_run(
+            &one,
+            20,
+            &["--set", &name, "--set", "distributed.devices=2"],
+        ));
+        assert!(out.status.success(), "{}", text(&out));
+        let (_orchestrator, at) = orchestrator();
+        let dirs = [
+            tmp.path().join(format!("{rule}-node0")),
+            tmp.path().join(format!("{rule}-node1")),
+        ];
+        let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+        for (node, m) in machines(&dirs, 20, &["--set", &name], &at, |_| vec![])
+            .into_iter()
+            .enumerate()
+        {
+            let (ok, message) = m.finish(LIMIT);
+            assert!(ok, "{rule}: machine {node}: {message}");
+        }
+        // Two peers sum two addends, which is exact in any order: the same bits.
+        assert!(weights(dirs[0]) == weights(&one), "{rule}: machine 0");
+        assert!(weights(dirs[1]) == weights(&one), "{rule}: machine 1");
+    }
+}
+
+/// Machines that do not hold the same run stop before any step, every one naming what
+/// differs; flags that do not fit the settings are refused before anything starts.
+#[test]
+fn machines_that_differ_are_refused_naming_what_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_orchestrator, at) = orchestrator();
+    let dirs = [tmp.path().join("node0"), tmp.path().join("node1")];
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let per_node = |node: usize| match node {
+        1 => vec!["--set".to_string(), "train.log_every_steps=7".into()],
+        _ => vec![],
+    };
+    for (node, m) in machines(&dirs, 20, &[], &at, per_node)
+        .into_iter()
+        .enumerate()
+    {
+        let (ok, message) = m.finish(LIMIT);
+        assert!(!ok, "machine {node} trained");
+        assert!(
+            message.contains("differ in the settings [train]") && message.contains("[1]"),
+            "machine {node}: {message}"
+        );
+        assert!(!dirs[node].join("metrics.jsonl").exists(), "machine {node}");
+    }
+
+    let dir = tmp.path().join("refused");
+    for (extra, expected) in [
+        (vec!["--set", "distributed.nodes=2"], "needs this machine's --node"),
+        (
+            vec!["--node", "0", "--node-address", "ws://127.0.0.1:9", "--orchestrator", &at],
+            "distributed.nodes = 1",
+        ),
+        (
+            vec![
+                "--set",
+                "distributed.nodes=2",
+                "--node",
+                "2",
+                "--node-address",
+                "ws://127.0.0.1:9",
+                "--orchestrator",
+                &at,
+            ],
+            "--node 2 is not a machine",
+        ),
+        (
+            vec![
+                "--set",
+                "distributed.nodes=2",
+                "--node",
+                "1",
+                "--node-address",
+                "127.0.0.1:9",
+                "--orchestrator",
+                &at,
+            ],
+            "expected ws://HOST:PORT",
+        ),
+    ] {
+        let out = run(&small_run(&dir, 20, &extra));
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        let message = text(&out);
+        assert!(message.contains(expected), "{extra:?}: {message}");
+        assert!(!dir.join("metrics.jsonl").exists(), "{extra:?}: trained");
+    }
+}
+
+/// A machine killed mid-run stops the other within the timeout, with an error naming the
+/// peer that did not come; both machines then resume from a checkpoint they both hold and end
+/// with the model an uninterrupted run trains, bit for bit.
+#[test]
+fn a_machine_that_dies_stops_the_other_within_the_timeout_and_the_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let steps = 300;
+    let settings = ["--set", "distributed.timeout_seconds=5"];
+    let whole = tmp.path().join("uninterrupted");
+    let out = run(&small_run(
+        &whole,
+        steps,
+        &["--set", "distributed.devices=2"],
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+
+    let dirs = [tmp.path().join("node0"), tmp.path().join("node1")];
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let (orchestrator_process, at) = orchestrator();
+    let mut running = machines(&dirs, steps, &settings, &at, |_| vec![]);
+    let (second, first) = (running.pop().unwrap(), running.pop().unwrap());
+    let start = Instant::now();
+    while checkpoints(dirs[0]).is_empty() || checkpoints(dirs[1]).is_empty() {
+        assert!(start.elapsed() < LIMIT, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(second); // SIGKILL
+    let killed = Instant::now();
+    let (ok, message) = first.finish(LIMIT);
+    let took = killed.elapsed();
+    assert!(!ok, "machine 0 went on alone");
+    assert!(
+        message.contains("peers [1]") && message.contains("within 5s"),
+        "{message}"
+    );
+    assert!(took < Duration::from_secs(30), "machine 0 stopped after {took:?}");
+    assert!(
+        !dirs[0].join("model").exists(),
+        "machine 0 finished the run alone"
+    );
+    drop(orchestrator_process);
+
+    // A new orchestrator for the new launch; the machines agree on the checkpoint to resume.
+    let (_orchestrator, at) = orchestrator();
+    let resumed: Vec<Running> = dirs
+        .iter()
+        .enumerate()
+        .map(|(node, dir)| {
+            let mut args: Vec<String> = ["train", "--quiet", "--resume"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            args.push(dir.display().to_string());
+            args.extend(node_flags(node, &at));
+            spawn(&args)
+        })
+        .collect();
+    for (node, m) in resumed.into_iter().enumerate() {
+        let (ok, message) = m.finish(LIMIT);
+        assert!(ok, "machine {node} resuming: {message}");
+    }
+    assert!(weights(dirs[0]) == weights(&whole), "machine 0");
+    assert!(weights(dirs[1]) == weights(&whole), "machine 1");
+}
