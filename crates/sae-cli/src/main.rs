@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use sae_model::Registry;
-use sae_train::state::OnCorrupt;
 use sae_train::peers::NodeLaunch;
+use sae_train::state::OnCorrupt;
 use sae_train::{EvalData, EvalReport, NativeModel, RunConfig, TrainOptions, TrainSummary};
 
 /// mimalloc keeps freed pages for reuse; with glibc every large batch-sized buffer is mapped,

@@ -169,9 +169,19 @@ fn machines_that_differ_are_refused_naming_what_differs() {
 
     let dir = tmp.path().join("refused");
     for (extra, expected) in [
-        (vec!["--set", "distributed.nodes=2"], "needs this machine's --node"),
         (
-            vec!["--node", "0", "--node-address", "ws://127.0.0.1:9", "--orchestrator", &at],
+            vec!["--set", "distributed.nodes=2"],
+            "needs this machine's --node",
+        ),
+        (
+            vec![
+                "--node",
+                "0",
+                "--node-address",
+                "ws://127.0.0.1:9",
+                "--orchestrator",
+                &at,
+            ],
             "distributed.nodes = 1",
         ),
         (
@@ -240,11 +250,15 @@ fn a_machine_that_dies_stops_the_other_within_the_timeout_and_the_run_resumes() 
     let (ok, message) = first.finish(LIMIT);
     let took = killed.elapsed();
     assert!(!ok, "machine 0 went on alone");
+    // The engine's transfer from the dead machine fails, or the sum waits out the timeout.
     assert!(
-        message.contains("peers [1]") && message.contains("within 5s"),
+        message.contains("peers [1] of the other machines"),
         "{message}"
     );
-    assert!(took < Duration::from_secs(30), "machine 0 stopped after {took:?}");
+    assert!(
+        took < Duration::from_secs(30),
+        "machine 0 stopped after {took:?}"
+    );
     assert!(
         !dirs[0].join("model").exists(),
         "machine 0 finished the run alone"

@@ -86,10 +86,7 @@ pub struct Disagreement {
 /// Compares `digests` (one per thing every peer must hold alike: settings, data, state) across
 /// the peers; every peer passes the same number and receives the same answer. Digests are
 /// compared on their low 48 bits.
-pub fn disagreement(
-    peers: &mut dyn Collective,
-    digests: &[u64],
-) -> Result<Option<Disagreement>> {
+pub fn disagreement(peers: &mut dyn Collective, digests: &[u64]) -> Result<Option<Disagreement>> {
     let (peer, len) = (peers.peer(), digests.len());
     let mut slots = vec![0u64; peers.peers() * len];
     for (slot, digest) in slots[peer * len..(peer + 1) * len].iter_mut().zip(digests) {
@@ -194,7 +191,8 @@ pub struct BurnPeer<B: Backend> {
     device: B::Device,
     /// How long a sum waits for the other peers.
     timeout: Duration,
-    /// A sum timed out: burn-collective still holds it, so this peer can sum no more.
+    /// A sum timed out or failed: burn-collective still holds it, or its server stopped, so
+    /// this peer can sum no more (nor unregister).
     stuck: bool,
 }
 
@@ -231,8 +229,7 @@ impl<B: Backend> BurnPeer<B> {
     ) -> Result<Self> {
         let nodes = machines.map_or(1, |m| m.nodes);
         let node = machines.map_or(0, |m| m.node);
-        if peers == 0 || peers > MAX_PEERS || peer >= peers || peers % nodes != 0 || node >= nodes
-        {
+        if peers == 0 || peers > MAX_PEERS || peer >= peers || peers % nodes != 0 || node >= nodes {
             return Err(SaeError::Config(format!(
                 "peer {peer} of {peers} on machine {node} of {nodes}: need 1 to {MAX_PEERS} peers, \
                  as many on every machine, and positions below their numbers"
@@ -305,7 +302,7 @@ impl<B: Backend> BurnPeer<B> {
         if self.stuck {
             return Err(SaeError::Collective {
                 peer: self.peer,
-                reason: "an earlier sum timed out".into(),
+                reason: "an earlier sum timed out or failed".into(),
             });
         }
         let len = values.len();
@@ -322,8 +319,29 @@ impl<B: Backend> BurnPeer<B> {
         let summed = within(self.timeout, move || {
             burn_collective::all_reduce::<B>(id, primitive, ReduceOperation::Sum)
         });
+        let others = || -> Vec<usize> {
+            (0..self.peers)
+                .filter(|p| !self.local.contains(p))
+                .collect()
+        };
         let summed = match summed {
-            Some(summed) => summed.map_err(|e| collective_error(self.peer, "all-reduce", e))?,
+            Some(Ok(summed)) => summed,
+            // A machine that stopped fails the engine's transfers: the sum fails, and the
+            // engine's server on this machine has stopped with it.
+            Some(Err(e)) => {
+                if self.local.len() == self.peers {
+                    return Err(collective_error(self.peer, "all-reduce", e));
+                }
+                self.stuck = true;
+                return Err(SaeError::Collective {
+                    peer: self.peer,
+                    reason: format!(
+                        "sum {sum} failed ({e:?}): peers {:?} of the other machines, or some of \
+                         them, stopped or are unreachable",
+                        others()
+                    ),
+                });
+            }
             None => {
                 self.stuck = true;
                 let missing: Vec<usize> = entered()
@@ -333,9 +351,10 @@ impl<B: Backend> BurnPeer<B> {
                     .map(|(p, _)| p)
                     .collect();
                 let who = if missing.is_empty() {
-                    let others: Vec<usize> =
-                        (0..self.peers).filter(|p| !self.local.contains(p)).collect();
-                    format!("peers {others:?} of the other machines, or some of them,")
+                    format!(
+                        "peers {:?} of the other machines, or some of them,",
+                        others()
+                    )
                 } else {
                     format!("peers {missing:?}")
                 };

@@ -16,8 +16,7 @@ use std::time::Duration;
 use burn::tensor::backend::AutodiffBackend;
 use sae_model::{
     BurnPeer, Collective, Machines, SaeError, Sparsifier, StepOutput, TrainConfig, TrainState,
-    TrainStep,
-    disagreement,
+    TrainStep, disagreement,
 };
 
 use sae_data::{Cursor, DataFingerprint, Normalizer};
@@ -60,11 +59,11 @@ impl NodeLaunch {
             let (scheme, rest) = address.split_once("://").unwrap_or(("", address));
             let host_port = rest.split('/').next().unwrap_or_default();
             match (scheme, host_port.rsplit_once(':')) {
-                ("ws", Some((host, port))) if !host.is_empty() => port
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|&p| p != 0)
-                    .ok_or_else(|| format!("{option} {address:?}: the port {port:?} is not 1..=65535")),
+                ("ws", Some((host, port))) if !host.is_empty() => {
+                    port.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
+                        format!("{option} {address:?}: the port {port:?} is not 1..=65535")
+                    })
+                }
                 _ => Err(format!("{option} {address:?}: expected ws://HOST:PORT")),
             }
         };
@@ -141,7 +140,10 @@ pub fn agreed(
     vec![
         ("the setting seed", json(&config.seed)),
         ("the setting backend", json(&config.backend)),
-        ("the settings [data] (data.path aside)", json(&data_settings)),
+        (
+            "the settings [data] (data.path aside)",
+            json(&data_settings),
+        ),
         ("the settings [model]", json(&config.model)),
         ("the settings [sparsifier]", json(&config.sparsifier)),
         ("the settings [step]", json(&config.step)),
@@ -222,7 +224,11 @@ impl<B: AutodiffBackend> Members<B> {
     fn answers<T>(&self, own: Result<T, SaeError>) -> Result<T, SaeError> {
         let mut first_other = Ok(());
         for (i, w) in self.workers.iter().enumerate() {
-            let answer = w.answers.recv().map_err(|_| self.stopped(i)).and_then(|a| a);
+            let answer = w
+                .answers
+                .recv()
+                .map_err(|_| self.stopped(i))
+                .and_then(|a| a);
             if first_other.is_ok() {
                 first_other = answer;
             }
@@ -382,7 +388,9 @@ impl<B: AutodiffBackend> Joined<B> {
         if !(resuming.is_empty() || resuming.len() == machines.nodes) {
             return Err(TrainError::MachinesDiffer {
                 what: format!("whether they resume (machines {resuming:?} resume)"),
-                nodes: (0..machines.nodes).filter(|n| !resuming.contains(n)).collect(),
+                nodes: (0..machines.nodes)
+                    .filter(|n| !resuming.contains(n))
+                    .collect(),
             });
         }
         if resuming.is_empty() {

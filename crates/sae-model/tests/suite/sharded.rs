@@ -286,7 +286,8 @@ fn a_sum_waits_for_a_silent_peer_only_as_long_as_the_timeout() {
             .map(|p| {
                 scope.spawn(move || {
                     let mut peer =
-                        BurnPeer::<Flex>::register(p, 3, &Default::default(), timeout, None).unwrap();
+                        BurnPeer::<Flex>::register(p, 3, &Default::default(), timeout, None)
+                            .unwrap();
                     let mut counts = [1u64];
                     let first = peer.sum_counts(&mut counts).map(|()| counts[0]);
                     if p == 2 {
