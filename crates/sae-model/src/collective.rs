@@ -229,7 +229,12 @@ impl<B: Backend> BurnPeer<B> {
     ) -> Result<Self> {
         let nodes = machines.map_or(1, |m| m.nodes);
         let node = machines.map_or(0, |m| m.node);
-        if peers == 0 || peers > MAX_PEERS || peer >= peers || peers % nodes != 0 || node >= nodes {
+        if peers == 0
+            || peers > MAX_PEERS
+            || peer >= peers
+            || !peers.is_multiple_of(nodes)
+            || node >= nodes
+        {
             return Err(SaeError::Config(format!(
                 "peer {peer} of {peers} on machine {node} of {nodes}: need 1 to {MAX_PEERS} peers, \
                  as many on every machine, and positions below their numbers"
