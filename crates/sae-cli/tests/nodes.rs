@@ -136,7 +136,8 @@ fn two_machines_train_the_model_one_machine_with_two_devices_trains() {
             let (ok, message) = m.finish(LIMIT);
             assert!(ok, "{rule}: machine {node}: {message}");
         }
-        // Two peers sum two addends, which is exact in any order: the same bits.
+        // Two peers sum two addends, which is exact in any order: the same bits, for the
+        // parameters, the feature densities and the inference thresholds (all in the file).
         assert!(weights(dirs[0]) == weights(&one), "{rule}: machine 0");
         assert!(weights(dirs[1]) == weights(&one), "{rule}: machine 1");
     }

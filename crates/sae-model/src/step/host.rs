@@ -68,10 +68,12 @@ impl<B: AutodiffBackend> TrainStep<B> {
     }
 
     /// [`TrainStep::train_step`] on the host path, `x` being this peer's rows of the batch
-    /// (all of it for [`SinglePeer`](crate::SinglePeer)); the batch's width is checked.
+    /// (all of it for [`SinglePeer`](crate::SinglePeer)) and `batch_rows` the batch's rows
+    /// over all peers; the batch's width is checked.
     pub(super) fn host_train_step(
         &mut self,
         x: Tensor<B::InnerBackend, 2>,
+        batch_rows: usize,
         peers: &mut dyn Collective,
     ) -> Result<StepOutput> {
         let [n, _] = x.dims();
@@ -81,7 +83,8 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let [p, m, v] = self.take_optimizer_state();
         let mut state = [p.into_params(), m.into_params(), v.into_params()];
         let mut buffers = std::mem::take(&mut self.host);
-        let result = self.host_update(&x, n, aux, lr, &mut state, &mut buffers, peers);
+        let rows = [n, batch_rows];
+        let result = self.host_update(&x, rows, aux, lr, &mut state, &mut buffers, peers);
         self.host = buffers;
         let [p, m, v] = state;
         self.params = SaeTensors::from_host(p, &self.device);
@@ -101,7 +104,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
     fn host_update(
         &mut self,
         x: &[f32],
-        n: usize,
+        [n, batch_rows]: [usize; 2],
         aux: Option<(Vec<f32>, usize)>,
         lr: f64,
         [params, m, v]: &mut [SaeParams; 3],
@@ -115,7 +118,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let selection = if peers.peers() == 1 {
             self.host_select(affinities, n, f)?
         } else {
-            self.sharded_select(affinities, n, f, peers)?
+            self.sharded_select(affinities, [n, batch_rows], f, peers)?
         };
         let aux_selection = match aux {
             Some((weights, k_aux)) => Some(aux_selection(

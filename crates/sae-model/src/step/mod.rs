@@ -351,7 +351,8 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let x = x.inner();
         self.check_width(&x)?;
         if self.on_host() {
-            return self.host_train_step(x, &mut SinglePeer);
+            let n = x.dims()[0];
+            return self.host_train_step(x, n, &mut SinglePeer);
         }
         if let Some(rule) = self.device_rule(x.dims()[0])? {
             return self.device_train_step(x, &rule);

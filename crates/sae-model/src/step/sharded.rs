@@ -48,24 +48,22 @@ impl<B: AutodiffBackend> TrainStep<B> {
             }),
             _ => Ok(()),
         });
-        agree(rows, peers)?;
-        self.host_train_step(x, peers)
+        let batch_rows = agree(rows.map(|()| x.dims()[0]), peers)?;
+        self.host_train_step(x, batch_rows, peers)
     }
 
-    /// The training rule's selection of this peer's rows, made over the whole batch. (Every
-    /// peer has rows: `train_step_sharded` agreed on that.)
+    /// The training rule's selection of this peer's `n` rows, made over the whole batch of
+    /// `batch_rows`. (Every peer has rows: `train_step_sharded` agreed on that.)
     pub(super) fn sharded_select(
         &self,
         affinities: &[f32],
-        n: usize,
+        [n, batch_rows]: [usize; 2],
         f: usize,
         peers: &mut dyn Collective,
     ) -> Result<Selection> {
-        let mut rows = [n as u64];
-        peers.sum_counts(&mut rows)?;
         let rule = self
             .sparsifier
-            .builtin(rows[0] as usize, &self.stats)?
+            .builtin(batch_rows, &self.stats)?
             .ok_or_else(|| {
                 SaeError::Config(format!(
                     "sparsifier {:?} has no built-in rule; training over several peers needs one",
@@ -93,18 +91,24 @@ impl<B: AutodiffBackend> TrainStep<B> {
     }
 }
 
-/// Every peer learns whether every peer's own check passed, so that all go on or all stop:
-/// a peer's own error, or an error naming the first peer that failed.
-fn agree(local: Result<()>, peers: &mut dyn Collective) -> Result<()> {
-    let mut failed = vec![0u64; peers.peers()];
-    failed[peers.peer()] = u64::from(local.is_err());
-    peers.sum_counts(&mut failed)?;
+/// Every peer learns whether every peer's own check of its rows passed, so that all go on or
+/// all stop, and how many rows the batch has in all: the batch's rows, a peer's own error, or
+/// an error naming the first peer that failed.
+fn agree(local: Result<usize>, peers: &mut dyn Collective) -> Result<usize> {
+    // Per peer: whether it failed, and its rows.
+    let (peer, count) = (peers.peer(), peers.peers());
+    let mut slots = vec![0u64; 2 * count];
+    match &local {
+        Ok(rows) => slots[2 * peer + 1] = *rows as u64,
+        Err(_) => slots[2 * peer] = 1,
+    }
+    peers.sum_counts(&mut slots)?;
     local?;
-    match failed.iter().position(|&f| f > 0) {
+    match slots.chunks_exact(2).position(|slot| slot[0] > 0) {
         Some(peer) => Err(SaeError::Collective {
             peer,
             reason: "its rows of the batch were rejected".into(),
         }),
-        None => Ok(()),
+        None => Ok(slots.chunks_exact(2).map(|slot| slot[1] as usize).sum()),
     }
 }
