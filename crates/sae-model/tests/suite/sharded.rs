@@ -326,19 +326,24 @@ fn a_sum_waits_for_a_silent_peer_only_as_long_as_the_timeout() {
     }
 }
 
-/// Two peers' sums have one order (`a + b == b + a`): a run over two peers repeats bit for bit.
+/// The peers' tensors are summed in a fixed order (by device, then by peer), so a run repeats
+/// bit for bit, over any number of peers (with two, `a + b == b + a` holds anyway).
 #[test]
-fn a_run_over_two_peers_repeats_bit_for_bit() {
+fn a_run_over_several_peers_repeats_bit_for_bit() {
     let data = &batches()[..5];
     let cfg = config(AuxLoss::AuxZipf);
-    for i in 0..builtin_sparsifiers(K).len() {
-        let rule = || builtin_sparsifiers(K).swap_remove(i);
-        let first = sharded_run(rule, &cfg, &[0, 20, 37], data);
-        let again = sharded_run(rule, &cfg, &[0, 20, 37], data);
-        assert!(
-            first[0].state == again[0].state,
-            "rule {i}: the runs differ"
-        );
+    for cuts in [&[0, 20, 37][..], &[0, 9, 21, 37], &[0, 5, 14, 30, 37]] {
+        for i in 0..builtin_sparsifiers(K).len() {
+            let rule = || builtin_sparsifiers(K).swap_remove(i);
+            let first = sharded_run(rule, &cfg, cuts, data);
+            for _ in 0..2 {
+                let again = sharded_run(rule, &cfg, cuts, data);
+                assert!(
+                    first[0].state == again[0].state,
+                    "rule {i}, shards {cuts:?}: the runs differ"
+                );
+            }
+        }
     }
 }
 

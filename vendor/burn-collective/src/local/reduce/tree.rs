@@ -14,11 +14,14 @@ pub(crate) fn reduce_sum_tree<B: Backend>(
     // Convert hash map to vector of key-value pairs because order matters
     let mut input = vec![];
     let root_tensor = tensors.remove(root).unwrap();
-    for (_, tensor) in tensors.drain() {
+    let mut others: Vec<_> = tensors.drain().collect();
+    // By peer first: the sum's order, and so its bits, does not depend on the hash map's order.
+    others.sort_by_key(|(id, _)| id.0);
+    for (_, tensor) in others {
         input.push(tensor);
     }
 
-    // Sort to put devices of the same type together
+    // Sort to put devices of the same type together (a stable sort: peers stay in order)
     input.sort_by(|a, b| {
         let dev_a = B::float_device(a);
         let dev_b = B::float_device(b);
