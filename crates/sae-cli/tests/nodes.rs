@@ -266,7 +266,14 @@ fn a_machine_that_dies_stops_the_other_within_the_timeout_and_the_run_resumes() 
     );
     drop(orchestrator_process);
 
-    // A new orchestrator for the new launch; the machines agree on the checkpoint to resume.
+    // The machines agree on the checkpoint to resume.
+    resume_to_the_end(&dirs);
+    assert!(weights(dirs[0]) == weights(&whole), "machine 0");
+    assert!(weights(dirs[1]) == weights(&whole), "machine 1");
+}
+
+/// Resumes the run of `dirs` on as many machines, with a new orchestrator, to its end.
+fn resume_to_the_end(dirs: &[&Path]) {
     let (_orchestrator, at) = orchestrator();
     let resumed: Vec<Running> = dirs
         .iter()
@@ -285,6 +292,56 @@ fn a_machine_that_dies_stops_the_other_within_the_timeout_and_the_run_resumes() 
         let (ok, message) = m.finish(LIMIT);
         assert!(ok, "machine {node} resuming: {message}");
     }
+}
+
+/// Ctrl-C (or a scheduler's SIGTERM) on one machine stops every machine at the same step, each
+/// with a checkpoint of the same state; the run then resumes to the uninterrupted run's bits.
+#[test]
+fn a_signal_to_one_machine_stops_every_machine_at_the_same_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let steps = 400;
+    let whole = tmp.path().join("uninterrupted");
+    let out = run(&small_run(
+        &whole,
+        steps,
+        &["--set", "distributed.devices=2"],
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+
+    let dirs = [tmp.path().join("node0"), tmp.path().join("node1")];
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let (_orchestrator, at) = orchestrator();
+    let mut running = machines(&dirs, steps, &[], &at, |_| vec![]);
+    let start = Instant::now();
+    while checkpoints(dirs[0]).is_empty() {
+        assert!(start.elapsed() < LIMIT, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = running[1].0.as_ref().unwrap().id().to_string();
+    let signalled = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(signalled.success());
+    let mut stopped_at = Vec::new();
+    for (node, m) in running.drain(..).enumerate() {
+        let (ok, message) = m.finish(LIMIT);
+        assert!(ok, "machine {node}: {message}");
+        assert!(message.contains("interrupted"), "machine {node}: {message}");
+        let newest = checkpoints(dirs[node]).pop().expect("a checkpoint");
+        stopped_at.push(newest.file_name().unwrap().to_owned());
+    }
+    assert_eq!(
+        stopped_at[0], stopped_at[1],
+        "the machines stopped at different steps"
+    );
+    assert!(
+        weights(dirs[0]) == weights(dirs[1]),
+        "the partial models differ"
+    );
+    assert!(
+        !(weights(dirs[0]) == weights(&whole)),
+        "the run was not interrupted"
+    );
+
+    resume_to_the_end(&dirs);
     assert!(weights(dirs[0]) == weights(&whole), "machine 0");
     assert!(weights(dirs[1]) == weights(&whole), "machine 1");
 }

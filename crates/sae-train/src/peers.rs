@@ -352,6 +352,23 @@ impl<B: AutodiffBackend> Peers<B> {
     }
 }
 
+impl<B: AutodiffBackend> Peers<B> {
+    /// Whether the run stops before the next step, given whether this machine was asked to
+    /// (Ctrl-C, SIGTERM): over several machines, when any machine was, every machine stops at
+    /// the same step, each with its checkpoint of the same state.
+    pub fn stop_requested(&mut self, here: bool) -> Result<bool, SaeError> {
+        if self.members.group.machines.is_none() {
+            return Ok(here);
+        }
+        let m = &mut self.members;
+        m.send(|_| Job::Sum(1))?;
+        let mut asked = [u64::from(here)];
+        let own = m.own().sum_counts(&mut asked);
+        m.answers(own)?;
+        Ok(asked[0] > 0)
+    }
+}
+
 impl<B: AutodiffBackend> Joined<B> {
     /// Over several machines, agrees with the other machines on where the run starts: afresh
     /// (`checkpoints` empty, `resume` false), or from the newest checkpoint every machine

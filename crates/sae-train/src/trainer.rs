@@ -45,7 +45,7 @@ pub struct TrainOptions {
     /// Show a progress bar on stderr.
     pub progress: bool,
     /// Set (e.g. by a Ctrl-C or SIGTERM handler) to stop after the current step with a
-    /// checkpoint.
+    /// checkpoint. Over several machines, set on any one it stops all at the same step.
     pub stop: Arc<AtomicBool>,
     /// Receives what the user should know as it happens (a checkpoint passed over, data
     /// allowed to change, evaluation skipped). The library prints nothing itself.
@@ -469,7 +469,12 @@ pub fn train_on<B: AutodiffBackend>(
     };
     let mut interrupted = false;
     while step.step_count() < total_steps {
-        if options.stop.load(Ordering::SeqCst) {
+        let asked = options.stop.load(Ordering::SeqCst);
+        let stop = match peers.as_mut() {
+            Some(peers) => peers.stop_requested(asked)?,
+            None => asked,
+        };
+        if stop {
             interrupted = true;
             break;
         }
