@@ -228,24 +228,14 @@ fn a_machine_that_dies_stops_the_other_within_the_timeout_and_the_run_resumes() 
     let tmp = tempfile::tempdir().unwrap();
     let steps = 300;
     let settings = ["--set", "distributed.timeout_seconds=5"];
-    let whole = tmp.path().join("uninterrupted");
-    let out = run(&small_run(
-        &whole,
-        steps,
-        &["--set", "distributed.devices=2"],
-    ));
-    assert!(out.status.success(), "{}", text(&out));
+    let whole = uninterrupted(tmp.path(), steps);
 
     let dirs = [tmp.path().join("node0"), tmp.path().join("node1")];
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
     let (orchestrator_process, at) = orchestrator();
     let mut running = machines(&dirs, steps, &settings, &at, |_| vec![]);
     let (second, first) = (running.pop().unwrap(), running.pop().unwrap());
-    let start = Instant::now();
-    while checkpoints(dirs[0]).is_empty() || checkpoints(dirs[1]).is_empty() {
-        assert!(start.elapsed() < LIMIT, "no checkpoint");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoints(&dirs);
     drop(second); // SIGKILL
     let killed = Instant::now();
     let (ok, message) = first.finish(LIMIT);
@@ -270,6 +260,28 @@ fn a_machine_that_dies_stops_the_other_within_the_timeout_and_the_run_resumes() 
     resume_to_the_end(&dirs);
     assert!(weights(dirs[0]) == weights(&whole), "machine 0");
     assert!(weights(dirs[1]) == weights(&whole), "machine 1");
+}
+
+/// The model of `steps` steps of the small run on one machine with two devices, trained
+/// without interruption in `tmp/uninterrupted`.
+fn uninterrupted(tmp: &Path, steps: u64) -> std::path::PathBuf {
+    let whole = tmp.join("uninterrupted");
+    let out = run(&small_run(
+        &whole,
+        steps,
+        &["--set", "distributed.devices=2"],
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+    whole
+}
+
+/// Waits until every machine of `dirs` has written a checkpoint.
+fn wait_for_checkpoints(dirs: &[&Path]) {
+    let start = Instant::now();
+    while dirs.iter().any(|dir| checkpoints(dir).is_empty()) {
+        assert!(start.elapsed() < LIMIT, "no checkpoint");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Resumes the run of `dirs` on as many machines, with a new orchestrator, to its end.
@@ -300,23 +312,13 @@ fn resume_to_the_end(dirs: &[&Path]) {
 fn a_signal_to_one_machine_stops_every_machine_at_the_same_step() {
     let tmp = tempfile::tempdir().unwrap();
     let steps = 400;
-    let whole = tmp.path().join("uninterrupted");
-    let out = run(&small_run(
-        &whole,
-        steps,
-        &["--set", "distributed.devices=2"],
-    ));
-    assert!(out.status.success(), "{}", text(&out));
+    let whole = uninterrupted(tmp.path(), steps);
 
     let dirs = [tmp.path().join("node0"), tmp.path().join("node1")];
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
     let (_orchestrator, at) = orchestrator();
     let mut running = machines(&dirs, steps, &[], &at, |_| vec![]);
-    let start = Instant::now();
-    while checkpoints(dirs[0]).is_empty() {
-        assert!(start.elapsed() < LIMIT, "no checkpoint");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoints(&dirs);
     let pid = running[1].0.as_ref().unwrap().id().to_string();
     let signalled = Command::new("kill").args(["-INT", &pid]).status().unwrap();
     assert!(signalled.success());
