@@ -143,6 +143,35 @@ fn two_machines_train_the_model_one_machine_with_two_devices_trains() {
     }
 }
 
+/// Two machines with two devices each (four peers: each machine sums its own two, then the
+/// machines sum theirs) train the model one machine with four devices trains, within the
+/// tolerance of a different order of the sums.
+#[test]
+fn two_machines_of_two_devices_train_the_four_device_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "sparsifier.name=\"topk\"";
+    let one = tmp.path().join("one");
+    let out = run(&small_run(
+        &one,
+        20,
+        &["--set", name, "--set", "distributed.devices=4"],
+    ));
+    assert!(out.status.success(), "{}", text(&out));
+    let (_orchestrator, at) = orchestrator();
+    let dirs = [tmp.path().join("node0"), tmp.path().join("node1")];
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let extra = ["--set", name, "--set", "distributed.devices=2"];
+    for (node, m) in machines(&dirs, 20, &extra, &at, |_| vec![])
+        .into_iter()
+        .enumerate()
+    {
+        let (ok, message) = m.finish(LIMIT);
+        assert!(ok, "machine {node}: {message}");
+    }
+    assert!(weights(dirs[0]) == weights(dirs[1]), "the machines differ");
+    assert_same_evaluation("two machines of two devices", dirs[0], &one);
+}
+
 /// Machines that do not hold the same run stop before any step, every one naming what
 /// differs; flags that do not fit the settings are refused before anything starts.
 #[test]
@@ -291,13 +320,9 @@ fn resume_to_the_end(dirs: &[&Path]) {
         .iter()
         .enumerate()
         .map(|(node, dir)| {
-            let mut args: Vec<String> = ["train", "--quiet", "--resume"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            args.push(dir.display().to_string());
-            args.extend(node_flags(node, &at));
-            spawn(&args)
+            let flags = node_flags(node, &at);
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            spawn(&resume_args(dir, &flags))
         })
         .collect();
     for (node, m) in resumed.into_iter().enumerate() {
@@ -319,13 +344,7 @@ fn a_signal_to_one_machine_stops_every_machine_at_the_same_step() {
     let (_orchestrator, at) = orchestrator();
     let mut running = machines(&dirs, steps, &[], &at, |_| vec![]);
     wait_for_checkpoints(&dirs);
-    let pid = running[1].0.as_ref().unwrap().id().to_string();
-    // The shell's own `kill`: no procps needed.
-    let signalled = Command::new("sh")
-        .args(["-c", &format!("kill -INT {pid}")])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
+    signal(running[1].0.as_ref().unwrap(), "INT");
     let mut stopped_at = Vec::new();
     for (node, m) in running.drain(..).enumerate() {
         let (ok, message) = m.finish(LIMIT);

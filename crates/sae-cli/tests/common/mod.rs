@@ -167,3 +167,34 @@ pub fn files_run(run_dir: &Path, shard: &Path, steps: u64, extra: &[&str]) -> Ve
     args.extend_from_slice(extra);
     small_run(run_dir, steps, &args)
 }
+
+/// The final evaluation record of a run.
+pub fn final_eval(run_dir: &Path) -> serde_json::Value {
+    metrics(run_dir)
+        .into_iter()
+        .rev()
+        .find(|r| r["kind"] == "eval")
+        .unwrap_or_else(|| panic!("no eval record in {}", run_dir.display()))
+}
+
+/// Asserts that two runs' final evaluations agree within `1e-3` (batch and inference FVU
+/// and L0) and saw the same tokens.
+pub fn assert_same_evaluation(what: &str, got: &Path, want: &Path) {
+    let (got, want) = (final_eval(got), final_eval(want));
+    for (part, metric) in [
+        ("batch", "fvu"),
+        ("batch", "l0_mean"),
+        ("inference", "fvu"),
+        ("inference", "l0_mean"),
+    ] {
+        let (a, b) = (
+            got[part][metric].as_f64().unwrap(),
+            want[part][metric].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-3 * b.abs().max(1.0),
+            "{what} {part} {metric}: {a} vs one device's {b}"
+        );
+    }
+    assert_eq!(got["tokens"], want["tokens"], "{what}");
+}
