@@ -38,8 +38,9 @@ pub trait Collective {
     fn peers(&self) -> usize;
     /// Sums integer counts over the peers, exactly.
     fn sum_counts(&mut self, counts: &mut [u64]) -> Result<()>;
-    /// Sums values over the peers; every peer receives the same bits.
-    fn sum_values(&mut self, values: &mut [f32]) -> Result<()>;
+    /// Sums values over the peers, several slices in one exchange; every peer receives the
+    /// same bits.
+    fn sum_values(&mut self, parts: &mut [&mut [f32]]) -> Result<()>;
 }
 
 /// One device holds the whole batch: every sum is the identity.
@@ -56,7 +57,7 @@ impl Collective for SinglePeer {
     fn sum_counts(&mut self, _counts: &mut [u64]) -> Result<()> {
         Ok(())
     }
-    fn sum_values(&mut self, _values: &mut [f32]) -> Result<()> {
+    fn sum_values(&mut self, _parts: &mut [&mut [f32]]) -> Result<()> {
         Ok(())
     }
 }
@@ -67,7 +68,7 @@ pub(crate) fn gather(peers: &mut dyn Collective, values: &[f32]) -> Result<Vec<f
     let (peer, len) = (peers.peer(), values.len());
     let mut slots = vec![0.0f32; peers.peers() * len];
     slots[peer * len..(peer + 1) * len].copy_from_slice(values);
-    peers.sum_values(&mut slots)?;
+    peers.sum_values(&mut [&mut slots])?;
     Ok(slots)
 }
 
@@ -442,9 +443,19 @@ impl<B: Backend> Collective for BurnPeer<B> {
         Ok(())
     }
 
-    fn sum_values(&mut self, values: &mut [f32]) -> Result<()> {
-        let summed = self.all_reduce(values.to_vec(), false)?;
-        values.copy_from_slice(&summed);
+    fn sum_values(&mut self, parts: &mut [&mut [f32]]) -> Result<()> {
+        let len = parts.iter().map(|p| p.len()).sum::<usize>();
+        let mut values = Vec::with_capacity(len + 2);
+        for part in parts.iter() {
+            values.extend_from_slice(part);
+        }
+        let summed = self.all_reduce(values, false)?;
+        let mut rest = &summed[..];
+        for part in parts.iter_mut() {
+            let (head, tail) = rest.split_at(part.len());
+            part.copy_from_slice(head);
+            rest = tail;
+        }
         Ok(())
     }
 }

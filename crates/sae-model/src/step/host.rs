@@ -151,15 +151,13 @@ impl<B: AutodiffBackend> TrainStep<B> {
                 loss: loss.loss,
             });
         }
-        // The batch's gradients: the sum of every peer's part.
-        for g in [
+        // The batch's gradients: the sum of every peer's part, in one exchange.
+        peers.sum_values(&mut [
             &mut grads.w_enc,
             &mut grads.b_enc,
             &mut grads.w_dec,
             &mut grads.b_dec,
-        ] {
-            peers.sum_values(g)?;
-        }
+        ])?;
         if let Some(param) = first_non_finite(grads) {
             return Err(SaeError::NonFiniteGradient {
                 step: self.step,

@@ -297,7 +297,7 @@ fn a_sum_waits_for_a_silent_peer_only_as_long_as_the_timeout() {
                     }
                     let started = Instant::now();
                     let mut values = [1.0f32];
-                    let second = peer.sum_values(&mut values);
+                    let second = peer.sum_values(&mut [&mut values]);
                     (first, Some((second, started.elapsed())))
                 })
             })
