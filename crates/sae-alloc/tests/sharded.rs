@@ -276,6 +276,52 @@ fn global_arguments_are_checked_against_the_whole_batch() {
     }
 }
 
+/// When a NaN and an argument that does not fit the batch come together, every peer gives
+/// the error the whole-matrix rule gives: the argument's, checked first.
+#[test]
+fn arguments_are_checked_before_nans_as_on_the_whole_matrix() {
+    let (rows, cols) = (6, 3);
+    let mut data: Vec<f32> = (0..rows * cols).map(|i| (i % 7) as f32).collect();
+    data[4 * cols + 1] = f32::NAN;
+    let cuts = [0, 2, 6];
+    let whole = ScoreMatrix::new(&data, rows, cols).unwrap();
+    let want = global_topk(&whole, 19).unwrap_err();
+    assert!(
+        matches!(want, AllocError::BudgetTooLarge { .. }),
+        "{want:?}"
+    );
+    for (outcome, _) in run_peers(&data, cols, &cuts, |m, x| global_topk_sharded(m, 19, x)) {
+        assert!(
+            matches!(&outcome, Err(ShardedError::Alloc(e)) if *e == want),
+            "{outcome:?}"
+        );
+    }
+    let too_many = Capacities::from_vec(vec![7, 0, 0], 7).unwrap();
+    let want = column_topm(&whole, &too_many).unwrap_err();
+    assert!(
+        matches!(want, AllocError::CapacityTooLarge { .. }),
+        "{want:?}"
+    );
+    for (outcome, _) in run_peers(&data, cols, &cuts, |m, x| {
+        column_topm_sharded(m, &too_many, x)
+    }) {
+        assert!(
+            matches!(&outcome, Err(ShardedError::Alloc(e)) if *e == want),
+            "{outcome:?}"
+        );
+    }
+    // With arguments that fit, the NaN is named by every peer.
+    for (outcome, _) in run_peers(&data, cols, &cuts, |m, x| global_topk_sharded(m, 5, x)) {
+        assert!(
+            matches!(
+                outcome,
+                Err(ShardedError::Alloc(AllocError::NanScore { row: 4, col: 1 }))
+            ),
+            "{outcome:?}"
+        );
+    }
+}
+
 /// Shards that disagree on the number of features are named.
 #[test]
 fn shards_of_different_widths_are_rejected() {

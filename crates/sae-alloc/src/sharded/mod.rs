@@ -90,7 +90,7 @@ pub fn row_topk_sharded<X: Exchange>(
     exchange: &mut X,
 ) -> Result<ShardSelection, ShardedError<X::Error>> {
     let local = row_topk(scores, k);
-    let layout = agree(scores, &local, exchange)?;
+    let layout = agree(scores, &local, |_| Ok(()), exchange)?;
     Ok(ShardSelection {
         selection: local?,
         layout,
@@ -106,12 +106,15 @@ pub fn global_topk_sharded<X: Exchange>(
 ) -> Result<ShardSelection, ShardedError<X::Error>> {
     // No more than the budget of this shard's entries can be among the global top.
     let local = global_topk(scores, budget.min(scores.data().len()));
-    let layout = agree(scores, &local, exchange)?;
+    let fits = |rows: usize| {
+        let available = rows * scores.cols();
+        match budget > available {
+            true => Err(AllocError::BudgetTooLarge { budget, available }),
+            false => Ok(()),
+        }
+    };
+    let layout = agree(scores, &local, fits, exchange)?;
     let local = local?;
-    let available = layout.global_rows * scores.cols();
-    if budget > available {
-        return Err(AllocError::BudgetTooLarge { budget, available }.into());
-    }
     let keys = GroupedKeys::one_group(&local);
     let cuts = Cuts::find(&keys, &[budget as u64], 8, exchange).map_err(ShardedError::Exchange)?;
     let take = cuts
@@ -138,7 +141,8 @@ pub fn column_topm_sharded<X: Exchange>(
     // `column_topm` rejects a capacity vector of the wrong length.
     let local =
         Capacities::from_vec(local_caps, local_budget).and_then(|c| column_topm(scores, &c));
-    let layout = agree(scores, &local, exchange)?;
+    let fits = |rows: usize| capacities.for_shape(rows, scores.cols()).map(|_| ());
+    let layout = agree(scores, &local, fits, exchange)?;
     let local = local?;
     let caps = capacities.for_shape(layout.global_rows, scores.cols())?;
     let needs: Vec<u64> = caps.iter().map(|&c| u64::from(c)).collect();
@@ -155,10 +159,14 @@ pub fn column_topm_sharded<X: Exchange>(
 }
 
 /// The first round of every rule: each peer's rows and columns, and the first NaN of its
-/// shard. Every peer returns the same error (a NaN names its global row), or the layout.
+/// shard. Every peer returns the same error, or the layout. The errors come in the order the
+/// whole-matrix rules give them: shards of different widths, then the rule's arguments against
+/// the whole batch (`fits`, given its rows), then a NaN (naming its global row), then this
+/// peer's own failure or another's.
 fn agree<X: Exchange>(
     scores: &ScoreMatrix,
     local: &Result<Selection, AllocError>,
+    fits: impl FnOnce(usize) -> Result<(), AllocError>,
     exchange: &mut X,
 ) -> Result<ShardLayout, ShardedError<X::Error>> {
     let (peer, peers) = (exchange.peer(), exchange.peers());
@@ -187,6 +195,7 @@ fn agree<X: Exchange>(
         .into());
     }
     let first_row = |p: usize| rows[..p].iter().sum::<u64>() as usize;
+    fits(first_row(peers))?;
     if let Some((other, &nan)) = nans.iter().enumerate().find(|(_, n)| **n > 0) {
         let flat = (nan - 1) as usize;
         return Err(AllocError::NanScore {
