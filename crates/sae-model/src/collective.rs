@@ -72,6 +72,17 @@ pub(crate) fn gather(peers: &mut dyn Collective, values: &[f32]) -> Result<Vec<f
     Ok(slots)
 }
 
+/// Each peer's `counts` in its own slot of a zeroed `[peers, counts.len()]` buffer, summed:
+/// every peer receives all peers' counts unchanged, row `p` peer `p`'s (the count twin of
+/// [`gather`]).
+pub fn gather_counts(peers: &mut dyn Collective, counts: &[u64]) -> Result<Vec<u64>> {
+    let (peer, len) = (peers.peer(), counts.len());
+    let mut slots = vec![0u64; peers.peers() * len];
+    slots[peer * len..(peer + 1) * len].copy_from_slice(counts);
+    peers.sum_counts(&mut slots)?;
+    Ok(slots)
+}
+
 /// Bits of a digest that [`disagreement`] compares: a count the sums carry exactly.
 const DIGEST_BITS: u32 = LIMB_BITS * LIMBS as u32;
 
@@ -88,16 +99,16 @@ pub struct Disagreement {
 /// the peers; every peer passes the same number and receives the same answer. Digests are
 /// compared on their low 48 bits.
 pub fn disagreement(peers: &mut dyn Collective, digests: &[u64]) -> Result<Option<Disagreement>> {
-    let (peer, len) = (peers.peer(), digests.len());
-    let mut slots = vec![0u64; peers.peers() * len];
-    for (slot, digest) in slots[peer * len..(peer + 1) * len].iter_mut().zip(digests) {
-        *slot = digest & ((1u64 << DIGEST_BITS) - 1);
-    }
-    peers.sum_counts(&mut slots)?;
+    let len = digests.len();
+    let compared: Vec<u64> = digests
+        .iter()
+        .map(|digest| digest & ((1u64 << DIGEST_BITS) - 1))
+        .collect();
+    let slots = gather_counts(peers, &compared)?;
     let (first, rest) = slots.split_at(len);
     Ok((0..len).find_map(|item| {
         let differ: Vec<usize> = rest
-            .chunks_exact(len.max(1))
+            .chunks_exact(len)
             .enumerate()
             .filter(|(_, slot)| slot[item] != first[item])
             .map(|(p, _)| p + 1)

@@ -28,7 +28,9 @@ pub mod sparsifier;
 pub mod stats;
 pub mod step;
 
-pub use collective::{BurnPeer, Collective, Disagreement, Machines, SinglePeer, disagreement};
+pub use collective::{
+    BurnPeer, Collective, Disagreement, Machines, SinglePeer, disagreement, gather_counts,
+};
 pub use dispatch::{BatchAffinities, BatchSelection, select_on_backend};
 pub use error::{Result, SaeError};
 pub use loss::{AuxLoss, aux_selection, fvu, mse};

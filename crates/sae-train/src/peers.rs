@@ -16,7 +16,7 @@ use std::time::Duration;
 use burn::tensor::backend::AutodiffBackend;
 use sae_model::{
     BurnPeer, Collective, Machines, SaeError, Sparsifier, StepOutput, TrainConfig, TrainState,
-    TrainStep, disagreement,
+    TrainStep, disagreement, gather_counts,
 };
 
 use sae_data::{Cursor, DataFingerprint, Normalizer};
@@ -219,6 +219,18 @@ impl<B: AutodiffBackend> Members<B> {
         Ok(())
     }
 
+    /// A sum of counts `len` long that every peer of this machine joins: the threads add
+    /// zeros, the first peer runs `own` (which sums, or gathers, its counts).
+    fn together<T>(
+        &mut self,
+        len: usize,
+        own: impl FnOnce(&mut BurnPeer<B::InnerBackend>) -> Result<T, SaeError>,
+    ) -> Result<T, SaeError> {
+        self.send(|_| Job::Sum(len))?;
+        let own = own(self.own());
+        self.answers(own)
+    }
+
     /// Every thread's answer (so none is left mid-job), then the first error among `own` and
     /// theirs.
     fn answers<T>(&self, own: Result<T, SaeError>) -> Result<T, SaeError> {
@@ -350,9 +362,7 @@ impl<B: AutodiffBackend> Peers<B> {
         let out = step.train_step_sharded(batch, m.own());
         m.answers(out)
     }
-}
 
-impl<B: AutodiffBackend> Peers<B> {
     /// Whether the run stops before the next step, given whether this machine was asked to
     /// (Ctrl-C, SIGTERM): over several machines, when any machine was, every machine stops at
     /// the same step, each with its checkpoint of the same state.
@@ -360,12 +370,10 @@ impl<B: AutodiffBackend> Peers<B> {
         if self.members.group.machines.is_none() {
             return Ok(here);
         }
-        let m = &mut self.members;
-        m.send(|_| Job::Sum(1))?;
-        let mut asked = [u64::from(here)];
-        let own = m.own().sum_counts(&mut asked);
-        m.answers(own)?;
-        Ok(asked[0] > 0)
+        self.members.together(1, |own| {
+            let mut asked = [u64::from(here)];
+            own.sum_counts(&mut asked).map(|()| asked[0] > 0)
+        })
     }
 }
 
@@ -384,20 +392,16 @@ impl<B: AutodiffBackend> Joined<B> {
             return Ok(None);
         };
         let m = &mut self.members;
-        let (devices, first) = (m.group.devices, m.group.first());
+        let devices = m.group.devices;
         // Per machine: whether it resumes, then its newest checkpoints' steps, each + 1.
         let width = 1 + COMPARED_CHECKPOINTS;
-        let mut slots = vec![0u64; m.group.peers() * width];
-        let mine = &mut slots[first * width..(first + 1) * width];
+        let mut mine = vec![0u64; width];
         mine[0] = 1 + u64::from(resume);
         let newest = &checkpoints[checkpoints.len().saturating_sub(COMPARED_CHECKPOINTS)..];
         for (slot, &step) in mine[1..].iter_mut().zip(newest) {
             *slot = step.saturating_add(1).min((1 << 48) - 1);
         }
-        let len = slots.len();
-        m.send(|_| Job::Sum(len))?;
-        let own = m.own().sum_counts(&mut slots);
-        m.answers(own)?;
+        let slots = m.together(m.group.peers() * width, |own| gather_counts(own, &mine))?;
         let machine = |node: usize| &slots[node * devices * width..(node * devices + 1) * width];
         let resuming: Vec<usize> = (0..machines.nodes)
             .filter(|&node| machine(node)[0] == 2)

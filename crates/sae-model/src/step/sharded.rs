@@ -11,7 +11,7 @@ use sae_alloc::sharded::{
 use sae_alloc::{ScoreMatrix, Selection};
 
 use super::{StepOutput, TrainStep};
-use crate::collective::{Collective, PeerSums};
+use crate::collective::{Collective, PeerSums, gather_counts};
 use crate::error::{Result, SaeError, nan_is_bad_input};
 use crate::rule::BuiltinRule;
 
@@ -96,13 +96,11 @@ impl<B: AutodiffBackend> TrainStep<B> {
 /// an error naming the first peer that failed.
 fn agree(local: Result<usize>, peers: &mut dyn Collective) -> Result<usize> {
     // Per peer: whether it failed, and its rows.
-    let (peer, count) = (peers.peer(), peers.peers());
-    let mut slots = vec![0u64; 2 * count];
-    match &local {
-        Ok(rows) => slots[2 * peer + 1] = *rows as u64,
-        Err(_) => slots[2 * peer] = 1,
-    }
-    peers.sum_counts(&mut slots)?;
+    let mine = match &local {
+        Ok(rows) => [0, *rows as u64],
+        Err(_) => [1, 0],
+    };
+    let slots = gather_counts(peers, &mine)?;
     local?;
     match slots.chunks_exact(2).position(|slot| slot[0] > 0) {
         Some(peer) => Err(SaeError::Collective {
