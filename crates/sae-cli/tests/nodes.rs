@@ -172,6 +172,42 @@ fn two_machines_of_two_devices_train_the_four_device_model() {
     assert_same_evaluation("two machines of two devices", dirs[0], &one);
 }
 
+/// Three machines add in the ring of burn-collective's global all-reduce, whose order follows
+/// the machines' ids; the orchestrator numbers them by their peers, not by the order they
+/// registered in, so two launches in opposite orders end in the same bits.
+#[test]
+fn three_machines_repeat_bit_for_bit_whatever_order_they_start_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = ["--set", "sparsifier.name=\"mutual_choice\""];
+    let mut models = Vec::new();
+    for (launch, order) in [[0, 1, 2], [2, 1, 0]].into_iter().enumerate() {
+        let (_orchestrator, at) = orchestrator();
+        let dirs: Vec<_> = (0..3)
+            .map(|node| tmp.path().join(format!("launch{launch}-node{node}")))
+            .collect();
+        let mut running: Vec<(usize, Running)> = Vec::new();
+        for node in order {
+            let mut args = small_run(&dirs[node], 20, &extra);
+            args.extend(["--set".into(), "distributed.nodes=3".into()]);
+            args.extend(node_flags(node, &at));
+            running.push((node, spawn(&args)));
+            // Each machine registers before the next one starts.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        for (node, m) in running {
+            let (ok, message) = m.finish(LIMIT);
+            assert!(ok, "launch {launch}, machine {node}: {message}");
+        }
+        let held: Vec<_> = dirs.iter().map(|d| weights(d)).collect();
+        assert!(
+            held.iter().all(|w| *w == held[0]),
+            "launch {launch}: the machines differ"
+        );
+        models.push(held[0].clone());
+    }
+    assert!(models[0] == models[1], "the launches differ");
+}
+
 /// Machines that do not hold the same run stop before any step, every one naming what
 /// differs; flags that do not fit the settings are refused before anything starts.
 #[test]

@@ -170,9 +170,15 @@ const LIMBS: usize = 3;
 /// The most peers whose limb sums stay exact.
 pub const MAX_PEERS: usize = 1 << (24 - LIMB_BITS);
 
+/// The peers machine `node` holds when every machine holds `devices`: machine `node` holds
+/// peers `node * devices..(node + 1) * devices`, the one layout of a run over machines.
+pub fn machine_peers(node: usize, devices: usize) -> Range<usize> {
+    node * devices..(node + 1) * devices
+}
+
 /// The machines of a run, as one of them sees them: burn-collective's global level. Each
-/// machine runs one process with the same number of peers (its devices); machine `node` holds
-/// peers `node * devices..(node + 1) * devices`.
+/// machine runs one process with the same number of peers (its devices), laid out by
+/// [`machine_peers`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machines {
     /// The number of machines.
@@ -253,7 +259,7 @@ impl<B: Backend> BurnPeer<B> {
             )));
         }
         let devices = peers / nodes;
-        let local = node * devices..(node + 1) * devices;
+        let local = machine_peers(node, devices);
         if !local.contains(&peer) {
             return Err(SaeError::Config(format!(
                 "peer {peer} is not one of machine {node}'s peers {local:?}"

@@ -30,6 +30,7 @@ pub mod step;
 
 pub use collective::{
     BurnPeer, Collective, Disagreement, Machines, SinglePeer, disagreement, gather_counts,
+    machine_peers,
 };
 pub use dispatch::{BatchAffinities, BatchSelection, select_on_backend};
 pub use error::{Result, SaeError};

@@ -16,7 +16,7 @@ use std::time::Duration;
 use burn::tensor::backend::AutodiffBackend;
 use sae_model::{
     BurnPeer, Collective, Machines, SaeError, Sparsifier, StepOutput, TrainConfig, TrainState,
-    TrainStep, disagreement, gather_counts,
+    TrainStep, disagreement, gather_counts, machine_peers,
 };
 
 use sae_data::{Cursor, DataFingerprint, Normalizer};
@@ -96,7 +96,7 @@ impl Group {
     }
     /// This machine's first peer: the training loop.
     fn first(&self) -> usize {
-        self.devices * self.machines.as_ref().map_or(0, |m| m.node)
+        machine_peers(self.machines.as_ref().map_or(0, |m| m.node), self.devices).start
     }
 }
 
@@ -402,7 +402,10 @@ impl<B: AutodiffBackend> Joined<B> {
             *slot = step.saturating_add(1).min((1 << 48) - 1);
         }
         let slots = m.together(m.group.peers() * width, |own| gather_counts(own, &mine))?;
-        let machine = |node: usize| &slots[node * devices * width..(node * devices + 1) * width];
+        let machine = |node: usize| {
+            let first = machine_peers(node, devices).start;
+            &slots[first * width..(first + 1) * width]
+        };
         let resuming: Vec<usize> = (0..machines.nodes)
             .filter(|&node| machine(node)[0] == 2)
             .collect();

@@ -164,6 +164,30 @@ impl GlobalCollectiveState {
         Ok(())
     }
 
+    /// Numbers the registered nodes by their smallest peer id instead of by the order they
+    /// registered in. The ring all-reduce orders its nodes by id, so the order of every global
+    /// sum (and so its last bits) is then the same on every launch.
+    fn number_nodes_by_first_peer(&mut self) {
+        let mut order: Vec<NodeId> = self.node_peers.keys().copied().collect();
+        order.sort_by_key(|id| (self.node_peers[id].iter().map(|p| p.0).min(), *id));
+        let renumbered: HashMap<NodeId, NodeId> = order
+            .into_iter()
+            .enumerate()
+            .map(|(position, old)| (old, NodeId::from(position)))
+            .collect();
+        for id in self.registered_nodes.values_mut() {
+            *id = renumbered[id];
+        }
+        self.node_addresses = core::mem::take(&mut self.node_addresses)
+            .into_iter()
+            .map(|(id, address)| (renumbered[&id], address))
+            .collect();
+        self.node_peers = core::mem::take(&mut self.node_peers)
+            .into_iter()
+            .map(|(id, peers)| (renumbered[&id], peers))
+            .collect();
+    }
+
     async fn register(
         &mut self,
         session_id: SessionId,
@@ -197,10 +221,12 @@ impl GlobalCollectiveState {
             .push((session_id, request_id, node_id));
 
         if self.registered_nodes.len() == num_nodes as usize {
+            self.number_nodes_by_first_peer();
             let mut callbacks = vec![];
             core::mem::swap(&mut callbacks, &mut self.register_requests);
 
-            for (session, request, node_id) in callbacks {
+            for (session, request, _) in callbacks {
+                let node_id = self.registered_nodes[&session];
                 let content = RemoteResponse::Register {
                     node_id,
                     nodes: self.node_addresses.clone(),
