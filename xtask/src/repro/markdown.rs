@@ -60,8 +60,14 @@ pub fn results_markdown(runs: &[RunResult], docs_dir: &Path, options: &Options) 
     if let Some(s) = scale {
         let _ = writeln!(
             md,
-            "Each run: {} features, k = {}, batch {}, {} training tokens, {} eval tokens.",
-            s.d_sae, s.k, s.batch_size, s.total_tokens, s.eval_tokens
+            "Each run: {} features, k = {}, batch {}, {} training tokens, {} eval tokens \
+             ({} on the real activations, whose held-out split is small).",
+            s.d_sae,
+            s.k,
+            s.batch_size,
+            s.total_tokens,
+            s.eval_tokens,
+            s.eval_tokens.min(super::config::REAL_EVAL_TOKENS)
         );
     }
     if options.wide && !options.smoke {
