@@ -66,7 +66,8 @@ enum Command {
         orchestrator: Option<String>,
     },
     /// Serve as the meeting point of the machines of a run over several machines
-    /// (`distributed.nodes`) until stopped; start it first, one per run.
+    /// (`distributed.nodes`) until stopped; start it first. It serves one launch at a time,
+    /// launch after launch (a resume, the next run).
     Orchestrator {
         /// The port to listen on, on every interface of this machine.
         #[arg(long)]

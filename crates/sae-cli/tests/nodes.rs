@@ -1,7 +1,8 @@
 //! `sae train` on several machines (`distributed.nodes`), here processes on this machine
 //! meeting at `sae orchestrator` on localhost: the machines train the model one machine trains
 //! with as many devices, bit for bit; machines that differ in settings are refused; a machine
-//! that dies stops the others within the timeout, and the run resumes.
+//! that dies stops the others within the timeout, and the run resumes; an orchestrator that
+//! stops after the machines met leaves the run going.
 
 mod common;
 
@@ -114,6 +115,8 @@ const LIMIT: Duration = Duration::from_secs(300);
 #[test]
 fn two_machines_train_the_model_one_machine_with_two_devices_trains() {
     let tmp = tempfile::tempdir().unwrap();
+    // One orchestrator serves both launches.
+    let (_orchestrator, at) = orchestrator();
     for rule in ["mutual_choice", "feature_choice"] {
         let name = format!("sparsifier.name=\"{rule}\"");
         let one = tmp.path().join(format!("{rule}-one"));
@@ -123,7 +126,6 @@ fn two_machines_train_the_model_one_machine_with_two_devices_trains() {
             &["--set", &name, "--set", "distributed.devices=2"],
         ));
         assert!(out.status.success(), "{}", text(&out));
-        let (_orchestrator, at) = orchestrator();
         let dirs = [
             tmp.path().join(format!("{rule}-node0")),
             tmp.path().join(format!("{rule}-node1")),
@@ -306,11 +308,15 @@ fn a_machine_that_dies_stops_the_other_within_the_timeout_and_the_run_resumes() 
     let (ok, message) = first.finish(LIMIT);
     let took = killed.elapsed();
     assert!(!ok, "machine 0 went on alone");
-    // The engine's transfer from the dead machine fails, or the sum waits out the timeout.
+    // The engine's transfer from the dead machine breaks, which names it, or the sum waits
+    // out the timeout, which names the peers of the other machines.
     assert!(
-        message.contains("peers [1] of the other machines"),
+        message.contains("the transfer from machine 1 (peers [1]) broke")
+            || message.contains("peers [1] of the other machines"),
         "{message}"
     );
+    // The engine reports the loss as an error, not as a panic of its tasks.
+    assert!(!message.contains("panicked"), "{message}");
     assert!(
         took < Duration::from_secs(30),
         "machine 0 stopped after {took:?}"
@@ -319,10 +325,36 @@ fn a_machine_that_dies_stops_the_other_within_the_timeout_and_the_run_resumes() 
         !dirs[0].join("model").exists(),
         "machine 0 finished the run alone"
     );
-    drop(orchestrator_process);
 
-    // The machines agree on the checkpoint to resume.
-    resume_to_the_end(&dirs);
+    // The machines agree on the checkpoint to resume; the orchestrator of the failed launch
+    // has forgotten it and serves this one.
+    resume_to_the_end(&dirs, &at);
+    drop(orchestrator_process);
+    assert!(weights(dirs[0]) == weights(&whole), "machine 0");
+    assert!(weights(dirs[1]) == weights(&whole), "machine 1");
+}
+
+/// The orchestrator is the machines' meeting point, not part of their sums: once they have
+/// met, it may stop, and the run ends as if it had not (no panic when the machines unregister
+/// from an orchestrator that is gone).
+#[test]
+fn an_orchestrator_that_stops_after_the_machines_met_does_not_stop_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let steps = 300;
+    let settings = ["--set", "distributed.timeout_seconds=5"];
+    let whole = uninterrupted(tmp.path(), steps);
+
+    let dirs = [tmp.path().join("node0"), tmp.path().join("node1")];
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let (orchestrator_process, at) = orchestrator();
+    let running = machines(&dirs, steps, &settings, &at, |_| vec![]);
+    wait_for_checkpoints(&dirs);
+    drop(orchestrator_process); // SIGKILL
+    for (node, m) in running.into_iter().enumerate() {
+        let (ok, message) = m.finish(LIMIT);
+        assert!(ok, "machine {node}: {message}");
+        assert!(!message.contains("panicked"), "machine {node}: {message}");
+    }
     assert!(weights(dirs[0]) == weights(&whole), "machine 0");
     assert!(weights(dirs[1]) == weights(&whole), "machine 1");
 }
@@ -349,14 +381,13 @@ fn wait_for_checkpoints(dirs: &[&Path]) {
     }
 }
 
-/// Resumes the run of `dirs` on as many machines, with a new orchestrator, to its end.
-fn resume_to_the_end(dirs: &[&Path]) {
-    let (_orchestrator, at) = orchestrator();
+/// Resumes the run of `dirs` on as many machines, meeting at the orchestrator `at`, to its end.
+fn resume_to_the_end(dirs: &[&Path], at: &str) {
     let resumed: Vec<Running> = dirs
         .iter()
         .enumerate()
         .map(|(node, dir)| {
-            let flags = node_flags(node, &at);
+            let flags = node_flags(node, at);
             let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
             spawn(&resume_args(dir, &flags))
         })
@@ -402,7 +433,8 @@ fn a_signal_to_one_machine_stops_every_machine_at_the_same_step() {
         "the run was not interrupted"
     );
 
-    resume_to_the_end(&dirs);
+    // The launch that ended serves the next one from the same orchestrator.
+    resume_to_the_end(&dirs, &at);
     assert!(weights(dirs[0]) == weights(&whole), "machine 0");
     assert!(weights(dirs[1]) == weights(&whole), "machine 1");
 }

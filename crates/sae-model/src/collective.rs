@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
-use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+use burn_collective::{
+    CollectiveConfig, CollectiveError, GlobalCollectiveError, PeerId, ReduceOperation,
+};
 use sae_alloc::sharded::Exchange;
 
 use crate::error::{Result, SaeError};
@@ -356,13 +358,32 @@ impl<B: Backend> BurnPeer<B> {
                     return Err(collective_error(self.peer, "all-reduce", e));
                 }
                 self.stuck = true;
-                return Err(SaeError::Collective {
-                    peer: self.peer,
-                    reason: format!(
+                let reason = match e {
+                    // The transfer from one machine broke; it stopped, or (with more than two
+                    // machines) it gave up on the loss of another one.
+                    CollectiveError::Global(GlobalCollectiveError::PeerLost(node)) => {
+                        let node = u32::from(node) as usize;
+                        let peers = machine_peers(node, self.local.len());
+                        format!(
+                            "sum {sum} failed: the transfer from machine {node} (peers {:?}) broke: \
+                             it stopped or is unreachable{}",
+                            peers.collect::<Vec<_>>(),
+                            if self.peers / self.local.len() > 2 {
+                                ", or it stopped on the loss of another machine"
+                            } else {
+                                ""
+                            }
+                        )
+                    }
+                    e => format!(
                         "sum {sum} failed ({e:?}): peers {:?} of the other machines, or some of \
                          them, stopped or are unreachable",
                         others()
                     ),
+                };
+                return Err(SaeError::Collective {
+                    peer: self.peer,
+                    reason,
                 });
             }
             None => {
@@ -427,7 +448,7 @@ fn within<T: Send + 'static>(
     result.recv_timeout(timeout).ok()
 }
 
-fn collective_error(peer: usize, what: &str, e: burn_collective::CollectiveError) -> SaeError {
+fn collective_error(peer: usize, what: &str, e: CollectiveError) -> SaeError {
     SaeError::Collective {
         peer,
         reason: format!("{what}: {e:?}"),
@@ -481,8 +502,13 @@ impl<B: Backend> Drop for BurnPeer<B> {
     fn drop(&mut self) {
         // A peer unwinding from a panic stays registered: the others' next sum then waits
         // for it instead of going on without it. Otherwise there is nothing to report to.
+        // Unregistering asks the orchestrator (the last peer of a machine does); one that
+        // stopped or cannot be reached is waited for at most the timeout.
         if !std::thread::panicking() && !self.stuck {
-            let _ = burn_collective::finish_collective::<B>(self.id);
+            let id = self.id;
+            let _ = within(self.timeout, move || {
+                burn_collective::finish_collective::<B>(id)
+            });
         }
     }
 }

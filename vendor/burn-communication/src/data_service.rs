@@ -127,16 +127,17 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
         for (_, stream) in streams.drain() {
             let mut stream = stream.lock().await;
 
-            stream
-                .close()
-                .await
-                .expect("Failed to close WebSocket stream");
+            // A stream whose peer is gone is closed already.
+            if let Err(err) = stream.close().await {
+                log::warn!("Could not close a data stream: {err:?}");
+            }
         }
     }
 
     /// Downloads a tensor that is exposed on another server. Requires a Tokio 1.x runtime
     ///
-    /// Returns None if the peer closes the connection
+    /// Returns None if the peer cannot be reached, closes the connection or answers with
+    /// something that is not a tensor.
     pub async fn download_tensor(
         &self,
         remote: Address,
@@ -144,18 +145,30 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
     ) -> Option<TensorData> {
         log::info!("Downloading tensor from {remote:?}");
 
-        let stream = self.get_data_stream(remote).await;
-        let mut stream = stream.lock().await;
+        let stream = self.get_data_stream(remote.clone()).await?;
+        let data = Self::request_tensor(&mut *stream.lock().await, transfer_id).await;
+        if data.is_none() {
+            // A broken stream is not used again: the next download reconnects (or fails).
+            self.channels.lock().await.remove(&remote);
+        }
+        data
+    }
 
+    /// Asks for tensor `transfer_id` on `stream` and reads it; `None` when the stream breaks
+    /// or answers with something that is not a tensor.
+    async fn request_tensor(
+        stream: &mut <P::Client as ProtocolClient>::Channel,
+        transfer_id: TensorTransferId,
+    ) -> Option<TensorData> {
         // Send the download request with the download id
         let bytes: bytes::Bytes =
             rmp_serde::to_vec(&DataServiceMessage::TensorRequest(transfer_id))
                 .unwrap()
                 .into();
-        stream
-            .send(Message::new(bytes))
-            .await
-            .expect("Failed to send download id");
+        if let Err(err) = stream.send(Message::new(bytes)).await {
+            log::warn!("Could not request a tensor: {err:?}");
+            return None;
+        }
 
         if let Ok(msg) = stream.recv().await {
             let Some(msg) = msg else {
@@ -163,37 +176,42 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
                 return None;
             };
 
-            let DataServiceMessage::Tensor(data) = rmp_serde::from_slice(&msg.data)
-                .expect("Can deserialize messages from the websocket.")
-            else {
-                panic!("Message should have been TensorData")
+            return match rmp_serde::from_slice(&msg.data) {
+                Ok(DataServiceMessage::Tensor(data)) => Some(data),
+                Ok(DataServiceMessage::TensorRequest(_)) => {
+                    log::warn!("A request came where a tensor was expected");
+                    None
+                }
+                Err(err) => {
+                    log::warn!("Unreadable tensor message: {err}");
+                    None
+                }
             };
-            return Some(data);
         }
         log::warn!("Closed connection");
         None
     }
 
-    /// Get the WebSocket stream for the given address, or create a new one if it doesn't exist.
+    /// Get the WebSocket stream for the given address, or create a new one if it doesn't exist;
+    /// `None` if the address cannot be reached.
     async fn get_data_stream(
         &self,
         address: Address,
-    ) -> Arc<Mutex<<P::Client as ProtocolClient>::Channel>> {
+    ) -> Option<ClientChannelRef<P::Client>> {
         let mut streams = self.channels.lock().await;
         match streams.get(&address) {
-            Some(stream) => stream.clone(),
+            Some(stream) => Some(stream.clone()),
             None => {
                 // Open a new WebSocket connection to the address
-                let stream = P::Client::connect(address.clone(), "data").await;
-
-                let Some(stream) = stream else {
-                    panic!("Failed to connect to data server at {address:?}");
+                let Some(stream) = P::Client::connect(address.clone(), "data").await else {
+                    log::warn!("Failed to connect to data server at {address:?}");
+                    return None;
                 };
 
                 let stream = Arc::new(Mutex::new(stream));
                 streams.insert(address.clone(), stream.clone());
 
-                stream
+                Some(stream)
             }
         }
     }
@@ -235,27 +253,39 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
     ) {
         log::info!("[Data Handler] New connection for download.");
 
+        // A peer that stops or sends garbage ends its connection, not this process: the
+        // peer's own transfer fails and reports the loss.
         while !self.cancel_token.is_cancelled() {
-            match channel.recv().await {
-                Ok(message) => {
-                    if let Some(msg) = message {
-                        let bytes = msg.data;
-                        let msg: DataServiceMessage = rmp_serde::from_slice(&bytes)
-                            .expect("Can deserialize messages from the websocket.");
-                        let DataServiceMessage::TensorRequest(transfer_id) = msg else {
-                            panic!("Received a message that wasn't a tensor request! {msg:?}");
-                        };
-
-                        let bytes = self.get_exposed_tensor_bytes(transfer_id).await.unwrap();
-
-                        channel.send(Message::new(bytes)).await.unwrap();
-                    } else {
-                        log::info!("Closed connection");
-                        return;
-                    }
+            let message = match channel.recv().await {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    log::info!("Closed connection");
+                    return;
                 }
-                Err(err) => panic!("Failed to receive message from websocket: {err:?}"),
+                Err(err) => {
+                    log::warn!("[Data Service] Download connection broke: {err:?}");
+                    return;
+                }
             };
+            let transfer_id = match rmp_serde::from_slice(&message.data) {
+                Ok(DataServiceMessage::TensorRequest(transfer_id)) => transfer_id,
+                Ok(DataServiceMessage::Tensor(_)) => {
+                    log::warn!("[Data Service] A tensor came where a request was expected");
+                    return;
+                }
+                Err(err) => {
+                    log::warn!("[Data Service] Unreadable request: {err}");
+                    return;
+                }
+            };
+            // Waits until the tensor is exposed; never returns `None`.
+            let Some(bytes) = self.get_exposed_tensor_bytes(transfer_id).await else {
+                return;
+            };
+            if let Err(err) = channel.send(Message::new(bytes)).await {
+                log::warn!("[Data Service] Could not send a tensor: {err:?}");
+                return;
+            }
         }
         log::info!("[Data Service] Closing connection for download.");
     }

@@ -1,5 +1,7 @@
 pub(crate) mod node;
 pub(crate) mod shared;
+// Reachable through `CollectiveError::Global`, so nameable.
+pub use shared::GlobalCollectiveError;
 
 #[cfg(feature = "orchestrator")]
 pub mod orchestrator;

@@ -67,7 +67,8 @@ impl CommunicationChannel for WsClientChannel {
                 Err(err) => Err(WsClientError::Tungstenite(err)),
                 msg => Err(WsClientError::UnknownMessage(format!("{msg:?}"))),
             },
-            None => todo!(),
+            // The stream ended without a closing frame: the peer is gone.
+            None => Ok(None),
         }
     }
 

@@ -100,7 +100,8 @@ impl CommunicationChannel for WsServerChannel {
                 Err(err) => Err(WsServerError::Axum(err)),
                 msg => Err(WsServerError::UnknownMessage(format!("{msg:?}"))),
             },
-            None => todo!(),
+            // The stream ended without a closing frame: the peer is gone.
+            None => Ok(None),
         }
     }
 

@@ -40,8 +40,8 @@ where
                     let data = data_service
                         .download_tensor((*address).clone(), 0.into())
                         .await
-                        .expect("Couldn't find the tensor for transfer id 0");
-                    B::float_from_data(data, &device)
+                        .ok_or(GlobalCollectiveError::PeerLost(*id))?;
+                    Ok::<_, GlobalCollectiveError>(B::float_from_data(data, &device))
                 }
             })
             .collect::<FuturesUnordered<_>>();
@@ -49,6 +49,7 @@ where
         // Sum all downloads async
         let mut sum = tensor;
         while let Some(res) = futures.next().await {
+            let res = res?;
             if shape != res.shape() {
                 return Err(GlobalCollectiveError::PeerSentIncoherentTensor);
             }
@@ -71,7 +72,7 @@ where
         let data = data_service
             .download_tensor(central_addr, 1.into())
             .await
-            .expect("Couldn't find the tensor for transfer id 1");
+            .ok_or(GlobalCollectiveError::PeerLost(central))?;
 
         let res = B::float_from_data(data, device);
         if shape != res.shape() {
@@ -82,7 +83,7 @@ where
     };
 
     // Wait for all nodes to finish
-    sync_service.sync().await;
+    sync_service.sync().await?;
 
     Ok(res)
 }

@@ -8,7 +8,7 @@ use burn_communication::{CommunicationChannel, Message, Protocol, ProtocolClient
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, RwLock};
 
-use crate::{NodeId, node::base::NodeState};
+use crate::{NodeId, global::shared::GlobalCollectiveError, node::base::NodeState};
 
 /// Handles the status of sync requests from other nodes
 pub(crate) struct SyncService<P: Protocol> {
@@ -40,8 +40,8 @@ impl<P: Protocol> SyncService<P> {
         syncing_peers.push(peer);
     }
 
-    /// Sync with all peers.
-    pub async fn sync(&self) {
+    /// Sync with all peers; a peer that cannot be reached fails the sync.
+    pub async fn sync(&self) -> Result<(), GlobalCollectiveError> {
         // we can't sync while we register
         let node_state = self.node_state.read().await;
         let node_state = node_state
@@ -57,13 +57,13 @@ impl<P: Protocol> SyncService<P> {
 
             let mut connection = P::Client::connect(addr.clone(), "sync")
                 .await
-                .expect("Couldn't connect to peer for sync");
+                .ok_or(GlobalCollectiveError::PeerLost(*id))?;
             let msg = SyncRequest(node_state.node_id);
             let sync_bytes = rmp_serde::to_vec(&msg).unwrap();
             connection
                 .send(Message::new(sync_bytes.into()))
                 .await
-                .expect("Peer closed connection unexpectedly");
+                .map_err(|_| GlobalCollectiveError::PeerLost(*id))?;
         }
         let mut all_node_ids = node_state.nodes.keys().cloned().collect::<Vec<_>>();
         all_node_ids.sort();
@@ -82,7 +82,7 @@ impl<P: Protocol> SyncService<P> {
                     // All nodes have synced: the next sync starts from an empty list (no node
                     // can request it before this one has returned from this sync).
                     syncing_peers.clear();
-                    return;
+                    return Ok(());
                 }
             }
             // Wait for the next sync to come in
@@ -91,12 +91,23 @@ impl<P: Protocol> SyncService<P> {
     }
 
     pub async fn handle_sync_connection<C: CommunicationChannel>(&self, mut channel: C) {
-        let msg = channel.recv().await.unwrap();
-        let Some(msg) = msg else {
-            return;
+        // A machine that stops mid-request ends its own connection, not this process; its
+        // loss shows in this machine's next transfer or sync.
+        let msg = match channel.recv().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return,
+            Err(err) => {
+                log::warn!("A sync connection broke: {err:?}");
+                return;
+            }
         };
-
-        let msg = rmp_serde::from_slice::<SyncRequest>(&msg.data).unwrap();
+        let msg = match rmp_serde::from_slice::<SyncRequest>(&msg.data) {
+            Ok(msg) => msg,
+            Err(err) => {
+                log::warn!("Unreadable sync request: {err}");
+                return;
+            }
+        };
 
         self.add_syncing_peer(msg.0);
 

@@ -53,7 +53,7 @@ where
             .collect::<FuturesUnordered<_>>();
 
         for _ in children {
-            let res = downloads.next().await.unwrap().unwrap();
+            let res = downloads.next().await.expect("one download per child")?;
             if res.shape() != shape {
                 return Err(GlobalCollectiveError::PeerSentIncoherentTensor);
             }
@@ -89,7 +89,7 @@ where
     }
 
     // Final barrier
-    sync_service.sync().await;
+    sync_service.sync().await?;
 
     Ok(result)
 }

@@ -27,12 +27,15 @@ pub(crate) struct GlobalClientWorker<P: ProtocolClient> {
 // Rename
 struct GlobalClientWorkerState {
     requests: HashMap<RequestId, Sender<RemoteResponse>>,
+    /// The connection to the orchestrator has ended: no answer can come any more.
+    closed: bool,
 }
 
 impl GlobalClientWorkerState {
     fn new() -> Self {
         Self {
             requests: HashMap::new(),
+            closed: false,
         }
     }
 }
@@ -164,11 +167,10 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
             if let Some(mut stream) = result {
                 let init_msg = CollectiveMessage::Init(session_id);
                 let bytes: bytes::Bytes = rmp_serde::to_vec(&init_msg).unwrap().into();
-                stream
-                    .send(Message::new(bytes))
-                    .await
-                    .expect("Can send the init message on the websocket.");
-                return Some(stream);
+                match stream.send(Message::new(bytes)).await {
+                    Ok(()) => return Some(stream),
+                    Err(err) => log::warn!("Connected to {address}, then lost it: {err:?}"),
+                }
             }
 
             log::warn!("Failed to connect to {address}, retrying... Attempt #{retries}");
@@ -183,12 +185,12 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
             // Un-register from server
             let req = RemoteRequest::Finish;
             let resp = self.request(req).await;
+            // The connection ends whatever the answer: nothing more will be asked.
+            self.cancel_token.cancel();
             if resp != RemoteResponse::FinishAck {
-                log::error!("Requested to finish, did not get FinishAck; got {resp:?}");
+                log::warn!("Requested to finish, did not get FinishAck; got {resp:?}");
                 return Err(GlobalCollectiveError::WrongOrchestratorResponse);
             }
-
-            self.cancel_token.cancel();
 
             if let Err(e) = handle.await.unwrap() {
                 log::error!("Connection error {e:?}");
@@ -213,7 +215,7 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
                 response = stream_response.recv() => {
                     match response {
                         Err(err) => {
-                            log::error!("Error receiving message from websocket: {err:?}");
+                            log::warn!("Lost the connection to the orchestrator: {err:?}");
                             break;
                         }
                         Ok(response) => {
@@ -222,14 +224,20 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
                                 break;
                             };
 
-                            let response: CollectiveMessageResponse = rmp_serde::from_slice(&response.data)
-                                .expect("Can deserialize messages from the websocket.");
+                            let response: CollectiveMessageResponse = match rmp_serde::from_slice(&response.data) {
+                                Ok(response) => response,
+                                Err(err) => {
+                                    log::error!("Unreadable message from the orchestrator: {err}");
+                                    break;
+                                }
+                            };
                             let state_resp = state.lock().await;
-                            let response_callback = state_resp
-                                .requests
-                                .get(&response.request_id)
-                                .expect("Got a response to an unknown request");
-                            response_callback.send(response.content).await.unwrap();
+                            let Some(response_callback) = state_resp.requests.get(&response.request_id) else {
+                                log::error!("The orchestrator answered an unknown request");
+                                break;
+                            };
+                            // A requester that gave up no longer listens.
+                            let _ = response_callback.send(response.content).await;
                         }
                     }
                 }
@@ -237,10 +245,15 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
         }
 
         log::info!("Worker closing connection");
-        stream_response
-            .close()
-            .await
-            .expect("Can close the websocket stream.");
+        // Pending and later requests see their callbacks dropped and fail (see `request`).
+        {
+            let mut state = state.lock().await;
+            state.closed = true;
+            state.requests.clear();
+        }
+        if let Err(err) = stream_response.close().await {
+            log::warn!("Could not close the connection to the orchestrator: {err:?}");
+        }
     }
 
     async fn request_sender(
@@ -256,7 +269,8 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
                 },
                 request = request_recv.recv() => {
                     let Some(request) = request else {
-                        continue;
+                        // The worker is gone: nothing more will be asked.
+                        break;
                     };
 
                     let id = RequestId::new();
@@ -264,6 +278,10 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
                     // Register the callback if there is one
                     {
                         let mut state = worker.lock().await;
+                        if state.closed {
+                            // No answer can come: dropping the callback fails the request.
+                            break;
+                        }
                         state.requests.insert(id, request.callback);
                     }
 
@@ -272,26 +290,30 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
                     let bytes = rmp_serde::to_vec::<CollectiveMessage>(&request)
                         .expect("Can serialize tasks to bytes.")
                         .into();
-                    stream_request
-                        .send(Message::new(bytes))
-                        .await
-                        .expect("Can send the message on the websocket.");
+                    if let Err(err) = stream_request.send(Message::new(bytes)).await {
+                        log::error!("Could not send a request to the orchestrator: {err:?}");
+                        worker.lock().await.requests.remove(&id);
+                        break;
+                    }
                 }
             }
         }
 
         log::info!("Worker closing connection");
-        stream_request
-            .close()
-            .await
-            .expect("Can send the close message on the websocket.");
+        if let Err(err) = stream_request.close().await {
+            log::warn!("Could not close the connection to the orchestrator: {err:?}");
+        }
     }
 
+    /// Sends a request to the orchestrator and waits for its answer; an orchestrator that
+    /// cannot be reached any more answers `OrchestratorUnreachable`.
     pub(crate) async fn request(&self, req: RemoteRequest) -> RemoteResponse {
+        let unreachable = || RemoteResponse::Error(GlobalCollectiveError::OrchestratorUnreachable);
         let (callback, mut response_recv) = tokio::sync::mpsc::channel::<RemoteResponse>(10);
         let client_req = ClientRequest::new(req, callback);
-        self.request_sender.send(client_req).await.unwrap();
-
-        response_recv.recv().await.unwrap()
+        if self.request_sender.send(client_req).await.is_err() {
+            return unreachable();
+        }
+        response_recv.recv().await.unwrap_or_else(unreachable)
     }
 }

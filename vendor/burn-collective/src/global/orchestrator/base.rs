@@ -76,9 +76,8 @@ impl GlobalOrchestrator {
             return Err(GlobalCollectiveError::FirstMsgNotInit);
         };
 
-        let mut receiver = {
-            let mut state = self.state.lock().await;
-            state.get_session_responder(id)
+        let Some(mut receiver) = self.state.lock().await.get_session_responder(id) else {
+            return Err(GlobalCollectiveError::DoubleRegister);
         };
 
         while let Some(response) = receiver.recv().await {
@@ -99,32 +98,42 @@ impl GlobalOrchestrator {
 
         let mut session_id = None;
 
-        loop {
-            let packet = stream.recv().await?;
-            let Some(msg) = packet else {
-                log::info!("Peer closed the connection");
-                break;
-            };
+        let served = async {
+            loop {
+                let packet = stream.recv().await?;
+                let Some(msg) = packet else {
+                    log::info!("Peer closed the connection");
+                    break;
+                };
 
-            let mut state = self.state.lock().await;
+                let mut state = self.state.lock().await;
 
-            let msg = rmp_serde::from_slice::<CollectiveMessage>(&msg.data)
-                .map_err(|_| GlobalCollectiveError::InvalidMessage)?;
-            match msg {
-                CollectiveMessage::Init(id) => {
-                    state.init_session(id);
-                    session_id = Some(id);
-                }
-                CollectiveMessage::Request(request_id, remote_request) => {
-                    let session_id = session_id.ok_or(GlobalCollectiveError::FirstMsgNotInit)?;
-                    state
-                        .process_request(session_id, request_id, remote_request)
-                        .await;
+                let msg = rmp_serde::from_slice::<CollectiveMessage>(&msg.data)
+                    .map_err(|_| GlobalCollectiveError::InvalidMessage)?;
+                match msg {
+                    CollectiveMessage::Init(id) => {
+                        state.init_session(id);
+                        session_id = Some(id);
+                    }
+                    CollectiveMessage::Request(request_id, remote_request) => {
+                        let session_id =
+                            session_id.ok_or(GlobalCollectiveError::FirstMsgNotInit)?;
+                        state
+                            .process_request(session_id, request_id, remote_request)
+                            .await;
+                    }
                 }
             }
+            Ok(())
         }
+        .await;
 
-        Ok(())
+        // However the connection ended, its node is gone: a crashed node must not hold a
+        // place in the next launch.
+        if let Some(id) = session_id {
+            self.state.lock().await.disconnect(id).await;
+        }
+        served
     }
 }
 

@@ -10,16 +10,18 @@ use crate::{
 };
 use burn_communication::Address;
 use std::collections::HashMap;
-use tokio::sync::mpsc::{Receiver, Sender};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 pub(crate) struct Session {
-    response_sender: Sender<CollectiveMessageResponse>,
-    response_receiver: Option<Receiver<CollectiveMessageResponse>>,
+    // Unbounded: answers are sent under the state's lock, which must never wait on a node.
+    response_sender: UnboundedSender<CollectiveMessageResponse>,
+    response_receiver: Option<UnboundedReceiver<CollectiveMessageResponse>>,
 }
 
 impl Session {
     fn new() -> Self {
-        let (response_sender, recv) = tokio::sync::mpsc::channel::<CollectiveMessageResponse>(1);
+        let (response_sender, recv) =
+            tokio::sync::mpsc::unbounded_channel::<CollectiveMessageResponse>();
         Self {
             response_sender,
             response_receiver: Some(recv),
@@ -27,7 +29,10 @@ impl Session {
     }
 
     async fn respond(&mut self, response: CollectiveMessageResponse) {
-        self.response_sender.send(response).await.unwrap();
+        // A node whose connection broke has no one to read its answers.
+        if self.response_sender.send(response).is_err() {
+            log::warn!("A response to a node that is gone was dropped");
+        }
     }
 }
 
@@ -46,7 +51,21 @@ pub(crate) struct GlobalCollectiveState {
 
     register_requests: Vec<(SessionId, RequestId, NodeId)>,
 
+    /// Every node of the current launch has registered, and some have not left yet.
+    launched: bool,
+    /// Register requests of the next launch, answered once the current one has ended.
+    waiting: Vec<WaitingRegister>,
+
     sessions: HashMap<SessionId, Session>,
+}
+
+/// A register request held until the launch before it has ended.
+struct WaitingRegister {
+    session_id: SessionId,
+    request_id: RequestId,
+    node_addr: Address,
+    num_nodes: u32,
+    peers: Vec<PeerId>,
 }
 
 impl GlobalCollectiveState {
@@ -58,6 +77,8 @@ impl GlobalCollectiveState {
             cur_num_nodes: None,
             num_global_peers: 0,
             register_requests: Vec::new(),
+            launched: false,
+            waiting: Vec::new(),
             sessions: HashMap::new(),
         }
     }
@@ -69,16 +90,14 @@ impl GlobalCollectiveState {
         self.sessions.insert(id, Session::new());
     }
 
-    /// Create the session with given id if necessary, and get the response receiver
+    /// Create the session with given id if necessary, and get the response receiver; `None`
+    /// if another connection took it already.
     pub(crate) fn get_session_responder(
         &mut self,
         id: SessionId,
-    ) -> Receiver<CollectiveMessageResponse> {
+    ) -> Option<UnboundedReceiver<CollectiveMessageResponse>> {
         self.init_session(id);
-        let session = self.sessions.get_mut(&id).unwrap();
-        let response_recv = session.response_receiver.take();
-
-        response_recv.unwrap()
+        self.sessions.get_mut(&id)?.response_receiver.take()
     }
 
     pub(crate) async fn respond(
@@ -86,8 +105,51 @@ impl GlobalCollectiveState {
         session_id: SessionId,
         response: CollectiveMessageResponse,
     ) {
-        let session = self.sessions.get_mut(&session_id).unwrap();
-        session.respond(response).await;
+        match self.sessions.get_mut(&session_id) {
+            Some(session) => session.respond(response).await,
+            None => log::warn!("A response to a node that is gone was dropped"),
+        }
+    }
+
+    /// Forgets the node of a connection that ended, whether it finished, stopped or crashed:
+    /// its session, its registration and any register request of it still waiting. Once no
+    /// node is registered, the next launch may have any number of nodes; so the orchestrator
+    /// serves launch after launch, a failed one included.
+    pub(crate) async fn disconnect(&mut self, session_id: SessionId) {
+        self.sessions.remove(&session_id);
+        self.waiting.retain(|w| w.session_id != session_id);
+        self.register_requests.retain(|(session, _, _)| *session != session_id);
+        if let Some(node_id) = self.registered_nodes.remove(&session_id) {
+            log::info!("Node {node_id:?} left before finishing");
+            self.node_addresses.remove(&node_id);
+            self.node_peers.remove(&node_id);
+        }
+        self.next_launch_when_empty().await;
+    }
+
+    /// With no node registered, the launch is over: the next one starts afresh, with the
+    /// register requests that came while this one ran.
+    async fn next_launch_when_empty(&mut self) {
+        if !self.registered_nodes.is_empty() {
+            return;
+        }
+        self.cur_num_nodes = None;
+        self.num_global_peers = 0;
+        self.launched = false;
+        for w in core::mem::take(&mut self.waiting) {
+            let request_id = w.request_id;
+            if let Err(err) = self
+                .register(w.session_id, request_id, w.node_addr, w.num_nodes, w.peers)
+                .await
+            {
+                let content = RemoteResponse::Error(err);
+                let response = CollectiveMessageResponse {
+                    request_id,
+                    content,
+                };
+                self.respond(w.session_id, response).await;
+            }
+        }
     }
 
     /// Process an incoming node's request
@@ -133,7 +195,6 @@ impl GlobalCollectiveState {
             .ok_or(GlobalCollectiveError::NotRegisteredOnFinish)?;
         self.node_addresses.remove(&node_id);
         self.node_peers.remove(&node_id);
-        self.num_global_peers = 0;
 
         let mut register_requests = vec![];
         core::mem::swap(&mut register_requests, &mut self.register_requests);
@@ -160,6 +221,8 @@ impl GlobalCollectiveState {
             },
         )
         .await;
+
+        self.next_launch_when_empty().await;
 
         Ok(())
     }
@@ -196,6 +259,18 @@ impl GlobalCollectiveState {
         num_nodes: u32,
         peers: Vec<PeerId>,
     ) -> Result<(), GlobalCollectiveError> {
+        if self.launched {
+            // A node of the next launch (a resume, the next run) while machines of this one
+            // are still finishing: it waits for them to leave.
+            self.waiting.push(WaitingRegister {
+                session_id,
+                request_id,
+                node_addr,
+                num_nodes,
+                peers,
+            });
+            return Ok(());
+        }
         match &self.cur_num_nodes {
             Some(cur_num_nodes) => {
                 if *cur_num_nodes != num_nodes {
@@ -207,13 +282,17 @@ impl GlobalCollectiveState {
             }
         }
 
-        self.num_global_peers += peers.len() as u32;
-
-        let node_id: NodeId = self.registered_nodes.len().into();
-        self.registered_nodes.insert(session_id, node_id);
-        if self.node_addresses.values().any(|addr| node_addr == *addr) {
+        if self.registered_nodes.contains_key(&session_id)
+            || self.node_addresses.values().any(|addr| node_addr == *addr)
+        {
             return Err(GlobalCollectiveError::DoubleRegister);
         }
+        // The first free number: nodes that left before the launch completed free theirs.
+        let node_id: NodeId = (0u32..)
+            .map(NodeId::from)
+            .find(|id| !self.node_peers.contains_key(id))
+            .expect("fewer than 2^32 nodes");
+        self.registered_nodes.insert(session_id, node_id);
         self.node_addresses.insert(node_id, node_addr);
         self.node_peers.insert(node_id, peers);
 
@@ -221,6 +300,8 @@ impl GlobalCollectiveState {
             .push((session_id, request_id, node_id));
 
         if self.registered_nodes.len() == num_nodes as usize {
+            self.launched = true;
+            self.num_global_peers = self.node_peers.values().map(|p| p.len() as u32).sum();
             self.number_nodes_by_first_peer();
             let mut callbacks = vec![];
             core::mem::swap(&mut callbacks, &mut self.register_requests);
