@@ -2,11 +2,12 @@
 //! meeting at `sae orchestrator` on localhost: the machines train the model one machine trains
 //! with as many devices, bit for bit; machines that differ in settings are refused; a machine
 //! that dies stops the others within the timeout, and the run resumes; an orchestrator that
-//! stops after the machines met leaves the run going.
+//! stops after the machines met leaves the run going, and one orchestrator serves launch
+//! after launch.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -293,16 +294,15 @@ fn machines_that_differ_are_refused_naming_what_differs() {
 #[test]
 fn a_machine_that_dies_stops_the_other_within_the_timeout_and_the_run_resumes() {
     let tmp = tempfile::tempdir().unwrap();
-    let steps = 300;
-    let settings = ["--set", "distributed.timeout_seconds=5"];
-    let whole = uninterrupted(tmp.path(), steps);
-
-    let dirs = [tmp.path().join("node0"), tmp.path().join("node1")];
+    let TwoMachines {
+        whole,
+        dirs,
+        orchestrator: orchestrator_process,
+        at,
+        mut running,
+    } = two_machines_past_a_checkpoint(tmp.path(), 300);
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
-    let (orchestrator_process, at) = orchestrator();
-    let mut running = machines(&dirs, steps, &settings, &at, |_| vec![]);
     let (second, first) = (running.pop().unwrap(), running.pop().unwrap());
-    wait_for_checkpoints(&dirs);
     drop(second); // SIGKILL
     let killed = Instant::now();
     let (ok, message) = first.finish(LIMIT);
@@ -340,28 +340,95 @@ fn a_machine_that_dies_stops_the_other_within_the_timeout_and_the_run_resumes() 
 #[test]
 fn an_orchestrator_that_stops_after_the_machines_met_does_not_stop_the_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let steps = 300;
-    let settings = ["--set", "distributed.timeout_seconds=5"];
-    let whole = uninterrupted(tmp.path(), steps);
-
-    let dirs = [tmp.path().join("node0"), tmp.path().join("node1")];
-    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
-    let (orchestrator_process, at) = orchestrator();
-    let running = machines(&dirs, steps, &settings, &at, |_| vec![]);
-    wait_for_checkpoints(&dirs);
-    drop(orchestrator_process); // SIGKILL
-    for (node, m) in running.into_iter().enumerate() {
+    let started = two_machines_past_a_checkpoint(tmp.path(), 300);
+    drop(started.orchestrator); // SIGKILL
+    for (node, m) in started.running.into_iter().enumerate() {
         let (ok, message) = m.finish(LIMIT);
         assert!(ok, "machine {node}: {message}");
         assert!(!message.contains("panicked"), "machine {node}: {message}");
     }
-    assert!(weights(dirs[0]) == weights(&whole), "machine 0");
-    assert!(weights(dirs[1]) == weights(&whole), "machine 1");
+    for (node, dir) in started.dirs.iter().enumerate() {
+        assert!(weights(dir) == weights(&started.whole), "machine {node}");
+    }
+}
+
+/// The machines of a launch that come while another launch runs at the same orchestrator
+/// wait for it to end, then train their own run: neither launch takes in the other's
+/// machines.
+#[test]
+fn a_launch_that_comes_while_another_runs_waits_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let next_whole = tmp.path().join("next");
+    std::fs::create_dir_all(&next_whole).unwrap();
+    let next_whole = uninterrupted(&next_whole, 20);
+    let mut first = two_machines_past_a_checkpoint(tmp.path(), 1000);
+    let next = [tmp.path().join("next0"), tmp.path().join("next1")];
+    let next: Vec<&Path> = next.iter().map(|d| d.as_path()).collect();
+    let waiting = machines(&next, 20, &[], &first.at, |_| vec![]);
+    // Time for the next launch's machines to start and register while the first still runs.
+    std::thread::sleep(Duration::from_secs(1));
+    for (node, m) in first.running.iter_mut().enumerate() {
+        let child = m.0.as_mut().expect("running");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the first launch ended before the next one came: run it longer (machine {node})"
+        );
+    }
+    for (node, m) in first.running.into_iter().enumerate() {
+        let (ok, message) = m.finish(LIMIT);
+        assert!(ok, "first launch, machine {node}: {message}");
+    }
+    for (node, m) in waiting.into_iter().enumerate() {
+        let (ok, message) = m.finish(LIMIT);
+        assert!(ok, "next launch, machine {node}: {message}");
+    }
+    for (node, (dir, next_dir)) in first.dirs.iter().zip(&next).enumerate() {
+        assert!(
+            weights(dir) == weights(&first.whole),
+            "first launch, machine {node}"
+        );
+        assert!(
+            weights(next_dir) == weights(&next_whole),
+            "next launch, machine {node}"
+        );
+    }
+}
+
+/// Two machines of a run meeting at their own orchestrator, both past their first checkpoint.
+struct TwoMachines {
+    /// The model the run ends with when nothing stops it ([`uninterrupted`]).
+    whole: PathBuf,
+    /// The machines' run directories.
+    dirs: [PathBuf; 2],
+    orchestrator: Running,
+    /// The orchestrator's address.
+    at: String,
+    /// The machines, in order.
+    running: Vec<Running>,
+}
+
+/// Starts the `steps`-step small run on two machines under `tmp` (a 5 s timeout for the
+/// sums) and waits until both have written a checkpoint.
+fn two_machines_past_a_checkpoint(tmp: &Path, steps: u64) -> TwoMachines {
+    let whole = uninterrupted(tmp, steps);
+    let dirs = [tmp.join("node0"), tmp.join("node1")];
+    let (orchestrator, at) = orchestrator();
+    let settings = ["--set", "distributed.timeout_seconds=5"];
+    let paths: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    let running = machines(&paths, steps, &settings, &at, |_| vec![]);
+    wait_for_checkpoints(&paths);
+    TwoMachines {
+        whole,
+        dirs,
+        orchestrator,
+        at,
+        running,
+    }
 }
 
 /// The model of `steps` steps of the small run on one machine with two devices, trained
 /// without interruption in `tmp/uninterrupted`.
-fn uninterrupted(tmp: &Path, steps: u64) -> std::path::PathBuf {
+fn uninterrupted(tmp: &Path, steps: u64) -> PathBuf {
     let whole = tmp.join("uninterrupted");
     let out = run(&small_run(
         &whole,
