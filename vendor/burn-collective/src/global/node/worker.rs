@@ -231,8 +231,9 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
                                     break;
                                 }
                             };
-                            let state_resp = state.lock().await;
-                            let Some(response_callback) = state_resp.requests.get(&response.request_id) else {
+                            // Each request is answered once: its callback leaves the map.
+                            let mut state_resp = state.lock().await;
+                            let Some(response_callback) = state_resp.requests.remove(&response.request_id) else {
                                 log::error!("The orchestrator answered an unknown request");
                                 break;
                             };
