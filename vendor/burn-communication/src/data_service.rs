@@ -194,10 +194,7 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
 
     /// Get the WebSocket stream for the given address, or create a new one if it doesn't exist;
     /// `None` if the address cannot be reached.
-    async fn get_data_stream(
-        &self,
-        address: Address,
-    ) -> Option<ClientChannelRef<P::Client>> {
+    async fn get_data_stream(&self, address: Address) -> Option<ClientChannelRef<P::Client>> {
         let mut streams = self.channels.lock().await;
         match streams.get(&address) {
             Some(stream) => Some(stream.clone()),

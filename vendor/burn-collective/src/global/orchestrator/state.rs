@@ -46,8 +46,6 @@ pub(crate) struct GlobalCollectiveState {
 
     /// How many total nodes for the current register operation, as defined by the first caller
     cur_num_nodes: Option<u32>,
-    /// How many peers have registered total
-    num_global_peers: u32,
 
     register_requests: Vec<(SessionId, RequestId, NodeId)>,
 
@@ -75,7 +73,6 @@ impl GlobalCollectiveState {
             node_addresses: HashMap::new(),
             node_peers: HashMap::new(),
             cur_num_nodes: None,
-            num_global_peers: 0,
             register_requests: Vec::new(),
             launched: false,
             waiting: Vec::new(),
@@ -118,7 +115,8 @@ impl GlobalCollectiveState {
     pub(crate) async fn disconnect(&mut self, session_id: SessionId) {
         self.sessions.remove(&session_id);
         self.waiting.retain(|w| w.session_id != session_id);
-        self.register_requests.retain(|(session, _, _)| *session != session_id);
+        self.register_requests
+            .retain(|(session, _, _)| *session != session_id);
         if let Some(node_id) = self.registered_nodes.remove(&session_id) {
             log::info!("Node {node_id:?} left before finishing");
             self.node_addresses.remove(&node_id);
@@ -134,20 +132,19 @@ impl GlobalCollectiveState {
             return;
         }
         self.cur_num_nodes = None;
-        self.num_global_peers = 0;
         self.launched = false;
         for w in core::mem::take(&mut self.waiting) {
-            let request_id = w.request_id;
             if let Err(err) = self
-                .register(w.session_id, request_id, w.node_addr, w.num_nodes, w.peers)
+                .register(
+                    w.session_id,
+                    w.request_id,
+                    w.node_addr,
+                    w.num_nodes,
+                    w.peers,
+                )
                 .await
             {
-                let content = RemoteResponse::Error(err);
-                let response = CollectiveMessageResponse {
-                    request_id,
-                    content,
-                };
-                self.respond(w.session_id, response).await;
+                self.respond_error(w.session_id, w.request_id, err).await;
             }
         }
     }
@@ -170,17 +167,23 @@ impl GlobalCollectiveState {
             }
             RemoteRequest::Finish => self.finish(session_id, request_id).await,
         } {
-            // Error occurred, send it as response
-            let content = RemoteResponse::Error(err);
-            self.respond(
-                session_id,
-                CollectiveMessageResponse {
-                    request_id,
-                    content,
-                },
-            )
-            .await;
+            self.respond_error(session_id, request_id, err).await;
         }
+    }
+
+    /// Answers request `request_id` of `session_id` with `err`.
+    async fn respond_error(
+        &mut self,
+        session_id: SessionId,
+        request_id: RequestId,
+        err: GlobalCollectiveError,
+    ) {
+        let content = RemoteResponse::Error(err);
+        let response = CollectiveMessageResponse {
+            request_id,
+            content,
+        };
+        self.respond(session_id, response).await;
     }
 
     /// Un-register a node. Any pending requests will be cancelled, returning error responses.
@@ -201,12 +204,12 @@ impl GlobalCollectiveState {
         for (session, req, node_id) in register_requests {
             if session == session_id {
                 // Send a response if we are finishing a session with a pending register request
-                let content = RemoteResponse::Error(GlobalCollectiveError::PendingRegisterOnFinish);
-                let response = CollectiveMessageResponse {
-                    request_id: req,
-                    content,
-                };
-                self.respond(session_id, response).await;
+                self.respond_error(
+                    session_id,
+                    req,
+                    GlobalCollectiveError::PendingRegisterOnFinish,
+                )
+                .await;
             } else {
                 // keep the register request
                 self.register_requests.push((session, req, node_id));
@@ -301,7 +304,7 @@ impl GlobalCollectiveState {
 
         if self.registered_nodes.len() == num_nodes as usize {
             self.launched = true;
-            self.num_global_peers = self.node_peers.values().map(|p| p.len() as u32).sum();
+            let num_global_devices = self.node_peers.values().map(|p| p.len() as u32).sum();
             self.number_nodes_by_first_peer();
             let mut callbacks = vec![];
             core::mem::swap(&mut callbacks, &mut self.register_requests);
@@ -311,7 +314,7 @@ impl GlobalCollectiveState {
                 let content = RemoteResponse::Register {
                     node_id,
                     nodes: self.node_addresses.clone(),
-                    num_global_devices: self.num_global_peers,
+                    num_global_devices,
                 };
                 let resp = CollectiveMessageResponse {
                     request_id: request,
