@@ -50,6 +50,13 @@ impl Running {
         let out = child.wait_with_output().unwrap();
         (out.status.success(), text(&out))
     }
+
+    /// Kills the process (an orchestrator runs until stopped): what it printed.
+    fn stop(mut self) -> String {
+        let mut child = self.0.take().expect("running");
+        let _ = child.kill();
+        text(&child.wait_with_output().unwrap())
+    }
 }
 
 fn spawn(args: &[String]) -> Running {
@@ -328,8 +335,7 @@ fn a_machine_that_dies_stops_the_other_within_the_timeout_and_the_run_resumes() 
 
     // The machines agree on the checkpoint to resume; the orchestrator of the failed launch
     // has forgotten it and serves this one.
-    resume_to_the_end(&dirs, &at);
-    drop(orchestrator_process);
+    resume_to_the_end(&dirs, orchestrator_process, &at);
     assert!(weights(dirs[0]) == weights(&whole), "machine 0");
     assert!(weights(dirs[1]) == weights(&whole), "machine 1");
 }
@@ -448,8 +454,10 @@ fn wait_for_checkpoints(dirs: &[&Path]) {
     }
 }
 
-/// Resumes the run of `dirs` on as many machines, meeting at the orchestrator `at`, to its end.
-fn resume_to_the_end(dirs: &[&Path], at: &str) {
+/// Resumes the run of `dirs` on as many machines, meeting at `orchestrator` (listening at
+/// `at`), to its end. A failure shows what every machine and the orchestrator printed: the
+/// machine that failed first is not always the one whose message says why.
+fn resume_to_the_end(dirs: &[&Path], orchestrator: Running, at: &str) {
     let resumed: Vec<Running> = dirs
         .iter()
         .enumerate()
@@ -459,10 +467,16 @@ fn resume_to_the_end(dirs: &[&Path], at: &str) {
             spawn(&resume_args(dir, &flags))
         })
         .collect();
-    for (node, m) in resumed.into_iter().enumerate() {
-        let (ok, message) = m.finish(LIMIT);
-        assert!(ok, "machine {node} resuming: {message}");
+    let ended: Vec<(bool, String)> = resumed.into_iter().map(|m| m.finish(LIMIT)).collect();
+    if ended.iter().all(|(ok, _)| *ok) {
+        return;
     }
+    let mut report = String::new();
+    for (node, (ok, message)) in ended.iter().enumerate() {
+        report += &format!("machine {node} resuming (success: {ok}):\n{message}\n");
+    }
+    report += &format!("orchestrator:\n{}", orchestrator.stop());
+    panic!("{report}");
 }
 
 /// Ctrl-C (or a scheduler's SIGTERM) on one machine stops every machine at the same step, each
@@ -475,7 +489,7 @@ fn a_signal_to_one_machine_stops_every_machine_at_the_same_step() {
 
     let dirs = [tmp.path().join("node0"), tmp.path().join("node1")];
     let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
-    let (_orchestrator, at) = orchestrator();
+    let (orchestrator, at) = orchestrator();
     let mut running = machines(&dirs, steps, &[], &at, |_| vec![]);
     wait_for_checkpoints(&dirs);
     signal(running[1].0.as_ref().unwrap(), "INT");
@@ -501,7 +515,7 @@ fn a_signal_to_one_machine_stops_every_machine_at_the_same_step() {
     );
 
     // The launch that ended serves the next one from the same orchestrator.
-    resume_to_the_end(&dirs, &at);
+    resume_to_the_end(&dirs, orchestrator, &at);
     assert!(weights(dirs[0]) == weights(&whole), "machine 0");
     assert!(weights(dirs[1]) == weights(&whole), "machine 1");
 }
