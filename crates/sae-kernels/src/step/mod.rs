@@ -36,6 +36,7 @@ use reduce::{
     PLAIN, ROWS_PER_BLOCK, SQUARED, WEIGHTED, column_means, column_sums, loss_sums, slot,
 };
 use tokens::token_pass;
+pub use update::PARAMETERS;
 use update::{FLAGS, bias_update, decoder_update, encoder_update};
 
 /// The four parameters of an SAE (or one of its Adam moments) in device buffers of `f32`:
@@ -160,10 +161,9 @@ impl<R: Runtime> DeviceStep<R> {
             .iter()
             .map(|&b| f64::from(f32::from_bits(b)))
             .collect();
-        let names = ["w_enc", "b_enc", "w_dec", "b_dec"];
         let non_finite = words[1][..FLAGS]
             .iter()
-            .zip(names)
+            .zip(PARAMETERS)
             .find(|&(&flag, _)| flag != 0)
             .map(|(_, name)| name);
         Ok(StepReport {

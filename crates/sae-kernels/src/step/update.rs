@@ -14,6 +14,10 @@ use cubecl::prelude::*;
 use super::reduce::{ROWS_PER_BLOCK, cube_sum, slot};
 use crate::key::{CUBE, cube_index};
 
+/// The parameters in the order of their flag slots below, which is also the order in which
+/// every finiteness check of the project (host and tensor paths) names the first bad one.
+pub const PARAMETERS: [&str; FLAGS] = ["w_enc", "b_enc", "w_dec", "b_dec"];
+
 /// Flag slots of the non-finite gradients, in the order the host reports them.
 pub(crate) const FLAG_W_ENC: usize = 0;
 pub(crate) const FLAG_B_ENC: usize = 1;

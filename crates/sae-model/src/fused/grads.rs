@@ -20,6 +20,7 @@
 
 use rayon::prelude::*;
 use sae_alloc::Selection;
+use sae_kernels::step::PARAMETERS;
 
 use crate::rule::Activation;
 use crate::sae::SaeParams;
@@ -92,7 +93,7 @@ pub struct HostLossSpec<'a> {
 }
 
 /// Loss values and gradients as host vectors, shaped like the parameters.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct HostLossAndGrads {
     /// Sum of squared reconstruction errors.
     pub sse: f64,
@@ -106,6 +107,35 @@ pub struct HostLossAndGrads {
     pub w_dec: Vec<f32>,
     /// Gradient of `b_dec`, `[d]`.
     pub b_dec: Vec<f32>,
+    /// The first gradient, in the order of [`PARAMETERS`], that holds a value that is not
+    /// finite; `None` when all are finite. Checked block by block as the gradients are
+    /// summed, while the block is in cache, so no second pass reads them. On a batch split
+    /// over peers it describes this peer's part only.
+    pub non_finite: Option<&'static str>,
+    /// The token pass's error rows, kept from step to step: a fresh `[N, d]` buffer costs
+    /// its page faults on every step.
+    pub(super) residuals: Residuals,
+}
+
+/// The first of [`PARAMETERS`] whose flag is set.
+pub(crate) fn first_flagged(flags: [bool; 4]) -> Option<&'static str> {
+    PARAMETERS
+        .into_iter()
+        .zip(flags)
+        .find_map(|(name, flagged)| flagged.then_some(name))
+}
+
+/// Whether `values` holds a NaN or an infinity (without short-circuit, so it vectorises).
+pub(crate) fn any_non_finite(values: &[f32]) -> bool {
+    values.iter().fold(false, |bad, v| bad | !v.is_finite())
+}
+
+/// Per-token rows of the batch's error `x - x_hat` and of the auxiliary residual's error,
+/// `[N, d]` each (the second empty without auxiliary pairs).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Residuals {
+    main: Vec<f32>,
+    aux: Vec<f32>,
 }
 
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -426,8 +456,13 @@ pub fn host_loss_and_grads_into(
     let n = spec.selection.rows();
     let features = params.b_enc.len();
     let aux = spec.aux_selection;
-    let mut err = vec![0.0f32; n * d];
-    let mut aux_err = vec![0.0f32; if aux.is_some() { n * d } else { 0 }];
+    // Every row is overwritten by the token pass.
+    let Residuals {
+        main: err,
+        aux: aux_err,
+    } = &mut out.residuals;
+    err.resize(n * d, 0.0);
+    aux_err.resize(if aux.is_some() { n * d } else { 0 }, 0.0);
     let block_len = TOKEN_BLOCK * d;
     let mut aux_chunks: Vec<&mut [f32]> = if aux.is_some() {
         aux_err.chunks_mut(block_len).collect()
@@ -470,14 +505,14 @@ pub fn host_loss_and_grads_into(
     let mut sets = vec![FeaturePairs::new(
         spec.selection,
         &main,
-        (&err, main_scale),
+        (err, main_scale),
         1.0,
     )];
     if let Some(a) = aux {
         sets.push(FeaturePairs::new(
             a,
             &aux_values,
-            (&aux_err, aux_scale),
+            (aux_err, aux_scale),
             aux_scale,
         ));
     }
@@ -485,12 +520,14 @@ pub fn host_loss_and_grads_into(
     out.w_enc.resize(features * d, 0.0);
     out.w_dec.resize(features * d, 0.0);
     out.b_enc.resize(features, 0.0);
-    out.w_enc
+    // Each block's rows are checked for non-finite values while they are in cache.
+    let [bad_w_enc, bad_b_enc, bad_w_dec] = out
+        .w_enc
         .par_chunks_mut(FEATURE_BLOCK * d)
         .zip(out.w_dec.par_chunks_mut(FEATURE_BLOCK * d))
         .zip(out.b_enc.par_chunks_mut(FEATURE_BLOCK))
         .enumerate()
-        .for_each(|(b, ((enc, dec), bias))| {
+        .map(|(b, ((enc, dec), bias))| {
             for (i, g_bias) in bias.iter_mut().enumerate() {
                 let f = b * FEATURE_BLOCK + i;
                 let rows = i * d..(i + 1) * d;
@@ -509,7 +546,16 @@ pub fn host_loss_and_grads_into(
                     );
                 }
             }
-        });
+            [
+                any_non_finite(enc),
+                any_non_finite(bias),
+                any_non_finite(dec),
+            ]
+        })
+        .reduce(
+            || [false; 3],
+            |a, b| [a[0] | b[0], a[1] | b[1], a[2] | b[2]],
+        );
     // The encoder's part of the `b_dec` gradient: `u = (x - b_dec) . w_enc[f] + b_enc[f]`, so
     // it is `-sum_f (dL/db_enc)[f] w_enc[f]`, one pass over `w_enc` instead of a row per pair.
     // Fixed blocks summed in order: the same bits for any number of threads.
@@ -534,6 +580,128 @@ pub fn host_loss_and_grads_into(
     } else {
         0.0
     };
+    out.non_finite = first_flagged([bad_w_enc, bad_b_enc, bad_w_dec, any_non_finite(&g_b_dec)]);
     out.b_dec = g_b_dec;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use sae_alloc::{ScoreMatrix, row_topk};
+
+    use super::super::test_values as values;
+    use super::super::update::first_non_finite;
+    use super::*;
+    use crate::rule::Activation;
+
+    const N: usize = 3;
+    const F: usize = 16;
+    const D: usize = 5;
+
+    /// Loss and gradients of a 3-token batch `x` whose tokens keep 2 of 16 features each (by
+    /// fixed scores), with encoder weights `w_enc` and the other parameters fixed.
+    fn loss_and_grads(w_enc: &[f32], x: &[f32], selection: &Selection) -> HostLossAndGrads {
+        let (b_enc, w_dec, b_dec) = (values(F, 2), values(F * D, 3), values(D, 4));
+        let params = HostParams {
+            w_enc,
+            b_enc: &b_enc,
+            w_dec: &w_dec,
+            b_dec: &b_dec,
+        };
+        let spec = HostLossSpec {
+            selection,
+            aux_selection: None,
+            activation: Activation::Identity,
+            recon_scale: 1.0,
+            aux_coef: 0.0,
+            affinities: None,
+        };
+        host_loss_and_grads(&params, x, &spec)
+    }
+
+    /// The feature pass's own finiteness check names the gradient that a full pass over the
+    /// gradients names: none, `b_dec` alone (an unselected feature's infinite encoder row
+    /// reaches only the `b_dec` gradient, through `-sum_f dL/db_enc[f] w_enc[f]`, and leaves
+    /// the loss finite), or `w_enc` first when a token's value is NaN.
+    #[test]
+    fn the_feature_pass_names_the_first_non_finite_gradient() {
+        let scores = values(N * F, 9);
+        let selection = row_topk(&ScoreMatrix::new(&scores, N, F).unwrap(), 2).unwrap();
+        let unselected = (0..F as u32)
+            .find(|f| !selection.features().contains(f))
+            .expect("at most 6 of 16 features are selected") as usize;
+        let (w_enc, x) = (values(F * D, 1), values(N * D, 5));
+
+        let clean = loss_and_grads(&w_enc, &x, &selection);
+        assert!(clean.sse.is_finite());
+        assert_eq!(clean.non_finite, None);
+        assert_eq!(first_non_finite(&clean), None);
+
+        let mut infinite_row = w_enc.clone();
+        infinite_row[unselected * D] = f32::INFINITY;
+        let only_b_dec = loss_and_grads(&infinite_row, &x, &selection);
+        assert_eq!(only_b_dec.sse, clean.sse, "the loss does not see the row");
+        assert_eq!(only_b_dec.non_finite, Some("b_dec"));
+        assert_eq!(first_non_finite(&only_b_dec), Some("b_dec"));
+
+        let mut nan_token = x.clone();
+        nan_token[D + 1] = f32::NAN;
+        let all = loss_and_grads(&w_enc, &nan_token, &selection);
+        assert_eq!(all.non_finite, Some("w_enc"));
+        assert_eq!(first_non_finite(&all), Some("w_enc"));
+    }
+
+    /// The error rows kept from step to step do not carry over: a second batch through the
+    /// same buffers gives the bits a fresh computation gives, with and without auxiliary
+    /// pairs in between.
+    #[test]
+    fn reused_buffers_give_the_bits_of_fresh_ones() {
+        let scores = values(N * F, 9);
+        let selection = row_topk(&ScoreMatrix::new(&scores, N, F).unwrap(), 2).unwrap();
+        let aux = row_topk(&ScoreMatrix::new(&values(N * F, 11), N, F).unwrap(), 3).unwrap();
+        let (w_enc, b_enc, w_dec, b_dec) = (
+            values(F * D, 1),
+            values(F, 2),
+            values(F * D, 3),
+            values(D, 4),
+        );
+        let params = HostParams {
+            w_enc: &w_enc,
+            b_enc: &b_enc,
+            w_dec: &w_dec,
+            b_dec: &b_dec,
+        };
+        let spec = |aux_selection| HostLossSpec {
+            selection: &selection,
+            aux_selection,
+            activation: Activation::Relu,
+            recon_scale: 0.5,
+            aux_coef: 1.0 / 32.0,
+            affinities: None,
+        };
+        let mut reused = HostLossAndGrads::default();
+        for (x_seed, aux_selection) in [(5, Some(&aux)), (6, None), (7, Some(&aux))] {
+            let x = values(N * D, x_seed);
+            let fresh = host_loss_and_grads(&params, &x, &spec(aux_selection));
+            host_loss_and_grads_into(
+                &params,
+                &x,
+                &spec(aux_selection),
+                &mut reused,
+                &mut WholeBatch,
+            )
+            .unwrap();
+            assert_eq!(reused.sse.to_bits(), fresh.sse.to_bits());
+            assert_eq!(reused.aux.to_bits(), fresh.aux.to_bits());
+            for (got, want) in [
+                (&reused.w_enc, &fresh.w_enc),
+                (&reused.b_enc, &fresh.b_enc),
+                (&reused.w_dec, &fresh.w_dec),
+                (&reused.b_dec, &fresh.b_dec),
+            ] {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(want), "x seed {x_seed}");
+            }
+        }
+    }
 }

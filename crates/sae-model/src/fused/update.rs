@@ -8,24 +8,24 @@
 
 use rayon::prelude::*;
 
-use super::grads::{HostLossAndGrads, dot};
+use super::grads::{HostLossAndGrads, any_non_finite, dot, first_flagged};
 use crate::adam::Adam;
 use crate::sae::SaeParams;
 
 /// Decoder rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
 
-/// Whether every gradient is finite; otherwise the name of the first parameter that is not.
+/// Whether every gradient is finite; otherwise the name of the first parameter that is not,
+/// in the order of [`PARAMETERS`](sae_kernels::step::PARAMETERS). A pass over the gradients, for
+/// those summed over peers after the feature pass checked this peer's part.
 pub(crate) fn first_non_finite(grads: &HostLossAndGrads) -> Option<&'static str> {
-    [
-        ("w_enc", &grads.w_enc),
-        ("b_enc", &grads.b_enc),
-        ("w_dec", &grads.w_dec),
-        ("b_dec", &grads.b_dec),
-    ]
-    .into_iter()
-    .find(|(_, g)| !g.par_iter().all(|v| v.is_finite()))
-    .map(|(name, _)| name)
+    let bad = |g: &[f32]| g.par_chunks(1 << 14).any(any_non_finite);
+    first_flagged([
+        bad(&grads.w_enc),
+        bad(&grads.b_enc),
+        bad(&grads.w_dec),
+        bad(&grads.b_dec),
+    ])
 }
 
 /// One update of `params` and the moments `m`, `v` with the gradients `grads` (the decoder's
@@ -121,12 +121,11 @@ mod tests {
             tensor(&v.w_enc, f, d),
         );
         let mut grads = HostLossAndGrads {
-            sse: 0.0,
-            aux: 0.0,
             w_enc: g.w_enc.clone(),
             b_enc: g.b_enc.clone(),
             w_dec: g.w_dec.clone(),
             b_dec: g.b_dec.clone(),
+            ..HostLossAndGrads::default()
         };
         update(&adam, &mut p, &mut grads, &mut m, &mut v);
         // The backends' SIMD reciprocal (in Adam's denominator) is approximate, to about 1e-5
@@ -153,12 +152,11 @@ mod tests {
     #[test]
     fn names_the_first_non_finite_gradient() {
         let g = |w_dec: f32| HostLossAndGrads {
-            sse: 0.0,
-            aux: 0.0,
             w_enc: vec![1.0; 4],
             b_enc: vec![0.0; 2],
             w_dec: vec![0.0, w_dec, 0.0, 0.0],
             b_dec: vec![0.0; 2],
+            ..HostLossAndGrads::default()
         };
         assert_eq!(first_non_finite(&g(1.0)), None);
         assert_eq!(first_non_finite(&g(f32::NAN)), Some("w_dec"));

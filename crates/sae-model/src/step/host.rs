@@ -158,7 +158,13 @@ impl<B: AutodiffBackend> TrainStep<B> {
             &mut grads.w_dec,
             &mut grads.b_dec,
         ])?;
-        if let Some(param) = first_non_finite(grads) {
+        // A sum over peers can make finite parts a non-finite whole, and one peer's
+        // non-finite part spoils every peer's sum: summed gradients are checked again.
+        let non_finite = match peers.peers() {
+            1 => grads.non_finite,
+            _ => first_non_finite(grads),
+        };
+        if let Some(param) = non_finite {
             return Err(SaeError::NonFiniteGradient {
                 step: self.step,
                 param,

@@ -18,6 +18,7 @@ use crate::adam::Adam;
 use crate::collective::{Collective, SinglePeer, gather};
 use crate::dispatch::{BatchAffinities, BatchSelection, select_on_backend};
 use crate::error::{Result, SaeError, nan_is_bad_input};
+use crate::fused::grads::first_flagged;
 use crate::loss::AuxLoss;
 use crate::rule::InferenceRule;
 use crate::sae::{Sae, SaeParams, SaeTensors, host_vec, normalize_rows, remove_parallel_gradient};
@@ -388,18 +389,16 @@ impl<B: AutodiffBackend> TrainStep<B> {
             });
         }
         let g = out.grads;
-        for (name, ok) in [
-            ("w_enc", is_finite(&g.w_enc)),
-            ("b_enc", is_finite(&g.b_enc)),
-            ("w_dec", is_finite(&g.w_dec)),
-            ("b_dec", is_finite(&g.b_dec)),
-        ] {
-            if !ok {
-                return Err(SaeError::NonFiniteGradient {
-                    step: self.step,
-                    param: name,
-                });
-            }
+        if let Some(param) = first_flagged([
+            !is_finite(&g.w_enc),
+            !is_finite(&g.b_enc),
+            !is_finite(&g.w_dec),
+            !is_finite(&g.b_dec),
+        ]) {
+            return Err(SaeError::NonFiniteGradient {
+                step: self.step,
+                param,
+            });
         }
         let g_w_dec = remove_parallel_gradient(self.params.w_dec.clone(), g.w_dec);
         self.step += 1;
