@@ -1,14 +1,17 @@
 use std::{
+    collections::HashMap,
     marker::PhantomData,
     sync::{Arc, Mutex},
     vec,
 };
 
-use burn_communication::{CommunicationChannel, Message, Protocol, ProtocolClient};
+use burn_communication::{Address, CommunicationChannel, Message, Protocol, ProtocolClient};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, RwLock};
 
 use crate::{NodeId, global::shared::GlobalCollectiveError, node::base::NodeState};
+
+type Channel<P> = <<P as Protocol>::Client as ProtocolClient>::Channel;
 
 /// Handles the status of sync requests from other nodes
 pub(crate) struct SyncService<P: Protocol> {
@@ -16,8 +19,14 @@ pub(crate) struct SyncService<P: Protocol> {
     node_state: Arc<RwLock<Option<NodeState>>>,
     /// The number of peers that have requested to sync with us since the last successful sync.
     syncing_peers: Mutex<Vec<NodeId>>,
-    /// Notification on each incoming sync request
+    /// How many sync connections of each other node are open. A node that had some and has
+    /// none left is lost: a sync waiting for it fails instead of waiting forever.
+    connected_peers: Mutex<HashMap<NodeId, usize>>,
+    /// Notification on each incoming sync request, and on each lost connection
     sync_notif: Notify,
+    /// This node's connection to each other node, opened by the first sync and kept for the
+    /// next ones: a connection per sync cost a handshake (and a port) on every sum.
+    connections: tokio::sync::Mutex<HashMap<NodeId, (Address, Channel<P>)>>,
 
     _p: PhantomData<P>,
 }
@@ -30,7 +39,9 @@ impl<P: Protocol> SyncService<P> {
         Self {
             node_state,
             syncing_peers: Mutex::new(vec![]),
+            connected_peers: Mutex::new(HashMap::new()),
             sync_notif: Notify::new(),
+            connections: tokio::sync::Mutex::new(HashMap::new()),
             _p: PhantomData,
         }
     }
@@ -38,6 +49,36 @@ impl<P: Protocol> SyncService<P> {
     fn add_syncing_peer(&self, peer: NodeId) {
         let mut syncing_peers = self.syncing_peers.lock().unwrap();
         syncing_peers.push(peer);
+    }
+
+    /// Sends this node's sync request to node `id` at `addr` on the kept connection, or on a
+    /// new one when there is none yet or the kept one broke.
+    async fn request(
+        &self,
+        connections: &mut HashMap<NodeId, (Address, Channel<P>)>,
+        id: NodeId,
+        addr: &Address,
+        msg: &[u8],
+    ) -> Result<(), GlobalCollectiveError> {
+        if let Some((kept_addr, connection)) = connections.get_mut(&id)
+            && kept_addr == addr
+            && connection
+                .send(Message::new(msg.to_vec().into()))
+                .await
+                .is_ok()
+        {
+            return Ok(());
+        }
+        connections.remove(&id);
+        let mut connection = P::Client::connect(addr.clone(), "sync")
+            .await
+            .ok_or(GlobalCollectiveError::PeerLost(id))?;
+        connection
+            .send(Message::new(msg.to_vec().into()))
+            .await
+            .map_err(|_| GlobalCollectiveError::PeerLost(id))?;
+        connections.insert(id, (addr.clone(), connection));
+        Ok(())
     }
 
     /// Sync with all peers; a peer that cannot be reached fails the sync.
@@ -50,20 +91,14 @@ impl<P: Protocol> SyncService<P> {
 
         // this peer is syncing
         self.add_syncing_peer(node_state.node_id);
-        for (id, addr) in &node_state.nodes {
-            if *id == node_state.node_id {
-                continue;
+        let msg = rmp_serde::to_vec(&SyncRequest(node_state.node_id)).unwrap();
+        {
+            let mut connections = self.connections.lock().await;
+            for (id, addr) in &node_state.nodes {
+                if *id != node_state.node_id {
+                    self.request(&mut connections, *id, addr, &msg).await?;
+                }
             }
-
-            let mut connection = P::Client::connect(addr.clone(), "sync")
-                .await
-                .ok_or(GlobalCollectiveError::PeerLost(*id))?;
-            let msg = SyncRequest(node_state.node_id);
-            let sync_bytes = rmp_serde::to_vec(&msg).unwrap();
-            connection
-                .send(Message::new(sync_bytes.into()))
-                .await
-                .map_err(|_| GlobalCollectiveError::PeerLost(*id))?;
         }
         let mut all_node_ids = node_state.nodes.keys().cloned().collect::<Vec<_>>();
         all_node_ids.sort();
@@ -84,33 +119,58 @@ impl<P: Protocol> SyncService<P> {
                     syncing_peers.clear();
                     return Ok(());
                 }
+                let connected = self.connected_peers.lock().unwrap();
+                if let Some((lost, _)) = connected
+                    .iter()
+                    .find(|(id, open)| **open == 0 && !synced.contains(id))
+                {
+                    return Err(GlobalCollectiveError::PeerLost(*lost));
+                }
             }
             // Wait for the next sync to come in
             notified.await
         }
     }
 
+    /// Serves one other node's sync connection: each message on it is one sync request of
+    /// that node, until the connection ends.
     pub async fn handle_sync_connection<C: CommunicationChannel>(&self, mut channel: C) {
-        // A machine that stops mid-request ends its own connection, not this process; its
-        // loss shows in this machine's next transfer or sync.
-        let msg = match channel.recv().await {
-            Ok(Some(msg)) => msg,
-            Ok(None) => return,
-            Err(err) => {
-                log::warn!("A sync connection broke: {err:?}");
-                return;
+        let mut from = None;
+        loop {
+            // A machine that stops mid-request ends its own connection, not this process; a
+            // sync waiting for it fails.
+            let msg = match channel.recv().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(err) => {
+                    log::warn!("A sync connection broke: {err:?}");
+                    break;
+                }
+            };
+            let msg = match rmp_serde::from_slice::<SyncRequest>(&msg.data) {
+                Ok(msg) => msg,
+                Err(err) => {
+                    log::warn!("Unreadable sync request: {err}");
+                    break;
+                }
+            };
+            if from.is_none() {
+                *self
+                    .connected_peers
+                    .lock()
+                    .unwrap()
+                    .entry(msg.0)
+                    .or_insert(0) += 1;
+                from = Some(msg.0);
             }
-        };
-        let msg = match rmp_serde::from_slice::<SyncRequest>(&msg.data) {
-            Ok(msg) => msg,
-            Err(err) => {
-                log::warn!("Unreadable sync request: {err}");
-                return;
+            self.add_syncing_peer(msg.0);
+            self.sync_notif.notify_waiters();
+        }
+        if let Some(id) = from {
+            if let Some(open) = self.connected_peers.lock().unwrap().get_mut(&id) {
+                *open -= 1;
             }
-        };
-
-        self.add_syncing_peer(msg.0);
-
-        self.sync_notif.notify_waiters();
+            self.sync_notif.notify_waiters();
+        }
     }
 }
