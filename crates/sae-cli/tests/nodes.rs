@@ -218,6 +218,36 @@ fn three_machines_repeat_bit_for_bit_whatever_order_they_start_in() {
     assert!(models[0] == models[1], "the launches differ");
 }
 
+/// A machine whose partners never come waits the join timeout, not the sums' (here ten
+/// minutes), then stops asking whether all machines are started, before any step.
+#[test]
+fn a_machine_alone_stops_after_the_join_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_orchestrator, at) = orchestrator();
+    let dir = tmp.path().join("node0");
+    let settings = [
+        "--set",
+        "distributed.nodes=2",
+        "--set",
+        "distributed.timeout_seconds=600",
+        "--set",
+        "distributed.join_timeout_seconds=2",
+    ];
+    let mut args = small_run(&dir, 20, &settings);
+    args.extend(node_flags(0, &at));
+    let alone = spawn(&args);
+    let started = Instant::now();
+    let (ok, message) = alone.finish(LIMIT);
+    let took = started.elapsed();
+    assert!(!ok, "machine 0 trained alone");
+    assert!(
+        message.contains("did not register within 2s") && message.contains("are all 2 machines"),
+        "{message}"
+    );
+    assert!(took < Duration::from_secs(60), "stopped after {took:?}");
+    assert!(!dir.join("metrics.jsonl").exists(), "a step ran");
+}
+
 /// Machines that do not hold the same run stop before any step, every one naming what
 /// differs; flags that do not fit the settings are refused before anything starts.
 #[test]
@@ -244,6 +274,9 @@ fn machines_that_differ_are_refused_naming_what_differs() {
     }
 
     let dir = tmp.path().join("refused");
+    // A port another process listens on.
+    let taken = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    let taken_address = format!("ws://127.0.0.1:{}", taken.local_addr().unwrap().port());
     for (extra, expected) in [
         (
             vec!["--set", "distributed.nodes=2"],
@@ -285,6 +318,19 @@ fn machines_that_differ_are_refused_naming_what_differs() {
                 &at,
             ],
             "expected ws://HOST:PORT",
+        ),
+        (
+            vec![
+                "--set",
+                "distributed.nodes=2",
+                "--node",
+                "1",
+                "--node-address",
+                &taken_address,
+                "--orchestrator",
+                &at,
+            ],
+            "this machine cannot serve on that port",
         ),
     ] {
         let out = run(&small_run(&dir, 20, &extra));
@@ -414,12 +460,18 @@ struct TwoMachines {
 }
 
 /// Starts the `steps`-step small run on two machines under `tmp` (a 5 s timeout for the
-/// sums) and waits until both have written a checkpoint.
+/// sums; the machines of a launch, resumes included, wait a minute for each other to join,
+/// however slowly a busy machine starts them) and waits until both have written a checkpoint.
 fn two_machines_past_a_checkpoint(tmp: &Path, steps: u64) -> TwoMachines {
     let whole = uninterrupted(tmp, steps);
     let dirs = [tmp.join("node0"), tmp.join("node1")];
     let (orchestrator, at) = orchestrator();
-    let settings = ["--set", "distributed.timeout_seconds=5"];
+    let settings = [
+        "--set",
+        "distributed.timeout_seconds=5",
+        "--set",
+        "distributed.join_timeout_seconds=60",
+    ];
     let paths: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
     let running = machines(&paths, steps, &settings, &at, |_| vec![]);
     wait_for_checkpoints(&paths);

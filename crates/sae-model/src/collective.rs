@@ -193,6 +193,9 @@ pub struct Machines {
     pub address: String,
     /// The port this machine serves its tensors on (the port of `address`).
     pub data_port: u16,
+    /// How long registering waits for the other machines (they may start far apart);
+    /// sums wait the peers' own timeout.
+    pub join_timeout: Duration,
 }
 
 /// One peer of a machine's devices, summing through `burn-collective`'s all-reduce: one thread
@@ -237,9 +240,10 @@ impl<B: Backend> fmt::Debug for BurnPeer<B> {
 impl<B: Backend> BurnPeer<B> {
     /// Registers peer `peer` of `peers` on `device` (a device of this machine) and waits until
     /// all peers have registered; across `machines`, `peers` counts the peers of every machine
-    /// and this machine holds its share of them (see [`Machines`]). A sum, or the registration,
-    /// that waits longer than `timeout` for the other peers fails, naming the peers that never
-    /// came.
+    /// and this machine holds its share of them (see [`Machines`]). A sum that waits longer
+    /// than `timeout` for the other peers fails, naming the peers that never came; so does the
+    /// registration, after `timeout` on one machine and after the machines' `join_timeout`
+    /// across machines.
     pub fn register(
         peer: usize,
         peers: usize,
@@ -286,9 +290,10 @@ impl<B: Backend> BurnPeer<B> {
             entered.resize(peers, 0);
             entered[peer] = 0;
         }
+        let join_timeout = machines.map_or(timeout, |m| m.join_timeout);
         let registered = {
             let device = device.clone();
-            within(timeout, move || {
+            within(join_timeout, move || {
                 burn_collective::register::<B>(id, device, config)
             })
         };
@@ -298,7 +303,7 @@ impl<B: Backend> BurnPeer<B> {
                 return Err(SaeError::Collective {
                     peer,
                     reason: format!(
-                        "the other peers did not register within {timeout:?}{}",
+                        "the other peers did not register within {join_timeout:?}{}",
                         machines.map_or(String::new(), |m| format!(
                             ": are all {} machines started, and the orchestrator at {} \
                              reachable?",

@@ -211,6 +211,10 @@ pub struct DistributedConfig {
     /// How long a peer waits in a sum for the others before the run stops with an error
     /// naming the peers that did not come (stopped, or too slow).
     pub timeout_seconds: f64,
+    /// Over several machines: how long a machine waits for the others to join at the start
+    /// of a launch (a run or a resume) before it stops, asking whether all are started.
+    /// Machines that a scheduler starts minutes apart need longer than a sum does.
+    pub join_timeout_seconds: f64,
 }
 
 impl Default for DistributedConfig {
@@ -219,6 +223,7 @@ impl Default for DistributedConfig {
             devices: 1,
             nodes: 1,
             timeout_seconds: 600.0,
+            join_timeout_seconds: 600.0,
         }
     }
 }
@@ -431,15 +436,19 @@ impl RunConfig {
                  peers: at most {max}"
             ));
         }
-        // Finite and at most a year: `Duration` takes it as it is.
-        in_range(
-            "distributed.timeout_seconds",
-            self.distributed.timeout_seconds,
-            0.0,
-            false,
-            3.2e7,
-            true,
-        )?;
+        // Finite and at most a year: `Duration` takes them as they are.
+        for (option, seconds) in [
+            (
+                "distributed.timeout_seconds",
+                self.distributed.timeout_seconds,
+            ),
+            (
+                "distributed.join_timeout_seconds",
+                self.distributed.join_timeout_seconds,
+            ),
+        ] {
+            in_range(option, seconds, 0.0, false, 3.2e7, true)?;
+        }
         if peers > 1 {
             let what = if nodes > 1 {
                 format!("distributed.devices = {devices} on distributed.nodes = {nodes}")

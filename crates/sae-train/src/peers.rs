@@ -46,9 +46,9 @@ pub struct NodeLaunch {
 }
 
 impl NodeLaunch {
-    /// The machines of a run of `nodes` machines, as this one sees them; an error names the
-    /// address at fault.
-    pub fn machines(&self, nodes: usize) -> Result<Machines, String> {
+    /// The machines of a run of `nodes` machines, as this one sees them, waiting at most
+    /// `join_timeout` for each other to join; an error names the address at fault.
+    pub fn machines(&self, nodes: usize, join_timeout: Duration) -> Result<Machines, String> {
         if self.node >= nodes {
             return Err(format!(
                 "--node {} is not a machine of distributed.nodes = {nodes}: must be in 0..{nodes}",
@@ -68,12 +68,23 @@ impl NodeLaunch {
             }
         };
         port("--orchestrator", &self.orchestrator)?;
+        let data_port = port("--node-address", &self.address)?;
+        // burn-collective serves the machine's tensors on that port, and only logs a port it
+        // cannot take (the other machines' transfers would then fail mid-run): find out first.
+        std::net::TcpListener::bind(("0.0.0.0", data_port)).map_err(|e| {
+            format!(
+                "--node-address {:?}: this machine cannot serve on that port ({e}): is another \
+                 process using it?",
+                self.address
+            )
+        })?;
         Ok(Machines {
             nodes,
             node: self.node,
             orchestrator: self.orchestrator.clone(),
             address: self.address.clone(),
-            data_port: port("--node-address", &self.address)?,
+            data_port,
+            join_timeout,
         })
     }
 }

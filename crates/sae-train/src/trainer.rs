@@ -283,7 +283,13 @@ fn machines(config: &RunConfig, node: Option<&NodeLaunch>) -> Result<Option<Mach
              machines"
                 .into(),
         )),
-        Some(launch) => launch.machines(nodes).map(Some).map_err(refuse),
+        Some(launch) => launch
+            .machines(
+                nodes,
+                Duration::from_secs_f64(config.distributed.join_timeout_seconds),
+            )
+            .map(Some)
+            .map_err(refuse),
     }
 }
 

@@ -143,6 +143,16 @@ fn every_numeric_field_has_its_range_checked_at_load() {
             "distributed.timeout_seconds",
             "(0, 32000000]",
         ),
+        (
+            "distributed.join_timeout_seconds=-1.0",
+            "distributed.join_timeout_seconds",
+            "(0, 32000000]",
+        ),
+        (
+            "distributed.join_timeout_seconds=4e7",
+            "distributed.join_timeout_seconds",
+            "(0, 32000000]",
+        ),
     ];
     for (set, field, range) in cases {
         let err = load("", &[set]).unwrap_err().to_string();
@@ -158,6 +168,7 @@ fn every_numeric_field_has_its_range_checked_at_load() {
         "step.threshold_decay=0.0",
         "distributed.devices=256",
         "distributed.nodes=256",
+        "distributed.join_timeout_seconds=3.2e7",
     ] {
         load("", &[set]).unwrap_or_else(|e| panic!("{set}: {e}"));
     }
