@@ -252,9 +252,7 @@ fn main() -> Result<()> {
 
 /// Serves burn-collective's global orchestrator on `port` until Ctrl-C.
 fn orchestrator(port: u16) -> Result<()> {
-    // burn-collective only logs a port it cannot take: find out first.
-    std::net::TcpListener::bind(("0.0.0.0", port))
-        .with_context(|| format!("cannot listen on port {port}"))?;
+    sae_train::peers::can_listen(port).with_context(|| format!("cannot listen on port {port}"))?;
     let runtime = tokio::runtime::Runtime::new().context("starting the orchestrator's runtime")?;
     eprintln!(
         "orchestrator on port {port}: start each machine's `sae train --node I --node-address \

@@ -277,62 +277,47 @@ fn machines_that_differ_are_refused_naming_what_differs() {
     // A port another process listens on.
     let taken = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
     let taken_address = format!("ws://127.0.0.1:{}", taken.local_addr().unwrap().port());
+    // Machine `node` of two, reached at `address`.
+    let one_of_two = |node: &'static str, address: &str| {
+        vec![
+            "--set".to_string(),
+            "distributed.nodes=2".into(),
+            "--node".into(),
+            node.into(),
+            "--node-address".into(),
+            address.into(),
+            "--orchestrator".into(),
+            at.clone(),
+        ]
+    };
+    let owned = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     for (extra, expected) in [
         (
-            vec!["--set", "distributed.nodes=2"],
+            owned(&["--set", "distributed.nodes=2"]),
             "needs this machine's --node",
         ),
         (
-            vec![
+            owned(&[
                 "--node",
                 "0",
                 "--node-address",
                 "ws://127.0.0.1:9",
                 "--orchestrator",
                 &at,
-            ],
+            ]),
             "distributed.nodes = 1",
         ),
         (
-            vec![
-                "--set",
-                "distributed.nodes=2",
-                "--node",
-                "2",
-                "--node-address",
-                "ws://127.0.0.1:9",
-                "--orchestrator",
-                &at,
-            ],
+            one_of_two("2", "ws://127.0.0.1:9"),
             "--node 2 is not a machine",
         ),
+        (one_of_two("1", "127.0.0.1:9"), "expected ws://HOST:PORT"),
         (
-            vec![
-                "--set",
-                "distributed.nodes=2",
-                "--node",
-                "1",
-                "--node-address",
-                "127.0.0.1:9",
-                "--orchestrator",
-                &at,
-            ],
-            "expected ws://HOST:PORT",
-        ),
-        (
-            vec![
-                "--set",
-                "distributed.nodes=2",
-                "--node",
-                "1",
-                "--node-address",
-                &taken_address,
-                "--orchestrator",
-                &at,
-            ],
+            one_of_two("1", &taken_address),
             "this machine cannot serve on that port",
         ),
     ] {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let out = run(&small_run(&dir, 20, &extra));
         assert!(!out.status.success(), "{extra:?} was accepted");
         let message = text(&out);

@@ -45,6 +45,13 @@ pub struct NodeLaunch {
     pub orchestrator: String,
 }
 
+/// Whether this machine can listen on `port` on every interface, as burn-collective's servers
+/// (the orchestrator, a machine's tensors) do: they only log a port they cannot take, so a
+/// launch finds out first. The port is free again when this returns.
+pub fn can_listen(port: u16) -> std::io::Result<()> {
+    std::net::TcpListener::bind(("0.0.0.0", port)).map(drop)
+}
+
 impl NodeLaunch {
     /// The machines of a run of `nodes` machines, as this one sees them, waiting at most
     /// `join_timeout` for each other to join; an error names the address at fault.
@@ -69,9 +76,8 @@ impl NodeLaunch {
         };
         port("--orchestrator", &self.orchestrator)?;
         let data_port = port("--node-address", &self.address)?;
-        // burn-collective serves the machine's tensors on that port, and only logs a port it
-        // cannot take (the other machines' transfers would then fail mid-run): find out first.
-        std::net::TcpListener::bind(("0.0.0.0", data_port)).map_err(|e| {
+        // Otherwise the other machines' transfers from this one would fail mid-run.
+        can_listen(data_port).map_err(|e| {
             format!(
                 "--node-address {:?}: this machine cannot serve on that port ({e}): is another \
                  process using it?",

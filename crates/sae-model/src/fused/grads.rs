@@ -118,7 +118,7 @@ pub struct HostLossAndGrads {
 }
 
 /// The first of [`PARAMETERS`] whose flag is set.
-pub(crate) fn first_flagged(flags: [bool; 4]) -> Option<&'static str> {
+pub(crate) fn first_flagged(flags: [bool; PARAMETERS.len()]) -> Option<&'static str> {
     PARAMETERS
         .into_iter()
         .zip(flags)

@@ -51,21 +51,17 @@ impl<P: Protocol> SyncService<P> {
         syncing_peers.push(peer);
     }
 
-    /// Sends this node's sync request to node `id` at `addr` on the kept connection, or on a
-    /// new one when there is none yet or the kept one broke.
+    /// Sends this node's sync request `msg` to node `id` at `addr` on the kept connection, or
+    /// on a new one when there is none yet or the kept one broke.
     async fn request(
-        &self,
         connections: &mut HashMap<NodeId, (Address, Channel<P>)>,
         id: NodeId,
         addr: &Address,
-        msg: &[u8],
+        msg: &bytes::Bytes,
     ) -> Result<(), GlobalCollectiveError> {
         if let Some((kept_addr, connection)) = connections.get_mut(&id)
             && kept_addr == addr
-            && connection
-                .send(Message::new(msg.to_vec().into()))
-                .await
-                .is_ok()
+            && connection.send(Message::new(msg.clone())).await.is_ok()
         {
             return Ok(());
         }
@@ -74,7 +70,7 @@ impl<P: Protocol> SyncService<P> {
             .await
             .ok_or(GlobalCollectiveError::PeerLost(id))?;
         connection
-            .send(Message::new(msg.to_vec().into()))
+            .send(Message::new(msg.clone()))
             .await
             .map_err(|_| GlobalCollectiveError::PeerLost(id))?;
         connections.insert(id, (addr.clone(), connection));
@@ -91,12 +87,14 @@ impl<P: Protocol> SyncService<P> {
 
         // this peer is syncing
         self.add_syncing_peer(node_state.node_id);
-        let msg = rmp_serde::to_vec(&SyncRequest(node_state.node_id)).unwrap();
+        let msg: bytes::Bytes = rmp_serde::to_vec(&SyncRequest(node_state.node_id))
+            .unwrap()
+            .into();
         {
             let mut connections = self.connections.lock().await;
             for (id, addr) in &node_state.nodes {
                 if *id != node_state.node_id {
-                    self.request(&mut connections, *id, addr, &msg).await?;
+                    Self::request(&mut connections, *id, addr, &msg).await?;
                 }
             }
         }
