@@ -13,6 +13,7 @@ use crate::TrainError;
 const PREFIX: &str = "step-";
 const TMP_SUFFIX: &str = ".partial";
 const CORRUPT_SUFFIX: &str = ".corrupt";
+const REPLACED_SUFFIX: &str = ".replaced";
 
 /// The checkpoint directory of a run.
 #[derive(Debug, Clone)]
@@ -59,12 +60,22 @@ impl Checkpoints {
             let _ = fs::remove_dir_all(&tmp);
             return Err(e);
         }
-        if final_dir.exists() {
-            // Re-saving the same step (e.g. after a resume): replace it.
-            fs::remove_dir_all(&final_dir).map_err(io(&final_dir))?;
+        // Re-saving a step (after a resume, or a stop right after a periodic checkpoint)
+        // replaces it without a moment where no checkpoint of that step exists: the old one is
+        // renamed aside first (out of the list) and removed once the new one is in place.
+        let replaced = final_dir.with_file_name(format!("{PREFIX}{step:012}{REPLACED_SUFFIX}"));
+        let replacing = final_dir.exists();
+        if replacing {
+            if replaced.exists() {
+                fs::remove_dir_all(&replaced).map_err(io(&replaced))?;
+            }
+            fs::rename(&final_dir, &replaced).map_err(io(&final_dir))?;
         }
         fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
         sync_dir(&self.root)?;
+        if replacing {
+            fs::remove_dir_all(&replaced).map_err(io(&replaced))?;
+        }
         self.prune()?;
         Ok(final_dir)
     }

@@ -54,6 +54,28 @@ fn a_failed_write_leaves_the_previous_checkpoint_and_no_debris() {
 }
 
 #[test]
+fn re_saving_a_step_replaces_it_and_a_failed_re_save_keeps_the_old_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpts = Checkpoints::new(tmp.path(), 2);
+    ckpts.save(10, write_file("state", "first")).unwrap();
+    let again = ckpts.save(10, write_file("state", "second")).unwrap();
+    assert_eq!(fs::read_to_string(again.join("state")).unwrap(), "second");
+    let err = ckpts.save(10, |dir| {
+        Err(TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: "simulated crash".into(),
+        })
+    });
+    assert!(err.is_err());
+    assert_eq!(fs::read_to_string(again.join("state")).unwrap(), "second");
+    let names: Vec<_> = fs::read_dir(ckpts.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec!["step-000000000010"], "left behind: {names:?}");
+}
+
+#[test]
 fn a_full_disk_is_an_error_and_the_old_checkpoint_survives() {
     if !std::path::Path::new("/dev/full").exists() {
         eprintln!("skipped: /dev/full is not available");
