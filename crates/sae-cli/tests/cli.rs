@@ -68,11 +68,7 @@ fn ctrl_c_checkpoints_then_exits_and_the_run_resumes() {
     signal(&child, "INT");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let after = checkpoints(tmp.path());
-    assert!(
-        after.last() > first.last(),
-        "no checkpoint written on Ctrl-C: {first:?} -> {after:?}"
-    );
+    assert_checkpointed_where_stopped(tmp.path(), &first);
 }
 
 #[test]

@@ -104,6 +104,27 @@ pub fn start_until_checkpoint(args: &[String], run_dir: &Path) -> std::process::
     child
 }
 
+/// Asserts that an interrupted run's newest checkpoint holds the step it stopped at (the one
+/// its partial model records), and that no checkpoint seen `before` the stop was newer. The
+/// stop may share its step with the last periodic checkpoint: a signal can land between it and
+/// the next step.
+pub fn assert_checkpointed_where_stopped(run_dir: &Path, before: &[PathBuf]) {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("model/sae.json")).unwrap()).unwrap();
+    let stopped_at = meta["interrupted"]["step"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the model does not record an interrupted step: {meta}"));
+    assert!(stopped_at > 0, "{meta}");
+    let after = checkpoints(run_dir);
+    assert!(
+        after
+            .last()
+            .is_some_and(|newest| newest.ends_with(format!("step-{stopped_at:012}"))),
+        "no checkpoint at the interrupted step {stopped_at}: {after:?}"
+    );
+    assert!(after.last() >= before.last(), "{before:?} -> {after:?}");
+}
+
 /// `sae train --quiet --resume <run_dir>` plus `extra`.
 pub fn resume_args(run_dir: &Path, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
