@@ -21,7 +21,7 @@ pub mod peers;
 pub mod run_dir;
 pub mod schedule;
 pub mod state;
-mod tensor;
+pub mod tensor;
 pub mod trainer;
 
 pub use config::{BackendKind, DistributedConfig, RunConfig};
