@@ -206,6 +206,9 @@ fn bad_settings_are_refused_before_training_naming_the_field() {
         ("train.log_every_steps=0", "train.log_every_steps"),
         ("schedule.final_fraction=2.0", "schedule.final_fraction"),
         ("sparsifier.k=65", "sparsifier.k"),
+        // More features than 32-bit ids name; a dictionary larger than any machine's memory.
+        ("model.d_sae=99999999999", "32-bit feature ids"),
+        ("model.d_sae=2000000000", "more than this machine's"),
     ] {
         let dir = tmp.path().join(field);
         let started = Instant::now();

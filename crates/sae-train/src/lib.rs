@@ -14,6 +14,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod memory;
 pub mod metrics;
 mod migrate;
 pub mod overrides;

@@ -595,7 +595,8 @@ pub fn train_on<B: AutodiffBackend>(
     })
 }
 
-/// Checks what needs the data's width: the sparsifier's `k` against the dictionary.
+/// Checks what needs the data's width: the sparsifier's `k` against the dictionary, the
+/// dictionary against the feature ids, and the step against this machine's memory.
 fn check_shape(config: &RunConfig, k: usize, d: usize, features: usize) -> Result<(), TrainError> {
     let bad = |reason: String| {
         Err(TrainError::Config {
@@ -614,7 +615,19 @@ fn check_shape(config: &RunConfig, k: usize, d: usize, features: usize) -> Resul
             "sparsifier.k = {k} exceeds the {features} features of the dictionary"
         ));
     }
-    Ok(())
+    if u32::try_from(features).is_err() {
+        return bad(format!(
+            "model: {features} features (d_sae = {:?}, expansion = {}, d = {d}) are more than \
+             the {} that 32-bit feature ids can name",
+            config.model.d_sae,
+            config.model.expansion,
+            u32::MAX
+        ));
+    }
+    match crate::memory::machine_memory() {
+        Some(available) => crate::memory::check_fits(config, d, features, available).or_else(bad),
+        None => Ok(()),
+    }
 }
 
 /// Evaluates on the held-out rows; `None` when the run holds none out.

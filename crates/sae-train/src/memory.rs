@@ -1,0 +1,158 @@
+//! What a run holds in memory, known before anything is allocated: a dictionary or a batch
+//! too large for the machine is refused naming the settings, instead of failing (or paging
+//! for hours) once allocation starts.
+
+use crate::RunConfig;
+use crate::config::BackendKind;
+
+/// The least a CPU step holds on one machine, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepMemory {
+    /// Parameters, their two Adam moments and their gradients, for every peer of the machine
+    /// (each peer holds its own copy of the state).
+    pub state: u64,
+    /// The `[rows, features]` affinities of every peer's rows of a batch.
+    pub affinities: u64,
+}
+
+impl StepMemory {
+    /// The step of `config` on data of width `d` with `features` features; `None` when the
+    /// byte count does not fit in 64 bits.
+    pub fn of(config: &RunConfig, d: usize, features: usize) -> Option<Self> {
+        let (d, f) = (d as u64, features as u64);
+        let devices = config.distributed.devices as u64;
+        let params = f.checked_mul(d)?.checked_mul(2)?.checked_add(f + d)?;
+        // Parameters, first and second moments, gradients: four f32 copies per peer.
+        let state = params.checked_mul(4 * 4)?.checked_mul(devices)?;
+        // The machine's share of a batch: its peers' rows together.
+        let rows = (config.train.batch_size as u64).div_ceil(config.distributed.nodes as u64);
+        let affinities = rows.checked_mul(f)?.checked_mul(4)?;
+        Some(Self { state, affinities })
+    }
+
+    /// Their sum.
+    pub fn total(&self) -> u64 {
+        self.state.saturating_add(self.affinities)
+    }
+}
+
+/// The memory this machine can give a process at most (physical memory and swap), from
+/// `/proc/meminfo`; `None` where that cannot be read.
+pub fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        kib.checked_mul(1024)
+    };
+    Some(field("MemTotal:")?.saturating_add(field("SwapTotal:").unwrap_or(0)))
+}
+
+/// Refuses a run on a CPU backend whose step cannot fit in `available` bytes; the reason
+/// names the settings that size it.
+pub fn check_fits(
+    config: &RunConfig,
+    d: usize,
+    features: usize,
+    available: u64,
+) -> Result<(), String> {
+    if !matches!(config.backend, BackendKind::Flex | BackendKind::Ndarray) {
+        return Ok(()); // a GPU's own memory is not known here
+    }
+    let sizes = format!(
+        "{features} features (model.d_sae / model.expansion) of width d = {d}, \
+         train.batch_size = {}, distributed.devices = {}",
+        config.train.batch_size, config.distributed.devices
+    );
+    let Some(need) = StepMemory::of(config, d, features) else {
+        return Err(format!("{sizes}: the step would need more than 2^64 bytes"));
+    };
+    if need.total() <= available {
+        return Ok(());
+    }
+    Err(format!(
+        "{sizes}: the step needs at least {} (parameters, Adam moments and gradients {}, \
+         a batch's affinities {}), more than this machine's {} of memory and swap",
+        bytes(need.total()),
+        bytes(need.state),
+        bytes(need.affinities),
+        bytes(available)
+    ))
+}
+
+/// `n` bytes in the largest binary unit that keeps a number of at least 1.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(batch: usize, devices: usize, nodes: usize) -> RunConfig {
+        let mut c = RunConfig::default();
+        c.train.batch_size = batch;
+        c.distributed.devices = devices;
+        c.distributed.nodes = nodes;
+        c
+    }
+
+    #[test]
+    fn counts_every_copy_of_the_state_and_the_machines_share_of_a_batch() {
+        // d = 3, F = 5: 2 * 15 + 5 + 3 = 38 values, four f32 copies per peer.
+        let one = StepMemory::of(&config(10, 1, 1), 3, 5).unwrap();
+        assert_eq!(one.state, 38 * 16);
+        assert_eq!(one.affinities, 10 * 5 * 4);
+        // Two peers on this machine: two states, the same rows in all.
+        let two = StepMemory::of(&config(10, 2, 1), 3, 5).unwrap();
+        assert_eq!(two.state, 2 * 38 * 16);
+        assert_eq!(two.affinities, 10 * 5 * 4);
+        // Three machines: this one holds at most ceil(10 / 3) = 4 rows.
+        let nodes = StepMemory::of(&config(10, 1, 3), 3, 5).unwrap();
+        assert_eq!(nodes.affinities, 4 * 5 * 4);
+        assert!(StepMemory::of(&config(10, 1, 1), usize::MAX, 5).is_none());
+    }
+
+    #[test]
+    fn a_step_larger_than_the_machine_is_refused_naming_the_settings() {
+        let c = config(4096, 1, 1);
+        let need = StepMemory::of(&c, 768, 1 << 20).unwrap().total();
+        assert!(check_fits(&c, 768, 1 << 20, need).is_ok(), "exactly enough");
+        let message = check_fits(&c, 768, 1 << 20, need - 1).unwrap_err();
+        for part in ["model.d_sae", "train.batch_size = 4096", "d = 768", "GiB"] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        let overflow = check_fits(&c, usize::MAX, 1 << 20, u64::MAX).unwrap_err();
+        assert!(overflow.contains("2^64"), "{overflow}");
+        // A GPU's memory is its own: not judged by the host's.
+        let mut gpu = c.clone();
+        gpu.backend = BackendKind::Wgpu;
+        assert!(check_fits(&gpu, 768, 1 << 20, 1).is_ok());
+    }
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(bytes(512), "512.0 B");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(bytes(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn this_machine_reports_its_memory() {
+        if cfg!(target_os = "linux") {
+            assert!(machine_memory().is_some_and(|m| m > 1 << 20));
+        }
+    }
+}
