@@ -596,7 +596,8 @@ pub fn train_on<B: AutodiffBackend>(
 }
 
 /// Checks what needs the data's width: the sparsifier's `k` against the dictionary, the
-/// dictionary against the feature ids, and the step against this machine's memory.
+/// dictionary against the feature ids, a GPU batch against the kernels' indices, and a CPU
+/// step against this machine's memory.
 fn check_shape(config: &RunConfig, k: usize, d: usize, features: usize) -> Result<(), TrainError> {
     let bad = |reason: String| {
         Err(TrainError::Config {
@@ -624,8 +625,9 @@ fn check_shape(config: &RunConfig, k: usize, d: usize, features: usize) -> Resul
             u32::MAX
         ));
     }
-    match crate::memory::machine_memory() {
-        Some(available) => crate::memory::check_fits(config, d, features, available).or_else(bad),
+    crate::sizes::check_device_scores(config, features).or_else(bad)?;
+    match crate::sizes::machine_memory() {
+        Some(available) => crate::sizes::check_fits(config, d, features, available).or_else(bad),
         None => Ok(()),
     }
 }

@@ -1,6 +1,6 @@
-//! What a run holds in memory, known before anything is allocated: a dictionary or a batch
-//! too large for the machine is refused naming the settings, instead of failing (or paging
-//! for hours) once allocation starts.
+//! What a run's sizes demand, known before anything is allocated: a dictionary or a batch
+//! too large for the machine's memory or for the GPU kernels' indices is refused naming the
+//! settings, instead of failing (or paging for hours) once allocation starts.
 
 use crate::RunConfig;
 use crate::config::BackendKind;
@@ -85,6 +85,28 @@ pub fn check_fits(
     ))
 }
 
+/// Refuses a run on a GPU backend whose batch has more scores (`train.batch_size` x
+/// features) than the selection kernels' 32-bit indices address, naming the largest batch
+/// that fits.
+pub fn check_device_scores(config: &RunConfig, features: usize) -> Result<(), String> {
+    if !matches!(config.backend, BackendKind::Wgpu | BackendKind::Cuda) {
+        return Ok(());
+    }
+    let limit = u32::MAX as usize;
+    let batch = config.train.batch_size;
+    if batch
+        .checked_mul(features)
+        .is_some_and(|scores| scores <= limit)
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "train.batch_size = {batch} with {features} features is more scores than the GPU \
+         kernels' 32-bit indices address ({limit}): at most {} tokens per batch at this width",
+        limit / features.max(1)
+    ))
+}
+
 /// `n` bytes in the largest binary unit that keeps a number of at least 1.
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -140,6 +162,22 @@ mod tests {
         let mut gpu = c.clone();
         gpu.backend = BackendKind::Wgpu;
         assert!(check_fits(&gpu, 768, 1 << 20, 1).is_ok());
+    }
+
+    #[test]
+    fn a_gpu_batch_beyond_the_kernels_indices_is_refused_with_the_largest_that_fits() {
+        let mut c = config(4096, 1, 1);
+        c.backend = BackendKind::Cuda;
+        // 4096 x 2^20 = 2^32 scores: one more than u32 indices reach.
+        let message = check_device_scores(&c, 1 << 20).unwrap_err();
+        assert!(message.contains("train.batch_size = 4096"), "{message}");
+        assert!(message.contains("at most 4095 tokens"), "{message}");
+        c.train.batch_size = 4095;
+        assert!(check_device_scores(&c, 1 << 20).is_ok());
+        // The CPU path indexes with usize.
+        c.backend = BackendKind::Flex;
+        c.train.batch_size = 4096;
+        assert!(check_device_scores(&c, 1 << 20).is_ok());
     }
 
     #[test]
