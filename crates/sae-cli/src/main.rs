@@ -69,8 +69,8 @@ enum Command {
     /// (`distributed.nodes`) until stopped; start it first. It serves one launch at a time,
     /// launch after launch (a resume, the next run).
     Orchestrator {
-        /// The port to listen on, on every interface of this machine.
-        #[arg(long)]
+        /// The port to listen on, on every interface of this machine (1-65535).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         port: u16,
     },
     /// Evaluate a run's newest checkpoint on its held-out data, or on files of your own.

@@ -120,6 +120,20 @@ fn bad_input_is_named() {
     let out = run(&small_run(tmp.path(), 10, &["--set", "train.bach_size=3"]));
     assert!(!out.status.success());
     assert!(text(&out).contains("bach_size"), "{}", text(&out));
+
+    // Evaluating a directory that holds no run, or none at all.
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(&["eval".into(), empty.path().display().to_string()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not a run directory"), "{}", text(&out));
+    let out = run(&["eval".into(), missing.display().to_string()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is not a directory"), "{}", text(&out));
+
+    // Port 0 would let the system pick a port the machines cannot know.
+    let out = run(&["orchestrator".into(), "--port".into(), "0".into()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--port"), "{}", text(&out));
 }
 
 #[test]

@@ -109,7 +109,13 @@ pub fn resume_config(out_dir: &std::path::Path) -> Result<RunConfig, TrainError>
     }
     Err(last_error.unwrap_or_else(|| TrainError::Checkpoint {
         path: checkpoints.root().to_path_buf(),
-        reason: "no checkpoint to resume from".into(),
+        reason: if out_dir.is_dir() {
+            "no checkpoint here: not a run directory, or a run stopped before its first \
+             checkpoint"
+                .into()
+        } else {
+            format!("{} is not a directory", out_dir.display())
+        },
     }))
 }
 
