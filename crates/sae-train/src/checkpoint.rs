@@ -130,14 +130,29 @@ impl Checkpoints {
         Ok(self.list()?.pop())
     }
 
-    /// Removes checkpoints beyond the newest `keep`, and leftovers of interrupted writes.
+    /// Removes checkpoints beyond the newest `keep`, and leftovers of writes and
+    /// replacements a killed process left behind (the run directory's lock guarantees no
+    /// other process is writing one). Checkpoints set aside as corrupt are kept.
     fn prune(&self) -> Result<(), TrainError> {
         let all = self.list()?;
-        for (_, dir) in &all[..all.len().saturating_sub(self.keep)] {
-            fs::remove_dir_all(dir).map_err(|source| TrainError::Io {
-                path: dir.clone(),
+        let old = all[..all.len().saturating_sub(self.keep)]
+            .iter()
+            .map(|(_, dir)| dir.clone());
+        let leftovers = fs::read_dir(&self.root)
+            .map_err(|source| TrainError::Io {
+                path: self.root.clone(),
                 source,
-            })?;
+            })?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| {
+                path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(PREFIX)
+                        && (n.ends_with(TMP_SUFFIX) || n.ends_with(REPLACED_SUFFIX))
+                })
+            })
+            .collect::<Vec<_>>();
+        for dir in old.chain(leftovers) {
+            fs::remove_dir_all(&dir).map_err(|source| TrainError::Io { path: dir, source })?;
         }
         Ok(())
     }

@@ -76,6 +76,31 @@ fn re_saving_a_step_replaces_it_and_a_failed_re_save_keeps_the_old_one() {
 }
 
 #[test]
+fn leftovers_of_a_killed_write_go_at_the_next_save_and_corrupt_ones_stay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpts = Checkpoints::new(tmp.path(), 2);
+    let first = ckpts.save(10, write_file("state", "ten")).unwrap();
+    // What a process killed mid-write or mid-replacement leaves.
+    for name in ["step-000000000015.partial", "step-000000000010.replaced"] {
+        fs::create_dir(ckpts.root().join(name)).unwrap();
+        fs::write(ckpts.root().join(name).join("state"), "half").unwrap();
+    }
+    let corrupt = ckpts.set_aside(&first).unwrap();
+    ckpts.save(20, write_file("state", "twenty")).unwrap();
+    let mut names: Vec<_> = fs::read_dir(ckpts.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["step-000000000010.corrupt", "step-000000000020"],
+        "left behind or lost"
+    );
+    assert!(corrupt.exists());
+}
+
+#[test]
 fn a_full_disk_is_an_error_and_the_old_checkpoint_survives() {
     if !std::path::Path::new("/dev/full").exists() {
         eprintln!("skipped: /dev/full is not available");

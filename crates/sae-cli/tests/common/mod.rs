@@ -69,13 +69,17 @@ pub fn weights(run_dir: &Path) -> Vec<u8> {
     std::fs::read(run_dir.join("model/sae.safetensors")).expect("final model written")
 }
 
+/// A run's checkpoint directories, oldest first, without those being written or replaced.
 pub fn checkpoints(run_dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoints")) else {
         return Vec::new();
     };
     let mut found: Vec<PathBuf> = entries
         .map(|e| e.unwrap().path())
-        .filter(|p| !p.to_string_lossy().ends_with(".partial"))
+        .filter(|p| {
+            let name = p.to_string_lossy();
+            !name.ends_with(".partial") && !name.ends_with(".replaced")
+        })
         .collect();
     found.sort();
     found
