@@ -24,6 +24,24 @@ use crate::error::{Result, SaeError};
 use crate::rule::{Activation, BuiltinRule};
 use crate::sae::host_vec;
 
+/// The most bytes one buffer of `device` can hold, where the backend says (wgpu: the
+/// adapter's largest storage binding; cuda: what its allocator takes in one piece); `None`
+/// for the CPU backends, whose tensors are host memory.
+pub fn largest_buffer<B: Backend>(device: &B::Device) -> Option<u64> {
+    use cubecl::Runtime;
+    let device: &dyn Any = device;
+    if let Some(device) = device.downcast_ref::<cubecl::wgpu::WgpuDevice>() {
+        let client = cubecl::wgpu::WgpuRuntime::client(device);
+        return Some(client.properties().memory.max_page_size);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(device) = device.downcast_ref::<cubecl::cuda::CudaDevice>() {
+        let client = cubecl::cuda::CudaRuntime::client(device);
+        return Some(client.properties().memory.max_page_size);
+    }
+    None
+}
+
 /// Whether `B`'s float tensors are those of a cubecl backend the kernels run on.
 pub(crate) fn is_cubecl<B: Backend>() -> bool {
     let id = TypeId::of::<B::FloatTensorPrimitive>();

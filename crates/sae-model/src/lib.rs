@@ -32,6 +32,7 @@ pub use collective::{
     BurnPeer, Collective, Disagreement, Machines, SinglePeer, disagreement, gather_counts,
     machine_peers,
 };
+pub use device::largest_buffer;
 pub use dispatch::{BatchAffinities, BatchSelection, select_on_backend};
 pub use error::{Result, SaeError};
 pub use loss::{AuxLoss, aux_selection, fvu, mse};

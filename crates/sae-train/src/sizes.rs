@@ -107,6 +107,54 @@ pub fn check_device_scores(config: &RunConfig, features: usize) -> Result<(), St
     ))
 }
 
+/// Refuses a run whose largest tensors do not fit in one buffer of a device that holds at
+/// most `largest` bytes per buffer (wgpu adapters often allow 128 MiB): the encoder and
+/// decoder weights `[features, d]` and a batch's affinities `[batch_size, features]`.
+pub fn check_buffers(
+    config: &RunConfig,
+    d: usize,
+    features: usize,
+    largest: u64,
+) -> Result<(), String> {
+    let batch = config.train.batch_size;
+    let tensors = [
+        (
+            "the encoder and decoder weights",
+            [features, d],
+            "model.d_sae",
+        ),
+        (
+            "a batch's affinities",
+            [batch, features],
+            "train.batch_size",
+        ),
+    ];
+    let too_large: Vec<String> = tensors
+        .iter()
+        .filter_map(|(what, [rows, cols], option)| {
+            let size = (*rows as u64)
+                .saturating_mul(*cols as u64)
+                .saturating_mul(4);
+            (size > largest).then(|| {
+                let fit = largest / 4 / (*cols as u64).max(1);
+                format!(
+                    "{what} [{rows}, {cols}] take {} (at most {fit} rows fit: lower {option})",
+                    bytes(size)
+                )
+            })
+        })
+        .collect();
+    if too_large.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "backend = {:?}: this device holds at most {} in one buffer, and {}",
+        config.backend.name(),
+        bytes(largest),
+        too_large.join("; ")
+    ))
+}
+
 /// `n` bytes in the largest binary unit that keeps a number of at least 1.
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -178,6 +226,28 @@ mod tests {
         c.backend = BackendKind::Flex;
         c.train.batch_size = 4096;
         assert!(check_device_scores(&c, 1 << 20).is_ok());
+    }
+
+    #[test]
+    fn tensors_larger_than_a_device_buffer_are_refused_naming_what_fits() {
+        let mut c = config(1024, 1, 1);
+        c.backend = BackendKind::Wgpu;
+        let largest = 128 << 20;
+        // [F, d] = [600000, 64] is 146.5 MiB; [1024, 600000] affinities 2.3 GiB.
+        let message = check_buffers(&c, 64, 600_000, largest).unwrap_err();
+        for part in [
+            "backend = \"wgpu\"",
+            "at most 128.0 MiB in one buffer",
+            "weights [600000, 64] take 146.5 MiB (at most 524288 rows fit: lower model.d_sae",
+            "affinities [1024, 600000] take 2.3 GiB (at most 55 rows fit: lower train.batch_size)",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        // Exactly one buffer's worth fits.
+        assert!(check_buffers(&c, 64, 524_288, largest).is_err()); // the affinities still
+        c.train.batch_size = 64;
+        assert!(check_buffers(&c, 64, 524_288, largest).is_ok());
+        assert!(check_buffers(&c, 64, 524_289, largest).is_err());
     }
 
     #[test]

@@ -320,6 +320,14 @@ pub fn train_on<B: AutodiffBackend>(
     let d = acts.d;
     let features = config.model.features(d);
     check_shape(&config, sparsifier.k(), d, features)?;
+    if let Some(largest) = sae_model::largest_buffer::<B>(&device) {
+        crate::sizes::check_buffers(&config, d, features, largest).map_err(|reason| {
+            TrainError::Config {
+                origin: "the run".into(),
+                reason,
+            }
+        })?;
+    }
     let peers_total = config.distributed.peers();
     if peers_total > 1
         && sparsifier

@@ -198,3 +198,22 @@ fn cpu_backends_select_on_the_host() {
         BatchAffinities::Device(_) => panic!("Flex has no device selection"),
     }
 }
+
+/// A device's largest buffer, which a run's sizes are checked against before training: wgpu
+/// reports its adapter's limit, and a tensor of exactly that size is allocated and used; the
+/// CPU backends report none.
+#[test]
+fn the_largest_buffer_is_the_adapters_limit_on_wgpu_and_none_on_the_cpu() {
+    assert_eq!(sae_model::largest_buffer::<Flex>(&Default::default()), None);
+    if !common::wgpu_available() {
+        return;
+    }
+    let device = Default::default();
+    let largest = sae_model::largest_buffer::<Wgpu>(&device).expect("wgpu reports its limit");
+    assert!(largest >= 1 << 20, "{largest} bytes");
+    // Capped at 1 GiB: an adapter whose limit is its whole memory is not filled here.
+    let elements = (largest.min(1 << 30) / 4) as usize;
+    let ones = burn::tensor::Tensor::<Wgpu, 1>::ones([elements], &device);
+    let last = ones.slice([elements - 1..elements]).into_data();
+    assert_eq!(last.to_vec::<f32>().unwrap(), vec![1.0]);
+}
