@@ -36,12 +36,31 @@ impl StepMemory {
     }
 }
 
-/// The memory this machine can give a process at most (physical memory and swap), from
-/// `/proc/meminfo`; `None` where that cannot be read.
+/// The memory this machine can give this process at most, physical memory and swap
+/// (`/proc/meminfo`), each capped by the process's cgroup limits where it has any (a container
+/// sees the host's `MemTotal`); `None` where `/proc/meminfo` cannot be read.
 pub fn machine_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    memory_limit(
+        &meminfo,
+        // cgroup v2, else v1 (whose "no limit" is a huge number, harmless as a cap).
+        read("/sys/fs/cgroup/memory.max")
+            .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+            .as_deref(),
+        read("/sys/fs/cgroup/memory.swap.max").as_deref(),
+    )
+}
+
+/// [`machine_memory`] from the texts of `/proc/meminfo` and the cgroup's memory and swap
+/// limits (a number of bytes, or `max` for none).
+fn memory_limit(
+    meminfo: &str,
+    cgroup_memory: Option<&str>,
+    cgroup_swap: Option<&str>,
+) -> Option<u64> {
     let field = |name: &str| -> Option<u64> {
-        let line = info.lines().find(|l| l.starts_with(name))?;
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
         let kib: u64 = line[name.len()..]
             .trim()
             .trim_end_matches("kB")
@@ -50,7 +69,14 @@ pub fn machine_memory() -> Option<u64> {
             .ok()?;
         kib.checked_mul(1024)
     };
-    Some(field("MemTotal:")?.saturating_add(field("SwapTotal:").unwrap_or(0)))
+    let cap =
+        |value: u64, limit: Option<&str>| match limit.and_then(|l| l.trim().parse::<u64>().ok()) {
+            Some(limit) => value.min(limit),
+            None => value, // absent, or "max"
+        };
+    let memory = cap(field("MemTotal:")?, cgroup_memory);
+    let swap = cap(field("SwapTotal:").unwrap_or(0), cgroup_swap);
+    Some(memory.saturating_add(swap))
 }
 
 /// Refuses a run on a CPU backend whose step cannot fit in `available` bytes; the reason
@@ -255,6 +281,29 @@ mod tests {
         assert_eq!(bytes(512), "512.0 B");
         assert_eq!(bytes(3 << 30), "3.0 GiB");
         assert_eq!(bytes(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn memory_is_physical_and_swap_each_capped_by_the_cgroup() {
+        let meminfo = "MemTotal:       24000000 kB\nMemFree: 1 kB\nSwapTotal:       1000 kB\n";
+        let (mem, swap) = (24_000_000 * 1024, 1000 * 1024);
+        assert_eq!(memory_limit(meminfo, None, None), Some(mem + swap));
+        assert_eq!(
+            memory_limit(meminfo, Some("max\n"), Some("max")),
+            Some(mem + swap)
+        );
+        assert_eq!(
+            memory_limit(meminfo, Some("4096\n"), None),
+            Some(4096 + swap)
+        );
+        assert_eq!(memory_limit(meminfo, Some("4096"), Some("0\n")), Some(4096));
+        // cgroup v1's "no limit" is a number larger than the machine.
+        assert_eq!(
+            memory_limit(meminfo, Some("9223372036854771712"), None),
+            Some(mem + swap)
+        );
+        assert_eq!(memory_limit("MemTotal: 2 kB\n", None, None), Some(2048));
+        assert_eq!(memory_limit("SwapTotal: 2 kB\n", None, None), None);
     }
 
     #[test]
