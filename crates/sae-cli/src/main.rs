@@ -202,8 +202,7 @@ fn main() -> Result<()> {
             out,
             overwrite,
         } => {
-            let model = NativeModel::read(&model_dir(&source))
-                .with_context(|| format!("reading the model of {}", source.display()))?;
+            let model = read_native(&source)?;
             if let Some(stop) = model.meta.interrupted {
                 eprintln!(
                     "note: {} is a partial model: its run was interrupted at step {} of {}",
@@ -226,6 +225,13 @@ fn main() -> Result<()> {
             out,
             overwrite,
         } => {
+            if !source.join("cfg.json").exists() && model_dir(&source).join("sae.json").exists() {
+                bail!(
+                    "{} holds a model of this project (sae.json), not a SAELens SAE: \
+                     `sae inspect` and `sae export` read it as it is",
+                    source.display()
+                );
+            }
             let model = NativeModel::read_saelens(&source)
                 .with_context(|| format!("reading SAELens SAE {}", source.display()))?;
             refuse_non_empty(&out, overwrite)?;
@@ -286,6 +292,32 @@ fn model_dir(path: &Path) -> PathBuf {
     } else {
         path.to_path_buf()
     }
+}
+
+/// The native model at `path` (a model directory, or a run directory holding one); where
+/// there is none, the error says what `path` holds instead.
+fn read_native(path: &Path) -> Result<NativeModel> {
+    let dir = model_dir(path);
+    if !dir.join("sae.json").exists() {
+        if path.join("cfg.json").exists() {
+            bail!(
+                "{} is a SAELens SAE (cfg.json), not a model of this project: \
+                 `sae import {} --out DIR` converts it",
+                path.display(),
+                path.display()
+            );
+        }
+        if path.join("checkpoints").is_dir() {
+            bail!(
+                "{} holds a run without a model yet (still running, or stopped before writing \
+                 one): `sae train --resume {}` finishes it, `sae eval` evaluates its newest \
+                 checkpoint",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    NativeModel::read(&dir).with_context(|| format!("reading the model of {}", path.display()))
 }
 
 fn train(
@@ -457,8 +489,7 @@ fn eval(
 }
 
 fn inspect(path: &Path) -> Result<()> {
-    let dir = model_dir(path);
-    let model = NativeModel::read(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let model = read_native(path)?;
     let m = &model.meta;
     println!("d_model      {}", m.d_model);
     println!("features     {}", m.features);

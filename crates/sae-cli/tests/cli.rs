@@ -170,4 +170,26 @@ fn exports_saelens_and_imports_it_back() {
         "{}",
         text(&out)
     );
+
+    // One format where the other is expected: the error says which it is and what reads it.
+    let out = run(&["inspect".into(), lens.display().to_string()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is a SAELens SAE"), "{}", text(&out));
+    let out = run(&[
+        "import".into(),
+        run_dir.display().to_string(),
+        "--out".into(),
+        tmp.path().join("again").display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("not a SAELens SAE"), "{}", text(&out));
+    // A run without a model yet (its model removed here).
+    std::fs::remove_dir_all(run_dir.join("model")).unwrap();
+    let out = run(&["inspect".into(), run_dir.display().to_string()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("holds a run without a model yet"),
+        "{}",
+        text(&out)
+    );
 }
