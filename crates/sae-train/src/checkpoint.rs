@@ -49,8 +49,9 @@ impl Checkpoints {
             move |source| TrainError::Io { path, source }
         };
         fs::create_dir_all(&self.root).map_err(io(&self.root))?;
-        let final_dir = self.root.join(format!("{PREFIX}{step:012}"));
-        let tmp = self.root.join(format!("{PREFIX}{step:012}{TMP_SUFFIX}"));
+        let name = format!("{PREFIX}{step:012}");
+        let final_dir = self.root.join(&name);
+        let tmp = self.root.join(format!("{name}{TMP_SUFFIX}"));
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
@@ -63,7 +64,7 @@ impl Checkpoints {
         // Re-saving a step (after a resume, or a stop right after a periodic checkpoint)
         // replaces it without a moment where no checkpoint of that step exists: the old one is
         // renamed aside first (out of the list) and removed once the new one is in place.
-        let replaced = final_dir.with_file_name(format!("{PREFIX}{step:012}{REPLACED_SUFFIX}"));
+        let replaced = self.root.join(format!("{name}{REPLACED_SUFFIX}"));
         let replacing = final_dir.exists();
         if replacing {
             if replaced.exists() {

@@ -319,15 +319,8 @@ pub fn train_on<B: AutodiffBackend>(
     let mut acts = Activations::open(&config)?;
     let d = acts.d;
     let features = config.model.features(d);
-    check_shape(&config, sparsifier.k(), d, features)?;
-    if let Some(largest) = sae_model::largest_buffer::<B>(&device) {
-        crate::sizes::check_buffers(&config, d, features, largest).map_err(|reason| {
-            TrainError::Config {
-                origin: "the run".into(),
-                reason,
-            }
-        })?;
-    }
+    let largest_buffer = sae_model::largest_buffer::<B>(&device);
+    check_shape(&config, sparsifier.k(), d, features, largest_buffer)?;
     let peers_total = config.distributed.peers();
     if peers_total > 1
         && sparsifier
@@ -610,9 +603,16 @@ pub fn train_on<B: AutodiffBackend>(
 }
 
 /// Checks what needs the data's width: the sparsifier's `k` against the dictionary, the
-/// dictionary against the feature ids, a GPU batch against the kernels' indices, and a CPU
-/// step against this machine's memory.
-fn check_shape(config: &RunConfig, k: usize, d: usize, features: usize) -> Result<(), TrainError> {
+/// dictionary against the feature ids, a GPU batch against the kernels' indices, the largest
+/// tensors against one buffer of a device that has a limit (`largest_buffer`), and a CPU step
+/// against this machine's memory.
+fn check_shape(
+    config: &RunConfig,
+    k: usize,
+    d: usize,
+    features: usize,
+    largest_buffer: Option<u64>,
+) -> Result<(), TrainError> {
     let bad = |reason: String| {
         Err(TrainError::Config {
             origin: "the run".into(),
@@ -640,6 +640,9 @@ fn check_shape(config: &RunConfig, k: usize, d: usize, features: usize) -> Resul
         ));
     }
     crate::sizes::check_device_scores(config, features).or_else(bad)?;
+    if let Some(largest) = largest_buffer {
+        crate::sizes::check_buffers(config, d, features, largest).or_else(bad)?;
+    }
     match crate::sizes::machine_memory() {
         Some(available) => crate::sizes::check_fits(config, d, features, available).or_else(bad),
         None => Ok(()),
