@@ -16,8 +16,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sae_alloc::{Capacities, Thresholds, usage_order};
 use sae_kernels::{
-    DeviceScores, RowKernel, apply_thresholds, column_topm, global_topk, grid, row_topk,
-    row_topk_with, upload_scores,
+    DeviceScores, RowKernel, apply_thresholds, column_topm, global_topk, global_topk_with, grid,
+    row_topk, row_topk_with, upload_scores,
 };
 
 /// Copies `input` to `output`: one read and one write of every score.
@@ -91,6 +91,16 @@ fn bench_runtime<R: Runtime>(c: &mut Criterion, client: &ComputeClient<R>, name:
         group.bench_function(BenchmarkId::new("global_topk", &shape), |b| {
             b.iter(|| {
                 black_box(global_topk(&scores, rows * k).expect("global_topk"));
+                sync(client);
+            })
+        });
+        // With a candidate cut that passes four times the budget (the (1 - 4k/F) quantile of
+        // U(-1, 1)), as the training step's cut from the previous batch's threshold does.
+        let cut = 1.0 - 8.0 * k as f32 / cols as f32;
+        group.bench_function(BenchmarkId::new("global_topk_cut", &shape), |b| {
+            b.iter(|| {
+                let s = global_topk_with(&scores, rows * k, Some(cut)).expect("global_topk");
+                black_box(s);
                 sync(client);
             })
         });

@@ -2,11 +2,18 @@
 //!
 //! The radix select runs over the whole matrix: each of the four passes is a grid of cubes
 //! building shared-memory histograms of one digit (merged into a global histogram by atomic
-//! adds) and a one-cube kernel that picks the digit and updates the device-side state
-//! `[prefix, remaining, mask, count of the chosen bin]`; once the chosen bin is kept whole,
-//! the later passes return at once. Ties at the threshold are kept by lowest row-major index: a
-//! grid kernel counts them per tile and a one-cube kernel finds the last kept one. Nothing is
-//! read back to the host in between.
+//! adds) and a one-cube kernel that picks the digit and updates the device-side state (see
+//! [`STATE`]); once the chosen bin is kept whole, the later passes return at once. Ties at the
+//! threshold are kept by lowest row-major index: a grid kernel counts them per tile and a
+//! one-cube kernel finds the last kept one. Nothing is read back to the host in between.
+//!
+//! With a candidate cut (a score expected at or below the threshold, e.g. the previous batch's
+//! threshold lowered by a margin), one pass collects the scores at or above the cut into a
+//! candidate buffer and the four radix passes run on the candidates only, so the matrix is read
+//! once instead of four times. When fewer than `budget` or more than the buffer holds pass the
+//! cut, the radix passes run on the whole matrix as without a cut. Both ways find the same
+//! threshold: the `budget` largest scores are all at or above a cut that at least `budget`
+//! scores pass.
 
 use cubecl::prelude::*;
 use sae_alloc::AllocError;
@@ -15,7 +22,7 @@ use crate::KernelError;
 use crate::compact::{RowSizes, WHOLE, compact_rows};
 use crate::key::{
     CUBE, HIST_WORDS, NO_KEY, RADIX_BITS, cube_index, hist_add, hist_clear, hist_count,
-    is_nan_bits, key_of_bits, pick_digit, run_start, units_before,
+    is_nan_bits, key_of_bits, pick_digit, run_start, score_key, units_before,
 };
 use crate::launch::{array, filled, grid, uninit, unit_dim, zeros};
 use crate::output::{DeviceScores, DeviceSelection};
@@ -24,8 +31,63 @@ use crate::output::{DeviceScores, DeviceSelection};
 const PER_UNIT: u32 = 16;
 /// Scores per tile (one cube).
 const TILE: u32 = CUBE * PER_UNIT;
+/// Words of the device-side state: `[prefix, remaining, mask, count of the chosen bin, mode,
+/// candidates]`. `mode` is [`ON_CANDIDATES`] when the radix passes run on the candidates of a
+/// cut (`candidates` of them) and 0 when they run on the whole matrix.
+const STATE: usize = 6;
+/// `mode` of the state when the radix passes run on the candidates.
+const ON_CANDIDATES: u32 = 1;
+/// Candidates a cut may collect per selected score; past that the passes run on the whole
+/// matrix.
+const CANDIDATES_PER_SELECTED: usize = 16;
 
-/// Histogram of one radix digit over the candidates of the whole matrix.
+/// Adds the digit of `pass` of every score of one tile of `scores[..n]` that matches the
+/// state's prefix to the global histogram; every unit of the cube calls it.
+#[cube]
+fn tile_histogram(
+    scores: &Array<f32>,
+    state: &Array<u32>,
+    hist: &mut Array<Atomic<u32>>,
+    nan: &mut Array<Atomic<u32>>,
+    n: usize,
+    pass: u32,
+) {
+    let unit = UNIT_POS as usize;
+    let tile_start = cube_index() * TILE as usize;
+    let shift = 24u32 - RADIX_BITS * pass;
+    let prefix = state[0];
+    let hi_mask = state[2];
+    let local = SharedMemory::<Atomic<u32>>::new(HIST_WORDS as usize);
+    hist_clear(&local, unit);
+    sync_cube();
+    for i in 0..PER_UNIT {
+        let j = tile_start + (i * CUBE) as usize + unit;
+        if j < n {
+            let bits = u32::reinterpret(scores[j]);
+            if pass == 0u32 && is_nan_bits(bits) {
+                nan[0].fetch_min(j as u32);
+            }
+            let key = key_of_bits(bits);
+            if (key & hi_mask) == prefix {
+                hist_add(&local, (key >> shift) & 255u32, unit);
+            }
+        }
+    }
+    sync_cube();
+    let count = hist_count(&local, unit);
+    if count > 0u32 {
+        hist[(pass * CUBE) as usize + unit].fetch_add(count);
+    }
+}
+
+/// Whether the radix pass `pass` still has work: pass 0 always, a later one while the
+/// threshold is not settled, i.e. while the chosen bin is not kept whole.
+#[cube]
+fn pass_active(state: &Array<u32>, pass: u32) -> bool {
+    pass == 0u32 || state[1] != state[3]
+}
+
+/// Histogram of one radix digit over the whole matrix (unless the passes run on candidates).
 #[cube(launch)]
 pub(crate) fn global_histogram(
     scores: &Array<f32>,
@@ -35,43 +97,113 @@ pub(crate) fn global_histogram(
     total: u32,
     pass: u32,
 ) {
+    // Pass 0 also looks for NaN.
+    let n = total as usize;
+    if cube_index() * (TILE as usize) < n && state[4] != ON_CANDIDATES && pass_active(state, pass) {
+        tile_histogram(scores, state, hist, nan, n, pass);
+    }
+}
+
+/// Histogram of one radix digit over the candidates of a cut (when the passes run on them).
+#[cube(launch)]
+pub(crate) fn candidate_histogram(
+    candidates: &Array<f32>,
+    state: &Array<u32>,
+    hist: &mut Array<Atomic<u32>>,
+    nan: &mut Array<Atomic<u32>>,
+    pass: u32,
+) {
+    let n = state[5] as usize;
+    if cube_index() * (TILE as usize) < n && state[4] == ON_CANDIDATES && pass_active(state, pass) {
+        tile_histogram(candidates, state, hist, nan, n, pass);
+    }
+}
+
+/// Collects every score whose key is at least `cut` into `candidates` (in no particular
+/// order), counting them all in `count[0]` even past `capacity`, and flags NaN scores.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn global_candidates(
+    scores: &Array<f32>,
+    candidates: &mut Array<f32>,
+    count: &mut Array<Atomic<u32>>,
+    nan: &mut Array<Atomic<u32>>,
+    total: u32,
+    capacity: u32,
+    cut: u32,
+) {
     let unit = UNIT_POS as usize;
     let tile_start = cube_index() * TILE as usize;
     let n = total as usize;
-    // Pass 0 always runs (it also looks for NaN); later passes only while the threshold is
-    // not settled, i.e. while the chosen bin is not kept whole.
-    let active = pass == 0u32 || state[1] != state[3];
-    if tile_start < n && active {
-        let shift = 24u32 - RADIX_BITS * pass;
-        let prefix = state[0];
-        let hi_mask = state[2];
-        let local = SharedMemory::<Atomic<u32>>::new(HIST_WORDS as usize);
-        hist_clear(&local, unit);
-        sync_cube();
+    if tile_start < n {
+        let mut bits = Array::<u32>::new(PER_UNIT as usize);
+        let mut mine = 0u32;
         for i in 0..PER_UNIT {
             let j = tile_start + (i * CUBE) as usize + unit;
+            let mut b = 0u32;
             if j < n {
-                let bits = u32::reinterpret(scores[j]);
-                if pass == 0u32 && is_nan_bits(bits) {
+                b = u32::reinterpret(scores[j]);
+                if is_nan_bits(b) {
                     nan[0].fetch_min(j as u32);
                 }
-                let key = key_of_bits(bits);
-                if (key & hi_mask) == prefix {
-                    hist_add(&local, (key >> shift) & 255u32, unit);
+                if key_of_bits(b) >= cut {
+                    mine += 1u32;
                 }
             }
+            bits[i as usize] = b;
+        }
+        // One global atomic per cube: units take their places in the cube's block first.
+        let block = SharedMemory::<Atomic<u32>>::new(1usize);
+        let mut base = SharedMemory::<u32>::new(1usize);
+        if unit == 0 {
+            block[0].store(0u32);
         }
         sync_cube();
-        let count = hist_count(&local, unit);
-        if count > 0u32 {
-            hist[(pass * CUBE) as usize + unit].fetch_add(count);
+        let mut at = block[0].fetch_add(mine);
+        sync_cube();
+        if unit == 0 {
+            base[0] = count[0].fetch_add(block[0].load());
+        }
+        sync_cube();
+        at += base[0];
+        for i in 0..PER_UNIT {
+            let j = tile_start + (i * CUBE) as usize + unit;
+            let b = bits[i as usize];
+            if j < n && key_of_bits(b) >= cut {
+                if at < capacity {
+                    candidates[at as usize] = f32::reinterpret(b);
+                }
+                at += 1u32;
+            }
+        }
+    }
+}
+
+/// Decides where the radix passes run: on the candidates when at least `budget` and at most
+/// `capacity` scores passed the cut, on the whole matrix otherwise; one unit.
+#[cube(launch)]
+pub(crate) fn candidate_verdict(
+    count: &Array<u32>,
+    state: &mut Array<u32>,
+    budget: u32,
+    capacity: u32,
+) {
+    if UNIT_POS == 0 {
+        let passed = count[0];
+        if budget <= passed && passed <= capacity {
+            state[4] = ON_CANDIDATES;
+            state[5] = passed;
         }
     }
 }
 
 /// Picks the digit of one pass from the merged histogram and updates the state; one cube.
+///
+/// On the candidates of `cut`, a bin kept whole is kept only from the cut up (the scores of
+/// the bin below the cut are not candidates), so the settled threshold is the larger of the
+/// bin's lowest key and the cut.
 #[cube(launch)]
-pub(crate) fn global_pick(hist: &Array<u32>, state: &mut Array<u32>, pass: u32) {
+pub(crate) fn global_pick(hist: &Array<u32>, state: &mut Array<u32>, pass: u32, cut: u32) {
     let unit = UNIT_POS as usize;
     let shift = 24u32 - RADIX_BITS * pass;
     let remaining = state[1];
@@ -91,6 +223,9 @@ pub(crate) fn global_pick(hist: &Array<u32>, state: &mut Array<u32>, pass: u32) 
             state[1] = remaining - choice[1];
             state[2] = state[2] | (255u32 << shift);
             state[3] = choice[2];
+            if state[4] == ON_CANDIDATES && state[1] == state[3] {
+                state[0] = max(state[0], cut);
+            }
         }
     }
 }
@@ -246,6 +381,19 @@ pub fn global_topk<R: Runtime>(
     scores: &DeviceScores<'_, R>,
     budget: usize,
 ) -> Result<DeviceSelection<R>, KernelError> {
+    global_topk_with(scores, budget, None)
+}
+
+/// [`global_topk`] with a candidate cut: a score expected at or below the `budget`-th largest
+/// (e.g. the previous batch's threshold lowered by a margin). The radix select then runs on the
+/// scores at or above the cut, collected in one read of the matrix, when at least `budget` and
+/// at most `16 * budget` of them pass; otherwise on the whole matrix. The result is the same
+/// bit for bit whatever the cut (any float, NaN included); only the time differs.
+pub fn global_topk_with<R: Runtime>(
+    scores: &DeviceScores<'_, R>,
+    budget: usize,
+    cut: Option<f32>,
+) -> Result<DeviceSelection<R>, KernelError> {
     let (rows, cols) = (scores.rows(), scores.cols());
     let total = rows * cols;
     if budget > total {
@@ -257,28 +405,70 @@ pub fn global_topk<R: Runtime>(
     }
     let client = scores.client();
     let tiles = total.div_ceil(TILE as usize);
-    let state = client.create_from_slice(u32::as_bytes(&[0, budget as u32, 0, 0]));
+    let state = client.create_from_slice(u32::as_bytes(&[0, budget as u32, 0, 0, 0, 0]));
     let hist = zeros(client, 4 * CUBE as usize);
     let nan = filled(client, 1, u32::MAX);
+    // Budget 0 keeps nothing: no candidates needed.
+    let cut = cut.filter(|_| budget > 0).map(|c| {
+        let capacity = (CANDIDATES_PER_SELECTED * budget).min(total);
+        let candidates = uninit(client, capacity);
+        let count = zeros(client, 1);
+        let key = score_key(c);
+        global_candidates::launch::<R>(
+            client,
+            grid(tiles),
+            unit_dim(),
+            array(scores.handle(), total),
+            array(&candidates, capacity),
+            array(&count, 1),
+            array(&nan, 1),
+            total as u32,
+            capacity as u32,
+            key,
+        );
+        candidate_verdict::launch::<R>(
+            client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(1),
+            array(&count, 1),
+            array(&state, STATE),
+            budget as u32,
+            capacity as u32,
+        );
+        (candidates, capacity, key)
+    });
     for pass in 0..4u32 {
         global_histogram::launch::<R>(
             client,
             grid(tiles),
             unit_dim(),
             array(scores.handle(), total),
-            array(&state, 4),
+            array(&state, STATE),
             array(&hist, 4 * CUBE as usize),
             array(&nan, 1),
             total as u32,
             pass,
         );
+        if let Some((candidates, capacity, _)) = &cut {
+            candidate_histogram::launch::<R>(
+                client,
+                grid(capacity.div_ceil(TILE as usize)),
+                unit_dim(),
+                array(candidates, *capacity),
+                array(&state, STATE),
+                array(&hist, 4 * CUBE as usize),
+                array(&nan, 1),
+                pass,
+            );
+        }
         global_pick::launch::<R>(
             client,
             CubeCount::Static(1, 1, 1),
             unit_dim(),
             array(&hist, 4 * CUBE as usize),
-            array(&state, 4),
+            array(&state, STATE),
             pass,
+            cut.as_ref().map_or(0, |&(_, _, key)| key),
         );
     }
     let tile_counts = uninit(client, tiles);
@@ -287,7 +477,7 @@ pub fn global_topk<R: Runtime>(
         grid(tiles),
         unit_dim(),
         array(scores.handle(), total),
-        array(&state, 4),
+        array(&state, STATE),
         array(&tile_counts, tiles),
         total as u32,
     );
@@ -298,7 +488,7 @@ pub fn global_topk<R: Runtime>(
         CubeCount::Static(1, 1, 1),
         unit_dim(),
         array(scores.handle(), total),
-        array(&state, 4),
+        array(&state, STATE),
         array(&tile_counts, tiles),
         array(&thresholds, 1),
         array(&tie_limits, 1),

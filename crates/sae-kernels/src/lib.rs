@@ -48,7 +48,7 @@ mod threshold;
 
 pub use column::{column_topm, column_topm_on_device};
 pub use error::KernelError;
-pub use global::global_topk;
+pub use global::{global_topk, global_topk_with};
 pub use launch::grid;
 pub use output::{DeviceScores, DeviceSelection, upload_scores};
 pub use row::{RowKernel, row_topk, row_topk_with};

@@ -153,7 +153,7 @@ pub(crate) fn select_on_device<B: Backend>(
 
 /// Runs the kernel of `rule` on a cubecl tensor and reads back its selection.
 fn select_cube<R: CubeRuntime>(tensor: CubeTensor<R>, rule: &BuiltinRule) -> Result<Selection> {
-    select_on_cube(&contiguous_scores(tensor)?, rule)?
+    select_on_cube(&contiguous_scores(tensor)?, rule, None)?
         .to_selection()
         .map_err(kernel_error)
 }
@@ -181,17 +181,19 @@ pub(crate) fn contiguous<R: CubeRuntime>(tensor: CubeTensor<R>) -> CubeTensor<R>
 }
 
 /// Runs the kernel of `rule` on contiguous `[N, F]` scores, leaving the selection on the
-/// device.
+/// device. `cut` is the global rule's candidate cut ([`sae_kernels::global_topk_with`]; the
+/// other rules take none): it changes the time, never the selection.
 pub(crate) fn select_on_cube<R: CubeRuntime>(
     tensor: &CubeTensor<R>,
     rule: &BuiltinRule,
+    cut: Option<f32>,
 ) -> Result<DeviceSelection<R>> {
     let dims = tensor.meta.shape();
     let scores = DeviceScores::new(&tensor.client, &tensor.handle, dims[0], dims[1])
         .map_err(kernel_error)?;
     match rule {
         BuiltinRule::RowTopK { k } => sae_kernels::row_topk(&scores, *k),
-        BuiltinRule::GlobalTopK { budget } => sae_kernels::global_topk(&scores, *budget),
+        BuiltinRule::GlobalTopK { budget } => sae_kernels::global_topk_with(&scores, *budget, cut),
         BuiltinRule::ColumnTopM { capacities } => sae_kernels::column_topm(&scores, capacities),
     }
     .map_err(kernel_error)

@@ -1,10 +1,11 @@
-//! Global top-K (Mutual Choice / BatchTopK) against `sae_alloc::global_topk`.
+//! Global top-K (Mutual Choice / BatchTopK) against `sae_alloc::global_topk`, on the whole
+//! matrix and on the candidates of a cut.
 
 use crate::common;
 
 use cubecl::prelude::*;
-use sae_alloc::{ScoreMatrix, global_topk as host_global_topk};
-use sae_kernels::{DeviceScores, global_topk, upload_scores};
+use sae_alloc::{ScoreMatrix, Selection, global_topk as host_global_topk};
+use sae_kernels::{DeviceScores, global_topk, global_topk_with, upload_scores};
 
 fn suite<R: Runtime>(client: &ComputeClient<R>) {
     let mut shapes = common::SHAPES.to_vec();
@@ -19,15 +20,36 @@ fn suite<R: Runtime>(client: &ComputeClient<R>) {
             let total = rows * cols;
             for budget in [0, 1, total / 3, total - 1, total] {
                 let expected = host_global_topk(&host, budget).unwrap();
+                let what = format!("{rows}x{cols} budget={budget} l={levels}");
                 let got = global_topk(&scores, budget).unwrap();
-                common::assert_same(
-                    &got,
-                    &expected,
-                    &format!("{rows}x{cols} budget={budget} l={levels}"),
-                );
+                common::assert_same(&got, &expected, &what);
+                for cut in cuts(&data, &expected) {
+                    let got = global_topk_with(&scores, budget, Some(cut)).unwrap();
+                    common::assert_same(&got, &expected, &format!("{what} cut={cut}"));
+                }
             }
         }
     }
+}
+
+/// Cuts that take each way through the kernels: below every score (every score a candidate,
+/// more than the buffer holds once the budget is small), at and just below the threshold (the
+/// fewest candidates that still hold the selection, ties at the threshold included), just
+/// above it and above every score (too few candidates: the whole matrix), and NaN.
+fn cuts(data: &[f32], expected: &Selection) -> Vec<f32> {
+    let mut cuts = vec![f32::NEG_INFINITY, f32::INFINITY, f32::NAN];
+    if let Some(threshold) = expected.scores().iter().copied().reduce(f32::min) {
+        cuts.extend([
+            threshold,
+            threshold.next_down(),
+            threshold.next_up(),
+            threshold - 0.25 * threshold.abs(),
+        ]);
+    }
+    if let Some(lowest) = data.iter().copied().reduce(f32::min) {
+        cuts.push(lowest);
+    }
+    cuts
 }
 
 on_every_runtime!(suite);

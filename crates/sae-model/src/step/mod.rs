@@ -77,6 +77,9 @@ pub struct TrainStep<B: AutodiffBackend> {
     device: B::Device,
     /// The host path's buffers, reused from step to step.
     host: HostBuffers,
+    /// The device path's candidate cut for Mutual Choice, from the previous batch's threshold
+    /// (`None` before the first step and after a resume); it changes the time, never the bits.
+    global_cut: Option<f32>,
 }
 
 fn zeros_like<B: Backend>(p: &SaeTensors<B>) -> SaeTensors<B> {
@@ -124,6 +127,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
             config,
             device: device.clone(),
             host: HostBuffers::default(),
+            global_cut: None,
         })
     }
 
@@ -154,6 +158,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
             config,
             device: device.clone(),
             host: HostBuffers::default(),
+            global_cut: None,
         })
     }
 
