@@ -16,8 +16,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sae_alloc::{Capacities, Thresholds, usage_order};
 use sae_kernels::{
-    DeviceScores, RowKernel, apply_thresholds, column_topm, global_topk, global_topk_with, grid,
-    row_topk, row_topk_with, upload_scores,
+    ColumnKernel, DeviceScores, RowKernel, apply_thresholds, column_topm, column_topm_with,
+    global_topk, global_topk_with, grid, row_topk, row_topk_with, upload_scores,
 };
 
 /// Copies `input` to `output`: one read and one write of every score.
@@ -112,6 +112,17 @@ fn bench_runtime<R: Runtime>(c: &mut Criterion, client: &ComputeClient<R>, name:
                 sync(client);
             })
         });
+        // The streaming kernel the strip-resident one replaces where a column fits.
+        group.bench_function(
+            BenchmarkId::new("column_topm_zipf_streaming", &shape),
+            |b| {
+                b.iter(|| {
+                    let s = column_topm_with(&scores, &zipf, ColumnKernel::Streaming);
+                    black_box(s.expect("column_topm"));
+                    sync(client);
+                })
+            },
+        );
         // About k per row survive a threshold at the (1 - k/F) quantile of U(-1, 1).
         let t = Thresholds::Global(1.0 - 2.0 * k as f32 / cols as f32);
         group.bench_function(BenchmarkId::new("thresholds", &shape), |b| {

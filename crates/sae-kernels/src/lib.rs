@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 
 mod column;
+mod column_resident;
 mod compact;
 mod error;
 mod global;
@@ -46,7 +47,7 @@ mod select;
 pub mod step;
 mod threshold;
 
-pub use column::{column_topm, column_topm_on_device};
+pub use column::{ColumnKernel, column_topm, column_topm_on_device, column_topm_with};
 pub use error::KernelError;
 pub use global::{global_topk, global_topk_with};
 pub use launch::grid;

@@ -4,10 +4,16 @@ use crate::common;
 
 use cubecl::prelude::*;
 use sae_alloc::{Capacities, ScoreMatrix, column_topm as host_column_topm, usage_order};
-use sae_kernels::{DeviceScores, column_topm, column_topm_on_device, upload_scores};
+use sae_kernels::{
+    ColumnKernel, DeviceScores, column_topm, column_topm_on_device, column_topm_with, upload_scores,
+};
 
 fn suite<R: Runtime>(client: &ComputeClient<R>) {
-    for (i, &(rows, cols)) in common::SHAPES.iter().enumerate() {
+    let mut shapes = common::SHAPES.to_vec();
+    // Columns of five 256-row chunks (eight held), of the most rows a strip holds, and one
+    // row longer (streamed); strips of 8 columns with a ragged last one.
+    shapes.extend([(1100, 13), (4096, 3), (4097, 2)]);
+    for (i, &(rows, cols)) in shapes.iter().enumerate() {
         for levels in [0, 3] {
             let data = common::matrix(i as u64 * 7 + u64::from(levels), rows, cols, levels);
             let handle = upload_scores(client, &data);
@@ -32,11 +38,10 @@ fn suite<R: Runtime>(client: &ComputeClient<R>) {
                     let same = column_topm_on_device(&scores, &on_device, caps.budget());
                     assert_eq!(same.unwrap().to_selection().unwrap(), expected);
                 }
-                common::assert_same(
-                    &got,
-                    &expected,
-                    &format!("{rows}x{cols} budget={} l={levels}", caps.budget()),
-                );
+                let what = format!("{rows}x{cols} budget={} l={levels}", caps.budget());
+                common::assert_same(&got, &expected, &what);
+                let streamed = column_topm_with(&scores, caps, ColumnKernel::Streaming).unwrap();
+                common::assert_same(&streamed, &expected, &format!("{what} streaming"));
             }
         }
     }
