@@ -80,6 +80,20 @@ fn bench_runtime<R: Runtime>(c: &mut Criterion, client: &ComputeClient<R>, name:
                 sync(client);
             })
         });
+        // The prefix sums by plane operations and in shared memory, whichever the runtime
+        // reports (lavapipe runs plane operations without reporting them).
+        for (name, planes) in [
+            ("row_topk_plane_scan", true),
+            ("row_topk_shared_scan", false),
+        ] {
+            let scores = scores.with_plane_ops(planes);
+            group.bench_function(BenchmarkId::new(name, &shape), |b| {
+                b.iter(|| {
+                    black_box(row_topk(&scores, k).expect("row_topk"));
+                    sync(client);
+                })
+            });
+        }
         // The streaming kernels the resident one replaces where a row fits.
         group.bench_function(BenchmarkId::new("row_topk_streaming", &shape), |b| {
             b.iter(|| {

@@ -83,6 +83,7 @@ fn select_and_compact<R: Runtime>(
             rows as u32,
             cols as u32,
             chunks_for(rows),
+            scores.plane_ops(),
         );
     } else {
         select_groups::launch::<R>(
@@ -99,6 +100,7 @@ fn select_and_compact<R: Runtime>(
             1,
             cols as u32,
             true,
+            scores.plane_ops(),
         );
     }
     compact_rows(

@@ -72,6 +72,7 @@ pub(crate) fn column_select_resident(
     rows: u32,
     cols: u32,
     #[comptime] chunks: u32,
+    #[comptime] planes: bool,
 ) {
     let first_col = cube_index() * STRIP as usize;
     // The whole cube takes the same branch, so the barriers inside stay uniform.
@@ -174,7 +175,7 @@ pub(crate) fn column_select_resident(
                         count += hist[(bin + copy) as usize].load();
                     }
                     // Every unit takes part; a settled column's choice is not used.
-                    pick_digit(count, &mut scan, &mut choice, remaining, unit);
+                    pick_digit(count, &mut scan, &mut choice, remaining, unit, planes);
                     if unit == 0 && column[(base + 3) as usize] == 0u32 {
                         let left = remaining - choice[1];
                         column[base as usize] |= choice[0] << shift;
@@ -219,7 +220,7 @@ pub(crate) fn column_select_resident(
                         ties += 1u32;
                     }
                 }
-                let all_before = units_before(ties, &mut scan, unit);
+                let all_before = units_before(ties, &mut scan, unit, planes);
                 let mut column_start = 0u32;
                 if first_unit > 0 {
                     column_start = scan[first_unit - 1];

@@ -108,7 +108,12 @@ pub(crate) fn row_counts(
 
 /// CSR offsets (`rows + 1` of them) from per-row counts; one cube.
 #[cube(launch)]
-pub(crate) fn exclusive_offsets(counts: &Array<u32>, offsets: &mut Array<u32>, rows: u32) {
+pub(crate) fn exclusive_offsets(
+    counts: &Array<u32>,
+    offsets: &mut Array<u32>,
+    rows: u32,
+    #[comptime] planes: bool,
+) {
     let unit = UNIT_POS as usize;
     let n = rows as usize;
     let mut scan = SharedMemory::<u32>::new(CUBE as usize);
@@ -119,7 +124,7 @@ pub(crate) fn exclusive_offsets(counts: &Array<u32>, offsets: &mut Array<u32>, r
         sum += counts[j];
         j += 1;
     }
-    let mut at = units_before(sum, &mut scan, unit);
+    let mut at = units_before(sum, &mut scan, unit, planes);
     let mut j = start;
     while j < end {
         offsets[j] = at;
@@ -173,6 +178,7 @@ pub(crate) fn row_compact(
     rows: u32,
     cols: u32,
     #[comptime] mode: u32,
+    #[comptime] planes: bool,
 ) {
     let r = cube_index();
     if r < rows as usize {
@@ -202,7 +208,7 @@ pub(crate) fn row_compact(
                 }
                 j += 1;
             }
-            let mut at = written + units_before(mine, &mut scan, unit) as usize;
+            let mut at = written + units_before(mine, &mut scan, unit, planes) as usize;
             let mut j = first;
             while j < end {
                 let x = stage[staged(j)];
@@ -304,6 +310,7 @@ pub(crate) fn compact_rows<R: Runtime>(
                 array(&counts, rows),
                 array(&offsets, rows + 1),
                 rows as u32,
+                scores.plane_ops(),
             );
             let nnz = match known {
                 Some(n) => n,
@@ -328,6 +335,7 @@ pub(crate) fn compact_rows<R: Runtime>(
         rows as u32,
         cols as u32,
         mode,
+        scores.plane_ops(),
     );
     Ok(out.into_selection(client, (rows, cols, nnz), offsets, nan))
 }

@@ -203,7 +203,13 @@ pub(crate) fn candidate_verdict(
 /// the bin below the cut are not candidates), so the settled threshold is the larger of the
 /// bin's lowest key and the cut.
 #[cube(launch)]
-pub(crate) fn global_pick(hist: &Array<u32>, state: &mut Array<u32>, pass: u32, cut: u32) {
+pub(crate) fn global_pick(
+    hist: &Array<u32>,
+    state: &mut Array<u32>,
+    pass: u32,
+    cut: u32,
+    #[comptime] planes: bool,
+) {
     let unit = UNIT_POS as usize;
     let shift = 24u32 - RADIX_BITS * pass;
     let remaining = state[1];
@@ -217,7 +223,7 @@ pub(crate) fn global_pick(hist: &Array<u32>, state: &mut Array<u32>, pass: u32, 
             choice[2] = 0u32;
         }
         let count = hist[(pass * CUBE) as usize + 255 - unit];
-        pick_digit(count, &mut scan, &mut choice, remaining, unit);
+        pick_digit(count, &mut scan, &mut choice, remaining, unit, planes);
         if unit == 0 {
             state[0] = state[0] | (choice[0] << shift);
             state[1] = remaining - choice[1];
@@ -284,6 +290,7 @@ pub(crate) fn global_tie_find(
     tiles: u32,
     total: u32,
     budget: u32,
+    #[comptime] planes: bool,
 ) {
     let unit = UNIT_POS as usize;
     let threshold = state[0];
@@ -306,7 +313,7 @@ pub(crate) fn global_tie_find(
             sum += tile_counts[t];
             t += 1;
         }
-        let before = units_before(sum, &mut scan, unit);
+        let before = units_before(sum, &mut scan, unit, planes);
         let through = before + sum;
         if need > 0u32 && before < need && need <= through {
             let mut seen = before;
@@ -337,7 +344,7 @@ pub(crate) fn global_tie_find(
             }
             j += 1;
         }
-        let before = units_before(ties, &mut scan, unit);
+        let before = units_before(ties, &mut scan, unit, planes);
         let through = before + ties;
         if want > 0u32 && before < want && want <= through {
             let mut seen = before;
@@ -469,6 +476,7 @@ pub fn global_topk_with<R: Runtime>(
             array(&state, STATE),
             pass,
             cut.as_ref().map_or(0, |&(_, _, key)| key),
+            scores.plane_ops(),
         );
     }
     let tile_counts = uninit(client, tiles);
@@ -495,6 +503,7 @@ pub fn global_topk_with<R: Runtime>(
         tiles as u32,
         total as u32,
         budget as u32,
+        scores.plane_ops(),
     );
     compact_rows(
         scores,

@@ -40,20 +40,46 @@ pub(crate) fn is_nan_bits(bits: u32) -> bool {
     (bits & 0x7FFF_FFFFu32) > 0x7F80_0000u32
 }
 
-/// Inclusive prefix sum of `values[0..CUBE]` in place, one value per unit (Hillis-Steele).
-/// Every unit must call it; values must be written before the call.
+/// Inclusive prefix sum of `values[0..CUBE]` in place, one value per unit. Every unit must
+/// call it; values must be written before the call.
+///
+/// With `planes`, each plane (warp) sums its units' values with one plane operation and the
+/// planes' totals are added in shared memory: three barriers. Without, a Hillis-Steele scan
+/// in shared memory: sixteen barriers, on every device. Both give the same sums.
 #[cube]
-pub(crate) fn block_inclusive_scan(values: &mut SharedMemory<u32>, unit: usize) {
+pub(crate) fn block_inclusive_scan(
+    values: &mut SharedMemory<u32>,
+    unit: usize,
+    #[comptime] planes: bool,
+) {
     sync_cube();
-    for step in 0..8u32 {
-        let offset = (1u32 << step) as usize;
-        let mut add = 0u32;
-        if unit >= offset {
-            add = values[unit - offset];
+    if planes {
+        let inclusive = plane_inclusive_sum(values[unit]);
+        let plane = unit / PLANE_DIM as usize;
+        // One slot per plane; planes have at least one unit.
+        let mut totals = SharedMemory::<u32>::new(CUBE as usize);
+        if UNIT_POS_PLANE == PLANE_DIM - 1 {
+            totals[plane] = inclusive;
         }
         sync_cube();
-        values[unit] += add;
+        let mut before = 0u32;
+        for p in 0..plane {
+            before += totals[p];
+        }
+        // Each unit reads and writes its own slot only.
+        values[unit] = before + inclusive;
         sync_cube();
+    } else {
+        for step in 0..8u32 {
+            let offset = (1u32 << step) as usize;
+            let mut add = 0u32;
+            if unit >= offset {
+                add = values[unit - offset];
+            }
+            sync_cube();
+            values[unit] += add;
+            sync_cube();
+        }
     }
 }
 
@@ -67,10 +93,16 @@ pub(crate) fn run_start(n: usize, unit: usize) -> usize {
 
 /// An exclusive prefix sum over units: how many of the `count`s of lower units come before
 /// this one's. Every unit must call it; `scan` holds the inclusive sums afterwards.
+/// `planes`: see [`block_inclusive_scan`].
 #[cube]
-pub(crate) fn units_before(count: u32, scan: &mut SharedMemory<u32>, unit: usize) -> u32 {
+pub(crate) fn units_before(
+    count: u32,
+    scan: &mut SharedMemory<u32>,
+    unit: usize,
+    #[comptime] planes: bool,
+) -> u32 {
     scan[unit] = count;
-    block_inclusive_scan(scan, unit);
+    block_inclusive_scan(scan, unit, planes);
     scan[unit] - count
 }
 
@@ -102,7 +134,8 @@ pub(crate) fn hist_count(hist: &SharedMemory<Atomic<u32>>, digit: usize) -> u32 
 /// One radix pass's choice: given, in unit `u`, the number of candidates whose current digit
 /// is `255 - u`, finds the digit holding the `remaining`-th largest candidate. Writes `(digit,
 /// candidates above it)` to `state[0..2]` and that digit's count to `state[2]` (all left
-/// unchanged when `remaining` is 0). Every unit must call it.
+/// unchanged when `remaining` is 0). Every unit must call it. `planes`: see
+/// [`block_inclusive_scan`].
 #[cube]
 pub(crate) fn pick_digit(
     count: u32,
@@ -110,9 +143,10 @@ pub(crate) fn pick_digit(
     state: &mut SharedMemory<u32>,
     remaining: u32,
     unit: usize,
+    #[comptime] planes: bool,
 ) {
     // Unit u holds digit 255 - u, so the prefix sum counts candidates with a digit >= it.
-    let above = units_before(count, scan, unit);
+    let above = units_before(count, scan, unit, planes);
     let through = above + count;
     if above < remaining && remaining <= through {
         state[0] = 255u32 - unit as u32;

@@ -47,6 +47,15 @@ pub(crate) fn read_u32<R: Runtime>(
     Ok(u32::from_bytes(&bytes).to_vec())
 }
 
+/// Whether the runtime of `client` reports plane (warp) operations.
+pub(crate) fn reported_plane_ops<R: Runtime>(client: &ComputeClient<R>) -> bool {
+    client
+        .properties()
+        .features
+        .plane
+        .contains(cubecl::features::Plane::Ops)
+}
+
 /// A kernel argument over the first `len` elements of `handle`.
 #[allow(unsafe_code)]
 pub(crate) fn array<R: Runtime>(handle: &Handle, len: usize) -> ArrayArg<R> {

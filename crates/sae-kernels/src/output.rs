@@ -6,7 +6,7 @@ use cubecl::server::Handle;
 use sae_alloc::{AllocError, Selection};
 
 use crate::KernelError;
-use crate::launch::{check_words, read_u32, read_words};
+use crate::launch::{check_words, read_u32, read_words, reported_plane_ops};
 
 /// A row-major `rows x cols` f32 score matrix in a device buffer (for example the handle of a
 /// burn `CubeTensor`), borrowed with the client that owns it. Nothing is copied.
@@ -15,13 +15,24 @@ pub struct DeviceScores<'a, R: Runtime> {
     handle: &'a Handle,
     rows: usize,
     cols: usize,
+    plane_ops: bool,
 }
+
+// By hand: a derive would ask `R: Clone`, which the borrowed fields do not need.
+impl<R: Runtime> Clone for DeviceScores<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R: Runtime> Copy for DeviceScores<'_, R> {}
 
 impl<R: Runtime> std::fmt::Debug for DeviceScores<'_, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceScores")
             .field("rows", &self.rows)
             .field("cols", &self.cols)
+            .field("plane_ops", &self.plane_ops)
             .finish_non_exhaustive()
     }
 }
@@ -57,7 +68,23 @@ impl<'a, R: Runtime> DeviceScores<'a, R> {
             handle,
             rows,
             cols,
+            plane_ops: reported_plane_ops(client),
         })
+    }
+
+    /// The same scores, with the kernels' prefix sums made by plane (warp) operations
+    /// (`true`) or in shared memory (`false`); the selection is the same bit for bit. The
+    /// default is what the runtime reports it supports. cubecl reports no plane operations on
+    /// CPU devices, yet Mesa lavapipe runs them (8 units a plane), which is how both ways are
+    /// tested without a GPU.
+    pub fn with_plane_ops(mut self, on: bool) -> Self {
+        self.plane_ops = on;
+        self
+    }
+
+    /// Whether the kernels use plane operations on these scores.
+    pub fn plane_ops(&self) -> bool {
+        self.plane_ops
     }
 
     /// Number of rows (tokens).

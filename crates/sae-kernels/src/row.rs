@@ -70,6 +70,7 @@ fn resident<R: Runtime>(scores: &DeviceScores<'_, R>, k: usize) -> DeviceSelecti
         cols as u32,
         k as u32,
         chunks_for(cols),
+        scores.plane_ops(),
     );
     out.into_selection(client, (rows, cols, nnz), offsets, nan)
 }
@@ -99,6 +100,7 @@ fn streaming<R: Runtime>(
         cols as u32,
         1,
         false,
+        scores.plane_ops(),
     );
     compact_rows(
         scores,

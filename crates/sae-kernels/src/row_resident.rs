@@ -66,6 +66,7 @@ pub(crate) fn row_topk_resident(
     cols: u32,
     k: u32,
     #[comptime] chunks: u32,
+    #[comptime] planes: bool,
 ) {
     let r = cube_index();
     // The whole cube takes the same branch, so the barriers inside stay uniform.
@@ -125,7 +126,7 @@ pub(crate) fn row_topk_resident(
                 }
                 sync_cube();
                 let count = hist_count(&hist, 255 - unit);
-                pick_digit(count, &mut scan, &mut state, remaining, unit);
+                pick_digit(count, &mut scan, &mut state, remaining, unit, planes);
                 prefix |= state[0] << shift;
                 remaining -= state[1];
                 hi_mask |= 255u32 << shift;
@@ -160,7 +161,7 @@ pub(crate) fn row_topk_resident(
                         ties += 1u32;
                     }
                 }
-                let before = before_chunk + units_before(ties, &mut scan, unit);
+                let before = before_chunk + units_before(ties, &mut scan, unit, planes);
                 if before < remaining && remaining <= before + ties {
                     let mut seen = before;
                     for i in 0..RUN {
@@ -191,7 +192,7 @@ pub(crate) fn row_topk_resident(
                     mine += 1u32;
                 }
             }
-            let mut out = written + units_before(mine, &mut scan, unit) as usize;
+            let mut out = written + units_before(mine, &mut scan, unit, planes) as usize;
             for i in 0..RUN {
                 let at = (c * RUN + i) as usize;
                 let col = column(at, unit);

@@ -38,6 +38,7 @@ pub(crate) fn select_groups(
     group_step: u32,
     elem_step: u32,
     #[comptime] per_group_k: bool,
+    #[comptime] planes: bool,
 ) {
     let g = cube_index();
     // The whole cube takes the same branch, so the barriers inside stay uniform.
@@ -87,7 +88,7 @@ pub(crate) fn select_groups(
                 }
                 sync_cube();
                 let count = hist_count(&hist, 255 - unit);
-                pick_digit(count, &mut scan, &mut state, remaining, unit);
+                pick_digit(count, &mut scan, &mut state, remaining, unit, planes);
                 prefix |= state[0] << shift;
                 remaining -= state[1];
                 hi_mask |= 255u32 << shift;
@@ -109,7 +110,7 @@ pub(crate) fn select_groups(
                 }
                 j += 1;
             }
-            let before = units_before(ties, &mut scan, unit);
+            let before = units_before(ties, &mut scan, unit, planes);
             let through = before + ties;
             if before < remaining && remaining <= through {
                 let mut seen = before;

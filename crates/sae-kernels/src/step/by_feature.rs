@@ -13,7 +13,7 @@ use cubecl::server::Handle;
 
 use crate::compact::exclusive_offsets;
 use crate::key::{CUBE, cube_index};
-use crate::launch::{array, grid, uninit, unit_dim, zeros};
+use crate::launch::{array, grid, reported_plane_ops, uninit, unit_dim, zeros};
 
 /// Most row blocks of the counting sort (its scratch holds `blocks * F` counters).
 const MAX_BLOCKS: usize = 64;
@@ -157,6 +157,7 @@ pub(crate) fn by_feature<R: Runtime>(
         array(&totals, cols),
         array(&offsets, cols + 1),
         cols as u32,
+        reported_plane_ops(client),
     );
     block_slots::launch::<R>(
         client,

@@ -40,8 +40,14 @@ fn suite<R: Runtime>(client: &ComputeClient<R>) {
                 }
                 let what = format!("{rows}x{cols} budget={} l={levels}", caps.budget());
                 common::assert_same(&got, &expected, &what);
-                let streamed = column_topm_with(&scores, caps, ColumnKernel::Streaming).unwrap();
-                common::assert_same(&streamed, &expected, &format!("{what} streaming"));
+                for kernel in [ColumnKernel::Resident, ColumnKernel::Streaming] {
+                    for planes in [false, true] {
+                        let scores = scores.with_plane_ops(planes);
+                        let got = column_topm_with(&scores, caps, kernel).unwrap();
+                        let what = format!("{what} {kernel:?} planes={planes}");
+                        common::assert_same(&got, &expected, &what);
+                    }
+                }
             }
         }
     }

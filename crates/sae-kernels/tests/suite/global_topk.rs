@@ -27,6 +27,11 @@ fn suite<R: Runtime>(client: &ComputeClient<R>) {
                     let got = global_topk_with(&scores, budget, Some(cut)).unwrap();
                     common::assert_same(&got, &expected, &format!("{what} cut={cut}"));
                 }
+                for planes in [false, true] {
+                    let scores = scores.with_plane_ops(planes);
+                    let got = global_topk(&scores, budget).unwrap();
+                    common::assert_same(&got, &expected, &format!("{what} planes={planes}"));
+                }
             }
         }
     }

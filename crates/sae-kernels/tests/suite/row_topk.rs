@@ -26,10 +26,15 @@ fn suite<R: Runtime>(client: &ComputeClient<R>) {
                 let expected = host_row_topk(&host, k).unwrap();
                 let what = format!("{rows}x{cols} k={k} l={levels}");
                 common::assert_same(&row_topk(&scores, k).unwrap(), &expected, &what);
-                // Both kernels, whichever the default picks for this width.
+                // Both kernels, whichever the default picks for this width, each with both
+                // prefix sums.
                 for kernel in [RowKernel::Resident, RowKernel::Streaming] {
-                    let got = row_topk_with(&scores, k, kernel).unwrap();
-                    common::assert_same(&got, &expected, &format!("{what} {kernel:?}"));
+                    for planes in [false, true] {
+                        let scores = scores.with_plane_ops(planes);
+                        let got = row_topk_with(&scores, k, kernel).unwrap();
+                        let what = format!("{what} {kernel:?} planes={planes}");
+                        common::assert_same(&got, &expected, &what);
+                    }
                 }
             }
         }

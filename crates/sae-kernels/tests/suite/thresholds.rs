@@ -29,8 +29,12 @@ fn suite<R: Runtime>(client: &ComputeClient<R>) {
         ];
         for t in &all {
             let expected = host_apply(&host, t).unwrap();
-            let got = apply_thresholds(&scores, t).unwrap();
-            common::assert_same(&got, &expected, &format!("{rows}x{cols} {t:?}"));
+            for planes in [false, true] {
+                let scores = scores.with_plane_ops(planes);
+                let got = apply_thresholds(&scores, t).unwrap();
+                let what = format!("{rows}x{cols} {t:?} planes={planes}");
+                common::assert_same(&got, &expected, &what);
+            }
         }
     }
 }
