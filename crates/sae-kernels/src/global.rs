@@ -37,12 +37,14 @@ const TILE: u32 = CUBE * PER_UNIT;
 const STATE: usize = 6;
 /// `mode` of the state when the radix passes run on the candidates.
 const ON_CANDIDATES: u32 = 1;
-/// Candidates a cut may collect per selected score; past that the passes run on the whole
-/// matrix.
+/// Candidates a cut may collect per selected score (and at most half the matrix); past that
+/// the passes run on the whole matrix.
 const CANDIDATES_PER_SELECTED: usize = 16;
 
 /// Adds the digit of `pass` of every score of one tile of `scores[..n]` that matches the
-/// state's prefix to the global histogram; every unit of the cube calls it.
+/// state's prefix to the global histogram; every unit of the cube calls it. With `flag_nan`,
+/// pass 0 also records the index of the first NaN (`scores` must then be the matrix itself,
+/// whose indices name the score).
 #[cube]
 fn tile_histogram(
     scores: &Array<f32>,
@@ -51,6 +53,7 @@ fn tile_histogram(
     nan: &mut Array<Atomic<u32>>,
     n: usize,
     pass: u32,
+    #[comptime] flag_nan: bool,
 ) {
     let unit = UNIT_POS as usize;
     let tile_start = cube_index() * TILE as usize;
@@ -64,8 +67,10 @@ fn tile_histogram(
         let j = tile_start + (i * CUBE) as usize + unit;
         if j < n {
             let bits = u32::reinterpret(scores[j]);
-            if pass == 0u32 && is_nan_bits(bits) {
-                nan[0].fetch_min(j as u32);
+            if flag_nan {
+                if pass == 0u32 && is_nan_bits(bits) {
+                    nan[0].fetch_min(j as u32);
+                }
             }
             let key = key_of_bits(bits);
             if (key & hi_mask) == prefix {
@@ -100,7 +105,7 @@ pub(crate) fn global_histogram(
     // Pass 0 also looks for NaN.
     let n = total as usize;
     if cube_index() * (TILE as usize) < n && state[4] != ON_CANDIDATES && pass_active(state, pass) {
-        tile_histogram(scores, state, hist, nan, n, pass);
+        tile_histogram(scores, state, hist, nan, n, pass, true);
     }
 }
 
@@ -115,7 +120,8 @@ pub(crate) fn candidate_histogram(
 ) {
     let n = state[5] as usize;
     if cube_index() * (TILE as usize) < n && state[4] == ON_CANDIDATES && pass_active(state, pass) {
-        tile_histogram(candidates, state, hist, nan, n, pass);
+        // A candidate's slot is not its index: `global_candidates` flagged NaN in the matrix.
+        tile_histogram(candidates, state, hist, nan, n, pass, false);
     }
 }
 
@@ -394,7 +400,7 @@ pub fn global_topk<R: Runtime>(
 /// [`global_topk`] with a candidate cut: a score expected at or below the `budget`-th largest
 /// (e.g. the previous batch's threshold lowered by a margin). The radix select then runs on the
 /// scores at or above the cut, collected in one read of the matrix, when at least `budget` and
-/// at most `16 * budget` of them pass; otherwise on the whole matrix. The result is the same
+/// at most `16 * budget` (and half the matrix) pass; otherwise on the whole matrix. The result is the same
 /// bit for bit whatever the cut (any float, NaN included); only the time differs.
 pub fn global_topk_with<R: Runtime>(
     scores: &DeviceScores<'_, R>,
@@ -415,9 +421,10 @@ pub fn global_topk_with<R: Runtime>(
     let state = client.create_from_slice(u32::as_bytes(&[0, budget as u32, 0, 0, 0, 0]));
     let hist = zeros(client, 4 * CUBE as usize);
     let nan = filled(client, 1, u32::MAX);
-    // Budget 0 keeps nothing: no candidates needed.
-    let cut = cut.filter(|_| budget > 0).map(|c| {
-        let capacity = (CANDIDATES_PER_SELECTED * budget).min(total);
+    // Budget 0 keeps nothing, and a budget over half the matrix leaves a cut little to
+    // spare: no candidates then.
+    let capacity = (CANDIDATES_PER_SELECTED * budget).min(total / 2);
+    let cut = cut.filter(|_| 0 < budget && budget <= capacity).map(|c| {
         let candidates = uninit(client, capacity);
         let count = zeros(client, 1);
         let key = score_key(c);

@@ -7,7 +7,7 @@ use cubecl::prelude::*;
 use sae_alloc::{AllocError, Capacities, Thresholds};
 use sae_kernels::{
     DeviceScores, KernelError, apply_thresholds, apply_thresholds_on_device, column_topm,
-    column_topm_on_device, global_topk, row_topk, upload_scores,
+    column_topm_on_device, global_topk, global_topk_with, row_topk, upload_scores,
 };
 
 fn nan_is_reported<R: Runtime>(client: &ComputeClient<R>) {
@@ -21,10 +21,16 @@ fn nan_is_reported<R: Runtime>(client: &ComputeClient<R>) {
         let scores = DeviceScores::new(client, &handle, rows, cols).unwrap();
         let expected = AllocError::NanScore { row, col };
         let caps = Capacities::uniform(rows * 2, cols, rows as u32).unwrap();
+        // A cut that about 100 scores pass: the radix passes run on the candidates, whose
+        // slots are not the scores' indices.
+        let mut finite: Vec<f32> = data.iter().copied().filter(|v| !v.is_nan()).collect();
+        finite.sort_by(|a, b| b.total_cmp(a));
+        let cut = finite[100];
         let results = [
             ("row_topk k=0", row_topk(&scores, 0)),
             ("row_topk k=5", row_topk(&scores, 5)),
             ("global_topk", global_topk(&scores, 40)),
+            ("global_topk cut", global_topk_with(&scores, 40, Some(cut))),
             ("column_topm", column_topm(&scores, &caps)),
             (
                 "thresholds",
