@@ -54,7 +54,16 @@ pub fn row_topk(scores: &ScoreMatrix, k: usize) -> Result<Selection, AllocError>
 
 /// Fills `buf` with the rank keys of the `k` (1 <= k <= len) largest values of `slice`,
 /// indices relative to the slice, in no particular order.
+///
+/// Long slices first bound the answer from below: the `k`-th largest of the maxima of
+/// [`BLOCK`]-score blocks is at most the `k`-th largest score (the `k` blocks with the largest
+/// maxima each hold a score at least that large), so one more pass admitting only the scores
+/// at or above it keeps every score of the top `k`, usually with few others.
 pub(crate) fn top_of_slice(slice: &[f32], k: usize, buf: &mut Vec<u64>) {
+    if k > 0 && slice.len() / BLOCK >= BLOCKS_PER_SELECTED * k {
+        top_of_long_slice(slice, k, buf);
+        return;
+    }
     buf.clear();
     let cap = 2 * k.max(8);
     for (i, &x) in slice[..k].iter().enumerate() {
@@ -83,6 +92,55 @@ pub(crate) fn top_of_slice(slice: &[f32], k: usize, buf: &mut Vec<u64>) {
 
 /// Scores compared per branch-free test.
 const LANE: usize = 16;
+/// Scores per block of the lower bound of [`top_of_slice`].
+const BLOCK: usize = 64;
+/// Blocks per selected score from which a slice takes the lower bound: with fewer, the
+/// bound passes too many scores to pay for its extra pass.
+const BLOCKS_PER_SELECTED: usize = 4;
+
+/// [`top_of_slice`] by the block-maxima lower bound; the slice holds at least `k` full blocks.
+fn top_of_long_slice(slice: &[f32], k: usize, buf: &mut Vec<u64>) {
+    buf.clear();
+    // Full blocks only: the scores after the last one are still scanned below.
+    for (b, block) in slice.chunks_exact(BLOCK).enumerate() {
+        let max = block.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        buf.push(rank_key(max, b as u32));
+    }
+    // The k-th largest block maximum; ties among maxima do not matter for a bound.
+    keep_largest(buf, k);
+    let bound = admission_threshold(buf);
+    buf.clear();
+    // Every score at or above the bound is a candidate, equal ones included: their ties are
+    // broken by index in the rank keys. The buffer is pruned to the top `k` when it fills,
+    // which only raises the bar.
+    let cap = 2 * k.max(8);
+    let mut threshold = bound;
+    let mut lanes = slice.chunks_exact(LANE);
+    for (lane_index, lane) in lanes.by_ref().enumerate() {
+        let lane: &[f32; LANE] = lane.try_into().expect("exact chunk");
+        if lane.iter().fold(false, |any, &x| any | (x >= threshold)) {
+            admit_from(lane, lane_index * LANE, threshold, buf);
+            if buf.len() >= cap {
+                keep_largest(buf, k);
+                threshold = admission_threshold(buf);
+            }
+        }
+    }
+    let rest = lanes.remainder();
+    admit_from(rest, slice.len() - rest.len(), threshold, buf);
+    keep_largest(buf, k);
+}
+
+/// Pushes the rank keys of the scores of `lane` (starting at index `start`) at or above
+/// `threshold`.
+#[inline]
+fn admit_from(lane: &[f32], start: usize, threshold: f32, buf: &mut Vec<u64>) {
+    for (j, &x) in lane.iter().enumerate() {
+        if x >= threshold {
+            buf.push(rank_key(x, (start + j) as u32));
+        }
+    }
+}
 
 /// Pushes the rank keys of the scores of `lane` (starting at index `start`) above `threshold`.
 #[inline]

@@ -25,6 +25,21 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 
+    /// Rows long enough for the block-maxima lower bound (at least 4 blocks of 64 scores per
+    /// selected one), with a ragged tail after the last block, and `k` on both sides of the
+    /// rows' switch to it.
+    #[test]
+    fn long_row_topk_matches_oracle(
+        ((data, rows, cols), k) in (1..=3usize, 256..=2200usize).prop_flat_map(|(rows, cols)| (
+            (prop::collection::vec(score(), rows * cols), Just(rows), Just(cols)),
+            1..=cols / 128,
+        )),
+    ) {
+        let matrix = ScoreMatrix::new(&data, rows, cols).unwrap();
+        let got = row_topk(&matrix, k).unwrap();
+        prop_assert_eq!(got, oracle_rows(&data, rows, cols, k));
+    }
+
     #[test]
     fn global_topk_matches_oracle(((data, rows, cols), frac) in (matrix(20, 40), 0.0..=1.0f64)) {
         let budget = (frac * (rows * cols) as f64).round() as usize;
