@@ -60,34 +60,30 @@ pub fn row_topk(scores: &ScoreMatrix, k: usize) -> Result<Selection, AllocError>
 /// maxima each hold a score at least that large), so one more pass admitting only the scores
 /// at or above it keeps every score of the top `k`, usually with few others.
 pub(crate) fn top_of_slice(slice: &[f32], k: usize, buf: &mut Vec<u64>) {
-    if k > 0 && slice.len() / BLOCK >= BLOCKS_PER_SELECTED * k {
-        top_of_long_slice(slice, k, buf);
-        return;
-    }
     buf.clear();
-    let cap = 2 * k.max(8);
+    if k > 0 && slice.len() / BLOCK >= BLOCKS_PER_SELECTED * k {
+        // Full blocks only: the scores after the last one are still scanned below.
+        for (b, block) in slice.chunks_exact(BLOCK).enumerate() {
+            let max = block.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            buf.push(rank_key(max, b as u32));
+        }
+        // The k-th largest block maximum; ties among maxima do not matter for a bound.
+        keep_largest(buf, k);
+        let bound = admission_threshold(buf);
+        buf.clear();
+        // Scores equal to the bound are candidates too: admit above the float just below it.
+        // A bound of -inf bounds nothing (and has no float below it).
+        if bound > f32::NEG_INFINITY {
+            admit_from(slice, 0, k, bound.next_down(), buf);
+            return;
+        }
+    }
     for (i, &x) in slice[..k].iter().enumerate() {
         buf.push(rank_key(x, i as u32));
     }
-    let mut threshold = admission_threshold(buf);
-    // Scores arrive in index order, so a later score equal to the threshold loses its tie:
-    // admission is strictly greater. Fixed-size lanes are tested branch-free first, so the
-    // common "nothing here beats the threshold" case stays vectorised.
-    let rest = &slice[k..];
-    let mut lanes = rest.chunks_exact(LANE);
-    for (lane_index, lane) in lanes.by_ref().enumerate() {
-        let lane: &[f32; LANE] = lane.try_into().expect("exact chunk");
-        if lane.iter().fold(false, |any, &x| any | (x > threshold)) {
-            admit(lane, k + lane_index * LANE, threshold, buf);
-            if buf.len() >= cap {
-                keep_largest(buf, k);
-                threshold = admission_threshold(buf);
-            }
-        }
-    }
-    let tail = lanes.remainder();
-    admit(tail, slice.len() - tail.len(), threshold, buf);
-    keep_largest(buf, k);
+    // Later scores have higher indices, so one equal to the k-th largest so far loses its tie.
+    let threshold = admission_threshold(buf);
+    admit_from(&slice[k..], k, k, threshold, buf);
 }
 
 /// Scores compared per branch-free test.
@@ -98,51 +94,33 @@ const BLOCK: usize = 64;
 /// bound passes too many scores to pay for its extra pass.
 const BLOCKS_PER_SELECTED: usize = 4;
 
-/// [`top_of_slice`] by the block-maxima lower bound; the slice holds at least `k` full blocks.
-fn top_of_long_slice(slice: &[f32], k: usize, buf: &mut Vec<u64>) {
-    buf.clear();
-    // Full blocks only: the scores after the last one are still scanned below.
-    for (b, block) in slice.chunks_exact(BLOCK).enumerate() {
-        let max = block.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        buf.push(rank_key(max, b as u32));
-    }
-    // The k-th largest block maximum; ties among maxima do not matter for a bound.
-    keep_largest(buf, k);
-    let bound = admission_threshold(buf);
-    buf.clear();
-    // Every score at or above the bound is a candidate, equal ones included: their ties are
-    // broken by index in the rank keys. The buffer is pruned to the top `k` when it fills,
-    // which only raises the bar.
+/// Adds to `buf` every score of `scores` (whose first index is `start`) strictly above a bar
+/// that starts at `threshold` and rises to the `k`-th largest kept so far whenever `buf` fills
+/// (a later score equal to it has a higher index and loses the tie); then keeps the top `k`.
+/// `threshold` must let every score of the top `k` of `scores` and `buf` together through.
+/// Fixed-size lanes are tested branch-free first, so the common "nothing here beats the bar"
+/// case stays vectorised.
+fn admit_from(scores: &[f32], start: usize, k: usize, threshold: f32, buf: &mut Vec<u64>) {
     let cap = 2 * k.max(8);
-    let mut threshold = bound;
-    let mut lanes = slice.chunks_exact(LANE);
+    let mut threshold = threshold;
+    let mut lanes = scores.chunks_exact(LANE);
     for (lane_index, lane) in lanes.by_ref().enumerate() {
         let lane: &[f32; LANE] = lane.try_into().expect("exact chunk");
-        if lane.iter().fold(false, |any, &x| any | (x >= threshold)) {
-            admit_from(lane, lane_index * LANE, threshold, buf);
+        if lane.iter().fold(false, |any, &x| any | (x > threshold)) {
+            admit(lane, start + lane_index * LANE, threshold, buf);
             if buf.len() >= cap {
                 keep_largest(buf, k);
                 threshold = admission_threshold(buf);
             }
         }
     }
-    let rest = lanes.remainder();
-    admit_from(rest, slice.len() - rest.len(), threshold, buf);
+    let tail = lanes.remainder();
+    admit(tail, start + scores.len() - tail.len(), threshold, buf);
     keep_largest(buf, k);
 }
 
-/// Pushes the rank keys of the scores of `lane` (starting at index `start`) at or above
+/// Pushes the rank keys of the scores of `lane` (starting at index `start`) above
 /// `threshold`.
-#[inline]
-fn admit_from(lane: &[f32], start: usize, threshold: f32, buf: &mut Vec<u64>) {
-    for (j, &x) in lane.iter().enumerate() {
-        if x >= threshold {
-            buf.push(rank_key(x, (start + j) as u32));
-        }
-    }
-}
-
-/// Pushes the rank keys of the scores of `lane` (starting at index `start`) above `threshold`.
 #[inline]
 fn admit(lane: &[f32], start: usize, threshold: f32, buf: &mut Vec<u64>) {
     for (j, &x) in lane.iter().enumerate() {

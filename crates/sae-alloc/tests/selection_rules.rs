@@ -11,6 +11,21 @@ fn capacities(rows: usize, cols: usize) -> impl Strategy<Value = Vec<u32>> {
     prop::collection::vec(0..=rows as u32, cols)
 }
 
+/// A long row whose `k`-th largest block maximum is -inf (one finite score): the lower bound
+/// bounds nothing and the row takes the running threshold; the -inf scores tie by index.
+#[test]
+fn long_row_with_a_bound_of_minus_infinity() {
+    let (rows, cols, k) = (2, 512, 3);
+    let mut data = vec![f32::NEG_INFINITY; rows * cols];
+    data[300] = 1.0;
+    data[cols + 7] = -0.0;
+    let matrix = ScoreMatrix::new(&data, rows, cols).unwrap();
+    assert_eq!(
+        row_topk(&matrix, k).unwrap(),
+        oracle_rows(&data, rows, cols, k)
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 

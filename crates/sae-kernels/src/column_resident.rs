@@ -16,6 +16,7 @@ use cubecl::prelude::*;
 use crate::key::{
     CUBE, NO_KEY, RADIX_BITS, cube_index, is_nan_bits, key_of_bits, pick_digit, units_before,
 };
+use crate::launch::resident_chunks;
 
 /// Adjacent columns per cube: 8 f32 fill one 32-byte sector of a row.
 pub(crate) const STRIP: u32 = 8;
@@ -36,10 +37,9 @@ const COPIES: u32 = 2;
 /// Shared-memory words of one column's histogram.
 const COLUMN_HIST: u32 = 256 * COPIES;
 
-/// Chunks a column of `rows` scores needs, rounded up to a power of two so that few kernel
-/// variants are compiled.
+/// Chunks a column of `rows` scores needs.
 pub(crate) fn chunks_for(rows: usize) -> u32 {
-    (rows.div_ceil(CHUNK_ROWS as usize).max(1) as u32).next_power_of_two()
+    resident_chunks(rows, CHUNK_ROWS)
 }
 
 /// Shared-memory slot of staged score `i` (row-major `[CHUNK_ROWS, STRIP]`): one pad word

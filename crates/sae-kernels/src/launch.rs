@@ -56,6 +56,12 @@ pub(crate) fn reported_plane_ops<R: Runtime>(client: &ComputeClient<R>) -> bool 
         .contains(cubecl::features::Plane::Ops)
 }
 
+/// Chunks of `per_chunk` elements that `len` elements need in a resident kernel, rounded up
+/// to a power of two so that few kernel variants are compiled.
+pub(crate) fn resident_chunks(len: usize, per_chunk: u32) -> u32 {
+    (len.div_ceil(per_chunk as usize).max(1) as u32).next_power_of_two()
+}
+
 /// A kernel argument over the first `len` elements of `handle`.
 #[allow(unsafe_code)]
 pub(crate) fn array<R: Runtime>(handle: &Handle, len: usize) -> ArrayArg<R> {

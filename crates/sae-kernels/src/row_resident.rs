@@ -13,6 +13,7 @@ use crate::key::{
     CUBE, HIST_WORDS, NO_KEY, RADIX_BITS, cube_index, hist_add, hist_clear, hist_count,
     is_nan_bits, key_of_bits, pick_digit, units_before,
 };
+use crate::launch::resident_chunks;
 
 /// Scores a unit keeps from one chunk.
 const RUN: u32 = 16;
@@ -23,10 +24,9 @@ const MAX_CHUNKS: u32 = 8;
 /// Longest row the resident kernel takes.
 pub(crate) const MAX_COLS: usize = (CHUNK * MAX_CHUNKS) as usize;
 
-/// Chunks a row of `cols` scores needs, rounded up to a power of two so that few kernel
-/// variants are compiled.
+/// Chunks a row of `cols` scores needs.
 pub(crate) fn chunks_for(cols: usize) -> u32 {
-    (cols.div_ceil(CHUNK as usize).max(1) as u32).next_power_of_two()
+    resident_chunks(cols, CHUNK)
 }
 
 /// Shared-memory slot of staged score `i`: one pad word every 32, so units copying
