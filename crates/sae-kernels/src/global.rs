@@ -402,8 +402,8 @@ pub fn global_topk<R: Runtime>(
 /// [`global_topk`] with a candidate cut: a score expected at or below the `budget`-th largest
 /// (e.g. the previous batch's threshold lowered by a margin). The radix select then runs on the
 /// scores at or above the cut, collected in one read of the matrix, when at least `budget` and
-/// at most `16 * budget` (and half the matrix) pass; otherwise on the whole matrix. The result is the same
-/// bit for bit whatever the cut (any float, NaN included); only the time differs.
+/// at most `16 * budget` (and half the matrix) pass; otherwise on the whole matrix. The result
+/// is the same bit for bit whatever the cut (any float, NaN included); only the time differs.
 pub fn global_topk_with<R: Runtime>(
     scores: &DeviceScores<'_, R>,
     budget: usize,
