@@ -47,27 +47,66 @@ fn training_over_peers_ends_in_the_one_device_runs_evaluation() {
 #[test]
 fn settings_that_cannot_train_over_peers_are_refused_up_front() {
     let tmp = tempfile::tempdir().unwrap();
-    for (set, expected) in [
-        ("backend=\"wgpu\"", "needs backend = \"flex\""),
+    for (sets, expected) in [
         (
-            "train.batch_size=2",
+            &["step.path=\"device\""][..],
+            "needs step.path = \"auto\" or \"fused\"",
+        ),
+        (
+            &["train.batch_size=2"],
             "train.batch_size = 2 is less than the 4 peers of distributed.devices = 4",
         ),
-        ("step.path=\"sparse\"", "needs step.path"),
+        (&["step.path=\"sparse\""], "needs step.path"),
+        (
+            &["backend=\"wgpu\"", "step.path=\"fused\""],
+            "on backend = \"wgpu\" needs step.path = \"auto\" or \"device\"",
+        ),
     ] {
         let dir = tmp.path().join("refused");
-        let out = run(&small_run(
-            &dir,
-            30,
-            &["--set", "distributed.devices=4", "--set", set],
-        ));
-        assert!(!out.status.success(), "{set} was accepted");
+        let mut extra = vec!["--set", "distributed.devices=4"];
+        for set in sets {
+            extra.extend(["--set", set]);
+        }
+        let out = run(&small_run(&dir, 30, &extra));
+        assert!(!out.status.success(), "{sets:?} was accepted");
         let message = text(&out);
-        assert!(message.contains(expected), "{set}: {message}");
+        assert!(message.contains(expected), "{sets:?}: {message}");
         assert!(
             !dir.join("metrics.jsonl").exists(),
-            "{set}: training started"
+            "{sets:?}: training started"
         );
+    }
+}
+
+/// Two wgpu peers, each running the device step on its rows, train the model one CPU device
+/// trains on the whole batch.
+#[test]
+fn training_over_wgpu_peers_ends_in_the_cpu_runs_evaluation() {
+    let tmp = tempfile::tempdir().unwrap();
+    for rule in ["mutual_choice", "feature_choice", "topk"] {
+        let name = format!("sparsifier.name=\"{rule}\"");
+        let (cpu, gpu) = (
+            tmp.path().join(rule),
+            tmp.path().join(format!("{rule}-wgpu-2")),
+        );
+        let out = run(&small_run(&cpu, 30, &["--set", &name]));
+        assert!(out.status.success(), "{}", text(&out));
+        let wgpu = small_run(
+            &gpu,
+            30,
+            &[
+                "--set",
+                &name,
+                "--set",
+                "backend=\"wgpu\"",
+                "--set",
+                "distributed.devices=2",
+            ],
+        );
+        if on_wgpu(&wgpu).is_none() {
+            return;
+        }
+        assert_same_evaluation(&format!("{rule} over 2 wgpu peers"), &gpu, &cpu);
     }
 }
 

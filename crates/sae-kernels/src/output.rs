@@ -183,6 +183,30 @@ impl<R: Runtime> DeviceSelection<R> {
         &self.nan
     }
 
+    /// A host selection on the device, for the kernels that read one (e.g. the pairs a
+    /// sharded rule kept of a device's candidates). Its NaN flag is clear: a host
+    /// [`Selection`] holds no NaN score.
+    pub fn upload(client: &ComputeClient<R>, selection: &Selection) -> Self {
+        let words = |v: &[u32]| match v.is_empty() {
+            true => client.create_from_slice(u32::as_bytes(&[0])),
+            false => client.create_from_slice(u32::as_bytes(v)),
+        };
+        let offsets: Vec<u32> = selection.offsets().iter().map(|&o| o as u32).collect();
+        let scores: Vec<u32> = selection.scores().iter().map(|s| s.to_bits()).collect();
+        Self {
+            client: client.clone(),
+            rows: selection.rows(),
+            cols: selection.cols(),
+            nnz: selection.nnz(),
+            offsets: words(&offsets),
+            tokens: words(&selection.token_ids()),
+            features: words(selection.features()),
+            scores: words(&scores),
+            feature_counts: words(&selection.counts_per_feature()),
+            nan: words(&[u32::MAX]),
+        }
+    }
+
     /// Reads back the NaN flag (4 bytes): an error if any score was NaN.
     pub fn check(&self) -> Result<(), KernelError> {
         self.nan_result(read_u32(&self.client, &self.nan)?[0])

@@ -462,17 +462,16 @@ impl RunConfig {
                     self.train.batch_size
                 ));
             }
-            if !matches!(self.backend, BackendKind::Flex | BackendKind::Ndarray) {
+            let on_cpu = matches!(self.backend, BackendKind::Flex | BackendKind::Ndarray);
+            let (step, paths) = match on_cpu {
+                true => (StepPath::Fused, "\"auto\" or \"fused\""),
+                false => (StepPath::Device, "\"auto\" or \"device\""),
+            };
+            if self.step.path != StepPath::Auto && self.step.path != step {
                 return Err(format!(
-                    "{what} needs backend = \"flex\" or \"ndarray\": \
-                     training over several peers runs the CPU step (backend = {:?} trains on one device)",
-                    self.backend.name()
-                ));
-            }
-            if !matches!(self.step.path, StepPath::Auto | StepPath::Fused) {
-                return Err(format!(
-                    "{what} needs step.path = \"auto\" or \"fused\", \
-                     the step that trains over several peers (got {:?})",
+                    "{what} on backend = {:?} needs step.path = {paths}, \
+                     the step that trains over several peers there (got {:?})",
+                    self.backend.name(),
                     self.step.path
                 ));
             }

@@ -8,6 +8,7 @@
 //! peers sum their counts and gradients through burn-collective ([`BurnPeer`]), so every peer
 //! of every machine applies the same update and holds the same state.
 
+use std::marker::PhantomData;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
@@ -25,6 +26,11 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 use crate::config::DataConfig;
 use crate::tensor::to_device;
 use crate::{RunConfig, TrainError};
+
+/// The backend the peers' sums run on, whatever the training backend: the CPU's. The step
+/// sums host values (counts, loss terms, gradients read back from a GPU), and burn-fusion's
+/// GPU tensors cannot move between the threads of burn-collective's all-reduce.
+type Sums = burn::backend::Flex;
 
 /// Rows of peer `p` of `peers` in a batch of `n` rows: consecutive, balanced, in peer order.
 pub fn shard(n: usize, peers: usize, p: usize) -> std::ops::Range<usize> {
@@ -207,14 +213,14 @@ static ONE_GROUP: Mutex<()> = Mutex::new(());
 
 /// This machine's peers, registered: its first peer's handle on the collective (the loop's)
 /// and the threads of the others. Dropping it stops the threads.
-struct Members<B: AutodiffBackend> {
+struct Members {
     workers: Vec<Worker>,
-    own: Option<BurnPeer<B::InnerBackend>>,
+    own: Option<BurnPeer<Sums>>,
     group: Group,
     _one: MutexGuard<'static, ()>,
 }
 
-impl<B: AutodiffBackend> Members<B> {
+impl Members {
     fn stopped(&self, i: usize) -> SaeError {
         SaeError::Collective {
             peer: self.group.first() + 1 + i,
@@ -222,7 +228,7 @@ impl<B: AutodiffBackend> Members<B> {
         }
     }
 
-    fn own(&mut self) -> &mut BurnPeer<B::InnerBackend> {
+    fn own(&mut self) -> &mut BurnPeer<Sums> {
         self.own
             .as_mut()
             .expect("the first peer is registered while the peers live")
@@ -241,7 +247,7 @@ impl<B: AutodiffBackend> Members<B> {
     fn together<T>(
         &mut self,
         len: usize,
-        own: impl FnOnce(&mut BurnPeer<B::InnerBackend>) -> Result<T, SaeError>,
+        own: impl FnOnce(&mut BurnPeer<Sums>) -> Result<T, SaeError>,
     ) -> Result<T, SaeError> {
         self.send(|_| Job::Sum(len))?;
         let own = own(self.own());
@@ -267,7 +273,7 @@ impl<B: AutodiffBackend> Members<B> {
     }
 }
 
-impl<B: AutodiffBackend> Drop for Members<B> {
+impl Drop for Members {
     /// Stops the peer threads: each unregisters as its queue closes.
     fn drop(&mut self) {
         drop(self.own.take());
@@ -287,12 +293,14 @@ impl<B: AutodiffBackend> Drop for Members<B> {
 /// on where the run starts ([`Joined::agree_on_start`], over several machines) and then to
 /// start ([`Joined::start`]).
 pub struct Joined<B: AutodiffBackend> {
-    members: Members<B>,
+    members: Members,
+    _backend: PhantomData<fn() -> B>,
 }
 
 /// This machine's peers, training: every step runs on all of them ([`Peers::step`]).
 pub struct Peers<B: AutodiffBackend> {
-    members: Members<B>,
+    members: Members,
+    _backend: PhantomData<fn() -> B>,
     d: usize,
 }
 
@@ -313,9 +321,9 @@ impl<B: AutodiffBackend> std::fmt::Debug for Joined<B> {
 }
 
 impl<B: AutodiffBackend> Peers<B> {
-    /// Starts threads for this machine's peers after its first and registers all of them
-    /// (the first being the caller) with burn-collective on `device`, and with the other
-    /// machines' peers. A registration or sum that waits longer than the group's timeout for
+    /// Starts threads for this machine's peers after its first, each training on `device`, and
+    /// registers all of them (the first being the caller) with burn-collective ([`Sums`]), and
+    /// with the other machines' peers. A registration or sum that waits longer than the group's timeout for
     /// the others fails (see [`BurnPeer`]).
     pub fn join(group: Group, device: &B::Device) -> Result<Joined<B>, TrainError> {
         let one = match ONE_GROUP.try_lock() {
@@ -346,7 +354,7 @@ impl<B: AutodiffBackend> Peers<B> {
                 handle,
             });
         }
-        let own = register(group.first(), &group, device);
+        let own = register(group.first(), &group);
         let mut members = Members {
             workers,
             own: None,
@@ -354,7 +362,10 @@ impl<B: AutodiffBackend> Peers<B> {
             _one: one,
         };
         members.own = Some(members.answers(own)?);
-        Ok(Joined { members })
+        Ok(Joined {
+            members,
+            _backend: PhantomData,
+        })
     }
 
     /// One step of every peer on the global batch `x` (row-major), this machine's first peer
@@ -499,21 +510,18 @@ impl<B: AutodiffBackend> Joined<B> {
         }
         Ok(Peers {
             members: m,
+            _backend: PhantomData,
             d: state.params.d_model,
         })
     }
 }
 
 /// Registers peer `peer` of `group`.
-fn register<B: burn::tensor::backend::Backend>(
-    peer: usize,
-    group: &Group,
-    device: &B::Device,
-) -> Result<BurnPeer<B>, SaeError> {
-    BurnPeer::<B>::register(
+fn register(peer: usize, group: &Group) -> Result<BurnPeer<Sums>, SaeError> {
+    BurnPeer::<Sums>::register(
         peer,
         group.peers(),
-        device,
+        &Default::default(),
         group.timeout,
         group.machines.as_ref(),
     )
@@ -541,7 +549,7 @@ fn serve<B: AutodiffBackend>(
     inbox: &Receiver<Job>,
     outbox: &Sender<Result<(), SaeError>>,
 ) {
-    let mut collective = match register::<B::InnerBackend>(peer, group, device) {
+    let mut collective = match register(peer, group) {
         Ok(c) => c,
         Err(e) => {
             let _ = outbox.send(Err(e));

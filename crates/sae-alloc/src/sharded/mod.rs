@@ -83,16 +83,66 @@ pub struct ShardSelection {
     pub layout: ShardLayout,
 }
 
+/// A shard's candidates for a sharded rule, made on the shard alone: what the single-matrix
+/// rule selects on the shard with the candidate parameters ([`global_candidates`],
+/// [`column_candidates`]; the rule's own for row top-k), or its error. Whoever scores the
+/// shard (the host, or a device kernel bit-exact with the host rule) selects them; the
+/// sharded rule then needs only the exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidates {
+    /// Rows of the shard.
+    pub rows: usize,
+    /// Columns (features) of the shard.
+    pub cols: usize,
+    /// The shard's candidates, or why the shard's rule failed (a NaN score, named by its row
+    /// and column in the shard).
+    pub local: Result<Selection, AllocError>,
+}
+
+impl Candidates {
+    /// The candidates the rule `select` makes on `scores`.
+    fn of(scores: &ScoreMatrix, select: impl FnOnce() -> Result<Selection, AllocError>) -> Self {
+        Self {
+            rows: scores.rows(),
+            cols: scores.cols(),
+            local: select(),
+        }
+    }
+}
+
+/// The local budget of a shard of `shard_len` scores under a global `budget`: no more than
+/// the budget of the shard's entries can be among the global top.
+pub fn global_candidates(budget: usize, shard_len: usize) -> usize {
+    budget.min(shard_len)
+}
+
+/// The local capacities of a shard of `rows` rows under the batch's `capacities`: a
+/// feature's global winners on the shard are among its local top `min(m_f, rows)`.
+pub fn column_candidates(capacities: &Capacities, rows: usize) -> Result<Capacities, AllocError> {
+    let rows = u32::try_from(rows).unwrap_or(u32::MAX);
+    let local: Vec<u32> = capacities.as_slice().iter().map(|&c| c.min(rows)).collect();
+    let budget = local.iter().map(|&c| c as usize).sum();
+    Capacities::from_vec(local, budget)
+}
+
 /// Row top-k ([`row_topk`]) on a sharded batch.
 pub fn row_topk_sharded<X: Exchange>(
     scores: &ScoreMatrix,
     k: usize,
     exchange: &mut X,
 ) -> Result<ShardSelection, ShardedError<X::Error>> {
-    let local = row_topk(scores, k);
-    let layout = agree(scores, &local, |_| Ok(()), exchange)?;
+    row_topk_of_candidates(Candidates::of(scores, || row_topk(scores, k)), exchange)
+}
+
+/// [`row_topk_sharded`] from the shard's own row top-k: rows are independent, so the
+/// candidates are the selection once every peer knows that none failed.
+pub fn row_topk_of_candidates<X: Exchange>(
+    candidates: Candidates,
+    exchange: &mut X,
+) -> Result<ShardSelection, ShardedError<X::Error>> {
+    let layout = agree(&candidates, |_| Ok(()), exchange)?;
     Ok(ShardSelection {
-        selection: local?,
+        selection: candidates.local?,
         layout,
     })
 }
@@ -104,17 +154,28 @@ pub fn global_topk_sharded<X: Exchange>(
     budget: usize,
     exchange: &mut X,
 ) -> Result<ShardSelection, ShardedError<X::Error>> {
-    // No more than the budget of this shard's entries can be among the global top.
-    let local = global_topk(scores, budget.min(scores.data().len()));
+    let local = global_candidates(budget, scores.data().len());
+    let candidates = Candidates::of(scores, || global_topk(scores, local));
+    global_topk_of_candidates(candidates, budget, exchange)
+}
+
+/// [`global_topk_sharded`] from the shard's candidates: its global top
+/// [`global_candidates`]`(budget, rows * cols)`.
+pub fn global_topk_of_candidates<X: Exchange>(
+    candidates: Candidates,
+    budget: usize,
+    exchange: &mut X,
+) -> Result<ShardSelection, ShardedError<X::Error>> {
+    let cols = candidates.cols;
     let fits = |rows: usize| {
-        let available = rows * scores.cols();
+        let available = rows * cols;
         match budget > available {
             true => Err(AllocError::BudgetTooLarge { budget, available }),
             false => Ok(()),
         }
     };
-    let layout = agree(scores, &local, fits, exchange)?;
-    let local = local?;
+    let layout = agree(&candidates, fits, exchange)?;
+    let local = candidates.local?;
     let keys = GroupedKeys::one_group(&local);
     let cuts = Cuts::find(&keys, &[budget as u64], 8, exchange).map_err(ShardedError::Exchange)?;
     let take = cuts
@@ -134,24 +195,32 @@ pub fn column_topm_sharded<X: Exchange>(
     capacities: &Capacities,
     exchange: &mut X,
 ) -> Result<ShardSelection, ShardedError<X::Error>> {
-    let rows = scores.rows() as u32;
-    // A feature's global winners on this shard are among its local top `min(m_f, rows)`.
-    let local_caps: Vec<u32> = capacities.as_slice().iter().map(|&c| c.min(rows)).collect();
-    let local_budget = local_caps.iter().map(|&c| c as usize).sum();
     // `column_topm` rejects a capacity vector of the wrong length.
-    let local =
-        Capacities::from_vec(local_caps, local_budget).and_then(|c| column_topm(scores, &c));
-    let fits = |rows: usize| capacities.for_shape(rows, scores.cols()).map(|_| ());
-    let layout = agree(scores, &local, fits, exchange)?;
-    let local = local?;
-    let caps = capacities.for_shape(layout.global_rows, scores.cols())?;
+    let candidates = Candidates::of(scores, || {
+        column_candidates(capacities, scores.rows()).and_then(|c| column_topm(scores, &c))
+    });
+    column_topm_of_candidates(candidates, capacities, exchange)
+}
+
+/// [`column_topm_sharded`] from the shard's candidates: its per-feature top
+/// [`column_candidates`]`(capacities, rows)`.
+pub fn column_topm_of_candidates<X: Exchange>(
+    candidates: Candidates,
+    capacities: &Capacities,
+    exchange: &mut X,
+) -> Result<ShardSelection, ShardedError<X::Error>> {
+    let cols = candidates.cols;
+    let fits = |rows: usize| capacities.for_shape(rows, cols).map(|_| ());
+    let layout = agree(&candidates, fits, exchange)?;
+    let local = candidates.local?;
+    let caps = capacities.for_shape(layout.global_rows, cols)?;
     let needs: Vec<u64> = caps.iter().map(|&c| u64::from(c)).collect();
     let keys = GroupedKeys::by_column(&local);
     let cuts = Cuts::find(&keys, &needs, 4, exchange).map_err(ShardedError::Exchange)?;
     let take = cuts
         .ties_taken(&keys, &layout, exchange)
         .map_err(ShardedError::Exchange)?;
-    let mut equal_seen = vec![0u64; scores.cols()];
+    let mut equal_seen = vec![0u64; cols];
     let selection = filter(&local, |f, key| {
         cuts.keeps(f, key, &mut equal_seen[f], take[f])
     });
@@ -164,16 +233,15 @@ pub fn column_topm_sharded<X: Exchange>(
 /// the whole batch (`fits`, given its rows), then a NaN (naming its global row), then this
 /// peer's own failure or another's.
 fn agree<X: Exchange>(
-    scores: &ScoreMatrix,
-    local: &Result<Selection, AllocError>,
+    candidates: &Candidates,
     fits: impl FnOnce(usize) -> Result<(), AllocError>,
     exchange: &mut X,
 ) -> Result<ShardLayout, ShardedError<X::Error>> {
     let (peer, peers) = (exchange.peer(), exchange.peers());
-    let cols = scores.cols();
+    let (cols, local) = (candidates.cols, &candidates.local);
     // Slots per peer: rows, columns, 1 + row-major index of its first NaN, other failure.
     let mut slots = vec![0u64; 4 * peers];
-    slots[peer] = scores.rows() as u64;
+    slots[peer] = candidates.rows as u64;
     slots[peers + peer] = cols as u64;
     match local {
         Err(AllocError::NanScore { row, col }) => {

@@ -20,6 +20,7 @@
 
 mod by_feature;
 mod reduce;
+mod shard;
 mod tokens;
 mod update;
 
@@ -31,10 +32,11 @@ use crate::KernelError;
 use crate::key::CUBE;
 use crate::launch::{array, check_words, grid, uninit, unit_dim, zeros};
 use crate::output::DeviceSelection;
-use by_feature::{by_feature, join_offsets};
+use by_feature::{ByFeature, by_feature, join_offsets};
 use reduce::{
     PLAIN, ROWS_PER_BLOCK, SQUARED, WEIGHTED, column_means, column_sums, loss_sums, slot,
 };
+pub use shard::{ShardPass, ShardSums, update_from_gradients};
 use tokens::token_pass;
 pub use update::PARAMETERS;
 use update::{FLAGS, bias_update, decoder_update, encoder_update};
@@ -92,9 +94,9 @@ pub enum Activation {
     Identity,
 }
 
-/// Everything a step needs besides the parameters and moments.
+/// The pairs of a step and what its token and feature passes read besides the parameters.
 #[derive(Debug)]
-pub struct StepInputs<'a, R: Runtime> {
+pub struct PairInputs<'a, R: Runtime> {
     /// The batch `[N, d]`, row-major f32.
     pub x: &'a Handle,
     /// The affinities `[N, F]` the selections were made on (the codes are read from them).
@@ -105,10 +107,17 @@ pub struct StepInputs<'a, R: Runtime> {
     pub selection: &'a DeviceSelection<R>,
     /// The auxiliary loss's selection, if any; pairs whose score is `-inf` are padding.
     pub aux: Option<&'a DeviceSelection<R>>,
-    /// Coefficient of the auxiliary loss.
-    pub aux_coef: f32,
     /// Activation of the codes.
     pub activation: Activation,
+}
+
+/// Everything a step needs besides the parameters and moments.
+#[derive(Debug)]
+pub struct StepInputs<'a, R: Runtime> {
+    /// The batch, its selections and the activation.
+    pub pairs: PairInputs<'a, R>,
+    /// Coefficient of the auxiliary loss.
+    pub aux_coef: f32,
     /// Reconstruction term.
     pub reconstruction: Reconstruction,
     /// Adam's constants of this step.
@@ -184,69 +193,16 @@ pub fn train_step<R: Runtime>(
     inputs: &StepInputs<'_, R>,
     [params, m, v]: [&ParamBuffers; 3],
 ) -> Result<DeviceStep<R>, KernelError> {
-    let selection = inputs.selection;
-    let (n, f, d) = (selection.rows(), selection.cols(), inputs.width);
-    let aux = inputs.aux.filter(|a| a.nnz() > 0);
-    if let Some(a) = aux
-        && (a.rows(), a.cols()) != (n, f)
-    {
-        return Err(KernelError::ShapeMismatch {
-            what: "auxiliary selection [tokens, features]",
-            expected: vec![n, f],
-            actual: vec![a.rows(), a.cols()],
-        });
-    }
-    check_words("x", inputs.x, n * d)?;
-    check_words("affinities", inputs.affinities, n * f)?;
-    for (state, name) in [
-        (params, "parameters"),
-        (m, "first moments"),
-        (v, "second moments"),
-    ] {
-        check_words(name, &state.w_enc, f * d)?;
-        check_words(name, &state.b_enc, f)?;
-        check_words(name, &state.w_dec, f * d)?;
-        check_words(name, &state.b_dec, d)?;
-    }
-    let main_pairs = selection.nnz();
-    let aux_pairs = aux.map_or(0, |a| a.nnz());
-    let pairs = main_pairs + aux_pairs;
-    let rows = if aux.is_some() { 2 * n } else { n };
-    let a = inputs.adam;
-    let mut hyper = [0.0f32; slot::LEN];
-    hyper[slot::BETA1] = a.beta1;
-    hyper[slot::BETA2] = a.beta2;
-    hyper[slot::ONE_MINUS_BETA1] = a.one_minus_beta1;
-    hyper[slot::ONE_MINUS_BETA2] = a.one_minus_beta2;
-    hyper[slot::INV_CORRECTION2] = a.inv_correction2;
-    hyper[slot::STEP_SCALE] = a.step_scale;
-    hyper[slot::EPS] = a.eps;
-    hyper[slot::AUX_COEF] = inputs.aux_coef;
-    hyper[slot::MSE_SCALE] = (1.0 / (n * d) as f64) as f32;
-    let hyper = client.create_from_slice(f32::as_bytes(&hyper));
+    let pairs = PairPass::launch(client, &inputs.pairs, &[params, m, v])?;
+    let PairPass { n, f, d, .. } = pairs;
+    let with_aux = pairs.with_aux;
+    let hyper = hyper(client, &inputs.adam, inputs.aux_coef, n * d);
     let unused = uninit(client, 1);
     let col_groups = d.div_ceil(CUBE as usize);
     let blocks = |rows: usize| rows.div_ceil(ROWS_PER_BLOCK as usize);
-    let sums = |matrix: &Handle, rows: usize, weights: &Handle, center: &Handle, mode: u32| {
-        let partials = uninit(client, blocks(rows) * d);
-        column_sums::launch::<R>(
-            client,
-            grid(col_groups * blocks(rows)),
-            unit_dim(),
-            array(matrix, rows * d),
-            array(weights, rows),
-            array(center, d),
-            array(&partials, blocks(rows) * d),
-            rows as u32,
-            d as u32,
-            col_groups as u32,
-            mode,
-        );
-        partials
-    };
 
     // The batch's total variance (the FVU denominator): column means, then squares.
-    let x_sums = sums(inputs.x, n, &unused, &unused, PLAIN);
+    let x_sums = column_partials(client, &pairs.x, [n, d], [&unused, &unused], PLAIN);
     let means = uninit(client, d);
     column_means::launch::<R>(
         client,
@@ -257,55 +213,15 @@ pub fn train_step<R: Runtime>(
         n as u32,
         d as u32,
     );
-    let x_squares = sums(inputs.x, n, &unused, &means, SQUARED);
-
-    // The token pass over the joined pair space.
-    let pair_row = uninit(client, pairs);
-    let pair_feature = uninit(client, pairs);
-    let values = uninit(client, pairs);
-    let slopes = uninit(client, pairs);
-    let err = uninit(client, rows * d);
-    let token_sse = uninit(client, n);
-    let token_aux = uninit(client, n);
-    let aux_active = zeros(client, 1);
-    let aux_sel = aux.unwrap_or(selection);
-    token_pass::launch::<R>(
-        client,
-        grid(n),
-        unit_dim(),
-        array(inputs.x, n * d),
-        array(&params.b_dec, d),
-        array(inputs.affinities, n * f),
-        array(&params.w_dec, f * d),
-        array(selection.offsets(), n + 1),
-        array(selection.features(), main_pairs),
-        array(selection.scores(), main_pairs),
-        array(aux_sel.offsets(), n + 1),
-        array(aux_sel.features(), aux_sel.nnz()),
-        array(aux_sel.scores(), aux_sel.nnz()),
-        array(&pair_row, pairs),
-        array(&pair_feature, pairs),
-        array(&values, pairs),
-        array(&slopes, pairs),
-        array(&err, rows * d),
-        array(&token_sse, n),
-        array(&token_aux, n),
-        array(&aux_active, 1),
-        n as u32,
-        d as u32,
-        f as u32,
-        main_pairs as u32,
-        inputs.activation == Activation::Relu,
-        aux.is_some(),
-    );
+    let x_squares = column_partials(client, &pairs.x, [n, d], [&unused, &means], SQUARED);
     let status = uninit(client, 3);
     let scales = uninit(client, 2);
     loss_sums::launch::<R>(
         client,
         CubeCount::Static(1, 1, 1),
         unit_dim(),
-        array(&token_sse, n),
-        array(&token_aux, n),
+        array(&pairs.token_sse, n),
+        array(&pairs.token_aux, n),
         array(&x_squares, blocks(n) * d),
         array(&hyper, slot::LEN),
         array(&status, 3),
@@ -313,50 +229,26 @@ pub fn train_step<R: Runtime>(
         n as u32,
         (blocks(n) * d) as u32,
         inputs.reconstruction == Reconstruction::Fvu,
-        aux.is_some(),
+        with_aux,
     );
 
-    // Every feature's pairs in row order.
-    let row_offsets = match aux {
-        Some(a) => {
-            let joined = uninit(client, 2 * n + 1);
-            join_offsets::launch::<R>(
-                client,
-                grid((n + 1).div_ceil(CUBE as usize)),
-                unit_dim(),
-                array(selection.offsets(), n + 1),
-                array(a.offsets(), n + 1),
-                array(&joined, 2 * n + 1),
-                n as u32,
-                main_pairs as u32,
-            );
-            joined
-        }
-        None => selection.offsets().clone(),
-    };
-    let view = by_feature(client, &row_offsets, &pair_feature, rows, f, pairs);
-
     // The feature passes and the update.
+    let total = pairs.pairs;
+    let main_pairs = pairs.main_pairs;
+    let view = &pairs.view;
     let flags = zeros(client, FLAGS);
-    let new = |len: usize| uninit(client, len);
-    let out = [0, 1, 2].map(|_| ParamBuffers {
-        w_enc: new(f * d),
-        b_enc: new(f),
-        w_dec: new(f * d),
-        b_dec: new(d),
-    });
-    let [p_out, m_out, v_out] = out;
+    let [p_out, m_out, v_out] = [0, 1, 2].map(|_| ParamBuffers::uninit(client, f, d));
     let g_b_enc = uninit(client, f);
     encoder_update::launch::<R>(
         client,
         grid(f),
         unit_dim(),
-        array(inputs.x, n * d),
+        array(&pairs.x, n * d),
         array(&params.b_dec, d),
         array(&view.offsets, f + 1),
-        array(&view.ids, pairs),
-        array(&pair_row, pairs),
-        array(&slopes, pairs),
+        array(&view.ids, total),
+        array(&pairs.pair_row, total),
+        array(&pairs.slopes, total),
         array(&scales, 2),
         array(&hyper, slot::LEN),
         array(&params.w_enc, f * d),
@@ -382,11 +274,11 @@ pub fn train_step<R: Runtime>(
         client,
         grid(f),
         unit_dim(),
-        array(&err, rows * d),
+        array(&pairs.err, pairs.rows * d),
         array(&view.offsets, f + 1),
-        array(&view.ids, pairs),
-        array(&pair_row, pairs),
-        array(&values, pairs),
+        array(&view.ids, total),
+        array(&pairs.pair_row, total),
+        array(&pairs.values, total),
         array(&scales, 2),
         array(&hyper, slot::LEN),
         array(&params.w_dec, f * d),
@@ -401,8 +293,7 @@ pub fn train_step<R: Runtime>(
         main_pairs as u32,
     );
     // The decoder bias: its error part (main rows only) and its encoder part.
-    let err_sums = sums(&err, n, &unused, &unused, PLAIN);
-    let encoder_sums = sums(&params.w_enc, f, &g_b_enc, &unused, WEIGHTED);
+    let [err_sums, encoder_sums] = pairs.bias_partials(client, &params.w_enc, &g_b_enc);
     bias_update::launch::<R>(
         client,
         grid(col_groups),
@@ -428,7 +319,226 @@ pub fn train_step<R: Runtime>(
         v: v_out,
         status,
         flags,
-        aux_active,
+        aux_active: pairs.aux_active,
         _runtime: std::marker::PhantomData,
     })
+}
+
+impl ParamBuffers {
+    /// Fresh, uninitialised buffers for `features` rows of width `d`.
+    fn uninit<R: Runtime>(client: &ComputeClient<R>, features: usize, d: usize) -> Self {
+        Self {
+            w_enc: uninit(client, features * d),
+            b_enc: uninit(client, features),
+            w_dec: uninit(client, features * d),
+            b_dec: uninit(client, d),
+        }
+    }
+
+    /// Checks that the buffers hold `features` rows of width `d`; `name` says whose they are.
+    fn check(&self, name: &'static str, features: usize, d: usize) -> Result<(), KernelError> {
+        check_words(name, &self.w_enc, features * d)?;
+        check_words(name, &self.b_enc, features)?;
+        check_words(name, &self.w_dec, features * d)?;
+        check_words(name, &self.b_dec, d)
+    }
+}
+
+/// The step's hyper-parameter array ([`slot`]); `elements` is the `N d` of the MSE's mean.
+fn hyper<R: Runtime>(
+    client: &ComputeClient<R>,
+    a: &AdamConstants,
+    aux_coef: f32,
+    elements: usize,
+) -> Handle {
+    let mut hyper = [0.0f32; slot::LEN];
+    hyper[slot::BETA1] = a.beta1;
+    hyper[slot::BETA2] = a.beta2;
+    hyper[slot::ONE_MINUS_BETA1] = a.one_minus_beta1;
+    hyper[slot::ONE_MINUS_BETA2] = a.one_minus_beta2;
+    hyper[slot::INV_CORRECTION2] = a.inv_correction2;
+    hyper[slot::STEP_SCALE] = a.step_scale;
+    hyper[slot::EPS] = a.eps;
+    hyper[slot::AUX_COEF] = aux_coef;
+    hyper[slot::MSE_SCALE] = (1.0 / elements as f64) as f32;
+    client.create_from_slice(f32::as_bytes(&hyper))
+}
+
+/// Partial column sums of the `[rows, d]` `matrix` over fixed blocks of rows
+/// ([`column_sums`] in `mode`, with its `[weights, center]`).
+fn column_partials<R: Runtime>(
+    client: &ComputeClient<R>,
+    matrix: &Handle,
+    [rows, d]: [usize; 2],
+    [weights, center]: [&Handle; 2],
+    mode: u32,
+) -> Handle {
+    let blocks = rows.div_ceil(ROWS_PER_BLOCK as usize);
+    let col_groups = d.div_ceil(CUBE as usize);
+    let partials = uninit(client, blocks * d);
+    column_sums::launch::<R>(
+        client,
+        grid(col_groups * blocks),
+        unit_dim(),
+        array(matrix, rows * d),
+        array(weights, rows),
+        array(center, d),
+        array(&partials, blocks * d),
+        rows as u32,
+        d as u32,
+        col_groups as u32,
+        mode,
+    );
+    partials
+}
+
+/// The token pass of a step over the joined pair space, and the feature-major view of its
+/// pairs: what the feature passes read.
+struct PairPass {
+    n: usize,
+    f: usize,
+    d: usize,
+    /// Main pairs, then auxiliary ones.
+    main_pairs: usize,
+    pairs: usize,
+    /// Error rows: `n`, or `2 n` with auxiliary pairs.
+    rows: usize,
+    with_aux: bool,
+    x: Handle,
+    pair_row: Handle,
+    values: Handle,
+    slopes: Handle,
+    err: Handle,
+    token_sse: Handle,
+    token_aux: Handle,
+    aux_active: Handle,
+    view: ByFeature,
+}
+
+impl PairPass {
+    /// Checks the inputs and the state (parameters, then their moments if given) against each
+    /// other, then enqueues the token pass and the feature-major view.
+    fn launch<R: Runtime>(
+        client: &ComputeClient<R>,
+        inputs: &PairInputs<'_, R>,
+        state: &[&ParamBuffers],
+    ) -> Result<Self, KernelError> {
+        let selection = inputs.selection;
+        let (n, f, d) = (selection.rows(), selection.cols(), inputs.width);
+        let aux = inputs.aux.filter(|a| a.nnz() > 0);
+        if let Some(a) = aux
+            && (a.rows(), a.cols()) != (n, f)
+        {
+            return Err(KernelError::ShapeMismatch {
+                what: "auxiliary selection [tokens, features]",
+                expected: vec![n, f],
+                actual: vec![a.rows(), a.cols()],
+            });
+        }
+        check_words("x", inputs.x, n * d)?;
+        check_words("affinities", inputs.affinities, n * f)?;
+        for (buffers, name) in state
+            .iter()
+            .zip(["parameters", "first moments", "second moments"])
+        {
+            buffers.check(name, f, d)?;
+        }
+        let params = state[0];
+        let main_pairs = selection.nnz();
+        let aux_pairs = aux.map_or(0, |a| a.nnz());
+        let pairs = main_pairs + aux_pairs;
+        let rows = if aux.is_some() { 2 * n } else { n };
+        let pair_row = uninit(client, pairs);
+        let pair_feature = uninit(client, pairs);
+        let values = uninit(client, pairs);
+        let slopes = uninit(client, pairs);
+        let err = uninit(client, rows * d);
+        let token_sse = uninit(client, n);
+        let token_aux = uninit(client, n);
+        let aux_active = zeros(client, 1);
+        let aux_sel = aux.unwrap_or(selection);
+        token_pass::launch::<R>(
+            client,
+            grid(n),
+            unit_dim(),
+            array(inputs.x, n * d),
+            array(&params.b_dec, d),
+            array(inputs.affinities, n * f),
+            array(&params.w_dec, f * d),
+            array(selection.offsets(), n + 1),
+            array(selection.features(), main_pairs),
+            array(selection.scores(), main_pairs),
+            array(aux_sel.offsets(), n + 1),
+            array(aux_sel.features(), aux_sel.nnz()),
+            array(aux_sel.scores(), aux_sel.nnz()),
+            array(&pair_row, pairs),
+            array(&pair_feature, pairs),
+            array(&values, pairs),
+            array(&slopes, pairs),
+            array(&err, rows * d),
+            array(&token_sse, n),
+            array(&token_aux, n),
+            array(&aux_active, 1),
+            n as u32,
+            d as u32,
+            f as u32,
+            main_pairs as u32,
+            inputs.activation == Activation::Relu,
+            aux.is_some(),
+        );
+
+        // Every feature's pairs in row order.
+        let row_offsets = match aux {
+            Some(a) => {
+                let joined = uninit(client, 2 * n + 1);
+                join_offsets::launch::<R>(
+                    client,
+                    grid((n + 1).div_ceil(CUBE as usize)),
+                    unit_dim(),
+                    array(selection.offsets(), n + 1),
+                    array(a.offsets(), n + 1),
+                    array(&joined, 2 * n + 1),
+                    n as u32,
+                    main_pairs as u32,
+                );
+                joined
+            }
+            None => selection.offsets().clone(),
+        };
+        let view = by_feature(client, &row_offsets, &pair_feature, rows, f, pairs);
+        Ok(Self {
+            n,
+            f,
+            d,
+            main_pairs,
+            pairs,
+            rows,
+            with_aux: aux.is_some(),
+            x: inputs.x.clone(),
+            pair_row,
+            values,
+            slopes,
+            err,
+            token_sse,
+            token_aux,
+            aux_active,
+            view,
+        })
+    }
+
+    /// The partial column sums of the decoder bias gradient's two terms: the error rows (main
+    /// rows only) and the encoder rows weighted by the encoder bias gradient `g_b_enc`.
+    fn bias_partials<R: Runtime>(
+        &self,
+        client: &ComputeClient<R>,
+        w_enc: &Handle,
+        g_b_enc: &Handle,
+    ) -> [Handle; 2] {
+        let (n, f, d) = (self.n, self.f, self.d);
+        let unused = uninit(client, 1);
+        [
+            column_partials(client, &self.err, [n, d], [&unused, &unused], PLAIN),
+            column_partials(client, w_enc, [f, d], [g_b_enc, &unused], WEIGHTED),
+        ]
+    }
 }

@@ -62,6 +62,79 @@ fn pair_scale(q: u32, main_pairs: u32, scales: &Array<f32>) -> f32 {
     select(q < main_pairs, scales[0], scales[1])
 }
 
+/// Element `j` of feature `f`'s encoder gradient row, its pairs being `ids[start..end]`:
+/// `sum_q dL/du_q (x_t - b_dec)_j`, in the view's row order.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn encoder_gradient_at(
+    x: &Array<f32>,
+    b_dec: &Array<f32>,
+    ids: &Array<u32>,
+    pair_row: &Array<u32>,
+    slopes: &Array<f32>,
+    scales: &Array<f32>,
+    start: usize,
+    end: usize,
+    tokens: u32,
+    d: usize,
+    j: usize,
+    main_pairs: u32,
+) -> f32 {
+    let b = b_dec[j];
+    let mut g = 0.0f32;
+    for i in start..end {
+        let q = ids[i];
+        let row = pair_row[q as usize];
+        let t = select(row >= tokens, row - tokens, row) as usize;
+        let gu = pair_scale(q, main_pairs, scales) * slopes[q as usize];
+        g += gu * (x[t * d + j] - b);
+    }
+    g
+}
+
+/// A feature's encoder bias gradient, `sum_q dL/du_q` over its pairs `ids[start..end]`.
+#[cube]
+fn encoder_bias_gradient(
+    ids: &Array<u32>,
+    slopes: &Array<f32>,
+    scales: &Array<f32>,
+    start: usize,
+    end: usize,
+    main_pairs: u32,
+) -> f32 {
+    let mut g = 0.0f32;
+    for i in start..end {
+        let q = ids[i];
+        g += pair_scale(q, main_pairs, scales) * slopes[q as usize];
+    }
+    g
+}
+
+/// Element `j` of a feature's decoder gradient row, `sum_q sc_q v_q err[r_q]_j` over its
+/// pairs `ids[start..end]` (before the removal of its component along the row).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn decoder_gradient_at(
+    err: &Array<f32>,
+    ids: &Array<u32>,
+    pair_row: &Array<u32>,
+    values: &Array<f32>,
+    scales: &Array<f32>,
+    start: usize,
+    end: usize,
+    d: usize,
+    j: usize,
+    main_pairs: u32,
+) -> f32 {
+    let mut g = 0.0f32;
+    for i in start..end {
+        let q = ids[i];
+        let alpha = pair_scale(q, main_pairs, scales) * values[q as usize];
+        g += alpha * err[pair_row[q as usize] as usize * d + j];
+    }
+    g
+}
+
 /// Encoder rows and biases: gradients from each feature's pairs, then Adam. `g_b_enc[f]`
 /// keeps the bias gradient for the `b_dec` gradient.
 #[cube(launch)]
@@ -103,15 +176,9 @@ pub(crate) fn encoder_update(
         let end = feature_offsets[f + 1] as usize;
         let mut j = unit;
         while j < d {
-            let b = b_dec[j];
-            let mut g = 0.0f32;
-            for i in start..end {
-                let q = ids[i];
-                let row = pair_row[q as usize];
-                let t = select(row >= n, row - n, row) as usize;
-                let gu = pair_scale(q, main_pairs, scales) * slopes[q as usize];
-                g += gu * (x[t * d + j] - b);
-            }
+            let g = encoder_gradient_at(
+                x, b_dec, ids, pair_row, slopes, scales, start, end, n, d, j, main_pairs,
+            );
             if non_finite(g) {
                 flags[FLAG_W_ENC].fetch_max(1u32);
             }
@@ -120,11 +187,7 @@ pub(crate) fn encoder_update(
             j += CUBE as usize;
         }
         if unit == 0 {
-            let mut g = 0.0f32;
-            for i in start..end {
-                let q = ids[i];
-                g += pair_scale(q, main_pairs, scales) * slopes[q as usize];
-            }
+            let g = encoder_bias_gradient(ids, slopes, scales, start, end, main_pairs);
             if non_finite(g) {
                 flags[FLAG_B_ENC].fetch_max(1u32);
             }
@@ -168,12 +231,9 @@ pub(crate) fn decoder_update(
         let mut parallel = 0.0f32;
         let mut j = unit;
         while j < d {
-            let mut g = 0.0f32;
-            for i in start..end {
-                let q = ids[i];
-                let alpha = pair_scale(q, main_pairs, scales) * values[q as usize];
-                g += alpha * err[pair_row[q as usize] as usize * d + j];
-            }
+            let g = decoder_gradient_at(
+                err, ids, pair_row, values, scales, start, end, d, j, main_pairs,
+            );
             if non_finite(g) {
                 flags[FLAG_W_DEC].fetch_max(1u32);
             }
@@ -183,26 +243,61 @@ pub(crate) fn decoder_update(
             j += CUBE as usize;
         }
         let parallel = cube_sum(parallel, &mut scratch, unit);
-        let mut norm = 0.0f32;
-        let mut j = unit;
-        while j < d {
-            let at = f * d + j;
-            let w = w_dec[at];
-            let g = w_dec_out[at] - w * parallel;
-            let w = adam(w, g, m_in, v_in, m_out, v_out, at, hyper);
-            w_dec_out[at] = w;
-            norm += w * w;
-            j += CUBE as usize;
-        }
-        let norm = f32::sqrt(cube_sum(norm, &mut scratch, unit));
-        let min_positive = 1.175_494_4e-38f32;
-        let norm = select(norm > min_positive, norm, min_positive);
-        let mut j = unit;
-        while j < d {
-            let at = f * d + j;
-            w_dec_out[at] = w_dec_out[at] / norm;
-            j += CUBE as usize;
-        }
+        decoder_row_update(
+            w_dec,
+            m_in,
+            v_in,
+            w_dec_out,
+            m_out,
+            v_out,
+            hyper,
+            parallel,
+            f,
+            d,
+            unit,
+            &mut scratch,
+        );
+    }
+}
+
+/// The rest of feature `f`'s decoder update once its gradient row waits in `w_dec_out` and
+/// `parallel` is the row's dot product with it: the component along the row removed, Adam,
+/// and the row rescaled to unit norm. Every unit of the cube must call it.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn decoder_row_update(
+    w_dec: &Array<f32>,
+    m_in: &Array<f32>,
+    v_in: &Array<f32>,
+    w_dec_out: &mut Array<f32>,
+    m_out: &mut Array<f32>,
+    v_out: &mut Array<f32>,
+    hyper: &Array<f32>,
+    parallel: f32,
+    f: usize,
+    d: usize,
+    unit: usize,
+    scratch: &mut SharedMemory<f32>,
+) {
+    let mut norm = 0.0f32;
+    let mut j = unit;
+    while j < d {
+        let at = f * d + j;
+        let w = w_dec[at];
+        let g = w_dec_out[at] - w * parallel;
+        let w = adam(w, g, m_in, v_in, m_out, v_out, at, hyper);
+        w_dec_out[at] = w;
+        norm += w * w;
+        j += CUBE as usize;
+    }
+    let norm = f32::sqrt(cube_sum(norm, scratch, unit));
+    let min_positive = 1.175_494_4e-38f32;
+    let norm = select(norm > min_positive, norm, min_positive);
+    let mut j = unit;
+    while j < d {
+        let at = f * d + j;
+        w_dec_out[at] = w_dec_out[at] / norm;
+        j += CUBE as usize;
     }
 }
 
@@ -230,18 +325,166 @@ pub(crate) fn bias_update(
     let j = cube_index() * CUBE as usize + UNIT_POS as usize;
     let d = width as usize;
     if j < d {
-        let mut err = 0.0f32;
-        for b in 0..(tokens as usize).div_ceil(ROWS_PER_BLOCK as usize) {
-            err += err_partials[b * d + j];
-        }
-        let mut encoder = 0.0f32;
-        for b in 0..(cols as usize).div_ceil(ROWS_PER_BLOCK as usize) {
-            encoder += encoder_partials[b * d + j];
-        }
-        let g = scales[0] * err - encoder;
+        let g = bias_gradient_at(err_partials, encoder_partials, scales, tokens, d, cols, j);
         if non_finite(g) {
             flags[FLAG_B_DEC].fetch_max(1u32);
         }
         b_dec_out[j] = adam(b_dec[j], g, m_in, v_in, m_out, v_out, j, hyper);
+    }
+}
+
+/// Element `j` of the decoder bias gradient from the partial column sums (summed in block
+/// order): `main_scale * sum_t err_t - sum_f dL/db_enc[f] w_enc[f]`.
+#[cube]
+fn bias_gradient_at(
+    err_partials: &Array<f32>,
+    encoder_partials: &Array<f32>,
+    scales: &Array<f32>,
+    tokens: u32,
+    d: usize,
+    cols: u32,
+    j: usize,
+) -> f32 {
+    let mut err = 0.0f32;
+    for b in 0..(tokens as usize).div_ceil(ROWS_PER_BLOCK as usize) {
+        err += err_partials[b * d + j];
+    }
+    let mut encoder = 0.0f32;
+    for b in 0..(cols as usize).div_ceil(ROWS_PER_BLOCK as usize) {
+        encoder += encoder_partials[b * d + j];
+    }
+    scales[0] * err - encoder
+}
+
+/// The gradients of one shard's pairs, for peers that sum them before the update: each
+/// feature's encoder and decoder gradient rows and its encoder bias gradient, as the fused
+/// passes above compute them (the decoder row before the removal of its component along the
+/// row, which is linear and comes after the sum).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn feature_gradients(
+    x: &Array<f32>,
+    err: &Array<f32>,
+    b_dec: &Array<f32>,
+    feature_offsets: &Array<u32>,
+    ids: &Array<u32>,
+    pair_row: &Array<u32>,
+    values: &Array<f32>,
+    slopes: &Array<f32>,
+    scales: &Array<f32>,
+    g_w_enc: &mut Array<f32>,
+    g_b_enc: &mut Array<f32>,
+    g_w_dec: &mut Array<f32>,
+    tokens: u32,
+    width: u32,
+    cols: u32,
+    main_pairs: u32,
+) {
+    let f = cube_index();
+    if f < cols as usize {
+        let unit = UNIT_POS as usize;
+        let d = width as usize;
+        let start = feature_offsets[f] as usize;
+        let end = feature_offsets[f + 1] as usize;
+        let mut j = unit;
+        while j < d {
+            g_w_enc[f * d + j] = encoder_gradient_at(
+                x, b_dec, ids, pair_row, slopes, scales, start, end, tokens, d, j, main_pairs,
+            );
+            g_w_dec[f * d + j] = decoder_gradient_at(
+                err, ids, pair_row, values, scales, start, end, d, j, main_pairs,
+            );
+            j += CUBE as usize;
+        }
+        if unit == 0 {
+            g_b_enc[f] = encoder_bias_gradient(ids, slopes, scales, start, end, main_pairs);
+        }
+    }
+}
+
+/// One shard's decoder bias gradient from the partial column sums, one unit per column.
+#[cube(launch)]
+pub(crate) fn bias_gradient(
+    err_partials: &Array<f32>,
+    encoder_partials: &Array<f32>,
+    scales: &Array<f32>,
+    g_b_dec: &mut Array<f32>,
+    tokens: u32,
+    width: u32,
+    cols: u32,
+) {
+    let j = cube_index() * CUBE as usize + UNIT_POS as usize;
+    let d = width as usize;
+    if j < d {
+        g_b_dec[j] = bias_gradient_at(err_partials, encoder_partials, scales, tokens, d, cols, j);
+    }
+}
+
+/// Adam on every element of a parameter with a given gradient (the encoder rows and both
+/// biases of a step whose gradients were summed over peers), one unit per element.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn adam_update(
+    param: &Array<f32>,
+    grad: &Array<f32>,
+    hyper: &Array<f32>,
+    m_in: &Array<f32>,
+    v_in: &Array<f32>,
+    param_out: &mut Array<f32>,
+    m_out: &mut Array<f32>,
+    v_out: &mut Array<f32>,
+    len: u32,
+) {
+    let i = cube_index() * CUBE as usize + UNIT_POS as usize;
+    if i < len as usize {
+        param_out[i] = adam(param[i], grad[i], m_in, v_in, m_out, v_out, i, hyper);
+    }
+}
+
+/// The decoder rows' update from given gradients (summed over peers), one cube per feature:
+/// the decoder pass above from the point where its gradient row is known.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decoder_apply(
+    grad: &Array<f32>,
+    hyper: &Array<f32>,
+    w_dec: &Array<f32>,
+    m_in: &Array<f32>,
+    v_in: &Array<f32>,
+    w_dec_out: &mut Array<f32>,
+    m_out: &mut Array<f32>,
+    v_out: &mut Array<f32>,
+    width: u32,
+    cols: u32,
+) {
+    let f = cube_index();
+    if f < cols as usize {
+        let unit = UNIT_POS as usize;
+        let d = width as usize;
+        let mut scratch = SharedMemory::<f32>::new(CUBE as usize);
+        let mut parallel = 0.0f32;
+        let mut j = unit;
+        while j < d {
+            let at = f * d + j;
+            let g = grad[at];
+            w_dec_out[at] = g;
+            parallel += g * w_dec[at];
+            j += CUBE as usize;
+        }
+        let parallel = cube_sum(parallel, &mut scratch, unit);
+        decoder_row_update(
+            w_dec,
+            m_in,
+            v_in,
+            w_dec_out,
+            m_out,
+            v_out,
+            hyper,
+            parallel,
+            f,
+            d,
+            unit,
+            &mut scratch,
+        );
     }
 }

@@ -14,21 +14,27 @@ use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime};
 use cubecl::server::Handle;
-use sae_alloc::Selection;
-use sae_kernels::step::{
-    Activation as KernelActivation, DeviceStep, ParamBuffers, Reconstruction, StepInputs,
-    train_step,
+use sae_alloc::sharded::{
+    Candidates, ShardSelection, ShardedError, column_candidates, column_topm_of_candidates,
+    global_candidates, global_topk_of_candidates, row_topk_of_candidates,
 };
+use sae_alloc::{AllocError, Selection};
+use sae_kernels::step::{
+    Activation as KernelActivation, DeviceStep, PairInputs, ParamBuffers, Reconstruction,
+    ShardPass, StepInputs, train_step, update_from_gradients,
+};
+use sae_kernels::{DeviceSelection, KernelError};
 
 use super::{ReconLoss, StepOutput, StepPath, TrainStep};
 use crate::adam::Adam;
-use crate::collective::SinglePeer;
+use crate::collective::{Collective, PeerSums, SinglePeer};
 use crate::device::{
     aux_ranked, contiguous, contiguous_scores, from_cube, kernel_error, select_on_cube, to_cube,
 };
 use crate::error::{Result, SaeError, nan_is_bad_input};
+use crate::fused::grads::{BatchSums, any_non_finite, batch_variance, first_flagged};
 use crate::rule::{Activation, BuiltinRule};
-use crate::sae::SaeTensors;
+use crate::sae::{SaeTensors, host_vec};
 
 /// burn's cubecl backend without fusion, on which the step's few tensor operations run.
 type Cube<R> = CubeBackend<R, f32, i32, u32>;
@@ -83,32 +89,20 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let batch = Tensor::<Cube<R>, 2>::from_primitive(TensorPrimitive::Float(x.clone()));
         let affinities = contiguous_scores(params.affinities(batch).into_primitive().tensor())?;
         let selection = select_on_cube(&affinities, rule, self.global_cut)?;
-        let aux = match self.aux_candidates() {
-            Some((weights, k_aux)) => {
-                let scores = Tensor::<Cube<R>, 2>::from_primitive(TensorPrimitive::Float(
-                    affinities.clone(),
-                ));
-                let ranked = aux_ranked(&scores, &weights, activation);
-                let k = k_aux.min(weights.len());
-                let ranked = contiguous(ranked.into_primitive().tensor());
-                Some(select_on_cube(&ranked, &BuiltinRule::RowTopK { k }, None)?)
-            }
-            None => None,
-        };
+        let aux = self.cube_aux_selection(&affinities)?;
         let next = self.step + 1;
         let c = &self.config;
         let adam = Adam::new(self.lr(), c.beta1, c.beta2, c.eps, next);
         let inputs = StepInputs {
-            x: &x.handle,
-            affinities: &affinities.handle,
-            width: d,
-            selection: &selection,
-            aux: aux.as_ref(),
-            aux_coef: c.aux_coef,
-            activation: match activation {
-                Activation::Relu => KernelActivation::Relu,
-                Activation::Identity => KernelActivation::Identity,
+            pairs: PairInputs {
+                x: &x.handle,
+                affinities: &affinities.handle,
+                width: d,
+                selection: &selection,
+                aux: aux.as_ref(),
+                activation: kernel_activation(activation),
             },
+            aux_coef: c.aux_coef,
             reconstruction: match c.recon_loss {
                 ReconLoss::Fvu => Reconstruction::Fvu,
                 ReconLoss::Mse => Reconstruction::Mse,
@@ -142,7 +136,8 @@ impl<B: AutodiffBackend> TrainStep<B> {
                 param,
             });
         }
-        self.adopt::<R>(step, &x)?;
+        let DeviceStep { params, m, v, .. } = step;
+        self.adopt::<R>([params, m, v], &x)?;
         self.step = next;
         self.global_cut = match rule {
             BuiltinRule::GlobalTopK { .. } => global_cut(&report.selection),
@@ -157,8 +152,155 @@ impl<B: AutodiffBackend> TrainStep<B> {
         )
     }
 
-    /// Makes the step's new buffers the parameters and moments.
-    fn adopt<R: CubeRuntime>(&mut self, step: DeviceStep<R>, like: &CubeTensor<R>) -> Result<()> {
+    /// The auxiliary loss's selection on the device: each token's top `k_aux` of the
+    /// auxiliary candidates' ranked affinities, if the loss has candidates this step.
+    fn cube_aux_selection<R: CubeRuntime>(
+        &self,
+        affinities: &CubeTensor<R>,
+    ) -> Result<Option<DeviceSelection<R>>> {
+        let Some((weights, k_aux)) = self.aux_candidates() else {
+            return Ok(None);
+        };
+        let scores =
+            Tensor::<Cube<R>, 2>::from_primitive(TensorPrimitive::Float(affinities.clone()));
+        let ranked = aux_ranked(&scores, &weights, self.sparsifier.activation());
+        let k = k_aux.min(weights.len());
+        let ranked = contiguous(ranked.into_primitive().tensor());
+        Ok(Some(select_on_cube(
+            &ranked,
+            &BuiltinRule::RowTopK { k },
+            None,
+        )?))
+    }
+
+    /// [`TrainStep::train_step_sharded`] on the device path: `x` is this peer's rows of a
+    /// batch of `batch_rows` rows; the batch's width is checked.
+    pub(super) fn device_train_step_sharded(
+        &mut self,
+        x: Tensor<B::InnerBackend, 2>,
+        batch_rows: usize,
+        peers: &mut dyn Collective,
+    ) -> Result<StepOutput> {
+        if let Some(x) = to_cube::<_, cubecl::wgpu::WgpuRuntime, 2>(x.clone()) {
+            return self.cube_train_step_sharded(x, batch_rows, peers);
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(x) = to_cube::<_, cubecl::cuda::CudaRuntime, 2>(x.clone()) {
+            return self.cube_train_step_sharded(x, batch_rows, peers);
+        }
+        drop(x);
+        Err(SaeError::Config(format!(
+            "the device step needs a cubecl backend (wgpu, cuda), not {}",
+            std::any::type_name::<B::InnerBackend>()
+        )))
+    }
+
+    /// The device step of one peer on runtime `R`. The kernels are the single-device step's,
+    /// and every sum over the batch goes through `peers`, in the same order on every peer:
+    /// the FVU denominator (from the batch's column means), the selection's rounds
+    /// (`sae_alloc::sharded` on the candidates the device selects from this peer's rows), the
+    /// loss terms, and the gradients, which come to the host, are summed, and go back for the
+    /// update. Every peer applies the same update to the same state.
+    fn cube_train_step_sharded<R: CubeRuntime>(
+        &mut self,
+        x: CubeTensor<R>,
+        batch_rows: usize,
+        peers: &mut dyn Collective,
+    ) -> Result<StepOutput> {
+        let x = contiguous(x);
+        let client = x.client.clone();
+        let d = x.meta.shape()[1];
+        let f = self.params.b_enc.dims()[0];
+        let batch = Tensor::<Cube<R>, 2>::from_primitive(TensorPrimitive::Float(x.clone()));
+        // The FVU denominator, from the batch's column means ([n, d] comes to the host).
+        let (total_variance, _) =
+            batch_variance(&host_vec(batch.clone()), d, &mut PeerSums(peers))?;
+        let rule = self
+            .sparsifier
+            .builtin(batch_rows, &self.stats)?
+            .ok_or_else(|| no_builtin_rule(self.sparsifier.name()))?;
+        let params = cube_tensors::<B, R>(&self.params)?;
+        let [p, m, v] = [
+            buffers(&params),
+            buffers(&cube_tensors::<B, R>(&self.adam_m)?),
+            buffers(&cube_tensors::<B, R>(&self.adam_v)?),
+        ];
+        let affinities = contiguous_scores(params.affinities(batch).into_primitive().tensor())?;
+        let (selection, on_device) = sharded_cube_select(&affinities, &rule, peers)?;
+        let aux = self.cube_aux_selection(&affinities)?;
+        let pass = ShardPass::launch(
+            &client,
+            &PairInputs {
+                x: &x.handle,
+                affinities: &affinities.handle,
+                width: d,
+                selection: &on_device,
+                aux: aux.as_ref(),
+                activation: kernel_activation(self.sparsifier.activation()),
+            },
+            &p,
+        )
+        .map_err(kernel_error)?;
+        let sums = pass.sums().map_err(kernel_error)?;
+        // [squared error, auxiliary numerator, peers with auxiliary pairs]: integers below
+        // 2^24 add exactly as `f64` halves.
+        let mut terms = [sums.sse, sums.aux_sse, f64::from(u8::from(sums.aux_active))];
+        PeerSums(peers).sum(&mut terms)?;
+        let [sse, aux_sse, aux_peers] = terms;
+        let c = &self.config;
+        let recon_scale = match c.recon_loss {
+            ReconLoss::Fvu => 1.0 / total_variance,
+            ReconLoss::Mse => 1.0 / (batch_rows * d) as f64,
+        };
+        let aux_active = aux_peers > 0.0;
+        let aux_loss = if aux_active { aux_sse / sse } else { 0.0 };
+        let loss = (sse * recon_scale + f64::from(c.aux_coef) * aux_loss) as f32;
+        if !loss.is_finite() {
+            return Err(SaeError::NonFiniteLoss {
+                step: self.step,
+                loss,
+            });
+        }
+        let aux_scale = match aux_active {
+            true => -2.0 * f64::from(c.aux_coef) / sse,
+            false => 0.0,
+        };
+        let scales = [(-2.0 * recon_scale) as f32, aux_scale as f32];
+        // This peer's part of every gradient, summed over the peers on the host.
+        let mut grads = pass
+            .gradients(&p, scales)
+            .read(&client, f, d)
+            .map_err(kernel_error)?;
+        {
+            let [w_enc, b_enc, w_dec, b_dec] = &mut grads;
+            peers.sum_values(&mut [w_enc, b_enc, w_dec, b_dec])?;
+        }
+        if let Some(param) = first_flagged(grads.each_ref().map(|g| any_non_finite(g))) {
+            return Err(SaeError::NonFiniteGradient {
+                step: self.step,
+                param,
+            });
+        }
+        let next = self.step + 1;
+        let adam = Adam::new(self.lr(), c.beta1, c.beta2, c.eps, next);
+        let summed = ParamBuffers::upload(&client, grads.each_ref().map(Vec::as_slice));
+        let state =
+            update_from_gradients(&client, &summed, [&p, &m, &v], &adam.constants(), [f, d])
+                .map_err(kernel_error)?;
+        self.adopt::<R>(state, &x)?;
+        self.step = next;
+        self.global_cut = None;
+        let mse = (sse / (batch_rows * d) as f64) as f32;
+        let fvu = (sse / total_variance) as f32;
+        self.record(selection, [loss, mse, fvu, aux_loss as f32], peers)
+    }
+
+    /// Makes a step's new buffers the parameters and moments.
+    fn adopt<R: CubeRuntime>(
+        &mut self,
+        [params, m, v]: [ParamBuffers; 3],
+        like: &CubeTensor<R>,
+    ) -> Result<()> {
         let [features, d] = self.params.w_enc.dims();
         let tensors = |b: ParamBuffers| -> Option<SaeTensors<B::InnerBackend>> {
             let wrap = |handle, shape: Vec<usize>| {
@@ -177,7 +319,6 @@ impl<B: AutodiffBackend> TrainStep<B> {
                 b_dec: from_cube::<_, R, 1>(wrap(b.b_dec, vec![d]))?,
             })
         };
-        let DeviceStep { params, m, v, .. } = step;
         match (tensors(params), tensors(m), tensors(v)) {
             (Some(p), Some(m), Some(v)) => {
                 self.params = p;
@@ -239,4 +380,63 @@ const GLOBAL_CUT_MARGIN: f32 = 0.25;
 fn global_cut(selection: &Selection) -> Option<f32> {
     let smallest = selection.scores().iter().copied().reduce(f32::min)?;
     Some(smallest - GLOBAL_CUT_MARGIN * smallest.abs())
+}
+
+fn kernel_activation(activation: Activation) -> KernelActivation {
+    match activation {
+        Activation::Relu => KernelActivation::Relu,
+        Activation::Identity => KernelActivation::Identity,
+    }
+}
+
+/// The error of a sharded step whose sparsifier has no built-in rule.
+pub(super) fn no_builtin_rule(name: &str) -> SaeError {
+    SaeError::Config(format!(
+        "sparsifier {name:?} has no built-in rule; training over several peers needs one"
+    ))
+}
+
+/// The selection of this peer's rows made over the whole batch: the device selects this
+/// peer's candidates (for TopK the selection itself), they come to the host, and the sharded
+/// rule's rounds over `peers` keep those of the batch's selection, which go back to the
+/// device. Returns them on the host and on the device.
+fn sharded_cube_select<R: CubeRuntime>(
+    affinities: &CubeTensor<R>,
+    rule: &BuiltinRule,
+    peers: &mut dyn Collective,
+) -> Result<(Selection, DeviceSelection<R>)> {
+    let [rows, cols] = [affinities.meta.shape()[0], affinities.meta.shape()[1]];
+    let local_rule = match rule {
+        BuiltinRule::RowTopK { k } => BuiltinRule::RowTopK { k: *k },
+        BuiltinRule::GlobalTopK { budget } => BuiltinRule::GlobalTopK {
+            budget: global_candidates(*budget, rows * cols),
+        },
+        BuiltinRule::ColumnTopM { capacities } => BuiltinRule::ColumnTopM {
+            capacities: column_candidates(capacities, rows)?,
+        },
+    };
+    let on_device = select_on_cube(affinities, &local_rule, None)?;
+    let local = match on_device.to_selection() {
+        Ok(selection) => Ok(selection),
+        Err(KernelError::Alloc(e)) => Err::<Selection, AllocError>(e),
+        Err(e) => return Err(kernel_error(e)),
+    };
+    let candidates = Candidates { rows, cols, local };
+    let exchange = &mut PeerSums(peers);
+    let sharded: std::result::Result<ShardSelection, ShardedError<SaeError>> = match rule {
+        BuiltinRule::RowTopK { .. } => row_topk_of_candidates(candidates, exchange),
+        BuiltinRule::GlobalTopK { budget } => {
+            global_topk_of_candidates(candidates, *budget, exchange)
+        }
+        BuiltinRule::ColumnTopM { capacities } => {
+            column_topm_of_candidates(candidates, capacities, exchange)
+        }
+    };
+    let selection = super::sharded::selection_of(sharded)?;
+    let on_device = match rule {
+        // Rows are independent: the candidates are the selection.
+        BuiltinRule::RowTopK { .. } => on_device,
+        _ => DeviceSelection::upload(&affinities.client, &selection),
+    };
+    Ok((selection, on_device))
 }

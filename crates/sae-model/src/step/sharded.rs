@@ -1,7 +1,7 @@
 //! The training step on a batch whose rows are split over several peers ([`Collective`]):
-//! the host path's step, with the selection made by `sae_alloc::sharded` and every sum taken
-//! over the peers, so that every peer applies the update one device would apply to the whole
-//! batch.
+//! the host path's step or the device path's, with the selection made by `sae_alloc::sharded`
+//! and every sum taken over the peers, so that every peer applies the update one device would
+//! apply to the whole batch.
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
@@ -10,8 +10,10 @@ use sae_alloc::sharded::{
 };
 use sae_alloc::{ScoreMatrix, Selection};
 
-use super::{StepOutput, TrainStep};
+use super::device::no_builtin_rule;
+use super::{StepOutput, StepPath, TrainStep};
 use crate::collective::{Collective, PeerSums, gather_counts};
+use crate::device::is_cubecl;
 use crate::error::{Result, SaeError, nan_is_bad_input};
 use crate::rule::BuiltinRule;
 
@@ -26,18 +28,21 @@ impl<B: AutodiffBackend> TrainStep<B> {
     /// selection this peer's rows. An error (a NaN on any peer, a non-finite loss or gradient)
     /// is returned by every peer and leaves every state unchanged.
     ///
-    /// Runs on the host path (CPU backends) and needs a sparsifier with a built-in rule.
+    /// Runs on the host path (CPU backends) or the device path (cubecl backends; the device
+    /// selects this peer's candidates, the host runs the rule's rounds, and the gradients are
+    /// summed on the host), and needs a sparsifier with a built-in rule.
     pub fn train_step_sharded(
         &mut self,
         x: Tensor<B, 2>,
         peers: &mut dyn Collective,
     ) -> Result<StepOutput> {
-        if !self.on_host() {
-            return Err(SaeError::Config(
-                "training over several peers runs on the CPU backends' host step; \
-                 the device step is single-device"
-                    .into(),
-            ));
+        let path = self.config.path.resolve::<B::InnerBackend>(&self.device);
+        let on_device = path == StepPath::Device && is_cubecl::<B::InnerBackend>();
+        if !self.on_host() && !on_device {
+            return Err(SaeError::Config(format!(
+                "training over several peers runs the host step (CPU backends) or the device \
+                 step (cubecl backends), not step.path = {path:?} on this backend"
+            )));
         }
         let x = x.inner();
         let rows = self.check_width(&x).and_then(|()| match x.dims()[0] {
@@ -49,7 +54,10 @@ impl<B: AutodiffBackend> TrainStep<B> {
             _ => Ok(()),
         });
         let batch_rows = agree(rows.map(|()| x.dims()[0]), peers)?;
-        self.host_train_step(x, batch_rows, peers)
+        match on_device {
+            true => self.device_train_step_sharded(x, batch_rows, peers),
+            false => self.host_train_step(x, batch_rows, peers),
+        }
     }
 
     /// The training rule's selection of this peer's `n` rows, made over the whole batch of
@@ -64,30 +72,33 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let rule = self
             .sparsifier
             .builtin(batch_rows, &self.stats)?
-            .ok_or_else(|| {
-                SaeError::Config(format!(
-                    "sparsifier {:?} has no built-in rule; training over several peers needs one",
-                    self.sparsifier.name()
-                ))
-            })?;
+            .ok_or_else(|| no_builtin_rule(self.sparsifier.name()))?;
         let scores = ScoreMatrix::new(affinities, n, f)?;
         let exchange = &mut PeerSums(peers);
-        let sharded: Result<ShardSelection, ShardedError<SaeError>> = match &rule {
+        selection_of(match &rule {
             BuiltinRule::RowTopK { k } => row_topk_sharded(&scores, *k, exchange),
             BuiltinRule::GlobalTopK { budget } => global_topk_sharded(&scores, *budget, exchange),
             BuiltinRule::ColumnTopM { capacities } => {
                 column_topm_sharded(&scores, capacities, exchange)
             }
-        };
-        match sharded {
-            Ok(s) => Ok(s.selection),
-            Err(ShardedError::Alloc(e)) => Err(nan_is_bad_input(e.into())),
-            Err(ShardedError::Exchange(e)) => Err(e),
-            Err(ShardedError::PeerFailed { peer }) => Err(SaeError::Collective {
-                peer,
-                reason: "its selection failed".into(),
-            }),
-        }
+        })
+    }
+}
+
+/// This peer's rows of a sharded rule's selection, or the step's error: a NaN score as the
+/// non-finite input it comes from, a failed exchange as it is, another peer's failure
+/// naming that peer.
+pub(super) fn selection_of(
+    sharded: std::result::Result<ShardSelection, ShardedError<SaeError>>,
+) -> Result<Selection> {
+    match sharded {
+        Ok(s) => Ok(s.selection),
+        Err(ShardedError::Alloc(e)) => Err(nan_is_bad_input(e.into())),
+        Err(ShardedError::Exchange(e)) => Err(e),
+        Err(ShardedError::PeerFailed { peer }) => Err(SaeError::Collective {
+            peer,
+            reason: "its selection failed".into(),
+        }),
     }
 }
 

@@ -1,15 +1,16 @@
 //! Training over several peers ([`TrainStep::train_step_sharded`], `burn-collective` between
-//! threads of CPU peers) against one device on the whole batch: the same selected pairs at
-//! every step; the batch's losses; parameters after 20 steps within a tolerance; and the
-//! same state, bit for bit, on every peer.
+//! threads of CPU peers, and of wgpu peers on the device step) against one device on the
+//! whole batch: the same selected pairs at every step; the batch's losses; parameters after
+//! 20 steps within a tolerance; and the same state, bit for bit, on every peer.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::common;
 
-use burn::backend::{Autodiff, Flex};
+use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
 use common::{all_dead_config as config, builtin_sparsifiers, params, random, tensor};
 use sae_model::sae_alloc::Selection;
 use sae_model::{
@@ -17,7 +18,10 @@ use sae_model::{
     TrainStep,
 };
 
+/// CPU peers (the host step).
 type B = Autodiff<Flex>;
+/// wgpu peers (the device step; lavapipe where there is no GPU).
+type Gpu = Autodiff<Wgpu>;
 
 /// burn-collective's server is one per process and backend: one sharded run at a time.
 static COLLECTIVE: Mutex<()> = Mutex::new(());
@@ -30,14 +34,14 @@ const STEPS: usize = 20;
 /// How long a sum waits for the other peers: far beyond any step here.
 const WAIT: Duration = Duration::from_secs(120);
 
-fn trainer(rule: Box<dyn Sparsifier>, cfg: TrainConfig) -> TrainStep<B> {
+fn trainer<B: AutodiffBackend>(rule: Box<dyn Sparsifier>, cfg: TrainConfig) -> TrainStep<B> {
     let device = Default::default();
-    let sae = Sae::<Flex>::from_params(&params(D, F, 7), &device).unwrap();
+    let sae = Sae::<B::InnerBackend>::from_params(&params(D, F, 7), &device).unwrap();
     TrainStep::new(&sae, rule, cfg, &device).unwrap()
 }
 
-fn batch(data: &[f32]) -> Tensor<B, 2> {
-    Tensor::from_inner(tensor::<Flex>(
+fn batch<B: AutodiffBackend>(data: &[f32]) -> Tensor<B, 2> {
+    Tensor::from_inner(tensor::<B::InnerBackend>(
         data.to_vec(),
         data.len() / D,
         D,
@@ -58,8 +62,9 @@ struct PeerRun {
     state: TrainState,
 }
 
-/// Trains on `data` over peers holding rows `cuts[p]..cuts[p + 1]`, one thread each.
-fn sharded_run(
+/// Trains on `data` over peers holding rows `cuts[p]..cuts[p + 1]`, one thread each, on
+/// backend `B` (the peers' sums go through CPU tensors whatever `B` is).
+fn sharded_run<B: AutodiffBackend>(
     rule: impl Fn() -> Box<dyn Sparsifier> + Sync,
     cfg: &TrainConfig,
     cuts: &[usize],
@@ -75,14 +80,14 @@ fn sharded_run(
                     let mut collective =
                         BurnPeer::<Flex>::register(p, peers, &Default::default(), WAIT, None)
                             .expect("peers register");
-                    let mut t = trainer(rule(), cfg.clone());
+                    let mut t = trainer::<B>(rule(), cfg.clone());
                     let (mut outputs, mut whole) = (Vec::new(), Vec::new());
                     for x in data {
                         if p == 0 {
-                            whole.push(t.select(batch(x)));
+                            whole.push(t.select(batch::<B>(x)));
                         }
                         let rows = &x[cuts[p] * D..cuts[p + 1] * D];
-                        outputs.push(t.train_step_sharded(batch(rows), &mut collective));
+                        outputs.push(t.train_step_sharded(batch::<B>(rows), &mut collective));
                     }
                     PeerRun {
                         outputs,
@@ -131,18 +136,23 @@ fn close(a: f32, b: f32, tol: f32) -> bool {
     (a - b).abs() <= tol * b.abs().max(1e-3)
 }
 
-fn follows_one_device(
+fn follows_one_device<B: AutodiffBackend>(
     rule: &(dyn Fn() -> Box<dyn Sparsifier> + Sync),
     aux: AuxLoss,
     cuts: &[usize],
 ) {
-    let name = format!("{} {aux:?} over {} peers", rule().name(), cuts.len() - 1);
+    let name = format!(
+        "{} {aux:?} over {} peers of {}",
+        rule().name(),
+        cuts.len() - 1,
+        std::any::type_name::<B>()
+    );
     let data = batches();
     let cfg = config(aux);
-    let runs = sharded_run(|| rule(), &cfg, cuts, &data);
-    let mut single = trainer(rule(), cfg);
+    let runs = sharded_run::<B>(|| rule(), &cfg, cuts, &data);
+    let mut single = trainer::<B>(rule(), cfg);
     for (s, x) in data.iter().enumerate() {
-        let want = single.train_step(batch(x)).unwrap();
+        let want = single.train_step(batch::<B>(x)).unwrap();
         let got = runs[0].outputs[s].as_ref().unwrap();
         // The selection the sharded step made is the single-device rule's on the same state.
         let whole = runs[0].whole[s].as_ref().unwrap();
@@ -196,7 +206,21 @@ fn sharded_training_follows_one_device_on_the_whole_batch() {
         for i in 0..builtin_sparsifiers(K).len() {
             let rule = move || builtin_sparsifiers(K).swap_remove(i);
             for aux in [AuxLoss::None, AuxLoss::AuxK, AuxLoss::AuxZipf] {
-                follows_one_device(&rule, aux, cuts);
+                follows_one_device::<B>(&rule, aux, cuts);
+            }
+        }
+    }
+}
+
+/// The same on wgpu peers, each running the device step on its rows: every built-in rule
+/// with and without the auxiliary losses, over 2 and 4 peers with uneven shards.
+#[test]
+fn device_peers_follow_one_device_on_the_whole_batch() {
+    for cuts in [&[0, 20, 37][..], &[0, 9, 10, 25, 37]] {
+        for i in 0..builtin_sparsifiers(K).len() {
+            let rule = move || builtin_sparsifiers(K).swap_remove(i);
+            for aux in [AuxLoss::None, AuxLoss::AuxK, AuxLoss::AuxZipf] {
+                follows_one_device::<Gpu>(&rule, aux, cuts);
             }
         }
     }
@@ -204,29 +228,45 @@ fn sharded_training_follows_one_device_on_the_whole_batch() {
 
 /// A NaN in one peer's rows fails the step on every peer with the same error and changes no
 /// state; the next step trains on.
-#[test]
-fn a_nan_on_one_peer_fails_every_peer_and_changes_nothing() {
+fn a_nan_on_one_peer_fails_every_peer<B: AutodiffBackend>() {
     let mut data = batches();
     data.truncate(3);
     data[1][30 * D + 4] = f32::NAN;
     let cuts = [0, 20, 37];
     let cfg = config(AuxLoss::AuxK);
-    let runs = sharded_run(|| builtin_sparsifiers(K).swap_remove(1), &cfg, &cuts, &data);
-    let mut reference = trainer(builtin_sparsifiers(K).swap_remove(1), cfg);
-    reference.train_step(batch(&data[0])).unwrap();
-    reference.train_step(batch(&data[2])).unwrap();
-    for run in &runs {
-        assert!(matches!(run.outputs[1], Err(SaeError::NonFiniteInput)));
-        assert!(run.outputs[2].is_ok());
-        assert_eq!(run.state.step, 2);
-        assert!(run.state == runs[0].state);
+    for i in 0..builtin_sparsifiers(K).len() {
+        let rule = || builtin_sparsifiers(K).swap_remove(i);
+        let runs = sharded_run::<B>(rule, &cfg, &cuts, &data);
+        let mut reference = trainer::<B>(rule(), cfg.clone());
+        reference.train_step(batch::<B>(&data[0])).unwrap();
+        reference.train_step(batch::<B>(&data[2])).unwrap();
+        for run in &runs {
+            assert!(
+                matches!(run.outputs[1], Err(SaeError::NonFiniteInput)),
+                "rule {i}: {:?}",
+                run.outputs[1]
+            );
+            assert!(run.outputs[2].is_ok());
+            assert_eq!(run.state.step, 2);
+            assert!(run.state == runs[0].state);
+        }
+        common::assert_close(
+            &format!("rule {i}: w_enc after a failed step"),
+            &runs[0].state.params.w_enc,
+            &reference.state().params.w_enc,
+            1e-5,
+        );
     }
-    common::assert_close(
-        "w_enc after a failed step",
-        &runs[0].state.params.w_enc,
-        &reference.state().params.w_enc,
-        1e-5,
-    );
+}
+
+#[test]
+fn a_nan_on_one_peer_fails_every_peer_and_changes_nothing() {
+    a_nan_on_one_peer_fails_every_peer::<B>();
+}
+
+#[test]
+fn a_nan_on_one_device_peer_fails_every_peer_and_changes_nothing() {
+    a_nan_on_one_peer_fails_every_peer::<Gpu>();
 }
 
 /// A peer that leaves the group mid-run: burn-collective then sums without it, and every
@@ -335,9 +375,9 @@ fn a_run_over_several_peers_repeats_bit_for_bit() {
     for cuts in [&[0, 20, 37][..], &[0, 9, 21, 37], &[0, 5, 14, 30, 37]] {
         for i in 0..builtin_sparsifiers(K).len() {
             let rule = || builtin_sparsifiers(K).swap_remove(i);
-            let first = sharded_run(rule, &cfg, cuts, data);
+            let first = sharded_run::<B>(rule, &cfg, cuts, data);
             for _ in 0..2 {
-                let again = sharded_run(rule, &cfg, cuts, data);
+                let again = sharded_run::<B>(rule, &cfg, cuts, data);
                 assert!(
                     first[0].state == again[0].state,
                     "rule {i}, shards {cuts:?}: the runs differ"
