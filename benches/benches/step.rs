@@ -136,40 +136,35 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
 
     // The same steps over two peers of this machine (threads summing through
     // burn-collective), each on half of the batch's rows: the collective's cost per step,
-    // against the one-device step measured just above.
-    if on_host {
-        for (id, rule) in [
-            ("step_topk_2_peers", SelectRule::Row),
-            ("step_mutual_choice_2_peers", SelectRule::Global),
-            ("step_feature_choice_2_peers", SelectRule::Column),
-        ] {
-            let config = TrainConfig {
-                aux: AuxLoss::AuxK,
-                ..TrainConfig::default()
-            };
-            let mut step = TrainStep::<Autodiff<Inner>>::new(
-                &sae,
-                rule.sparsifier(k),
-                config.clone(),
-                &device,
-            )
-            .unwrap();
-            let state = step.state();
-            let group = Group {
-                devices: 2,
-                machines: None,
-                timeout: Duration::from_secs(600),
-            };
-            let mut peers = Peers::<Autodiff<Inner>>::join(group, &device)
-                .and_then(|joined| {
-                    joined.start(&state, || Ok(rule.sparsifier(k)), &config, &Vec::new())
-                })
+    // against the one-device step measured just above. On a GPU backend both peers share the
+    // device, and each step's gradients travel through the host.
+    for (id, rule) in [
+        ("step_topk_2_peers", SelectRule::Row),
+        ("step_mutual_choice_2_peers", SelectRule::Global),
+        ("step_feature_choice_2_peers", SelectRule::Column),
+    ] {
+        let config = TrainConfig {
+            aux: AuxLoss::AuxK,
+            ..TrainConfig::default()
+        };
+        let mut step =
+            TrainStep::<Autodiff<Inner>>::new(&sae, rule.sparsifier(k), config.clone(), &device)
                 .unwrap();
-            timed(c, "train_step", id, || {
-                black_box(peers.step(&mut step, &x_host).unwrap().loss);
-            });
-            drop(peers);
-        }
+        let state = step.state();
+        let group = Group {
+            devices: 2,
+            machines: None,
+            timeout: Duration::from_secs(600),
+        };
+        let mut peers = Peers::<Autodiff<Inner>>::join(group, &device)
+            .and_then(|joined| {
+                joined.start(&state, || Ok(rule.sparsifier(k)), &config, &Vec::new())
+            })
+            .unwrap();
+        timed(c, "train_step", id, || {
+            black_box(peers.step(&mut step, &x_host).unwrap().loss);
+        });
+        drop(peers);
     }
 
     // Each rule of ours against burn's `topk` doing the same job on the same affinities. On

@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend, Device as _, DeviceId};
 use sae_model::{
     BurnPeer, Collective, Machines, SaeError, Sparsifier, StepOutput, TrainConfig, TrainState,
     TrainStep, disagreement, gather_counts, machine_peers,
@@ -321,7 +321,8 @@ impl<B: AutodiffBackend> std::fmt::Debug for Joined<B> {
 }
 
 impl<B: AutodiffBackend> Peers<B> {
-    /// Starts threads for this machine's peers after its first, each training on `device`, and
+    /// Starts threads for this machine's peers after its first, each training on its device
+    /// ([`peer_devices`] from `device`, the first peer's), and
     /// registers all of them (the first being the caller) with burn-collective ([`Sums`]), and
     /// with the other machines' peers. A registration or sum that waits longer than the group's timeout for
     /// the others fails (see [`BurnPeer`]).
@@ -337,10 +338,11 @@ impl<B: AutodiffBackend> Peers<B> {
             }
         };
         let mut workers = Vec::with_capacity(group.devices - 1);
-        for peer in group.first() + 1..group.first() + group.devices {
+        let devices = peer_devices::<B>(device, group.devices);
+        for (peer, device) in (group.first()..).zip(devices).skip(1) {
             let (jobs, inbox) = channel::<Job>();
             let (outbox, answers) = channel();
-            let (group, device) = (group.clone(), device.clone());
+            let group = group.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("sae-peer-{peer}"))
                 .spawn(move || serve::<B>(peer, &group, &device, &inbox, &outbox))
@@ -516,6 +518,30 @@ impl<B: AutodiffBackend> Joined<B> {
     }
 }
 
+/// The device of each of this machine's `devices` peers, the first being `opened` (the device
+/// the run opened): where the backend has enough devices of the opened one's kind after it
+/// (CUDA's GPUs, wgpu's adapters of one type), peer `i` of the machine takes the `i`-th from
+/// `opened`; otherwise every peer shares `opened` (the CPU backends; wgpu's default adapter).
+pub fn peer_devices<B: Backend>(opened: &B::Device, devices: usize) -> Vec<B::Device> {
+    let id = opened.to_id();
+    let first = usize::from(id.index_id);
+    let at = |i: usize| {
+        u16::try_from(first + i)
+            .ok()
+            .map(|index| B::Device::from_id(DeviceId::new(id.type_id, index)))
+    };
+    let distinct = devices > 1
+        && B::device_count(id.type_id) >= first + devices
+        && at(1).is_some_and(|second| second != *opened)
+        && at(devices - 1).is_some();
+    (0..devices)
+        .map(|i| match distinct {
+            true => at(i).unwrap_or_else(|| opened.clone()),
+            false => opened.clone(),
+        })
+        .collect()
+}
+
 /// Registers peer `peer` of `group`.
 fn register(peer: usize, group: &Group) -> Result<BurnPeer<Sums>, SaeError> {
     BurnPeer::<Sums>::register(
@@ -600,5 +626,23 @@ fn serve<B: AutodiffBackend>(
         if outbox.send(result).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::wgpu::WgpuDevice;
+    use burn::backend::{Flex, Wgpu};
+
+    use super::*;
+
+    #[test]
+    fn peers_share_a_device_the_backend_has_one_of() {
+        let cpu = Default::default();
+        assert_eq!(peer_devices::<Flex>(&cpu, 3), vec![cpu; 3]);
+        // wgpu's default adapter stands for any adapter: its peers share it.
+        let gpu = WgpuDevice::DefaultDevice;
+        assert_eq!(peer_devices::<Wgpu>(&gpu, 2), vec![gpu.clone(); 2]);
+        assert_eq!(peer_devices::<Wgpu>(&gpu, 1), vec![gpu]);
     }
 }

@@ -111,7 +111,28 @@ pub fn check_fits(
     ))
 }
 
-/// Refuses a run on a GPU backend whose batch has more scores (`train.batch_size` x
+/// Rows of a batch the peer with the most holds (peers hold consecutive, balanced shards):
+/// the rows a device's selection and affinities cover.
+fn rows_per_peer(config: &RunConfig) -> usize {
+    config
+        .train
+        .batch_size
+        .div_ceil(config.distributed.peers().max(1))
+}
+
+/// `train.batch_size = B`, and over several peers how many rows each holds.
+fn batch_setting(config: &RunConfig) -> String {
+    let (batch, peers) = (config.train.batch_size, config.distributed.peers());
+    match peers {
+        1 => format!("train.batch_size = {batch}"),
+        _ => format!(
+            "train.batch_size = {batch} over {peers} peers (up to {} rows each)",
+            rows_per_peer(config)
+        ),
+    }
+}
+
+/// Refuses a run on a GPU backend whose batch has more scores on one peer (its rows x
 /// features) than the selection kernels' 32-bit indices address, naming the largest batch
 /// that fits.
 pub fn check_device_scores(config: &RunConfig, features: usize) -> Result<(), String> {
@@ -119,30 +140,32 @@ pub fn check_device_scores(config: &RunConfig, features: usize) -> Result<(), St
         return Ok(());
     }
     let limit = u32::MAX as usize;
-    let batch = config.train.batch_size;
-    if batch
+    if rows_per_peer(config)
         .checked_mul(features)
         .is_some_and(|scores| scores <= limit)
     {
         return Ok(());
     }
+    let peers = config.distributed.peers();
     Err(format!(
-        "train.batch_size = {batch} with {features} features is more scores than the GPU \
-         kernels' 32-bit indices address ({limit}): at most {} tokens per batch at this width",
-        limit / features.max(1)
+        "{} with {features} features is more scores than the GPU kernels' 32-bit indices \
+         address ({limit}): at most {} tokens per batch at this width{}",
+        batch_setting(config),
+        (limit / features.max(1)).saturating_mul(peers),
+        if peers > 1 { " over these peers" } else { "" }
     ))
 }
 
 /// Refuses a run whose largest tensors do not fit in one buffer of a device that holds at
 /// most `largest` bytes per buffer (wgpu adapters often allow 128 MiB): the encoder and
-/// decoder weights `[features, d]` and a batch's affinities `[batch_size, features]`.
+/// decoder weights `[features, d]` and one peer's affinities `[rows, features]`.
 pub fn check_buffers(
     config: &RunConfig,
     d: usize,
     features: usize,
     largest: u64,
 ) -> Result<(), String> {
-    let batch = config.train.batch_size;
+    let batch = rows_per_peer(config);
     let tensors = [
         (
             "the encoder and decoder weights",
@@ -252,6 +275,19 @@ mod tests {
         c.backend = BackendKind::Flex;
         c.train.batch_size = 4096;
         assert!(check_device_scores(&c, 1 << 20).is_ok());
+        // Over peers each device selects on its own rows: two peers of 4095 rows fit, and
+        // the error names the peers' rows.
+        let mut peers = config(8190, 2, 1);
+        peers.backend = BackendKind::Cuda;
+        assert!(check_device_scores(&peers, 1 << 20).is_ok());
+        peers.train.batch_size = 8191;
+        let message = check_device_scores(&peers, 1 << 20).unwrap_err();
+        for part in [
+            "train.batch_size = 8191 over 2 peers (up to 4096 rows each)",
+            "at most 8190 tokens per batch at this width over these peers",
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
     }
 
     #[test]
@@ -274,6 +310,11 @@ mod tests {
         c.train.batch_size = 64;
         assert!(check_buffers(&c, 64, 524_288, largest).is_ok());
         assert!(check_buffers(&c, 64, 524_289, largest).is_err());
+        // Each of two peers holds 64 of 128 rows: their affinities fit one buffer each.
+        c.train.batch_size = 128;
+        assert!(check_buffers(&c, 64, 524_288, largest).is_err());
+        c.distributed.devices = 2;
+        assert!(check_buffers(&c, 64, 524_288, largest).is_ok());
     }
 
     #[test]
