@@ -368,11 +368,10 @@ fn a_sum_waits_for_a_silent_peer_only_as_long_as_the_timeout() {
 
 /// The peers' tensors are summed in a fixed order (by device, then by peer), so a run repeats
 /// bit for bit, over any number of peers (with two, `a + b == b + a` holds anyway).
-#[test]
-fn a_run_over_several_peers_repeats_bit_for_bit() {
+fn repeats_bit_for_bit<B: AutodiffBackend>(shards: &[&[usize]]) {
     let data = &batches()[..5];
     let cfg = config(AuxLoss::AuxZipf);
-    for cuts in [&[0, 20, 37][..], &[0, 9, 21, 37], &[0, 5, 14, 30, 37]] {
+    for cuts in shards {
         for i in 0..builtin_sparsifiers(K).len() {
             let rule = || builtin_sparsifiers(K).swap_remove(i);
             let first = sharded_run::<B>(rule, &cfg, cuts, data);
@@ -385,6 +384,16 @@ fn a_run_over_several_peers_repeats_bit_for_bit() {
             }
         }
     }
+}
+
+#[test]
+fn a_run_over_several_peers_repeats_bit_for_bit() {
+    repeats_bit_for_bit::<B>(&[&[0, 20, 37], &[0, 9, 21, 37], &[0, 5, 14, 30, 37]]);
+}
+
+#[test]
+fn a_run_over_several_device_peers_repeats_bit_for_bit() {
+    repeats_bit_for_bit::<Gpu>(&[&[0, 9, 21, 37]]);
 }
 
 /// `disagreement` finds the first digest some peer holds otherwise than peer 0, and every
