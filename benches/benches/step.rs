@@ -136,8 +136,8 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
 
     // The same steps over two peers of this machine (threads summing through
     // burn-collective), each on half of the batch's rows: the collective's cost per step,
-    // against the one-device step measured just above. On a GPU backend both peers share the
-    // device, and each step's gradients travel through the host.
+    // against the one-device step measured just above. On a GPU backend each step's gradients
+    // travel through the host, and the peers share the device unless CUDA has two.
     for (id, rule) in [
         ("step_topk_2_peers", SelectRule::Row),
         ("step_mutual_choice_2_peers", SelectRule::Global),

@@ -127,12 +127,11 @@ pub fn disagreement(peers: &mut dyn Collective, digests: &[u64]) -> Result<Optio
 /// transport sums in) and the selection rules' counts.
 pub(crate) struct PeerSums<'a>(pub(crate) &'a mut dyn Collective);
 
-impl BatchSums for PeerSums<'_> {
-    fn sum(&mut self, values: &mut [f64]) -> Result<()> {
-        let peers = self.0.peers();
-        if peers == 1 {
-            return Ok(());
-        }
+impl PeerSums<'_> {
+    /// Every peer's `values`, row `p` peer `p`'s, each value as the sum of the two `f32`
+    /// halves it travelled as (every `f64` within the `f32` range whose low half is also an
+    /// `f32`, integers below `2^48` among them, comes back exactly).
+    pub(crate) fn gather(&mut self, values: &[f64]) -> Result<Vec<Vec<f64>>> {
         let halves: Vec<f32> = values
             .iter()
             .flat_map(|&v| {
@@ -141,11 +140,26 @@ impl BatchSums for PeerSums<'_> {
             })
             .collect();
         let all = gather(self.0, &halves)?;
+        Ok(all
+            .chunks_exact(halves.len().max(1))
+            .take(self.0.peers())
+            .map(|slot| {
+                slot.chunks_exact(2)
+                    .map(|h| f64::from(h[0]) + f64::from(h[1]))
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+impl BatchSums for PeerSums<'_> {
+    fn sum(&mut self, values: &mut [f64]) -> Result<()> {
+        if self.0.peers() == 1 {
+            return Ok(());
+        }
+        let all = self.gather(values)?;
         for (i, v) in values.iter_mut().enumerate() {
-            *v = all
-                .chunks_exact(halves.len())
-                .map(|slot| f64::from(slot[2 * i]) + f64::from(slot[2 * i + 1]))
-                .sum();
+            *v = all.iter().map(|slot| slot[i]).sum();
         }
         Ok(())
     }

@@ -165,29 +165,35 @@ pub fn check_buffers(
     features: usize,
     largest: u64,
 ) -> Result<(), String> {
-    let batch = rows_per_peer(config);
+    let (batch, peers) = (rows_per_peer(config), config.distributed.peers());
+    let affinities = match peers {
+        1 => "a batch's affinities",
+        _ => "a peer's affinities",
+    };
+    // (what, shape, the setting that lowers it, how many of its buffers a batch spreads over)
     let tensors = [
         (
             "the encoder and decoder weights",
             [features, d],
             "model.d_sae",
+            1,
         ),
-        (
-            "a batch's affinities",
-            [batch, features],
-            "train.batch_size",
-        ),
+        (affinities, [batch, features], "train.batch_size", peers),
     ];
     let too_large: Vec<String> = tensors
         .iter()
-        .filter_map(|(what, [rows, cols], option)| {
+        .filter_map(|(what, [rows, cols], option, spread)| {
             let size = (*rows as u64)
                 .saturating_mul(*cols as u64)
                 .saturating_mul(4);
             (size > largest).then(|| {
                 let fit = largest / 4 / (*cols as u64).max(1);
+                let over = match *spread {
+                    1 => String::new(),
+                    p => format!(", {} in a batch over these peers", fit.saturating_mul(p as u64)),
+                };
                 format!(
-                    "{what} [{rows}, {cols}] take {} (at most {fit} rows fit: lower {option})",
+                    "{what} [{rows}, {cols}] take {} (at most {fit} rows fit{over}: lower {option})",
                     bytes(size)
                 )
             })
@@ -315,6 +321,11 @@ mod tests {
         assert!(check_buffers(&c, 64, 524_288, largest).is_err());
         c.distributed.devices = 2;
         assert!(check_buffers(&c, 64, 524_288, largest).is_ok());
+        c.train.batch_size = 130;
+        let message = check_buffers(&c, 64, 524_288, largest).unwrap_err();
+        let part = "a peer's affinities [65, 524288] take 130.0 MiB \
+                    (at most 64 rows fit, 128 in a batch over these peers: lower train.batch_size)";
+        assert!(message.contains(part), "{message}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::key::CUBE;
 use crate::launch::{array, grid, read_words, unit_dim};
 
 /// One peer's loss terms, summed over its rows in row order.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct ShardSums {
     /// `sum_t ||x_t - x_hat_t||^2`.
     pub sse: f64,
@@ -197,7 +197,8 @@ pub fn update_from_gradients<R: Runtime>(
                        grad: &Handle,
                        [m_in, v_in]: [&Handle; 2],
                        [param_out, m_out, v_out]: [&Handle; 3],
-                       len: usize| {
+                       [rows, width]: [usize; 2]| {
+        let len = rows * width;
         adam_update::launch::<R>(
             client,
             grid(len.div_ceil(CUBE as usize)),
@@ -210,7 +211,8 @@ pub fn update_from_gradients<R: Runtime>(
             array(param_out, len),
             array(m_out, len),
             array(v_out, len),
-            len as u32,
+            rows as u32,
+            width as u32,
         );
     };
     elementwise(
@@ -218,21 +220,21 @@ pub fn update_from_gradients<R: Runtime>(
         &grads.w_enc,
         [&m.w_enc, &v.w_enc],
         [&p_out.w_enc, &m_out.w_enc, &v_out.w_enc],
-        features * d,
+        [features, d],
     );
     elementwise(
         &params.b_enc,
         &grads.b_enc,
         [&m.b_enc, &v.b_enc],
         [&p_out.b_enc, &m_out.b_enc, &v_out.b_enc],
-        features,
+        [features, 1],
     );
     elementwise(
         &params.b_dec,
         &grads.b_dec,
         [&m.b_dec, &v.b_dec],
         [&p_out.b_dec, &m_out.b_dec, &v_out.b_dec],
-        d,
+        [1, d],
     );
     decoder_apply::launch::<R>(
         client,

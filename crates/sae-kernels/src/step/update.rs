@@ -420,8 +420,9 @@ pub(crate) fn bias_gradient(
     }
 }
 
-/// Adam on every element of a parameter with a given gradient (the encoder rows and both
-/// biases of a step whose gradients were summed over peers), one unit per element.
+/// Adam on every element of a `rows x width` parameter with a given gradient (the encoder
+/// rows and both biases of a step whose gradients were summed over peers), one unit per
+/// element.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn adam_update(
@@ -433,10 +434,12 @@ pub(crate) fn adam_update(
     param_out: &mut Array<f32>,
     m_out: &mut Array<f32>,
     v_out: &mut Array<f32>,
-    len: u32,
+    rows: u32,
+    width: u32,
 ) {
     let i = cube_index() * CUBE as usize + UNIT_POS as usize;
-    if i < len as usize {
+    // `rows x width` elements: their count may pass `u32`.
+    if i < rows as usize * width as usize {
         param_out[i] = adam(param[i], grad[i], m_in, v_in, m_out, v_out, i, hyper);
     }
 }

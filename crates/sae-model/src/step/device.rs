@@ -21,7 +21,7 @@ use sae_alloc::sharded::{
 use sae_alloc::{AllocError, Selection};
 use sae_kernels::step::{
     Activation as KernelActivation, DeviceStep, PairInputs, ParamBuffers, Reconstruction,
-    ShardPass, StepInputs, train_step, update_from_gradients,
+    ShardPass, ShardSums, StepInputs, train_step, update_from_gradients,
 };
 use sae_kernels::{DeviceSelection, KernelError};
 
@@ -32,7 +32,7 @@ use crate::device::{
     aux_ranked, contiguous, contiguous_scores, from_cube, kernel_error, select_on_cube, to_cube,
 };
 use crate::error::{Result, SaeError, nan_is_bad_input};
-use crate::fused::grads::{BatchSums, any_non_finite, batch_variance, first_flagged};
+use crate::fused::grads::{any_non_finite, batch_variance, first_flagged};
 use crate::rule::{Activation, BuiltinRule};
 use crate::sae::{SaeTensors, host_vec};
 
@@ -241,12 +241,24 @@ impl<B: AutodiffBackend> TrainStep<B> {
             &p,
         )
         .map_err(kernel_error)?;
-        let sums = pass.sums().map_err(kernel_error)?;
-        // [squared error, auxiliary numerator, peers with auxiliary pairs]: integers below
-        // 2^24 add exactly as `f64` halves.
-        let mut terms = [sums.sse, sums.aux_sse, f64::from(u8::from(sums.aux_active))];
-        PeerSums(peers).sum(&mut terms)?;
-        let [sse, aux_sse, aux_peers] = terms;
+        // A peer whose device fails still takes part in each sum, saying so: every peer stops
+        // at that sum, before any update, naming it.
+        let (sums, failed) = match pass.sums() {
+            Ok(sums) => (sums, None),
+            Err(e) => (ShardSums::default(), Some(e)),
+        };
+        // [squared error, auxiliary numerator, has auxiliary pairs, failed] per peer, summed
+        // in peer order.
+        let terms = [
+            sums.sse,
+            sums.aux_sse,
+            f64::from(u8::from(sums.aux_active)),
+            f64::from(u8::from(failed.is_some())),
+        ];
+        let all = PeerSums(peers).gather(&terms)?;
+        devices_failed(failed, all.iter().map(|t| t[3] > 0.0))?;
+        let total = |i: usize| all.iter().map(|t| t[i]).sum::<f64>();
+        let [sse, aux_sse, aux_peers] = [total(0), total(1), total(2)];
         let c = &self.config;
         let recon_scale = match c.recon_loss {
             ReconLoss::Fvu => 1.0 / total_variance,
@@ -267,14 +279,18 @@ impl<B: AutodiffBackend> TrainStep<B> {
         };
         let scales = [(-2.0 * recon_scale) as f32, aux_scale as f32];
         // This peer's part of every gradient, summed over the peers on the host.
-        let mut grads = pass
-            .gradients(&p, scales)
-            .read(&client, f, d)
-            .map_err(kernel_error)?;
+        let (mut grads, failed) = match pass.gradients(&p, scales).read(&client, f, d) {
+            Ok(grads) => (grads, None),
+            Err(e) => ([f * d, f, f * d, d].map(|len| vec![0.0; len]), Some(e)),
+        };
+        // One slot per peer: which peers' devices failed.
+        let mut failures = vec![0.0f32; peers.peers()];
+        failures[peers.peer()] = f32::from(u8::from(failed.is_some()));
         {
             let [w_enc, b_enc, w_dec, b_dec] = &mut grads;
-            peers.sum_values(&mut [w_enc, b_enc, w_dec, b_dec])?;
+            peers.sum_values(&mut [w_enc, b_enc, w_dec, b_dec, &mut failures])?;
         }
+        devices_failed(failed, failures.iter().map(|&flag| flag > 0.0))?;
         if let Some(param) = first_flagged(grads.each_ref().map(|g| any_non_finite(g))) {
             return Err(SaeError::NonFiniteGradient {
                 step: self.step,
@@ -389,6 +405,20 @@ fn kernel_activation(activation: Activation) -> KernelActivation {
     }
 }
 
+/// The step's error when this peer's device failed (`own`) or, in peer order, another's.
+fn devices_failed(own: Option<KernelError>, failed: impl Iterator<Item = bool>) -> Result<()> {
+    if let Some(e) = own {
+        return Err(kernel_error(e));
+    }
+    match failed.enumerate().find(|&(_, failed)| failed) {
+        Some((peer, _)) => Err(SaeError::Collective {
+            peer,
+            reason: "its device failed during the step".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The error of a sharded step whose sparsifier has no built-in rule.
 pub(super) fn no_builtin_rule(name: &str) -> SaeError {
     SaeError::Config(format!(
@@ -416,10 +446,17 @@ fn sharded_cube_select<R: CubeRuntime>(
         },
     };
     let on_device = select_on_cube(affinities, &local_rule, None)?;
-    let local = match on_device.to_selection() {
-        Ok(selection) => Ok(selection),
-        Err(KernelError::Alloc(e)) => Err::<Selection, AllocError>(e),
-        Err(e) => return Err(kernel_error(e)),
+    // A device that fails to give its candidates fails this peer's rule: the others learn of
+    // it in the rule's first round, and this peer returns the device's error.
+    let (local, failed) = match on_device.to_selection() {
+        Ok(selection) => (Ok(selection), None),
+        Err(KernelError::Alloc(e)) => (Err(e), None),
+        Err(e) => (
+            Err(AllocError::InvalidSelection {
+                reason: "the device's candidates could not be read".into(),
+            }),
+            Some(e),
+        ),
     };
     let candidates = Candidates { rows, cols, local };
     let exchange = &mut PeerSums(peers);
@@ -432,6 +469,9 @@ fn sharded_cube_select<R: CubeRuntime>(
             column_topm_of_candidates(candidates, capacities, exchange)
         }
     };
+    if let Some(e) = failed {
+        return Err(kernel_error(e));
+    }
     let selection = super::sharded::selection_of(sharded)?;
     let on_device = match rule {
         // Rows are independent: the candidates are the selection.
@@ -439,4 +479,27 @@ fn sharded_cube_select<R: CubeRuntime>(
         _ => DeviceSelection::upload(&affinities.client, &selection),
     };
     Ok((selection, on_device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_device_is_named_by_every_peer_and_its_own_error_kept() {
+        assert!(devices_failed(None, [false, false].into_iter()).is_ok());
+        match devices_failed(None, [false, true, true].into_iter()) {
+            Err(SaeError::Collective { peer: 1, reason }) => {
+                assert!(reason.contains("device failed"), "{reason}")
+            }
+            other => panic!("expected peer 1 named, got {other:?}"),
+        }
+        let own = KernelError::Read {
+            reason: "lost".into(),
+        };
+        match devices_failed(Some(own), [true, false].into_iter()) {
+            Err(SaeError::Device(reason)) => assert!(reason.contains("lost"), "{reason}"),
+            other => panic!("expected this device's error, got {other:?}"),
+        }
+    }
 }
