@@ -153,6 +153,46 @@ fn two_machines_train_the_model_one_machine_with_two_devices_trains() {
     }
 }
 
+/// Two machines on wgpu (lavapipe where there is no GPU), each one peer running the device
+/// step on its half of every batch, end in the evaluation of one machine with two wgpu peers.
+/// (Each process tunes burn's GEMM on its own, so the bits may differ.)
+#[test]
+fn two_wgpu_machines_end_in_the_evaluation_of_one_machine_with_two_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_orchestrator, at) = orchestrator();
+    let extra = [
+        "--set",
+        "sparsifier.name=\"feature_choice\"",
+        "--set",
+        "backend=\"wgpu\"",
+    ];
+    let one = tmp.path().join("one");
+    let mut args = extra.to_vec();
+    args.extend(["--set", "distributed.devices=2"]);
+    let out = run(&small_run(&one, 20, &args));
+    if !out.status.success() {
+        let message = text(&out);
+        if message.contains("Vulkan driver")
+            && std::env::var("SAE_REQUIRE_WGPU").as_deref() != Ok("1")
+        {
+            eprintln!("skipping: no wgpu adapter ({message})");
+            return;
+        }
+        panic!("one machine with two wgpu peers: {message}");
+    }
+    let dirs = [tmp.path().join("node0"), tmp.path().join("node1")];
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    for (node, m) in machines(&dirs, 20, &extra, &at, |_| vec![])
+        .into_iter()
+        .enumerate()
+    {
+        let (ok, message) = m.finish(LIMIT);
+        assert!(ok, "machine {node}: {message}");
+    }
+    assert_same_evaluation("machine 0 of two on wgpu", dirs[0], &one);
+    assert_same_evaluation("machine 1 of two on wgpu", dirs[1], &one);
+}
+
 /// Two machines with two devices each (four peers: each machine sums its own two, then the
 /// machines sum theirs) train the model one machine with four devices trains, within the
 /// tolerance of a different order of the sums.
