@@ -202,7 +202,9 @@ impl Default for ScheduleConfig {
 pub struct DistributedConfig {
     /// Peers on this machine, one thread each (1: no distribution). Each takes consecutive
     /// rows of every batch; they sum their selection counts and gradients through
-    /// burn-collective. The CPU backends run every peer on the machine's cores.
+    /// burn-collective. The CPU backends run every peer on the machine's cores; wgpu and CUDA
+    /// run the device step on each peer, CUDA peer `i` on GPU `i` where there are as many
+    /// (otherwise the peers share the device).
     pub devices: usize,
     /// Machines of the run (1: this one only). Each runs `sae train` with the same settings and
     /// data, `devices` peers each, and `--node`, `--node-address` and `--orchestrator` of its
