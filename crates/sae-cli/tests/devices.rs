@@ -6,22 +6,6 @@ mod common;
 
 use common::*;
 
-/// Runs `args` on wgpu; `None` (with a notice) when no Vulkan driver is there, unless
-/// `SAE_REQUIRE_WGPU=1`.
-fn on_wgpu(args: &[String]) -> Option<()> {
-    let out = run(args);
-    if out.status.success() {
-        return Some(());
-    }
-    let message = text(&out);
-    if message.contains("Vulkan driver") && std::env::var("SAE_REQUIRE_WGPU").as_deref() != Ok("1")
-    {
-        eprintln!("skipping: no wgpu adapter ({message})");
-        return None;
-    }
-    panic!("the wgpu run failed: {message}");
-}
-
 #[test]
 fn training_over_peers_ends_in_the_one_device_runs_evaluation() {
     let tmp = tempfile::tempdir().unwrap();
@@ -78,53 +62,39 @@ fn settings_that_cannot_train_over_peers_are_refused_up_front() {
     }
 }
 
-/// Two wgpu peers, each running the device step on its rows, train the model one CPU device
-/// trains on the whole batch.
-#[test]
-fn training_over_wgpu_peers_ends_in_the_cpu_runs_evaluation() {
+/// Each rule trained on wgpu by `devices` peers (the device step on each) ends in the
+/// evaluation of the one-device CPU run.
+fn wgpu_ends_in_the_cpu_runs_evaluation(devices: usize) {
     let tmp = tempfile::tempdir().unwrap();
+    let peers = format!("distributed.devices={devices}");
     for rule in ["mutual_choice", "feature_choice", "topk"] {
         let name = format!("sparsifier.name=\"{rule}\"");
         let (cpu, gpu) = (
             tmp.path().join(rule),
-            tmp.path().join(format!("{rule}-wgpu-2")),
+            tmp.path().join(format!("{rule}-wgpu-{devices}")),
         );
         let out = run(&small_run(&cpu, 30, &["--set", &name]));
         assert!(out.status.success(), "{}", text(&out));
         let wgpu = small_run(
             &gpu,
             30,
-            &[
-                "--set",
-                &name,
-                "--set",
-                "backend=\"wgpu\"",
-                "--set",
-                "distributed.devices=2",
-            ],
+            &["--set", &name, "--set", "backend=\"wgpu\"", "--set", &peers],
         );
         if on_wgpu(&wgpu).is_none() {
             return;
         }
-        assert_same_evaluation(&format!("{rule} over 2 wgpu peers"), &gpu, &cpu);
+        assert_same_evaluation(&format!("{rule} on {devices} wgpu peers"), &gpu, &cpu);
     }
 }
 
 #[test]
 fn training_on_wgpu_ends_in_the_cpu_runs_evaluation() {
-    let tmp = tempfile::tempdir().unwrap();
-    for rule in ["mutual_choice", "feature_choice", "topk"] {
-        let name = format!("sparsifier.name=\"{rule}\"");
-        let (cpu, gpu) = (
-            tmp.path().join(rule),
-            tmp.path().join(format!("{rule}-wgpu")),
-        );
-        let out = run(&small_run(&cpu, 30, &["--set", &name]));
-        assert!(out.status.success(), "{}", text(&out));
-        let wgpu = small_run(&gpu, 30, &["--set", &name, "--set", "backend=\"wgpu\""]);
-        if on_wgpu(&wgpu).is_none() {
-            return;
-        }
-        assert_same_evaluation(&format!("{rule} on wgpu"), &gpu, &cpu);
-    }
+    wgpu_ends_in_the_cpu_runs_evaluation(1);
+}
+
+/// Two wgpu peers, each running the device step on its rows, train the model one CPU device
+/// trains on the whole batch.
+#[test]
+fn training_over_wgpu_peers_ends_in_the_cpu_runs_evaluation() {
+    wgpu_ends_in_the_cpu_runs_evaluation(2);
 }

@@ -223,3 +223,19 @@ pub fn assert_same_evaluation(what: &str, got: &Path, want: &Path) {
     }
     assert_eq!(got["tokens"], want["tokens"], "{what}");
 }
+
+/// Runs `args` on wgpu; `None` (with a notice) when no Vulkan driver is there, unless
+/// `SAE_REQUIRE_WGPU=1`.
+pub fn on_wgpu(args: &[String]) -> Option<()> {
+    let out = run(args);
+    if out.status.success() {
+        return Some(());
+    }
+    let message = text(&out);
+    if message.contains("Vulkan driver") && std::env::var("SAE_REQUIRE_WGPU").as_deref() != Ok("1")
+    {
+        eprintln!("skipping: no wgpu adapter ({message})");
+        return None;
+    }
+    panic!("the wgpu run failed: {message}");
+}
