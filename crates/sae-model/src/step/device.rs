@@ -39,6 +39,27 @@ use crate::sae::{SaeTensors, host_vec};
 /// burn's cubecl backend without fusion, on which the step's few tensor operations run.
 type Cube<R> = CubeBackend<R, f32, i32, u32>;
 
+/// Returns `$step` with `$cube` the cubecl tensor behind the batch `$x`, on whichever runtime
+/// holds it (wgpu; CUDA with the `cuda` feature), or the error of a backend that is not
+/// cubecl's. `B` is the step's backend.
+macro_rules! on_cube_runtime {
+    ($x:expr, $cube:ident => $step:expr) => {{
+        let x = $x;
+        if let Some($cube) = to_cube::<_, cubecl::wgpu::WgpuRuntime, 2>(x.clone()) {
+            return $step;
+        }
+        #[cfg(feature = "cuda")]
+        if let Some($cube) = to_cube::<_, cubecl::cuda::CudaRuntime, 2>(x.clone()) {
+            return $step;
+        }
+        drop(x);
+        Err(SaeError::Config(format!(
+            "the device step needs a cubecl backend (wgpu, cuda), not {}",
+            std::any::type_name::<B::InnerBackend>()
+        )))
+    }};
+}
+
 impl<B: AutodiffBackend> TrainStep<B> {
     /// The built-in rule of this batch of `n` tokens when the step runs on the device path
     /// ([`StepPath::Device`] for this backend, and a sparsifier with a built-in rule);
@@ -57,18 +78,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
         x: Tensor<B::InnerBackend, 2>,
         rule: &BuiltinRule,
     ) -> Result<StepOutput> {
-        if let Some(x) = to_cube::<_, cubecl::wgpu::WgpuRuntime, 2>(x.clone()) {
-            return self.cube_train_step(x, rule);
-        }
-        #[cfg(feature = "cuda")]
-        if let Some(x) = to_cube::<_, cubecl::cuda::CudaRuntime, 2>(x.clone()) {
-            return self.cube_train_step(x, rule);
-        }
-        drop(x);
-        Err(SaeError::Config(format!(
-            "the device step needs a cubecl backend (wgpu, cuda), not {}",
-            std::any::type_name::<B::InnerBackend>()
-        )))
+        on_cube_runtime!(x, cube => self.cube_train_step(cube, rule))
     }
 
     /// The device step on runtime `R`.
@@ -80,12 +90,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let x = contiguous(x);
         let [n, d] = [x.meta.shape()[0], x.meta.shape()[1]];
         let activation = self.sparsifier.activation();
-        let params = cube_tensors::<B, R>(&self.params)?;
-        let [p, m, v] = [
-            buffers(&params),
-            buffers(&cube_tensors::<B, R>(&self.adam_m)?),
-            buffers(&cube_tensors::<B, R>(&self.adam_v)?),
-        ];
+        let (params, [p, m, v]) = self.cube_state::<R>()?;
         let batch = Tensor::<Cube<R>, 2>::from_primitive(TensorPrimitive::Float(x.clone()));
         let affinities = contiguous_scores(params.affinities(batch).into_primitive().tensor())?;
         let selection = select_on_cube(&affinities, rule, self.global_cut)?;
@@ -114,22 +119,11 @@ impl<B: AutodiffBackend> TrainStep<B> {
             .finish(&selection)
             .map_err(kernel_error)
             .map_err(nan_is_bad_input)?;
-        let recon_scale = match c.recon_loss {
-            ReconLoss::Fvu => 1.0 / report.total_variance,
-            ReconLoss::Mse => 1.0 / (n * d) as f64,
-        };
-        let aux_loss = if report.aux_active {
-            report.aux_sse / report.sse
-        } else {
-            0.0
-        };
-        let loss = (report.sse * recon_scale + f64::from(c.aux_coef) * aux_loss) as f32;
-        if !loss.is_finite() {
-            return Err(SaeError::NonFiniteLoss {
-                step: self.step,
-                loss,
-            });
-        }
+        let (losses, _) = self.batch_losses(
+            [report.sse, report.aux_sse, report.total_variance],
+            report.aux_active,
+            n * d,
+        )?;
         if let Some(param) = report.non_finite {
             return Err(SaeError::NonFiniteGradient {
                 step: self.step,
@@ -143,13 +137,46 @@ impl<B: AutodiffBackend> TrainStep<B> {
             BuiltinRule::GlobalTopK { .. } => global_cut(&report.selection),
             _ => None,
         };
-        let mse = (report.sse / (n * d) as f64) as f32;
-        let fvu = (report.sse / report.total_variance) as f32;
-        self.record(
-            report.selection,
-            [loss, mse, fvu, aux_loss as f32],
-            &mut SinglePeer,
-        )
+        self.record(report.selection, losses, &mut SinglePeer)
+    }
+
+    /// Parameters and moments as tensors and buffers of runtime `R`: the parameters as
+    /// tensors (for the encoder GEMM), and the buffers `[params, m, v]` the kernels read.
+    fn cube_state<R: CubeRuntime>(&self) -> Result<(SaeTensors<Cube<R>>, [ParamBuffers; 3])> {
+        let params = cube_tensors::<B, R>(&self.params)?;
+        let state = [
+            buffers(&params),
+            buffers(&cube_tensors::<B, R>(&self.adam_m)?),
+            buffers(&cube_tensors::<B, R>(&self.adam_v)?),
+        ];
+        Ok((params, state))
+    }
+
+    /// The step's `[loss, mse, fvu, aux]` from the batch's `[sse, aux_sse, total variance]`
+    /// over its `elements` (rows times width), and the reconstruction term's scale; an error
+    /// when the loss is not finite.
+    fn batch_losses(
+        &self,
+        [sse, aux_sse, total_variance]: [f64; 3],
+        aux_active: bool,
+        elements: usize,
+    ) -> Result<([f32; 4], f64)> {
+        let c = &self.config;
+        let recon_scale = match c.recon_loss {
+            ReconLoss::Fvu => 1.0 / total_variance,
+            ReconLoss::Mse => 1.0 / elements as f64,
+        };
+        let aux_loss = if aux_active { aux_sse / sse } else { 0.0 };
+        let loss = (sse * recon_scale + f64::from(c.aux_coef) * aux_loss) as f32;
+        if !loss.is_finite() {
+            return Err(SaeError::NonFiniteLoss {
+                step: self.step,
+                loss,
+            });
+        }
+        let mse = (sse / elements as f64) as f32;
+        let fvu = (sse / total_variance) as f32;
+        Ok(([loss, mse, fvu, aux_loss as f32], recon_scale))
     }
 
     /// The auxiliary loss's selection on the device: each token's top `k_aux` of the
@@ -181,18 +208,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
         batch_rows: usize,
         peers: &mut dyn Collective,
     ) -> Result<StepOutput> {
-        if let Some(x) = to_cube::<_, cubecl::wgpu::WgpuRuntime, 2>(x.clone()) {
-            return self.cube_train_step_sharded(x, batch_rows, peers);
-        }
-        #[cfg(feature = "cuda")]
-        if let Some(x) = to_cube::<_, cubecl::cuda::CudaRuntime, 2>(x.clone()) {
-            return self.cube_train_step_sharded(x, batch_rows, peers);
-        }
-        drop(x);
-        Err(SaeError::Config(format!(
-            "the device step needs a cubecl backend (wgpu, cuda), not {}",
-            std::any::type_name::<B::InnerBackend>()
-        )))
+        on_cube_runtime!(x, cube => self.cube_train_step_sharded(cube, batch_rows, peers))
     }
 
     /// The device step of one peer on runtime `R`. The kernels are the single-device step's,
@@ -215,16 +231,8 @@ impl<B: AutodiffBackend> TrainStep<B> {
         // The FVU denominator, from the batch's column means ([n, d] comes to the host).
         let (total_variance, _) =
             batch_variance(&host_vec(batch.clone()), d, &mut PeerSums(peers))?;
-        let rule = self
-            .sparsifier
-            .builtin(batch_rows, &self.stats)?
-            .ok_or_else(|| no_builtin_rule(self.sparsifier.name()))?;
-        let params = cube_tensors::<B, R>(&self.params)?;
-        let [p, m, v] = [
-            buffers(&params),
-            buffers(&cube_tensors::<B, R>(&self.adam_m)?),
-            buffers(&cube_tensors::<B, R>(&self.adam_v)?),
-        ];
+        let rule = self.sharded_rule(batch_rows)?;
+        let (params, [p, m, v]) = self.cube_state::<R>()?;
         let affinities = contiguous_scores(params.affinities(batch).into_primitive().tensor())?;
         let (selection, on_device) = sharded_cube_select(&affinities, &rule, peers)?;
         let aux = self.cube_aux_selection(&affinities)?;
@@ -259,20 +267,10 @@ impl<B: AutodiffBackend> TrainStep<B> {
         devices_failed(failed, all.iter().map(|t| t[3] > 0.0))?;
         let total = |i: usize| all.iter().map(|t| t[i]).sum::<f64>();
         let [sse, aux_sse, aux_peers] = [total(0), total(1), total(2)];
-        let c = &self.config;
-        let recon_scale = match c.recon_loss {
-            ReconLoss::Fvu => 1.0 / total_variance,
-            ReconLoss::Mse => 1.0 / (batch_rows * d) as f64,
-        };
         let aux_active = aux_peers > 0.0;
-        let aux_loss = if aux_active { aux_sse / sse } else { 0.0 };
-        let loss = (sse * recon_scale + f64::from(c.aux_coef) * aux_loss) as f32;
-        if !loss.is_finite() {
-            return Err(SaeError::NonFiniteLoss {
-                step: self.step,
-                loss,
-            });
-        }
+        let (losses, recon_scale) =
+            self.batch_losses([sse, aux_sse, total_variance], aux_active, batch_rows * d)?;
+        let c = &self.config;
         let aux_scale = match aux_active {
             true => -2.0 * f64::from(c.aux_coef) / sse,
             false => 0.0,
@@ -306,9 +304,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
         self.adopt::<R>(state, &x)?;
         self.step = next;
         self.global_cut = None;
-        let mse = (sse / (batch_rows * d) as f64) as f32;
-        let fvu = (sse / total_variance) as f32;
-        self.record(selection, [loss, mse, fvu, aux_loss as f32], peers)
+        self.record(selection, losses, peers)
     }
 
     /// Makes a step's new buffers the parameters and moments.
@@ -417,13 +413,6 @@ fn devices_failed(own: Option<KernelError>, failed: impl Iterator<Item = bool>) 
         }),
         None => Ok(()),
     }
-}
-
-/// The error of a sharded step whose sparsifier has no built-in rule.
-pub(super) fn no_builtin_rule(name: &str) -> SaeError {
-    SaeError::Config(format!(
-        "sparsifier {name:?} has no built-in rule; training over several peers needs one"
-    ))
 }
 
 /// The selection of this peer's rows made over the whole batch: the device selects this

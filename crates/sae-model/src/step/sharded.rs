@@ -10,7 +10,6 @@ use sae_alloc::sharded::{
 };
 use sae_alloc::{ScoreMatrix, Selection};
 
-use super::device::no_builtin_rule;
 use super::{StepOutput, StepPath, TrainStep};
 use crate::collective::{Collective, PeerSums, gather_counts};
 use crate::device::is_cubecl;
@@ -60,6 +59,19 @@ impl<B: AutodiffBackend> TrainStep<B> {
         }
     }
 
+    /// The built-in rule of a batch of `batch_rows` rows over all peers: a sharded step needs
+    /// one (plug-ins choose pairs on their own terms, which cannot be split by rows).
+    pub(super) fn sharded_rule(&self, batch_rows: usize) -> Result<BuiltinRule> {
+        self.sparsifier
+            .builtin(batch_rows, &self.stats)?
+            .ok_or_else(|| {
+                SaeError::Config(format!(
+                    "sparsifier {:?} has no built-in rule; training over several peers needs one",
+                    self.sparsifier.name()
+                ))
+            })
+    }
+
     /// The training rule's selection of this peer's `n` rows, made over the whole batch of
     /// `batch_rows`. (Every peer has rows: `train_step_sharded` agreed on that.)
     pub(super) fn sharded_select(
@@ -69,10 +81,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
         f: usize,
         peers: &mut dyn Collective,
     ) -> Result<Selection> {
-        let rule = self
-            .sparsifier
-            .builtin(batch_rows, &self.stats)?
-            .ok_or_else(|| no_builtin_rule(self.sparsifier.name()))?;
+        let rule = self.sharded_rule(batch_rows)?;
         let scores = ScoreMatrix::new(affinities, n, f)?;
         let exchange = &mut PeerSums(peers);
         selection_of(match &rule {
