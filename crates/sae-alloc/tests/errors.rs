@@ -51,6 +51,29 @@ fn nan_is_reported_with_its_position_by_every_rule() {
     assert!(want.to_string().contains("row 1, column 1"));
 }
 
+/// Long rows (at least 4 blocks of 64 scores per selected one) look for NaN in the same pass
+/// as their block maxima: a NaN is found and named wherever it is, in the first or a middle
+/// block, in the tail after the last full block, as the row's first or last score, and so it
+/// is for shorter rows of the same matrix (k = 3 takes the other path).
+#[test]
+fn nan_in_long_rows_is_reported_with_its_position() {
+    let (rows, cols) = (3, 64 * 8 + 5);
+    for col in [0, 63, 64 * 5 + 17, 64 * 8, cols - 1] {
+        for nan in [f32::NAN, -f32::NAN] {
+            let mut data: Vec<f32> = (0..rows * cols).map(|i| (i % 97) as f32).collect();
+            data[cols + col] = nan;
+            let m = ScoreMatrix::new(&data, rows, cols).unwrap();
+            for k in [1, 2, 3] {
+                assert_eq!(
+                    row_topk(&m, k).unwrap_err(),
+                    AllocError::NanScore { row: 1, col },
+                    "k {k}, column {col}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn limits_beyond_the_matrix() {
     let data = [0.0f32; 6];

@@ -63,6 +63,7 @@ impl Adam {
     /// [`Adam::update`] in place on host slices of equal length, element by element with the
     /// same `f32` operations in the same order. Each is rounded exactly, where the backends'
     /// SIMD reciprocal is an approximation (to about 1e-5 relative on NdArray).
+    #[inline(always)]
     pub(crate) fn update_slice(
         &self,
         param: &mut [f32],

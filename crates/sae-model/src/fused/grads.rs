@@ -126,6 +126,7 @@ pub(crate) fn first_flagged(flags: [bool; PARAMETERS.len()]) -> Option<&'static 
 }
 
 /// Whether `values` holds a NaN or an infinity (without short-circuit, so it vectorises).
+#[inline(always)]
 pub(crate) fn any_non_finite(values: &[f32]) -> bool {
     values.iter().fold(false, |bad, v| bad | !v.is_finite())
 }
@@ -138,6 +139,7 @@ pub(super) struct Residuals {
     aux: Vec<f32>,
 }
 
+#[inline(always)]
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -155,12 +157,14 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+#[inline(always)]
 fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
     }
 }
 
+#[inline(always)]
 fn activate(activation: Activation, u: f32) -> (f32, f32) {
     match activation {
         Activation::Relu if u > 0.0 => (u, 1.0),
@@ -191,6 +195,7 @@ struct TokenBlock {
 }
 
 /// Codes of one token's pairs, accumulated into `sum` (`sum += v w_dec[f]`).
+#[inline(always)]
 fn encode_token(
     params: &HostParams<'_>,
     centred: &[f32],
@@ -213,6 +218,7 @@ fn encode_token(
 }
 
 /// Turns the stored slopes of one token's pairs into `scale * (g . w_dec[f]) * slope`.
+#[inline(always)]
 fn pair_grads(
     params: &HostParams<'_>,
     features: &[u32],
@@ -227,6 +233,7 @@ fn pair_grads(
 
 /// Pass 1 over the tokens `rows`: writes each token's error `x - x_hat` into `err` and, with
 /// auxiliary pairs, `e - e_hat` into `aux_err`.
+#[inline(always)]
 fn token_block(
     params: &HostParams<'_>,
     x: &[f32],
@@ -299,6 +306,17 @@ fn token_block(
     block
 }
 
+sae_simd::widest! {
+    fn token_block_widest(
+        params: &HostParams<'_>,
+        x: &[f32],
+        rows: std::ops::Range<usize>,
+        spec: &HostLossSpec<'_>,
+        err: &mut [f32],
+        aux_err: &mut [f32],
+    ) -> TokenBlock = token_block;
+}
+
 /// One selection's pairs, flattened for pass 2.
 struct FeaturePairs<'a> {
     offsets: Vec<usize>,
@@ -336,6 +354,7 @@ impl<'a> FeaturePairs<'a> {
 }
 
 /// Pass 2 for feature `f`: adds its pairs' contributions to the gradient rows.
+#[inline(always)]
 fn feature_grads(
     pairs: &FeaturePairs<'_>,
     f: usize,
@@ -361,6 +380,71 @@ fn feature_grads(
             }
         }
     }
+}
+
+/// Pass 2 for the block `b` of [`FEATURE_BLOCK`] features: clears and sums its gradient rows
+/// (`enc`, `dec`: `[FEATURE_BLOCK, d]`, `bias`: `[FEATURE_BLOCK]`) over every set of pairs,
+/// and says which of them hold a non-finite value, checked while they are in cache.
+#[inline(always)]
+fn feature_block(
+    b: usize,
+    enc: &mut [f32],
+    dec: &mut [f32],
+    bias: &mut [f32],
+    sets: &[FeaturePairs<'_>],
+    x: &[f32],
+    b_dec: &[f32],
+) -> [bool; 3] {
+    let d = b_dec.len();
+    for (i, g_bias) in bias.iter_mut().enumerate() {
+        let f = b * FEATURE_BLOCK + i;
+        let rows = i * d..(i + 1) * d;
+        enc[rows.clone()].fill(0.0);
+        dec[rows.clone()].fill(0.0);
+        *g_bias = 0.0;
+        for set in sets {
+            feature_grads(
+                set,
+                f,
+                x,
+                b_dec,
+                &mut enc[rows.clone()],
+                &mut dec[rows.clone()],
+                g_bias,
+            );
+        }
+    }
+    [
+        any_non_finite(enc),
+        any_non_finite(bias),
+        any_non_finite(dec),
+    ]
+}
+
+sae_simd::widest! {
+    fn feature_block_widest(
+        b: usize,
+        enc: &mut [f32],
+        dec: &mut [f32],
+        bias: &mut [f32],
+        sets: &[FeaturePairs<'_>],
+        x: &[f32],
+        b_dec: &[f32],
+    ) -> [bool; 3] = feature_block;
+}
+
+/// `sum_i weights[i] rows[i]` over the `d`-wide rows of `rows`, in row order.
+#[inline(always)]
+fn weighted_row_sum(rows: &[f32], weights: &[f32], d: usize) -> Vec<f32> {
+    let mut sum = vec![0.0f32; d];
+    for (row, &w) in rows.chunks_exact(d).zip(weights) {
+        axpy(w, row, &mut sum);
+    }
+    sum
+}
+
+sae_simd::widest! {
+    fn weighted_row_sum_widest(rows: &[f32], weights: &[f32], d: usize) -> Vec<f32> = weighted_row_sum;
 }
 
 /// Sums over the whole batch of a step whose rows are split over several peers: each peer
@@ -475,7 +559,7 @@ pub fn host_loss_and_grads_into(
         .enumerate()
         .map(|(b, (e, a))| {
             let rows = b * TOKEN_BLOCK..((b + 1) * TOKEN_BLOCK).min(n);
-            token_block(params, x, rows, spec, e, a)
+            token_block_widest(params, x, rows, spec, e, a)
         })
         .collect();
     drop(aux_chunks);
@@ -528,29 +612,7 @@ pub fn host_loss_and_grads_into(
         .zip(out.b_enc.par_chunks_mut(FEATURE_BLOCK))
         .enumerate()
         .map(|(b, ((enc, dec), bias))| {
-            for (i, g_bias) in bias.iter_mut().enumerate() {
-                let f = b * FEATURE_BLOCK + i;
-                let rows = i * d..(i + 1) * d;
-                enc[rows.clone()].fill(0.0);
-                dec[rows.clone()].fill(0.0);
-                *g_bias = 0.0;
-                for set in &sets {
-                    feature_grads(
-                        set,
-                        f,
-                        x,
-                        params.b_dec,
-                        &mut enc[rows.clone()],
-                        &mut dec[rows.clone()],
-                        g_bias,
-                    );
-                }
-            }
-            [
-                any_non_finite(enc),
-                any_non_finite(bias),
-                any_non_finite(dec),
-            ]
+            feature_block_widest(b, enc, dec, bias, &sets, x, params.b_dec)
         })
         .reduce(
             || [false; 3],
@@ -563,13 +625,7 @@ pub fn host_loss_and_grads_into(
         .w_enc
         .par_chunks(ENCODER_BLOCK * d)
         .zip(out.b_enc.par_chunks(ENCODER_BLOCK))
-        .map(|(rows, g_bias)| {
-            let mut sum = vec![0.0f32; d];
-            for (row, &g) in rows.chunks_exact(d).zip(g_bias) {
-                axpy(g, row, &mut sum);
-            }
-            sum
-        })
+        .map(|(rows, g_bias)| weighted_row_sum_widest(rows, g_bias, d))
         .collect();
     for partial in &partials {
         axpy(-1.0, partial, &mut g_b_dec);
@@ -703,5 +759,83 @@ mod tests {
                 assert_eq!(bits(got), bits(want), "x seed {x_seed}");
             }
         }
+    }
+
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The copies of the passes that `sae_simd::widest!` runs on this CPU compute the baseline
+    /// build's bits: rows long enough for the widest vectors (with a tail), two token blocks,
+    /// three feature blocks (one partial), main and auxiliary pairs, codes computed and read.
+    #[test]
+    fn the_widest_passes_compute_the_baselines_bits() {
+        let (n, f, d) = (40, 130, 389);
+        let (w_enc, b_enc, w_dec, b_dec) = (
+            values(f * d, 1),
+            values(f, 2),
+            values(f * d, 3),
+            values(d, 4),
+        );
+        let params = HostParams {
+            w_enc: &w_enc,
+            b_enc: &b_enc,
+            w_dec: &w_dec,
+            b_dec: &b_dec,
+        };
+        let x = values(n * d, 5);
+        let scores = values(n * f, 9);
+        let selection = row_topk(&ScoreMatrix::new(&scores, n, f).unwrap(), 5).unwrap();
+        let aux = row_topk(&ScoreMatrix::new(&values(n * f, 11), n, f).unwrap(), 3).unwrap();
+        for affinities in [None, Some(&scores[..])] {
+            let spec = HostLossSpec {
+                selection: &selection,
+                aux_selection: Some(&aux),
+                activation: Activation::Relu,
+                recon_scale: 0.5,
+                aux_coef: 1.0 / 32.0,
+                affinities,
+            };
+            let mut err = [vec![0.0; n * d], vec![0.0; n * d]];
+            let mut aux_err = [vec![0.0; n * d], vec![0.0; n * d]];
+            let base = token_block(&params, &x, 0..n, &spec, &mut err[0], &mut aux_err[0]);
+            let wide = token_block_widest(&params, &x, 0..n, &spec, &mut err[1], &mut aux_err[1]);
+            assert_eq!(bits(&wide.main.values), bits(&base.main.values));
+            assert_eq!(bits(&wide.main.grads), bits(&base.main.grads));
+            assert_eq!(bits(&wide.aux.values), bits(&base.aux.values));
+            assert_eq!(bits(&wide.aux.grads), bits(&base.aux.grads));
+            assert_eq!(bits(&wide.b_dec_main), bits(&base.b_dec_main));
+            assert_eq!(
+                [wide.sse, wide.aux_num, wide.aux_den].map(f64::to_bits),
+                [base.sse, base.aux_num, base.aux_den].map(f64::to_bits)
+            );
+            assert_eq!(bits(&err[1]), bits(&err[0]));
+            assert_eq!(bits(&aux_err[1]), bits(&aux_err[0]));
+
+            let sets = [
+                FeaturePairs::new(&selection, &base.main, (&err[0], 0.3), 1.0),
+                FeaturePairs::new(&aux, &base.aux, (&aux_err[0], 0.7), 0.7),
+            ];
+            for b in 0..f.div_ceil(FEATURE_BLOCK) {
+                let rows = FEATURE_BLOCK.min(f - b * FEATURE_BLOCK);
+                let mut out: [_; 2] = std::array::from_fn(|_| {
+                    (vec![1.0; rows * d], vec![1.0; rows * d], vec![1.0; rows])
+                });
+                let (base_out, wide_out) = out.split_at_mut(1);
+                let (enc, dec, bias) = &mut base_out[0];
+                let base_flags = feature_block(b, enc, dec, bias, &sets, &x, &b_dec);
+                let (enc, dec, bias) = &mut wide_out[0];
+                let wide_flags = feature_block_widest(b, enc, dec, bias, &sets, &x, &b_dec);
+                assert_eq!(wide_flags, base_flags);
+                assert_eq!(bits(&out[1].0), bits(&out[0].0), "w_enc, block {b}");
+                assert_eq!(bits(&out[1].1), bits(&out[0].1), "w_dec, block {b}");
+                assert_eq!(bits(&out[1].2), bits(&out[0].2), "b_enc, block {b}");
+            }
+        }
+        let weights = values(f, 12);
+        assert_eq!(
+            bits(&weighted_row_sum_widest(&w_enc, &weights, d)),
+            bits(&weighted_row_sum(&w_enc, &weights, d))
+        );
     }
 }

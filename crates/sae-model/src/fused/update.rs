@@ -45,17 +45,7 @@ pub(crate) fn update(
         .zip(m.w_dec.par_chunks_mut(d))
         .zip(v.w_dec.par_chunks_mut(d))
         .with_min_len(ROWS_PER_TASK)
-        .for_each(|(((w, g), m), v)| {
-            let parallel = dot(g, w);
-            for (gi, wi) in g.iter_mut().zip(w.iter()) {
-                *gi -= wi * parallel;
-            }
-            adam.update_slice(w, g, m, v);
-            let norm = dot(w, w).sqrt().max(f32::MIN_POSITIVE);
-            for wi in w.iter_mut() {
-                *wi /= norm;
-            }
-        });
+        .for_each(|(((w, g), m), v)| decoder_row_widest(adam, w, g, m, v));
     params
         .w_enc
         .par_chunks_mut(d)
@@ -63,9 +53,39 @@ pub(crate) fn update(
         .zip(m.w_enc.par_chunks_mut(d))
         .zip(v.w_enc.par_chunks_mut(d))
         .with_min_len(ROWS_PER_TASK)
-        .for_each(|(((w, g), m), v)| adam.update_slice(w, g, m, v));
+        .for_each(|(((w, g), m), v)| adam_widest(adam, w, g, m, v));
     adam.update_slice(&mut params.b_enc, &grads.b_enc, &mut m.b_enc, &mut v.b_enc);
     adam.update_slice(&mut params.b_dec, &grads.b_dec, &mut m.b_dec, &mut v.b_dec);
+}
+
+/// One decoder row's update: the gradient's component along the row removed, Adam, and the
+/// row rescaled to unit norm.
+#[inline(always)]
+fn decoder_row(adam: &Adam, w: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+    let parallel = dot(g, w);
+    for (gi, wi) in g.iter_mut().zip(w.iter()) {
+        *gi -= wi * parallel;
+    }
+    adam.update_slice(w, g, m, v);
+    let norm = dot(w, w).sqrt().max(f32::MIN_POSITIVE);
+    for wi in w.iter_mut() {
+        *wi /= norm;
+    }
+}
+
+sae_simd::widest! {
+    fn decoder_row_widest(
+        adam: &Adam,
+        w: &mut [f32],
+        g: &mut [f32],
+        m: &mut [f32],
+        v: &mut [f32],
+    ) -> () = decoder_row;
+}
+
+sae_simd::widest! {
+    fn adam_widest(adam: &Adam, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) -> () =
+        Adam::update_slice;
 }
 
 #[cfg(test)]
@@ -161,5 +181,31 @@ mod tests {
         assert_eq!(first_non_finite(&g(1.0)), None);
         assert_eq!(first_non_finite(&g(f32::NAN)), Some("w_dec"));
         assert_eq!(first_non_finite(&g(f32::NEG_INFINITY)), Some("w_dec"));
+    }
+
+    /// The copies of the row updates that `sae_simd::widest!` runs on this CPU compute the
+    /// baseline build's bits, on rows long enough for the widest vectors (with a tail).
+    #[test]
+    fn the_widest_row_updates_compute_the_baselines_bits() {
+        let d = 389;
+        let adam = Adam::new(1e-3, 0.9, 0.999, 1e-8, 3);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let rows = |seed| [values(d, seed), values(d, seed + 1), values(d, seed + 2)];
+        let [w, g, m] = rows(1);
+        let v: Vec<f32> = values(d, 4).iter().map(|x| x * x).collect();
+        let mut base = (w.clone(), g.clone(), m.clone(), v.clone());
+        let mut wide = (w, g, m, v);
+        decoder_row(&adam, &mut base.0, &mut base.1, &mut base.2, &mut base.3);
+        decoder_row_widest(&adam, &mut wide.0, &mut wide.1, &mut wide.2, &mut wide.3);
+        assert_eq!(bits(&wide.0), bits(&base.0), "decoder row");
+        assert_eq!(bits(&wide.1), bits(&base.1), "projected gradient");
+        assert_eq!(bits(&wide.2), bits(&base.2), "first moment");
+        assert_eq!(bits(&wide.3), bits(&base.3), "second moment");
+        let g = values(d, 7);
+        adam.update_slice(&mut base.0, &g, &mut base.2, &mut base.3);
+        adam_widest(&adam, &mut wide.0, &g, &mut wide.2, &mut wide.3);
+        assert_eq!(bits(&wide.0), bits(&base.0), "encoder row");
+        assert_eq!(bits(&wide.2), bits(&base.2), "first moment");
+        assert_eq!(bits(&wide.3), bits(&base.3), "second moment");
     }
 }

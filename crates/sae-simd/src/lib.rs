@@ -1,0 +1,61 @@
+//! Plain Rust loops compiled for the widest vector extension of the CPU they run on.
+//!
+//! The workspace builds for the baseline of its target (SSE2 on x86-64), so plain loops over
+//! `f32` rows are vectorised four lanes wide. [`widest!`] defines a function that calls an
+//! `#[inline(always)]` one through copies of itself compiled with AVX-512 or AVX2 enabled,
+//! chosen when it runs by the CPU's features; the loops inlined into a copy are vectorised
+//! 16 or 8 lanes wide. Rust never contracts a multiply and an add into an FMA, and never
+//! reorders a float sum, so every copy computes the same bits: only the speed depends on the
+//! CPU.
+//!
+//! ```
+//! /// `sum_i a_i b_i`, in index order.
+//! #[inline(always)]
+//! fn dot(a: &[f32], b: &[f32]) -> f32 {
+//!     a.iter().zip(b).map(|(x, y)| x * y).sum()
+//! }
+//!
+//! sae_simd::widest! {
+//!     /// [`dot`] on the CPU's widest vectors.
+//!     fn dot_widest(a: &[f32], b: &[f32]) -> f32 = dot;
+//! }
+//!
+//! let (a, b) = ([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]);
+//! assert_eq!(dot_widest(&a, &b).to_bits(), dot(&a, &b).to_bits());
+//! ```
+
+/// `widest! { fn name(arg: Type, ...) -> Ret = inner; }` defines `name`, which calls
+/// `inner(arg, ...)` compiled for the widest vector extension this CPU has (AVX-512F, else
+/// AVX2, else the build's baseline). `inner` must be `#[inline(always)]`, and so must the
+/// functions its loops call, or they keep the baseline's code. Arguments may borrow; their
+/// lifetimes are elided.
+#[macro_export]
+macro_rules! widest {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $inner:path;) => {
+        $(#[$meta])*
+        #[allow(unsafe_code)]
+        $vis fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) -> $ret {
+                    $inner($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                fn avx2($($arg: $ty),*) -> $ret {
+                    $inner($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: a function compiled for AVX-512F runs on a CPU that has it,
+                    // checked just above.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: as above, for AVX2.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $inner($($arg),*)
+        }
+    };
+}
