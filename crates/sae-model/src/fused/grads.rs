@@ -654,16 +654,34 @@ mod tests {
     const F: usize = 16;
     const D: usize = 5;
 
+    /// Test values for `w_enc`, `b_enc`, `w_dec`, `b_dec` of `f` features of width `d`.
+    fn test_params(f: usize, d: usize) -> [Vec<f32>; 4] {
+        [
+            values(f * d, 1),
+            values(f, 2),
+            values(f * d, 3),
+            values(d, 4),
+        ]
+    }
+
+    fn host_params<'a>([w_enc, b_enc, w_dec, b_dec]: [&'a [f32]; 4]) -> HostParams<'a> {
+        HostParams {
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+        }
+    }
+
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|x| x.to_bits()).collect()
+    }
+
     /// Loss and gradients of a 3-token batch `x` whose tokens keep 2 of 16 features each (by
     /// fixed scores), with encoder weights `w_enc` and the other parameters fixed.
     fn loss_and_grads(w_enc: &[f32], x: &[f32], selection: &Selection) -> HostLossAndGrads {
-        let (b_enc, w_dec, b_dec) = (values(F, 2), values(F * D, 3), values(D, 4));
-        let params = HostParams {
-            w_enc,
-            b_enc: &b_enc,
-            w_dec: &w_dec,
-            b_dec: &b_dec,
-        };
+        let [_, b_enc, w_dec, b_dec] = test_params(F, D);
+        let params = host_params([w_enc, &b_enc, &w_dec, &b_dec]);
         let spec = HostLossSpec {
             selection,
             aux_selection: None,
@@ -715,18 +733,8 @@ mod tests {
         let scores = values(N * F, 9);
         let selection = row_topk(&ScoreMatrix::new(&scores, N, F).unwrap(), 2).unwrap();
         let aux = row_topk(&ScoreMatrix::new(&values(N * F, 11), N, F).unwrap(), 3).unwrap();
-        let (w_enc, b_enc, w_dec, b_dec) = (
-            values(F * D, 1),
-            values(F, 2),
-            values(F * D, 3),
-            values(D, 4),
-        );
-        let params = HostParams {
-            w_enc: &w_enc,
-            b_enc: &b_enc,
-            w_dec: &w_dec,
-            b_dec: &b_dec,
-        };
+        let [w_enc, b_enc, w_dec, b_dec] = test_params(F, D);
+        let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
         let spec = |aux_selection| HostLossSpec {
             selection: &selection,
             aux_selection,
@@ -755,14 +763,9 @@ mod tests {
                 (&reused.w_dec, &fresh.w_dec),
                 (&reused.b_dec, &fresh.b_dec),
             ] {
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(got), bits(want), "x seed {x_seed}");
             }
         }
-    }
-
-    fn bits(values: &[f32]) -> Vec<u32> {
-        values.iter().map(|x| x.to_bits()).collect()
     }
 
     /// The copies of the passes that `sae_simd::widest!` runs on this CPU compute the baseline
@@ -771,18 +774,8 @@ mod tests {
     #[test]
     fn the_widest_passes_compute_the_baselines_bits() {
         let (n, f, d) = (40, 130, 389);
-        let (w_enc, b_enc, w_dec, b_dec) = (
-            values(f * d, 1),
-            values(f, 2),
-            values(f * d, 3),
-            values(d, 4),
-        );
-        let params = HostParams {
-            w_enc: &w_enc,
-            b_enc: &b_enc,
-            w_dec: &w_dec,
-            b_dec: &b_dec,
-        };
+        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d);
+        let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
         let x = values(n * d, 5);
         let scores = values(n * f, 9);
         let selection = row_topk(&ScoreMatrix::new(&scores, n, f).unwrap(), 5).unwrap();
