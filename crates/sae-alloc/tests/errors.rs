@@ -51,10 +51,10 @@ fn nan_is_reported_with_its_position_by_every_rule() {
     assert!(want.to_string().contains("row 1, column 1"));
 }
 
-/// Long rows (at least 4 blocks of 64 scores per selected one) look for NaN in the same pass
-/// as their block maxima: a NaN is found and named wherever it is, in the first or a middle
-/// block, in the tail after the last full block, as the row's first or last score, and so it
-/// is for shorter rows of the same matrix (k = 3 takes the other path).
+/// Row top-k names a NaN wherever it is in a long row (at least 4 blocks of 64 scores per
+/// selected one, the rows that take the block-maxima bound): in the first or a middle block,
+/// in the tail after the last full block, as the row's first or last score; and so it does
+/// with k = 3, where the same rows take the other path.
 #[test]
 fn nan_in_long_rows_is_reported_with_its_position() {
     let (rows, cols) = (3, 64 * 8 + 5);
