@@ -24,11 +24,67 @@
 //! assert_eq!(dot_widest(&a, &b).to_bits(), dot(&a, &b).to_bits());
 //! ```
 
+use std::cell::Cell;
+
+/// A vector extension a copy of [`widest!`] is compiled for, narrowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// The build's target baseline (SSE2 on x86-64).
+    Baseline,
+    /// AVX2 (x86-64).
+    Avx2,
+    /// AVX-512F (x86-64).
+    Avx512,
+}
+
+impl Level {
+    /// Every level, narrowest first.
+    pub const ALL: [Level; 3] = [Level::Baseline, Level::Avx2, Level::Avx512];
+
+    /// The widest level this CPU runs.
+    pub fn detected() -> Level {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Level::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Level::Avx2;
+            }
+        }
+        Level::Baseline
+    }
+}
+
+thread_local! {
+    static CAP: Cell<Level> = const { Cell::new(Level::Avx512) };
+}
+
+/// Runs `body` with the functions of [`widest!`] called on this thread using no level above
+/// `cap`: how tests compare every copy this CPU runs with the baseline's.
+pub fn capped<R>(cap: Level, body: impl FnOnce() -> R) -> R {
+    /// Puts the cap back when `body` returns or unwinds.
+    struct Restore(Level);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CAP.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(CAP.with(|c| c.replace(cap)));
+    body()
+}
+
+/// The level the functions of [`widest!`] run at on this thread: the CPU's widest, or less
+/// under [`capped`].
+pub fn level() -> Level {
+    Level::detected().min(CAP.with(Cell::get))
+}
+
 /// `widest! { fn name(arg: Type, ...) -> Ret = inner; }` defines `name`, which calls
 /// `inner(arg, ...)` compiled for the widest vector extension this CPU has (AVX-512F, else
-/// AVX2, else the build's baseline). `inner` must be `#[inline(always)]`, and so must the
-/// functions its loops call, or they keep the baseline's code. Arguments may borrow; their
-/// lifetimes are elided.
+/// AVX2, else the build's baseline; see [`level`]). `inner` must be `#[inline(always)]`, and so
+/// must the functions its loops call, or they keep the baseline's code. Arguments may borrow;
+/// their lifetimes are elided.
 #[macro_export]
 macro_rules! widest {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty = $inner:path;) => {
@@ -45,14 +101,13 @@ macro_rules! widest {
                 fn avx2($($arg: $ty),*) -> $ret {
                     $inner($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: a function compiled for AVX-512F runs on a CPU that has it,
-                    // checked just above.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
+                match $crate::level() {
+                    // SAFETY: `level` is at most the CPU's detected level, so the CPU has
+                    // AVX-512F.
+                    $crate::Level::Avx512 => return unsafe { avx512($($arg),*) },
                     // SAFETY: as above, for AVX2.
-                    return unsafe { avx2($($arg),*) };
+                    $crate::Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::Level::Baseline => {}
                 }
             }
             $inner($($arg),*)

@@ -1,5 +1,7 @@
 //! Every copy `widest!` picks computes the bits of the baseline's code.
 
+use sae_simd::{Level, capped};
+
 /// A dot product in eight explicit lanes, then their sum in order: the shape of the fused
 /// step's reductions, which a wider copy may vectorise.
 #[inline(always)]
@@ -43,25 +45,44 @@ fn values(len: usize, seed: u32) -> Vec<f32> {
 }
 
 /// A copy that reassociated the lane sums or contracted `x * y + acc` into an FMA would differ
-/// from the baseline in the last bits on these values (lengths with and without a tail).
+/// from the baseline in the last bits on these values (lengths with and without a tail). Every
+/// level this CPU runs is compared, through `capped`.
 #[test]
-fn the_widest_copy_computes_the_baselines_bits() {
-    for len in [0, 7, 8, 384, 389, 4099] {
-        let (a, b) = (values(len, 1), values(len, 2));
-        assert_eq!(
-            lane_dot_widest(&a, &b).to_bits(),
-            lane_dot(&a, &b).to_bits(),
-            "lane dot, length {len}"
-        );
-        let (mut y_widest, mut y_base) = (values(len, 3), values(len, 3));
-        let sum_widest = axpy_then_sum_widest(0.37, &a, &mut y_widest);
-        let sum_base = axpy_then_sum(0.37, &a, &mut y_base);
-        assert_eq!(
-            sum_widest.to_bits(),
-            sum_base.to_bits(),
-            "sum, length {len}"
-        );
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&y_widest), bits(&y_base), "axpy, length {len}");
+fn every_copy_computes_the_baselines_bits() {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for level in Level::ALL {
+        for len in [0, 7, 8, 384, 389, 4099] {
+            let (a, b) = (values(len, 1), values(len, 2));
+            let dot = capped(level, || lane_dot_widest(&a, &b));
+            assert_eq!(
+                dot.to_bits(),
+                lane_dot(&a, &b).to_bits(),
+                "dot, {level:?}, {len}"
+            );
+            let (mut y_widest, mut y_base) = (values(len, 3), values(len, 3));
+            let sum_widest = capped(level, || axpy_then_sum_widest(0.37, &a, &mut y_widest));
+            let sum_base = axpy_then_sum(0.37, &a, &mut y_base);
+            assert_eq!(
+                sum_widest.to_bits(),
+                sum_base.to_bits(),
+                "sum, {level:?}, {len}"
+            );
+            assert_eq!(bits(&y_widest), bits(&y_base), "axpy, {level:?}, {len}");
+        }
     }
+}
+
+/// The level is the CPU's widest unless capped, the cap holds only inside `capped` (also when
+/// its body panics), and a cap above the CPU's level changes nothing.
+#[test]
+fn a_cap_lowers_the_level_only_inside_its_body() {
+    let detected = Level::detected();
+    assert_eq!(sae_simd::level(), detected);
+    for cap in Level::ALL {
+        assert_eq!(capped(cap, sae_simd::level), cap.min(detected));
+        assert_eq!(sae_simd::level(), detected);
+    }
+    let unwound = std::panic::catch_unwind(|| capped(Level::Baseline, || panic!("inside")));
+    assert!(unwound.is_err());
+    assert_eq!(sae_simd::level(), detected);
 }

@@ -644,6 +644,7 @@ pub fn host_loss_and_grads_into(
 #[cfg(test)]
 mod tests {
     use sae_alloc::{ScoreMatrix, row_topk};
+    use sae_simd::{Level, capped};
 
     use super::super::test_values as values;
     use super::super::update::first_non_finite;
@@ -768,7 +769,7 @@ mod tests {
         }
     }
 
-    /// The copies of the passes that `sae_simd::widest!` runs on this CPU compute the baseline
+    /// Every copy of the passes that `sae_simd::widest!` runs on this CPU computes the baseline
     /// build's bits: rows long enough for the widest vectors (with a tail), two token blocks,
     /// three feature blocks (one partial), main and auxiliary pairs, codes computed and read.
     #[test]
@@ -780,7 +781,11 @@ mod tests {
         let scores = values(n * f, 9);
         let selection = row_topk(&ScoreMatrix::new(&scores, n, f).unwrap(), 5).unwrap();
         let aux = row_topk(&ScoreMatrix::new(&values(n * f, 11), n, f).unwrap(), 3).unwrap();
-        for affinities in [None, Some(&scores[..])] {
+        for (level, affinities) in Level::ALL
+            .into_iter()
+            .flat_map(|level| [(level, None), (level, Some(&scores[..]))])
+        {
+            let at = format!("{level:?}, codes read: {}", affinities.is_some());
             let spec = HostLossSpec {
                 selection: &selection,
                 aux_selection: Some(&aux),
@@ -789,46 +794,56 @@ mod tests {
                 aux_coef: 1.0 / 32.0,
                 affinities,
             };
-            let mut err = [vec![0.0; n * d], vec![0.0; n * d]];
-            let mut aux_err = [vec![0.0; n * d], vec![0.0; n * d]];
-            let base = token_block(&params, &x, 0..n, &spec, &mut err[0], &mut aux_err[0]);
-            let wide = token_block_widest(&params, &x, 0..n, &spec, &mut err[1], &mut aux_err[1]);
-            assert_eq!(bits(&wide.main.values), bits(&base.main.values));
-            assert_eq!(bits(&wide.main.grads), bits(&base.main.grads));
-            assert_eq!(bits(&wide.aux.values), bits(&base.aux.values));
-            assert_eq!(bits(&wide.aux.grads), bits(&base.aux.grads));
-            assert_eq!(bits(&wide.b_dec_main), bits(&base.b_dec_main));
+            let [mut err, mut wide_err, mut aux_err, mut wide_aux_err] =
+                std::array::from_fn(|_| vec![0.0; n * d]);
+            let base = token_block(&params, &x, 0..n, &spec, &mut err, &mut aux_err);
+            let wide = capped(level, || {
+                token_block_widest(&params, &x, 0..n, &spec, &mut wide_err, &mut wide_aux_err)
+            });
+            for (got, want, what) in [
+                (&wide.main.values, &base.main.values, "codes"),
+                (&wide.main.grads, &base.main.grads, "dL/du"),
+                (&wide.aux.values, &base.aux.values, "aux codes"),
+                (&wide.aux.grads, &base.aux.grads, "aux dL/du"),
+                (&wide.b_dec_main, &base.b_dec_main, "b_dec part"),
+                (&wide_err, &err, "errors"),
+                (&wide_aux_err, &aux_err, "aux errors"),
+            ] {
+                assert_eq!(bits(got), bits(want), "{what}, {at}");
+            }
             assert_eq!(
                 [wide.sse, wide.aux_num, wide.aux_den].map(f64::to_bits),
-                [base.sse, base.aux_num, base.aux_den].map(f64::to_bits)
+                [base.sse, base.aux_num, base.aux_den].map(f64::to_bits),
+                "{at}"
             );
-            assert_eq!(bits(&err[1]), bits(&err[0]));
-            assert_eq!(bits(&aux_err[1]), bits(&aux_err[0]));
 
             let sets = [
-                FeaturePairs::new(&selection, &base.main, (&err[0], 0.3), 1.0),
-                FeaturePairs::new(&aux, &base.aux, (&aux_err[0], 0.7), 0.7),
+                FeaturePairs::new(&selection, &base.main, (&err, 0.3), 1.0),
+                FeaturePairs::new(&aux, &base.aux, (&aux_err, 0.7), 0.7),
             ];
             for b in 0..f.div_ceil(FEATURE_BLOCK) {
                 let rows = FEATURE_BLOCK.min(f - b * FEATURE_BLOCK);
-                let mut out: [_; 2] = std::array::from_fn(|_| {
-                    (vec![1.0; rows * d], vec![1.0; rows * d], vec![1.0; rows])
+                let [mut enc, mut dec, mut wide_enc, mut wide_dec] =
+                    std::array::from_fn(|_| vec![1.0; rows * d]);
+                let (mut bias, mut wide_bias) = (vec![1.0; rows], vec![1.0; rows]);
+                let flags = feature_block(b, &mut enc, &mut dec, &mut bias, &sets, &x, &b_dec);
+                let wide_flags = capped(level, || {
+                    let (enc, dec, bias) = (&mut wide_enc, &mut wide_dec, &mut wide_bias);
+                    feature_block_widest(b, enc, dec, bias, &sets, &x, &b_dec)
                 });
-                let (base_out, wide_out) = out.split_at_mut(1);
-                let (enc, dec, bias) = &mut base_out[0];
-                let base_flags = feature_block(b, enc, dec, bias, &sets, &x, &b_dec);
-                let (enc, dec, bias) = &mut wide_out[0];
-                let wide_flags = feature_block_widest(b, enc, dec, bias, &sets, &x, &b_dec);
-                assert_eq!(wide_flags, base_flags);
-                assert_eq!(bits(&out[1].0), bits(&out[0].0), "w_enc, block {b}");
-                assert_eq!(bits(&out[1].1), bits(&out[0].1), "w_dec, block {b}");
-                assert_eq!(bits(&out[1].2), bits(&out[0].2), "b_enc, block {b}");
+                assert_eq!(wide_flags, flags, "block {b}, {at}");
+                assert_eq!(bits(&wide_enc), bits(&enc), "w_enc, block {b}, {at}");
+                assert_eq!(bits(&wide_dec), bits(&dec), "w_dec, block {b}, {at}");
+                assert_eq!(bits(&wide_bias), bits(&bias), "b_enc, block {b}, {at}");
             }
+            let weights = values(f, 12);
+            assert_eq!(
+                bits(&capped(level, || weighted_row_sum_widest(
+                    &w_enc, &weights, d
+                ))),
+                bits(&weighted_row_sum(&w_enc, &weights, d)),
+                "{at}"
+            );
         }
-        let weights = values(f, 12);
-        assert_eq!(
-            bits(&weighted_row_sum_widest(&w_enc, &weights, d)),
-            bits(&weighted_row_sum(&w_enc, &weights, d))
-        );
     }
 }

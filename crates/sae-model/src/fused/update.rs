@@ -183,29 +183,40 @@ mod tests {
         assert_eq!(first_non_finite(&g(f32::NEG_INFINITY)), Some("w_dec"));
     }
 
-    /// The copies of the row updates that `sae_simd::widest!` runs on this CPU compute the
+    /// Every copy of the row updates that `sae_simd::widest!` runs on this CPU computes the
     /// baseline build's bits, on rows long enough for the widest vectors (with a tail).
     #[test]
     fn the_widest_row_updates_compute_the_baselines_bits() {
         let d = 389;
         let adam = Adam::new(1e-3, 0.9, 0.999, 1e-8, 3);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let rows = |seed| [values(d, seed), values(d, seed + 1), values(d, seed + 2)];
-        let [w, g, m] = rows(1);
-        let v: Vec<f32> = values(d, 4).iter().map(|x| x * x).collect();
-        let mut base = (w.clone(), g.clone(), m.clone(), v.clone());
-        let mut wide = (w, g, m, v);
-        decoder_row(&adam, &mut base.0, &mut base.1, &mut base.2, &mut base.3);
-        decoder_row_widest(&adam, &mut wide.0, &mut wide.1, &mut wide.2, &mut wide.3);
-        assert_eq!(bits(&wide.0), bits(&base.0), "decoder row");
-        assert_eq!(bits(&wide.1), bits(&base.1), "projected gradient");
-        assert_eq!(bits(&wide.2), bits(&base.2), "first moment");
-        assert_eq!(bits(&wide.3), bits(&base.3), "second moment");
+        let squares = |v: Vec<f32>| v.iter().map(|x| x * x).collect::<Vec<_>>();
+        let start = [
+            values(d, 1),
+            values(d, 2),
+            values(d, 3),
+            squares(values(d, 4)),
+        ];
         let g = values(d, 7);
-        adam.update_slice(&mut base.0, &g, &mut base.2, &mut base.3);
-        adam_widest(&adam, &mut wide.0, &g, &mut wide.2, &mut wide.3);
-        assert_eq!(bits(&wide.0), bits(&base.0), "encoder row");
-        assert_eq!(bits(&wide.2), bits(&base.2), "first moment");
-        assert_eq!(bits(&wide.3), bits(&base.3), "second moment");
+        for level in sae_simd::Level::ALL {
+            let [mut w, mut dw, mut m, mut v] = start.clone();
+            let [mut wide_w, mut wide_dw, mut wide_m, mut wide_v] = start.clone();
+            decoder_row(&adam, &mut w, &mut dw, &mut m, &mut v);
+            sae_simd::capped(level, || {
+                decoder_row_widest(&adam, &mut wide_w, &mut wide_dw, &mut wide_m, &mut wide_v)
+            });
+            let rows = [(&wide_w, &w), (&wide_dw, &dw), (&wide_m, &m), (&wide_v, &v)];
+            for ((got, want), what) in rows.into_iter().zip(["row", "gradient", "m", "v"]) {
+                assert_eq!(bits(got), bits(want), "decoder {what}, {level:?}");
+            }
+            adam.update_slice(&mut w, &g, &mut m, &mut v);
+            sae_simd::capped(level, || {
+                adam_widest(&adam, &mut wide_w, &g, &mut wide_m, &mut wide_v)
+            });
+            let rows = [(&wide_w, &w), (&wide_m, &m), (&wide_v, &v)];
+            for ((got, want), what) in rows.into_iter().zip(["row", "m", "v"]) {
+                assert_eq!(bits(got), bits(want), "encoder {what}, {level:?}");
+            }
+        }
     }
 }
