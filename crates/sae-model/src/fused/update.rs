@@ -12,7 +12,7 @@ use super::grads::{HostLossAndGrads, any_non_finite, dot, first_flagged};
 use crate::adam::Adam;
 use crate::sae::SaeParams;
 
-/// Decoder rows per parallel task.
+/// Parameter rows per parallel task (and per call of a `widest!` function).
 const ROWS_PER_TASK: usize = 64;
 
 /// Whether every gradient is finite; otherwise the name of the first parameter that is not,
@@ -38,49 +38,52 @@ pub(crate) fn update(
     v: &mut SaeParams,
 ) {
     let d = params.d_model;
+    let task = ROWS_PER_TASK * d;
     params
         .w_dec
-        .par_chunks_mut(d)
-        .zip(grads.w_dec.par_chunks_mut(d))
-        .zip(m.w_dec.par_chunks_mut(d))
-        .zip(v.w_dec.par_chunks_mut(d))
-        .with_min_len(ROWS_PER_TASK)
-        .for_each(|(((w, g), m), v)| decoder_row_widest(adam, w, g, m, v));
+        .par_chunks_mut(task)
+        .zip(grads.w_dec.par_chunks_mut(task))
+        .zip(m.w_dec.par_chunks_mut(task))
+        .zip(v.w_dec.par_chunks_mut(task))
+        .for_each(|(((w, g), m), v)| decoder_rows_widest(adam, d, w, g, m, v));
     params
         .w_enc
-        .par_chunks_mut(d)
-        .zip(grads.w_enc.par_chunks(d))
-        .zip(m.w_enc.par_chunks_mut(d))
-        .zip(v.w_enc.par_chunks_mut(d))
-        .with_min_len(ROWS_PER_TASK)
+        .par_chunks_mut(task)
+        .zip(grads.w_enc.par_chunks(task))
+        .zip(m.w_enc.par_chunks_mut(task))
+        .zip(v.w_enc.par_chunks_mut(task))
         .for_each(|(((w, g), m), v)| adam_widest(adam, w, g, m, v));
     adam.update_slice(&mut params.b_enc, &grads.b_enc, &mut m.b_enc, &mut v.b_enc);
     adam.update_slice(&mut params.b_dec, &grads.b_dec, &mut m.b_dec, &mut v.b_dec);
 }
 
-/// One decoder row's update: the gradient's component along the row removed, Adam, and the
-/// row rescaled to unit norm.
+/// The update of decoder rows of width `d`, each in turn: the gradient's component along the
+/// row removed, Adam, and the row rescaled to unit norm.
 #[inline(always)]
-fn decoder_row(adam: &Adam, w: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32]) {
-    let parallel = dot(g, w);
-    for (gi, wi) in g.iter_mut().zip(w.iter()) {
-        *gi -= wi * parallel;
-    }
-    adam.update_slice(w, g, m, v);
-    let norm = dot(w, w).sqrt().max(f32::MIN_POSITIVE);
-    for wi in w.iter_mut() {
-        *wi /= norm;
+fn decoder_rows(adam: &Adam, d: usize, w: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+    let rows = w.chunks_mut(d).zip(g.chunks_mut(d));
+    for ((w, g), (m, v)) in rows.zip(m.chunks_mut(d).zip(v.chunks_mut(d))) {
+        let parallel = dot(g, w);
+        for (gi, wi) in g.iter_mut().zip(w.iter()) {
+            *gi -= wi * parallel;
+        }
+        adam.update_slice(w, g, m, v);
+        let norm = dot(w, w).sqrt().max(f32::MIN_POSITIVE);
+        for wi in w.iter_mut() {
+            *wi /= norm;
+        }
     }
 }
 
 sae_simd::widest! {
-    fn decoder_row_widest(
+    fn decoder_rows_widest(
         adam: &Adam,
+        d: usize,
         w: &mut [f32],
         g: &mut [f32],
         m: &mut [f32],
         v: &mut [f32],
-    ) -> () = decoder_row;
+    ) -> () = decoder_rows;
 }
 
 sae_simd::widest! {
@@ -187,23 +190,25 @@ mod tests {
     /// baseline build's bits, on rows long enough for the widest vectors (with a tail).
     #[test]
     fn the_widest_row_updates_compute_the_baselines_bits() {
-        let d = 389;
+        let (d, rows) = (389, 3);
         let adam = Adam::new(1e-3, 0.9, 0.999, 1e-8, 3);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let squares = |v: Vec<f32>| v.iter().map(|x| x * x).collect::<Vec<_>>();
+        let len = rows * d;
         let start = [
-            values(d, 1),
-            values(d, 2),
-            values(d, 3),
-            squares(values(d, 4)),
+            values(len, 1),
+            values(len, 2),
+            values(len, 3),
+            squares(values(len, 4)),
         ];
-        let g = values(d, 7);
+        let g = values(len, 7);
         for level in sae_simd::Level::ALL {
             let [mut w, mut dw, mut m, mut v] = start.clone();
             let [mut wide_w, mut wide_dw, mut wide_m, mut wide_v] = start.clone();
-            decoder_row(&adam, &mut w, &mut dw, &mut m, &mut v);
+            decoder_rows(&adam, d, &mut w, &mut dw, &mut m, &mut v);
             sae_simd::capped(level, || {
-                decoder_row_widest(&adam, &mut wide_w, &mut wide_dw, &mut wide_m, &mut wide_v)
+                let (dw, m, v) = (&mut wide_dw, &mut wide_m, &mut wide_v);
+                decoder_rows_widest(&adam, d, &mut wide_w, dw, m, v)
             });
             let rows = [(&wide_w, &w), (&wide_dw, &dw), (&wide_m, &m), (&wide_v, &v)];
             for ((got, want), what) in rows.into_iter().zip(["row", "gradient", "m", "v"]) {
