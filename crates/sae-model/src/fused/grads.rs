@@ -646,6 +646,7 @@ mod tests {
     use sae_alloc::{ScoreMatrix, row_topk};
     use sae_simd::{Level, capped};
 
+    use super::super::bits;
     use super::super::test_values as values;
     use super::super::update::first_non_finite;
     use super::*;
@@ -672,10 +673,6 @@ mod tests {
             w_dec,
             b_dec,
         }
-    }
-
-    fn bits(values: &[f32]) -> Vec<u32> {
-        values.iter().map(|x| x.to_bits()).collect()
     }
 
     /// Loss and gradients of a 3-token batch `x` whose tokens keep 2 of 16 features each (by

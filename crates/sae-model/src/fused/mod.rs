@@ -30,3 +30,9 @@ fn test_values(len: usize, seed: u32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The bit patterns of `values`, for comparisons that must be exact.
+#[cfg(test)]
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|x| x.to_bits()).collect()
+}

@@ -96,6 +96,7 @@ mod tests {
     use burn::backend::NdArray;
     use burn::tensor::{Tensor, TensorData};
 
+    use super::super::bits;
     use super::super::test_values as values;
     use super::*;
     use crate::sae::{host_vec, normalize_rows, remove_parallel_gradient};
@@ -192,7 +193,6 @@ mod tests {
     fn the_widest_row_updates_compute_the_baselines_bits() {
         let (d, rows) = (389, 3);
         let adam = Adam::new(1e-3, 0.9, 0.999, 1e-8, 3);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let squares = |v: Vec<f32>| v.iter().map(|x| x * x).collect::<Vec<_>>();
         let len = rows * d;
         let start = [
