@@ -157,20 +157,36 @@ enum Part {
 fn candidates(chunk: &[f32], bound: f32) -> Part {
     const LANE: usize = 16;
     let mut found = Vec::new();
-    for (l, lane) in chunk.chunks(LANE).enumerate() {
+    let lanes = chunk.chunks_exact(LANE);
+    let tail = lanes.remainder();
+    for (l, lane) in lanes.enumerate() {
+        let lane: &[f32; LANE] = lane.try_into().expect("exact chunk");
         // `!(x < bound)` also holds for NaN, which thus reaches the exact test.
-        if !lane.iter().fold(false, |any, &x| any | !(x < bound)) {
-            continue;
-        }
-        for (j, &x) in lane.iter().enumerate() {
-            if x >= bound {
-                found.push((u64::from(score_key(x)) << 32) | (l * LANE + j) as u64);
-            } else if x.is_nan() {
-                return Part::Nan;
-            }
+        if lane.iter().fold(false, |any, &x| any | !(x < bound))
+            && !admit(lane, l * LANE, bound, &mut found)
+        {
+            return Part::Nan;
         }
     }
-    Part::Found(found)
+    if admit(tail, chunk.len() - tail.len(), bound, &mut found) {
+        Part::Found(found)
+    } else {
+        Part::Nan
+    }
+}
+
+/// Pushes the candidates `>= bound` of `lane` (whose first offset is `start`) to `found`;
+/// `false` at a NaN.
+#[inline]
+fn admit(lane: &[f32], start: usize, bound: f32, found: &mut Candidates) -> bool {
+    for (j, &x) in lane.iter().enumerate() {
+        if x >= bound {
+            found.push((u64::from(score_key(x)) << 32) | (start + j) as u64);
+        } else if x.is_nan() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The radix-select path (see [`global_topk`]).

@@ -35,8 +35,10 @@ pub fn row_topk(scores: &ScoreMatrix, k: usize) -> Result<Selection, AllocError>
                         .enumerate()
                     {
                         let row = scores.row(first + i);
-                        scores.check_no_nan(row, (first + i) * cols)?;
-                        top_of_slice(row, k, buf);
+                        if !top_of_slice(row, k, buf) {
+                            scores.check_no_nan(row, (first + i) * cols)?;
+                            unreachable!("the row holds a NaN");
+                        }
                         write_by_index(buf, row, f, v);
                     }
                     Ok::<(), AllocError>(())
@@ -53,21 +55,22 @@ pub fn row_topk(scores: &ScoreMatrix, k: usize) -> Result<Selection, AllocError>
 }
 
 /// Fills `buf` with the rank keys of the `k` (1 <= k <= len) largest values of `slice`,
-/// indices relative to the slice, in no particular order.
+/// indices relative to the slice, in no particular order; returns `false`, with `buf` in no
+/// particular state, if the slice holds a NaN.
 ///
-/// Long slices first bound the answer from below: the `k`-th largest of the maxima of
-/// [`BLOCK`]-score blocks is at most the `k`-th largest score (the `k` blocks with the largest
-/// maxima each hold a score at least that large), so one more pass admitting only the scores
-/// at or above it keeps every score of the top `k`, usually with few others.
-pub(crate) fn top_of_slice(slice: &[f32], k: usize, buf: &mut Vec<u64>) {
+/// Long slices first bound the answer from below. The scores are split into groups and the
+/// `k`-th largest of the group maxima is at most the `k`-th largest score (the `k` groups with
+/// the largest maxima each hold a score at least that large), so one more pass admitting only
+/// the scores at or above it keeps every score of the top `k`, usually with few others. Any
+/// partition into groups bounds alike; [`group_maxima`]'s is the one that vectorises.
+pub(crate) fn top_of_slice(slice: &[f32], k: usize, buf: &mut Vec<u64>) -> bool {
     buf.clear();
-    if k > 0 && slice.len() / BLOCK >= BLOCKS_PER_SELECTED * k {
-        // Full blocks only: the scores after the last one are still scanned below.
-        for (b, block) in slice.chunks_exact(BLOCK).enumerate() {
-            let max = block.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            buf.push(rank_key(max, b as u32));
+    let groups = slice.len() / SPAN * LANE;
+    if k > 0 && groups >= GROUPS_PER_SELECTED * k {
+        if !group_maxima(slice, buf) {
+            return false;
         }
-        // The k-th largest block maximum; ties among maxima do not matter for a bound.
+        // The k-th largest group maximum; ties among maxima do not matter for a bound.
         keep_largest(buf, k);
         let bound = admission_threshold(buf);
         buf.clear();
@@ -75,8 +78,10 @@ pub(crate) fn top_of_slice(slice: &[f32], k: usize, buf: &mut Vec<u64>) {
         // A bound of -inf bounds nothing (and has no float below it).
         if bound > f32::NEG_INFINITY {
             admit_from(slice, 0, k, bound.next_down(), buf);
-            return;
+            return true;
         }
+    } else if has_nan(slice) {
+        return false;
     }
     for (i, &x) in slice[..k].iter().enumerate() {
         buf.push(rank_key(x, i as u32));
@@ -84,15 +89,48 @@ pub(crate) fn top_of_slice(slice: &[f32], k: usize, buf: &mut Vec<u64>) {
     // Later scores have higher indices, so one equal to the k-th largest so far loses its tie.
     let threshold = admission_threshold(buf);
     admit_from(&slice[k..], k, k, threshold, buf);
+    true
 }
 
 /// Scores compared per branch-free test.
 const LANE: usize = 16;
-/// Scores per block of the lower bound of [`top_of_slice`].
-const BLOCK: usize = 64;
-/// Blocks per selected score from which a slice takes the lower bound: with fewer, the
+/// Scores per span of [`group_maxima`]: [`LANE`] groups of 64 scores each.
+const SPAN: usize = 64 * LANE;
+/// Groups per selected score from which a slice takes the lower bound: with fewer, the
 /// bound passes too many scores to pay for its extra pass.
-const BLOCKS_PER_SELECTED: usize = 4;
+const GROUPS_PER_SELECTED: usize = 4;
+
+/// Pushes the rank keys of the maxima of the groups of `slice`'s full [`SPAN`]s (the group
+/// as index) to `buf`; `false` if the slice holds a NaN (the scores after the last full span
+/// included). Group `LANE * s + j` holds the scores of
+/// span `s` at positions `j` mod [`LANE`], so each span is one elementwise maximum of its
+/// lanes, without a horizontal step. A NaN never wins a comparison and is found by its own
+/// test in the same pass.
+fn group_maxima(slice: &[f32], buf: &mut Vec<u64>) -> bool {
+    let spans = slice.chunks_exact(SPAN);
+    if has_nan(spans.remainder()) {
+        return false;
+    }
+    let mut nan = [false; LANE];
+    for (s, span) in spans.enumerate() {
+        let mut max = [f32::NEG_INFINITY; LANE];
+        for lane in span.chunks_exact(LANE) {
+            for j in 0..LANE {
+                let x = lane[j];
+                max[j] = if x > max[j] { x } else { max[j] };
+                nan[j] |= x.is_nan();
+            }
+        }
+        let first = (s * LANE) as u32;
+        buf.extend((first..).zip(max).map(|(g, m)| rank_key(m, g)));
+    }
+    !nan.contains(&true)
+}
+
+/// Whether `slice` holds a NaN (without short-circuit, so it vectorises).
+fn has_nan(slice: &[f32]) -> bool {
+    slice.iter().fold(false, |nan, x| nan | x.is_nan())
+}
 
 /// Adds to `buf` every score of `scores` (whose first index is `start`) strictly above a bar
 /// that starts at `threshold` and rises to the `k`-th largest kept so far whenever `buf` fills

@@ -51,19 +51,19 @@ fn nan_is_reported_with_its_position_by_every_rule() {
     assert!(want.to_string().contains("row 1, column 1"));
 }
 
-/// Row top-k names a NaN wherever it is in a long row (at least 4 blocks of 64 scores per
-/// selected one, the rows that take the block-maxima bound): in the first or a middle block,
-/// in the tail after the last full block, as the row's first or last score; and so it does
-/// with k = 3, where the same rows take the other path.
+/// Row top-k names a NaN wherever it is in a long row (at least 4 groups of 64 scores per
+/// selected one, 16 groups per full span of 1024: the rows that take the group-maxima bound):
+/// in the first or a middle span, in the tail after the last full span, as the row's first
+/// or last score; and so it does with k = 9, where the same rows take the other path.
 #[test]
 fn nan_in_long_rows_is_reported_with_its_position() {
-    let (rows, cols) = (3, 64 * 8 + 5);
-    for col in [0, 63, 64 * 5 + 17, 64 * 8, cols - 1] {
+    let (rows, cols) = (3, 1024 * 2 + 5);
+    for col in [0, 15, 1024 + 17 * 16 + 3, 1024 * 2, cols - 1] {
         for nan in [f32::NAN, -f32::NAN] {
             let mut data: Vec<f32> = (0..rows * cols).map(|i| (i % 97) as f32).collect();
             data[cols + col] = nan;
             let m = ScoreMatrix::new(&data, rows, cols).unwrap();
-            for k in [1, 2, 3] {
+            for k in [1, 8, 9] {
                 assert_eq!(
                     row_topk(&m, k).unwrap_err(),
                     AllocError::NanScore { row: 1, col },
