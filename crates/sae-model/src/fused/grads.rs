@@ -86,10 +86,22 @@ pub struct HostLossSpec<'a> {
     pub recon_scale: f64,
     /// Coefficient of the auxiliary loss.
     pub aux_coef: f32,
-    /// The `[N, F]` affinities the selections were made on, where the caller holds them: the
-    /// codes are then read from them (one value per pair) instead of recomputed (a dot
-    /// product of `d` per pair).
-    pub affinities: Option<&'a [f32]>,
+    /// Where each pair's affinity comes from.
+    pub affinities: PairAffinities<'a>,
+}
+
+/// Where the fused loss takes the affinity `u_p` of each selected pair from.
+#[derive(Debug, Clone, Copy)]
+pub enum PairAffinities<'a> {
+    /// Recomputed from the parameters: a dot product of `d` per pair.
+    Recomputed,
+    /// Read from the `[N, F]` affinities the selections were made on: one value per pair,
+    /// each at its own place in a matrix far larger than the caches.
+    Matrix(&'a [f32]),
+    /// The selections' own scores, which must be the affinities at their pairs, bit for bit:
+    /// so are those of every rule of `sae-alloc` (and of its sharded rules) applied to the
+    /// affinities, and of the auxiliary selection. Read in the order of the pairs.
+    SelectionScores,
 }
 
 /// Loss values and gradients as host vectors, shaped like the parameters.
@@ -199,16 +211,19 @@ struct TokenBlock {
 fn encode_token(
     params: &HostParams<'_>,
     centred: &[f32],
-    affinities: Option<&[f32]>,
+    affinities: PairAffinities<'_>,
     pairs: (&[u32], &[f32]),
     activation: Activation,
     sum: &mut [f32],
     out: &mut PairValues,
 ) {
-    for &f in pairs.0 {
+    for (&f, &score) in pairs.0.iter().zip(pairs.1) {
         let u = match affinities {
-            Some(row) => row[f as usize],
-            None => dot(centred, params.enc_row(f)) + params.b_enc[f as usize],
+            PairAffinities::SelectionScores => score,
+            PairAffinities::Matrix(row) => row[f as usize],
+            PairAffinities::Recomputed => {
+                dot(centred, params.enc_row(f)) + params.b_enc[f as usize]
+            }
         };
         let (v, slope) = activate(activation, u);
         out.values.push(v);
@@ -252,9 +267,13 @@ fn token_block(
     let features = params.b_enc.len();
     for (i, t) in rows.enumerate() {
         let x_t = &x[t * d..(t + 1) * d];
-        let z_t = spec
-            .affinities
-            .map(|z| &z[t * features..(t + 1) * features]);
+        // `Matrix` narrowed to the token's row.
+        let z_t = match spec.affinities {
+            PairAffinities::Matrix(z) => {
+                PairAffinities::Matrix(&z[t * features..(t + 1) * features])
+            }
+            other => other,
+        };
         for ((c, xi), b) in centred.iter_mut().zip(x_t).zip(params.b_dec) {
             *c = xi - b;
         }
@@ -643,7 +662,7 @@ pub fn host_loss_and_grads_into(
 
 #[cfg(test)]
 mod tests {
-    use sae_alloc::{ScoreMatrix, row_topk};
+    use sae_alloc::{Capacities, ScoreMatrix, column_topm, global_topk, row_topk};
     use sae_simd::{Level, capped};
 
     use super::super::bits;
@@ -686,7 +705,7 @@ mod tests {
             activation: Activation::Identity,
             recon_scale: 1.0,
             aux_coef: 0.0,
-            affinities: None,
+            affinities: PairAffinities::Recomputed,
         };
         host_loss_and_grads(&params, x, &spec)
     }
@@ -739,7 +758,7 @@ mod tests {
             activation: Activation::Relu,
             recon_scale: 0.5,
             aux_coef: 1.0 / 32.0,
-            affinities: None,
+            affinities: PairAffinities::Recomputed,
         };
         let mut reused = HostLossAndGrads::default();
         for (x_seed, aux_selection) in [(5, Some(&aux)), (6, None), (7, Some(&aux))] {
@@ -766,9 +785,69 @@ mod tests {
         }
     }
 
+    /// Codes taken from the selections' scores are the codes read from the matrix, bit for bit,
+    /// for every built-in rule's selection and the auxiliary selection, under both activations,
+    /// on affinities with signed zeros and ties (whose scores could lose their sign).
+    #[test]
+    fn selection_scores_give_the_matrixs_codes() {
+        let (n, f, d) = (24, 96, 37);
+        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d);
+        let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
+        let x = values(n * d, 5);
+        let mut z = values(n * f, 9);
+        for (i, v) in z.iter_mut().enumerate() {
+            match i % 7 {
+                0 => *v = -0.0,
+                1 => *v = 0.0,
+                2 => *v = 0.25,
+                _ => {}
+            }
+        }
+        let matrix = ScoreMatrix::new(&z, n, f).unwrap();
+        let k = 6;
+        let capacities = Capacities::uniform(k * n, f, n as u32).unwrap();
+        let weights: Vec<f32> = (0..f).map(|j| (j % 3) as f32).collect();
+        for activation in [Activation::Relu, Activation::Identity] {
+            let aux = crate::loss::aux_selection(&z, n, f, &weights, 4, activation).unwrap();
+            assert!(aux.nnz() > 0);
+            for selection in [
+                row_topk(&matrix, k).unwrap(),
+                global_topk(&matrix, k * n).unwrap(),
+                column_topm(&matrix, &capacities).unwrap(),
+            ] {
+                let run = |affinities| {
+                    let spec = HostLossSpec {
+                        selection: &selection,
+                        aux_selection: Some(&aux),
+                        activation,
+                        recon_scale: 0.5,
+                        aux_coef: 1.0 / 32.0,
+                        affinities,
+                    };
+                    host_loss_and_grads(&params, &x, &spec)
+                };
+                let (read, taken) = (
+                    run(PairAffinities::Matrix(&z)),
+                    run(PairAffinities::SelectionScores),
+                );
+                assert_eq!(taken.sse.to_bits(), read.sse.to_bits(), "{activation:?}");
+                assert_eq!(taken.aux.to_bits(), read.aux.to_bits(), "{activation:?}");
+                for (got, want) in [
+                    (&taken.w_enc, &read.w_enc),
+                    (&taken.b_enc, &read.b_enc),
+                    (&taken.w_dec, &read.w_dec),
+                    (&taken.b_dec, &read.b_dec),
+                ] {
+                    assert_eq!(bits(got), bits(want), "{activation:?}");
+                }
+            }
+        }
+    }
+
     /// Every copy of the passes that `sae_simd::widest!` runs on this CPU computes the baseline
     /// build's bits: rows long enough for the widest vectors (with a tail), two token blocks,
-    /// three feature blocks (one partial), main and auxiliary pairs, codes computed and read.
+    /// three feature blocks (one partial), main and auxiliary pairs, codes computed, read from
+    /// the matrix and taken from the selections.
     #[test]
     fn the_widest_passes_compute_the_baselines_bits() {
         let (n, f, d) = (40, 130, 389);
@@ -778,11 +857,21 @@ mod tests {
         let scores = values(n * f, 9);
         let selection = row_topk(&ScoreMatrix::new(&scores, n, f).unwrap(), 5).unwrap();
         let aux = row_topk(&ScoreMatrix::new(&values(n * f, 11), n, f).unwrap(), 3).unwrap();
+        let sources = [
+            PairAffinities::Recomputed,
+            PairAffinities::Matrix(&scores),
+            PairAffinities::SelectionScores,
+        ];
         for (level, affinities) in Level::ALL
             .into_iter()
-            .flat_map(|level| [(level, None), (level, Some(&scores[..]))])
+            .flat_map(|level| sources.map(|source| (level, source)))
         {
-            let at = format!("{level:?}, codes read: {}", affinities.is_some());
+            let source = match affinities {
+                PairAffinities::Recomputed => "recomputed",
+                PairAffinities::Matrix(_) => "read",
+                PairAffinities::SelectionScores => "scores",
+            };
+            let at = format!("{level:?}, codes {source}");
             let spec = HostLossSpec {
                 selection: &selection,
                 aux_selection: Some(&aux),

@@ -16,8 +16,8 @@ pub mod update;
 
 pub use encode::{HostEncoder, gemm_abt};
 pub use grads::{
-    HostLossAndGrads, HostLossSpec, HostParams, host_loss_and_grads, host_loss_and_grads_into,
-    total_variance,
+    HostLossAndGrads, HostLossSpec, HostParams, PairAffinities, host_loss_and_grads,
+    host_loss_and_grads_into, total_variance,
 };
 
 /// Deterministic test values in `[-0.5, 0.5)` (a multiplicative hash of the index).

@@ -9,7 +9,9 @@ use super::{ReconLoss, StepPath};
 use crate::dense::dense_decode;
 use crate::error::Result;
 use crate::fused::grads::{BatchSums, WholeBatch, batch_variance};
-use crate::fused::{HostLossAndGrads, HostLossSpec, HostParams, host_loss_and_grads_into};
+use crate::fused::{
+    HostLossAndGrads, HostLossSpec, HostParams, PairAffinities, host_loss_and_grads_into,
+};
 use crate::loss::{aux_normalised, fvu, mse};
 use crate::rule::Activation;
 use crate::sae::{SaeParams, SaeTensors, host_vec};
@@ -76,15 +78,15 @@ pub(super) struct HostLoss {
 /// The loss of `spec` and its gradients by the fused host code, for the batch `x` (`[N, d]`
 /// row-major) and parameters on the host.
 ///
-/// The gradients go into `grads` (its buffers reused); `affinities`, where the caller holds
-/// them, are the `[N, F]` scores the selections were made on. The auxiliary loss is on when
+/// The gradients go into `grads` (its buffers reused); `affinities` says where each selected
+/// pair's affinity comes from. The auxiliary loss is on when
 /// `spec` has an auxiliary selection (see [`HostLossSpec::aux_selection`]). On a batch split
 /// over peers, `sums` makes the losses the whole batch's and the gradients this peer's part.
 pub(super) fn host_loss(
     params: &HostParams<'_>,
     x: &[f32],
     spec: &LossSpec<'_>,
-    affinities: Option<&[f32]>,
+    affinities: PairAffinities<'_>,
     grads: &mut HostLossAndGrads,
     sums: &mut dyn BatchSums,
 ) -> Result<HostLoss> {
@@ -135,7 +137,7 @@ fn fused_loss_and_grads<B: Backend>(
         &HostParams::from(&p),
         &x,
         &spec,
-        None,
+        PairAffinities::Recomputed,
         &mut g,
         &mut WholeBatch,
     )?;

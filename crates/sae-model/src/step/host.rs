@@ -21,7 +21,7 @@ use crate::adam::Adam;
 use crate::collective::{Collective, PeerSums};
 use crate::error::{Result, SaeError, nan_is_bad_input};
 use crate::fused::update::{first_non_finite, update};
-use crate::fused::{HostEncoder, HostLossAndGrads, HostParams};
+use crate::fused::{HostEncoder, HostLossAndGrads, HostParams, PairAffinities};
 use crate::loss::aux_selection;
 use crate::sae::{SaeParams, SaeTensors, host_vec};
 
@@ -130,6 +130,14 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let mut aux_pairs = [aux_selection.as_ref().map_or(0, |a| a.nnz() as u64)];
         peers.sum_counts(&mut aux_pairs)?;
         let aux_selection = aux_selection.filter(|_| aux_pairs[0] > 0);
+        // A built-in rule's selection holds the affinities of its pairs as its scores (so does
+        // the auxiliary selection): the codes are read in pair order from them, not gathered
+        // from the matrix. A plug-in's scores may be anything.
+        let codes = if self.sparsifier.builtin(batch_rows, &self.stats)?.is_some() {
+            PairAffinities::SelectionScores
+        } else {
+            PairAffinities::Matrix(affinities)
+        };
         let loss = host_loss(
             &host,
             x,
@@ -141,7 +149,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
                 aux_coef: self.config.aux_coef,
                 path: StepPath::Fused,
             },
-            Some(affinities),
+            codes,
             grads,
             &mut PeerSums(&mut *peers),
         )?;
