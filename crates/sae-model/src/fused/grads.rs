@@ -336,13 +336,11 @@ sae_simd::widest! {
     ) -> TokenBlock = token_block;
 }
 
-/// One selection's pairs, flattened for pass 2.
+/// One selection's pairs, flattened for pass 2: each feature's pairs in token order, with
+/// what pass 2 reads of them side by side, so that it reads them in sequence.
 struct FeaturePairs<'a> {
     offsets: Vec<usize>,
-    ids: Vec<u32>,
-    tokens: Vec<u32>,
-    values: &'a [f32],
-    grads: &'a [f32],
+    pairs: Vec<PairRecord>,
     /// Per-token rows `dL/dx_hat_t / row_scale` (`[N, d]`).
     rows: &'a [f32],
     /// Scale turning `rows` into `dL/dx_hat`.
@@ -351,20 +349,37 @@ struct FeaturePairs<'a> {
     grad_scale: f32,
 }
 
+/// What pass 2 reads of one pair.
+#[derive(Debug, Clone, Copy)]
+struct PairRecord {
+    token: u32,
+    /// The code `v_p`.
+    value: f32,
+    /// `dL/du_p / grad_scale`.
+    grad: f32,
+}
+
 impl<'a> FeaturePairs<'a> {
     fn new(
         selection: &Selection,
-        values: &'a PairValues,
+        values: &PairValues,
         rows: (&'a [f32], f32),
         grad_scale: f32,
     ) -> Self {
         let (offsets, ids) = selection.feature_major();
+        let tokens = selection.token_ids();
+        let pairs = ids
+            .par_iter()
+            .with_min_len(1 << 12)
+            .map(|&p| PairRecord {
+                token: tokens[p as usize],
+                value: values.values[p as usize],
+                grad: values.grads[p as usize],
+            })
+            .collect();
         Self {
             offsets,
-            ids,
-            tokens: selection.token_ids(),
-            values: &values.values,
-            grads: &values.grads,
+            pairs,
             rows: rows.0,
             row_scale: rows.1,
             grad_scale,
@@ -384,14 +399,14 @@ fn feature_grads(
     g_bias: &mut f32,
 ) {
     let d = b_dec.len();
-    for &p in &pairs.ids[pairs.offsets[f]..pairs.offsets[f + 1]] {
-        let (p, t) = (p as usize, pairs.tokens[p as usize] as usize);
+    for pair in &pairs.pairs[pairs.offsets[f]..pairs.offsets[f + 1]] {
+        let t = pair.token as usize;
         axpy(
-            pairs.row_scale * pairs.values[p],
+            pairs.row_scale * pair.value,
             &pairs.rows[t * d..(t + 1) * d],
             g_dec,
         );
-        let gu = pairs.grad_scale * pairs.grads[p];
+        let gu = pairs.grad_scale * pair.grad;
         if gu != 0.0 {
             *g_bias += gu;
             for ((g, xi), b) in g_enc.iter_mut().zip(&x[t * d..(t + 1) * d]).zip(b_dec) {
