@@ -9,7 +9,10 @@ use criterion::{
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sae_alloc::{Capacities, ScoreMatrix, column_topm, global_topk, row_topk, usage_order};
+use sae_alloc::{
+    Capacities, ScoreMatrix, column_topm, column_topm_transposed, global_topk, row_topk,
+    usage_order,
+};
 
 const K: usize = 32;
 const SHAPES: [(usize, usize); 2] = [(1024, 4096), (4096, 16384)];
@@ -77,9 +80,19 @@ fn bench(c: &mut Criterion) {
         group.bench_function("global_topk", |b| {
             b.iter(|| global_topk(&matrix, budget).unwrap())
         });
+        // The same matrix held feature-major, as the CPU training step holds it for Feature
+        // Choice.
+        let by_feature: Vec<f32> = (0..cols)
+            .flat_map(|f| (0..rows).map(move |r| (r, f)))
+            .map(|(r, f)| data[r * cols + f])
+            .collect();
+        let transposed = ScoreMatrix::new(&by_feature, cols, rows).unwrap();
         for (name, caps) in [("uniform", &uniform), ("zipf", &zipf)] {
             group.bench_function(BenchmarkId::new("column_topm", name), |b| {
                 b.iter(|| column_topm(&matrix, caps).unwrap())
+            });
+            group.bench_function(BenchmarkId::new("column_topm_transposed", name), |b| {
+                b.iter(|| column_topm_transposed(&transposed, caps).unwrap())
             });
         }
         group.finish();

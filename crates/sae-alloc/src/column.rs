@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use crate::key::{rank_index, rank_key, rank_score};
+use crate::row::top_of_slice;
 use crate::{AllocError, Capacities, ScoreMatrix, Selection};
 
 /// Widest column block of one task: each row contributes one sequential run of up to 8 KiB,
@@ -39,7 +40,75 @@ pub fn column_topm(scores: &ScoreMatrix, capacities: &Capacities) -> Result<Sele
         scores.check_no_nan(scores.data(), 0)?;
         unreachable!("the scan met a NaN");
     };
-    Ok(to_rows(scores, caps, &blocks))
+    let data = scores.data();
+    Ok(to_rows([rows, cols], caps, &blocks, |row, col| {
+        data[row * cols + col]
+    }))
+}
+
+/// [`column_topm`] on the transpose: `by_feature` holds the `rows` x `cols` score matrix
+/// feature-major (its row `f` is feature `f`'s scores over the tokens), and the selection,
+/// errors included, is that of the token-major matrix, the same as `column_topm` gives.
+///
+/// Each feature's scores are contiguous here, so every feature takes row top-k's path with
+/// `k = m_f` (a lower bound from group maxima, then one admitting pass) instead of a strided
+/// scan with a heap per column; features are independent, so the result does not depend on
+/// the thread count.
+pub fn column_topm_transposed(
+    by_feature: &ScoreMatrix,
+    capacities: &Capacities,
+) -> Result<Selection, AllocError> {
+    let (cols, rows) = (by_feature.rows(), by_feature.cols());
+    let caps = capacities.for_shape(rows, cols)?;
+    let mut starts = Vec::with_capacity(cols + 1);
+    starts.push(0);
+    for &c in caps {
+        starts.push(starts.last().unwrap() + c as usize);
+    }
+    let width = cols
+        .div_ceil(BLOCKS_PER_THREAD * rayon::current_num_threads())
+        .max(1);
+    let blocks: Option<Vec<Vec<u64>>> = (0..cols.div_ceil(width))
+        .into_par_iter()
+        .map(|block| {
+            let features = block * width..((block + 1) * width).min(cols);
+            let mut keys = Vec::with_capacity(starts[features.end] - starts[features.start]);
+            let mut buf = Vec::new();
+            for f in features {
+                let scores = by_feature.row(f);
+                match caps[f] {
+                    0 if scores.iter().any(|x| x.is_nan()) => return None,
+                    0 => {}
+                    cap if top_of_slice(scores, cap as usize, &mut buf) => {
+                        keys.extend_from_slice(&buf);
+                    }
+                    _ => return None,
+                }
+            }
+            Some(keys)
+        })
+        .collect();
+    let Some(blocks) = blocks else {
+        return Err(first_nan_by_row(by_feature));
+    };
+    let data = by_feature.data();
+    Ok(to_rows([rows, cols], caps, &blocks, |row, col| {
+        data[col * rows + row]
+    }))
+}
+
+/// The error for the first NaN, in the order of the token-major matrix, of a matrix held
+/// feature-major (which holds one).
+fn first_nan_by_row(by_feature: &ScoreMatrix) -> AllocError {
+    let (row, col) = (0..by_feature.rows())
+        .into_par_iter()
+        .filter_map(|f| {
+            let token = by_feature.row(f).iter().position(|x| x.is_nan())?;
+            Some((token, f))
+        })
+        .min()
+        .expect("a feature's scores hold a NaN");
+    AllocError::NanScore { row, col }
 }
 
 /// Columns compared per branch-free test.
@@ -177,9 +246,14 @@ fn sift_down(heap: &mut [u64], key: u64) {
 }
 
 /// Regroups the per-column picks of the blocks (in column order, `caps[c]` keys for column
-/// `c`) into the CSR-by-row layout.
-fn to_rows(scores: &ScoreMatrix, caps: &[u32], blocks: &[Vec<u64>]) -> Selection {
-    let (rows, cols) = (scores.rows(), scores.cols());
+/// `c`) into the CSR-by-row layout of a `rows` x `cols` matrix whose score at (row, column)
+/// is `score_at(row, col)`.
+fn to_rows(
+    [rows, cols]: [usize; 2],
+    caps: &[u32],
+    blocks: &[Vec<u64>],
+    score_at: impl Fn(usize, usize) -> f32,
+) -> Selection {
     let mut offsets = vec![0usize; rows + 1];
     for &key in blocks.iter().flatten() {
         offsets[rank_index(key) as usize + 1] += 1;
@@ -202,7 +276,7 @@ fn to_rows(scores: &ScoreMatrix, caps: &[u32], blocks: &[Vec<u64>]) -> Selection
             // The key holds the score itself, except that it maps -0.0 to +0.0.
             let score = rank_score(key);
             values[slot] = if score == 0.0 {
-                scores.data()[row * cols + col]
+                score_at(row, col)
             } else {
                 score
             };

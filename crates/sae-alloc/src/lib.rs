@@ -43,7 +43,7 @@ pub mod sharded;
 mod threshold;
 
 pub use capacity::{Capacities, usage_order, zipf_weights};
-pub use column::column_topm;
+pub use column::{column_topm, column_topm_transposed};
 pub use error::AllocError;
 pub use global::global_topk;
 pub use matrix::ScoreMatrix;

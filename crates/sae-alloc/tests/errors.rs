@@ -29,6 +29,40 @@ fn shape_errors() {
     assert!(err.to_string().contains("5 values"));
 }
 
+/// The `rows` x `cols` row-major `data` held feature-major.
+fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols)
+        .flat_map(|c| (0..rows).map(move |r| data[r * cols + c]))
+        .collect()
+}
+
+/// Feature Choice on a feature-major matrix names the first NaN of the token-major matrix,
+/// as `column_topm` does: several NaNs, in columns of any capacity (0 included), long columns
+/// taking the group-maxima bound and short ones.
+#[test]
+fn column_topm_transposed_names_the_first_nan_in_row_major_order() {
+    for (rows, cols) in [(5, 4), (1100, 3)] {
+        let caps =
+            Capacities::from_vec(vec![0, 1, 3, 2][..cols].to_vec(), 6 - 2 * (4 - cols)).unwrap();
+        for nans in [
+            vec![(3, 1)],
+            vec![(4, 0), (2, 3 % cols)],
+            vec![(rows - 1, cols - 1), (1, 2)],
+        ] {
+            let mut data: Vec<f32> = (0..rows * cols).map(|i| (i % 13) as f32).collect();
+            for &(r, c) in &nans {
+                data[r * cols + c] = f32::NAN;
+            }
+            let t = transposed(&data, rows, cols);
+            let m = ScoreMatrix::new(&data, rows, cols).unwrap();
+            let want = column_topm(&m, &caps).unwrap_err();
+            assert!(matches!(want, AllocError::NanScore { .. }));
+            let got = column_topm_transposed(&ScoreMatrix::new(&t, cols, rows).unwrap(), &caps);
+            assert_eq!(got.unwrap_err(), want, "{rows} x {cols}, NaNs at {nans:?}");
+        }
+    }
+}
+
 #[test]
 fn nan_is_reported_with_its_position_by_every_rule() {
     let mut data = [0.5f32; 6];
@@ -41,6 +75,12 @@ fn nan_is_reported_with_its_position_by_every_rule() {
     assert_eq!(global_topk(&m, 0).unwrap_err(), want);
     let caps = Capacities::uniform(2, 3, 2).unwrap();
     assert_eq!(column_topm(&m, &caps).unwrap_err(), want);
+    let t = transposed(&data, 2, 3);
+    let by_feature = ScoreMatrix::new(&t, 3, 2).unwrap();
+    assert_eq!(
+        column_topm_transposed(&by_feature, &caps).unwrap_err(),
+        want
+    );
     assert_eq!(
         apply_thresholds(&m, &Thresholds::Global(0.0)).unwrap_err(),
         want

@@ -5,7 +5,10 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use sae_alloc::{Capacities, ScoreMatrix, column_topm, global_topk, row_topk, usage_order};
+use sae_alloc::{
+    Capacities, ScoreMatrix, column_topm, column_topm_transposed, global_topk, row_topk,
+    usage_order,
+};
 
 fn capacities(rows: usize, cols: usize) -> impl Strategy<Value = Vec<u32>> {
     prop::collection::vec(0..=rows as u32, cols)
@@ -91,7 +94,31 @@ proptest! {
         let want = oracle_columns(&data, rows, cols, &caps);
         prop_assert_eq!(got.counts_per_feature(), caps);
         prop_assert_eq!(total(&got), total(&want));
+        let by_feature = transpose(&data, rows, cols);
+        let transposed = ScoreMatrix::new(&by_feature, cols, rows).unwrap();
+        prop_assert_eq!(&column_topm_transposed(&transposed, &capacities).unwrap(), &want);
         prop_assert_eq!(got, want);
+    }
+
+    /// Feature-major columns long enough for the group-maxima bound (16 groups per 1024
+    /// tokens, at least 4 per kept token), with a ragged tail, capacities on both sides of
+    /// the switch to it, and capacity 0.
+    #[test]
+    fn column_topm_transposed_matches_oracle_on_long_columns(
+        (data, rows, cols) in (256..=2200usize, 1..4usize).prop_flat_map(|(r, c)| {
+            (prop::collection::vec(long_row_score(), r * c), Just(r), Just(c))
+        }),
+        cap in 0..24u32,
+    ) {
+        let caps: Vec<u32> = (0..cols as u32).map(|c| (cap + 5 * c) % 25).collect();
+        let budget = caps.iter().map(|&c| c as usize).sum();
+        let capacities = Capacities::from_vec(caps.clone(), budget).unwrap();
+        let by_feature = transpose(&data, rows, cols);
+        let transposed = ScoreMatrix::new(&by_feature, cols, rows).unwrap();
+        prop_assert_eq!(
+            column_topm_transposed(&transposed, &capacities).unwrap(),
+            oracle_columns(&data, rows, cols, &caps)
+        );
     }
 
     /// Larger matrices exercise the pruning paths (buffers refilled many times) and, for the
