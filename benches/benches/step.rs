@@ -16,6 +16,7 @@ use criterion::{Criterion, black_box};
 use sae_benches::{
     StepEncoderGemm, backend_from_env, backend_name, env_or, median, on_backend, uniform_values,
 };
+use sae_model::fused::AffinityLayout;
 use sae_model::sae_alloc::ScoreMatrix;
 use sae_model::{
     AuxLoss, FeatureChoice, FeatureStats, MutualChoice, Sae, SaeConfig, Sparsifier, StatsConfig,
@@ -94,6 +95,11 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
         let mut encoder = StepEncoderGemm::new(f, d, 2);
         timed(c, "train_step", "gemm_encoder", || {
             black_box(encoder.run(&x_host, n));
+        });
+        // The same GEMM writing the affinities feature-major, as the step does for Feature
+        // Choice.
+        timed(c, "train_step", "gemm_encoder_feature_major", || {
+            black_box(encoder.run_in(AffinityLayout::FeatureMajor, &x_host, n));
         });
     }
     let burn_id = if on_host {
@@ -306,6 +312,15 @@ fn print_summary(Shape { n, d, f, k }: Shape, backend: &str) {
     println!("\nshape N={n} d={d} F={f} k={k}, backend {backend}");
     println!("{:<26} {:>10} {:>8}", "bench", "median s", "ratio");
     println!("{:<26} {:>10.4} {:>8}", "gemm_encoder", gemm, "1.00");
+    let by_feature = med("gemm_encoder_feature_major");
+    if !by_feature.is_nan() {
+        println!(
+            "{:<26} {:>10.4} {:>8.2}",
+            "gemm_encoder_feature_major",
+            by_feature,
+            by_feature / gemm
+        );
+    }
     let burn = med("burn_matmul");
     if !burn.is_nan() {
         println!("{:<26} {:>10.4} {:>8.2}", "burn_matmul", burn, burn / gemm);

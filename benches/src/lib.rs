@@ -113,12 +113,23 @@ impl StepEncoderGemm {
 
     /// The affinities of the `n` rows of `x` (`[n, d]`), in the encoder's reused buffer.
     pub fn run(&mut self, x: &[f32], n: usize) -> &[f32] {
+        self.run_in(sae_model::fused::AffinityLayout::TokenMajor, x, n)
+    }
+
+    /// [`run`](Self::run) with the affinities in `layout` (feature-major: the GEMM the step
+    /// runs for Feature Choice).
+    pub fn run_in(
+        &mut self,
+        layout: sae_model::fused::AffinityLayout,
+        x: &[f32],
+        n: usize,
+    ) -> &[f32] {
         let params = sae_model::fused::HostParams {
             w_enc: &self.w,
             b_enc: &self.zeros_f,
             w_dec: &self.w,
             b_dec: &self.zeros_d,
         };
-        self.encoder.affinities(&params, x, n)
+        self.encoder.affinities_in(layout, &params, x, n)
     }
 }

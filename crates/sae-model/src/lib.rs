@@ -35,7 +35,7 @@ pub use collective::{
 pub use device::largest_buffer;
 pub use dispatch::{BatchAffinities, BatchSelection, select_on_backend};
 pub use error::{Result, SaeError};
-pub use loss::{AuxLoss, aux_selection, fvu, mse};
+pub use loss::{AuxLoss, aux_selection, aux_selection_in, fvu, mse};
 pub use registry::{Registry, SparsifierFactory, parse_params};
 pub use rule::{Activation, BuiltinRule, InferenceRule};
 pub use sae::{Sae, SaeConfig, SaeParams, SaeTensors, sample_mean};

@@ -7,6 +7,7 @@ use sae_alloc::Selection;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SaeError};
+use crate::fused::AffinityLayout;
 use crate::rule::Activation;
 
 /// Mean squared error over all elements, `[1]`.
@@ -56,6 +57,20 @@ pub fn aux_selection(
     k_aux: usize,
     activation: Activation,
 ) -> Result<Selection> {
+    let layout = AffinityLayout::TokenMajor;
+    aux_selection_in(layout, affinities, rows, cols, weights, k_aux, activation)
+}
+
+/// [`aux_selection`] on the `rows` x `cols` affinities held in `layout`: the same selection.
+pub fn aux_selection_in(
+    layout: AffinityLayout,
+    affinities: &[f32],
+    rows: usize,
+    cols: usize,
+    weights: &[f32],
+    k_aux: usize,
+    activation: Activation,
+) -> Result<Selection> {
     if affinities.len() != rows * cols || weights.len() != cols {
         return Err(SaeError::Shape {
             what: "aux affinities / weights",
@@ -63,6 +78,10 @@ pub fn aux_selection(
             actual: vec![affinities.len(), weights.len()],
         });
     }
+    let at = |t: usize, j: u32| match layout {
+        AffinityLayout::TokenMajor => affinities[t * cols + j as usize],
+        AffinityLayout::FeatureMajor => affinities[j as usize * rows + t],
+    };
     let candidates: Vec<u32> = (0..cols as u32)
         .filter(|&j| weights[j as usize] > 0.0)
         .collect();
@@ -71,14 +90,12 @@ pub fn aux_selection(
     let mut features = Vec::new();
     let mut scores = Vec::new();
     let mut row_buf: Vec<(f32, u32)> = Vec::with_capacity(candidates.len());
-    for row in affinities.chunks(cols.max(1)).take(rows) {
+    for t in 0..rows {
         row_buf.clear();
-        row_buf.extend(
-            candidates
-                .iter()
-                .filter(|&&j| activation.fires(row[j as usize]))
-                .map(|&j| (weights[j as usize] * row[j as usize], j)),
-        );
+        row_buf.extend(candidates.iter().filter_map(|&j| {
+            let z = at(t, j);
+            activation.fires(z).then(|| (weights[j as usize] * z, j))
+        }));
         let keep = k_aux.min(row_buf.len());
         let by_rank = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         if keep < row_buf.len() && keep > 0 {
@@ -88,7 +105,7 @@ pub fn aux_selection(
         row_buf.sort_unstable_by_key(|&(_, j)| j);
         for &(_, j) in &row_buf {
             features.push(j);
-            scores.push(row[j as usize]);
+            scores.push(at(t, j));
         }
         offsets.push(features.len());
     }

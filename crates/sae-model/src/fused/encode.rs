@@ -20,6 +20,17 @@ use super::grads::HostParams;
 /// Multiply-adds below which the GEMM runs on the calling thread.
 const PARALLEL_MIN_WORK: usize = 1 << 20;
 
+/// How the host path holds a batch's `[N, F]` affinities in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AffinityLayout {
+    /// Token-major, `[N, F]` row-major: what every sparsifier reads.
+    TokenMajor,
+    /// Feature-major, `[F, N]` row-major (the transpose): each feature's scores contiguous,
+    /// as Feature Choice's selection reads them
+    /// ([`column_topm_transposed`](sae_alloc::column_topm_transposed)).
+    FeatureMajor,
+}
+
 /// The encoder GEMM's operands and output, reused from call to call.
 #[derive(Default, Clone)]
 pub struct HostEncoder {
@@ -47,6 +58,22 @@ impl HostEncoder {
     ///
     /// If `x` is not `n` rows of the parameters' width.
     pub fn affinities(&mut self, params: &HostParams<'_>, x: &[f32], n: usize) -> &[f32] {
+        self.affinities_in(AffinityLayout::TokenMajor, params, x, n)
+    }
+
+    /// [`affinities`](Self::affinities) in the given layout: the same values, the same GEMM
+    /// with its operands swapped for [`AffinityLayout::FeatureMajor`].
+    ///
+    /// # Panics
+    ///
+    /// If `x` is not `n` rows of the parameters' width.
+    pub fn affinities_in(
+        &mut self,
+        layout: AffinityLayout,
+        params: &HostParams<'_>,
+        x: &[f32],
+        n: usize,
+    ) -> &[f32] {
         let d = params.b_dec.len();
         let f = params.b_enc.len();
         assert_eq!(x.len(), n * d, "batch is not [{n}, {d}]");
@@ -84,11 +111,16 @@ impl HostEncoder {
         } else {
             gemm::Parallelism::Rayon(0)
         };
-        gemm_abt(out, &self.lhs, &self.rhs, n, f, k, parallelism);
+        match layout {
+            AffinityLayout::TokenMajor => gemm_abt(out, &self.lhs, &self.rhs, n, f, k, parallelism),
+            AffinityLayout::FeatureMajor => {
+                gemm_abt(out, &self.rhs, &self.lhs, f, n, k, parallelism);
+            }
+        }
         out
     }
 
-    /// The output buffer of the last call, `[N, F]`.
+    /// The output buffer of the last call, `[N, F]` in the layout of that call.
     pub fn into_affinities(self) -> Vec<f32> {
         self.out
     }
@@ -192,6 +224,34 @@ mod tests {
                 assert!(
                     (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
                     "[{n}, {d}, {f}] element {i}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    /// The feature-major affinities are the transpose of the token-major ones, bit for bit
+    /// (each is the same dot product over `d + 1` in the same order).
+    #[test]
+    fn feature_major_is_the_transpose_bit_for_bit() {
+        let (n, d, f) = (37, 67, 300);
+        let (w_enc, w_dec) = (values(f * d, 1), values(f * d, 2));
+        let (b_enc, b_dec) = (values(f, 3), values(d, 4));
+        let p = HostParams {
+            w_enc: &w_enc,
+            b_enc: &b_enc,
+            w_dec: &w_dec,
+            b_dec: &b_dec,
+        };
+        let x = values(n * d, 5);
+        let mut encoder = HostEncoder::default();
+        let by_token = encoder.affinities(&p, &x, n).to_vec();
+        let by_feature = encoder.affinities_in(AffinityLayout::FeatureMajor, &p, &x, n);
+        for t in 0..n {
+            for j in 0..f {
+                assert_eq!(
+                    by_feature[j * n + t].to_bits(),
+                    by_token[t * f + j].to_bits(),
+                    "token {t}, feature {j}"
                 );
             }
         }

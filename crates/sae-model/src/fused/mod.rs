@@ -14,7 +14,7 @@ pub mod encode;
 pub mod grads;
 pub mod update;
 
-pub use encode::{HostEncoder, gemm_abt};
+pub use encode::{AffinityLayout, HostEncoder, gemm_abt};
 pub use grads::{
     HostLossAndGrads, HostLossSpec, HostParams, PairAffinities, host_loss_and_grads,
     host_loss_and_grads_into, total_variance,

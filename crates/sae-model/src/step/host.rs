@@ -2,18 +2,20 @@
 //!
 //! The parameters and moments leave their tensors for the step (without a copy on the CPU
 //! backends, which hold them in host memory) and go back after it: the encoder GEMM writes
-//! the affinities into a buffer kept from step to step ([`HostEncoder`]), the sparsifier
-//! selects on them, the fused code reads the codes from them and computes the loss and the
-//! gradients into buffers also kept from step to step ([`HostBuffers`]), and one pass per
-//! parameter applies Adam and the decoder constraint ([`crate::fused::update`]). Nothing is
-//! converted to a tensor until the step is done. A non-finite loss or gradient leaves the
-//! state unchanged.
+//! the affinities into a buffer kept from step to step ([`HostEncoder`]; feature-major for
+//! Feature Choice on one peer, whose selection reads each feature's scores, token-major
+//! otherwise), the sparsifier selects on them, the fused code takes the codes from the
+//! selection's scores (a built-in rule's are the affinities; a plug-in's are read from the
+//! matrix) and computes the loss and the gradients into buffers also kept from step to step
+//! ([`HostBuffers`]), and one pass per parameter applies Adam and the decoder constraint
+//! ([`crate::fused::update`]). Nothing is converted to a tensor until the step is done. A
+//! non-finite loss or gradient leaves the state unchanged.
 
 use std::fmt;
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
-use sae_alloc::{ScoreMatrix, Selection};
+use sae_alloc::{ScoreMatrix, Selection, column_topm_transposed};
 
 use super::grads::{HostLoss, host_loss};
 use super::{LossSpec, StepOutput, StepPath, TrainStep};
@@ -21,8 +23,9 @@ use crate::adam::Adam;
 use crate::collective::{Collective, PeerSums};
 use crate::error::{Result, SaeError, nan_is_bad_input};
 use crate::fused::update::{first_non_finite, update};
-use crate::fused::{HostEncoder, HostLossAndGrads, HostParams, PairAffinities};
-use crate::loss::aux_selection;
+use crate::fused::{AffinityLayout, HostEncoder, HostLossAndGrads, HostParams, PairAffinities};
+use crate::loss::aux_selection_in;
+use crate::rule::BuiltinRule;
 use crate::sae::{SaeParams, SaeTensors, host_vec};
 
 /// What the host path keeps from step to step: the encoder's operands and output, and the
@@ -114,15 +117,30 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let f = params.features;
         let activation = self.sparsifier.activation();
         let host = HostParams::from(&*params);
-        let affinities = encoder.affinities(&host, x, n);
-        let selection = if peers.peers() == 1 {
-            self.host_select(affinities, n, f)?
-        } else {
-            self.sharded_select(affinities, [n, batch_rows], f, peers)?
+        let rule = self.sparsifier.builtin(batch_rows, &self.stats)?;
+        // Feature Choice on one peer selects each feature's tokens: it holds the affinities
+        // feature-major, so that they are contiguous. Every other case holds them
+        // token-major, as sparsifiers and the sharded rules read them.
+        let capacities = match &rule {
+            Some(BuiltinRule::ColumnTopM { capacities }) if peers.peers() == 1 => Some(capacities),
+            _ => None,
+        };
+        let layout = match capacities {
+            Some(_) => AffinityLayout::FeatureMajor,
+            None => AffinityLayout::TokenMajor,
+        };
+        let affinities = encoder.affinities_in(layout, &host, x, n);
+        let selection = match capacities {
+            Some(capacities) => {
+                column_topm_transposed(&ScoreMatrix::new(affinities, f, n)?, capacities)
+                    .map_err(|e| nan_is_bad_input(e.into()))?
+            }
+            None if peers.peers() == 1 => self.host_select(affinities, n, f)?,
+            None => self.sharded_select(affinities, [n, batch_rows], f, peers)?,
         };
         let aux_selection = match aux {
-            Some((weights, k_aux)) => Some(aux_selection(
-                affinities, n, f, &weights, k_aux, activation,
+            Some((weights, k_aux)) => Some(aux_selection_in(
+                layout, affinities, n, f, &weights, k_aux, activation,
             )?),
             None => None,
         };
@@ -133,10 +151,9 @@ impl<B: AutodiffBackend> TrainStep<B> {
         // A built-in rule's selection holds the affinities of its pairs as its scores (so does
         // the auxiliary selection): the codes are read in pair order from them, not gathered
         // from the matrix. A plug-in's scores may be anything.
-        let codes = if self.sparsifier.builtin(batch_rows, &self.stats)?.is_some() {
-            PairAffinities::SelectionScores
-        } else {
-            PairAffinities::Matrix(affinities)
+        let codes = match rule {
+            Some(_) => PairAffinities::SelectionScores,
+            None => PairAffinities::Matrix(affinities),
         };
         let loss = host_loss(
             &host,

@@ -7,7 +7,8 @@ use common::{random, tensor};
 use sae_model::sae_alloc::{ScoreMatrix, Selection};
 use sae_model::{
     Activation, FeatureStats, LossSpec, ReconLoss, Sae, SaeParams, Sparsifier, StatsConfig,
-    StepPath, TopK, aux_selection, fvu, loss_and_grads, mse, sae::host_vec,
+    StepPath, TopK, aux_selection, aux_selection_in, fused::AffinityLayout, fvu, loss_and_grads,
+    mse, sae::host_vec,
 };
 
 type Inner = Flex;
@@ -85,6 +86,42 @@ fn aux_selection_ranks_by_weighted_affinity() {
     // Non-candidates (weight 0) never appear; relu-zero codes are dropped.
     let sel = aux_selection(&z, 1, 4, &[0.0, 0.0, 0.0, 1.0], 2, Activation::Relu).unwrap();
     assert_eq!(sel.nnz(), 0);
+}
+
+/// On feature-major affinities (as the CPU step holds them for Feature Choice) the auxiliary
+/// selection is the token-major one: pairs, order and scores, for either activation, with
+/// ties, candidates that do not fire, and `k_aux` above and below the candidates per token.
+#[test]
+fn aux_selection_on_feature_major_affinities_is_the_same() {
+    let (n, f) = (9, 23);
+    let mut z = random(n * f, 3);
+    for (i, v) in z.iter_mut().enumerate() {
+        if i % 5 == 0 {
+            *v = 0.25;
+        }
+    }
+    let by_feature: Vec<f32> = (0..f)
+        .flat_map(|j| (0..n).map(move |t| (t, j)))
+        .map(|(t, j)| z[t * f + j])
+        .collect();
+    let weights: Vec<f32> = (0..f).map(|j| [0.0, 1.0, 0.5][j % 3]).collect();
+    for activation in [Activation::Relu, Activation::Identity] {
+        for k_aux in [1, 3, 20] {
+            let want = aux_selection(&z, n, f, &weights, k_aux, activation).unwrap();
+            assert!(want.nnz() > 0);
+            let got = aux_selection_in(
+                AffinityLayout::FeatureMajor,
+                &by_feature,
+                n,
+                f,
+                &weights,
+                k_aux,
+                activation,
+            )
+            .unwrap();
+            assert_eq!(got, want, "{activation:?}, k_aux {k_aux}");
+        }
+    }
 }
 
 #[test]

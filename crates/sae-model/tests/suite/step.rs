@@ -159,9 +159,9 @@ fn dense_and_sparse_steps_agree() {
     );
 }
 
-/// The host step (the CPU default: codes read from its GEMM's affinities, gradients and
-/// Adam in its own buffers reused across steps) trains the model the autodiff `sparse` path
-/// trains, for every built-in rule with `aux_k`.
+/// The host step (the CPU default: codes taken from the selection's scores, Feature Choice
+/// on feature-major affinities, gradients and Adam in its own buffers reused across steps)
+/// trains the model the autodiff `sparse` path trains, for every built-in rule with `aux_k`.
 #[test]
 fn host_and_sparse_steps_agree_for_every_rule_with_aux() {
     type B = Autodiff<Flex>;
