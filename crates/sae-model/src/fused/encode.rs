@@ -197,6 +197,25 @@ mod tests {
         z
     }
 
+    /// Encoder and decoder weights (`[f, d]`) and biases from consecutive seeds from `seed`.
+    fn operands(f: usize, d: usize, seed: u32) -> [Vec<f32>; 4] {
+        [
+            values(f * d, seed),
+            values(f, seed + 2),
+            values(f * d, seed + 1),
+            values(d, seed + 3),
+        ]
+    }
+
+    fn host_params([w_enc, b_enc, w_dec, b_dec]: &[Vec<f32>; 4]) -> HostParams<'_> {
+        HostParams {
+            w_enc,
+            b_enc,
+            w_dec,
+            b_dec,
+        }
+    }
+
     #[test]
     fn matches_the_definition_on_odd_shapes_and_reuses_its_buffers() {
         let mut encoder = HostEncoder::default();
@@ -208,14 +227,8 @@ mod tests {
             (37, 9, 130),
             (64, 67, 300),
         ] {
-            let (w_enc, w_dec) = (values(f * d, 1), values(f * d, 2));
-            let (b_enc, b_dec) = (values(f, 3), values(d, 4));
-            let p = HostParams {
-                w_enc: &w_enc,
-                b_enc: &b_enc,
-                w_dec: &w_dec,
-                b_dec: &b_dec,
-            };
+            let operands = operands(f, d, 1);
+            let p = host_params(&operands);
             let x = values(n * d, 5);
             let out = encoder.affinities(&p, &x, n);
             let want = oracle(&p, &x, n);
@@ -234,14 +247,8 @@ mod tests {
     #[test]
     fn feature_major_is_the_transpose_bit_for_bit() {
         let (n, d, f) = (37, 67, 300);
-        let (w_enc, w_dec) = (values(f * d, 1), values(f * d, 2));
-        let (b_enc, b_dec) = (values(f, 3), values(d, 4));
-        let p = HostParams {
-            w_enc: &w_enc,
-            b_enc: &b_enc,
-            w_dec: &w_dec,
-            b_dec: &b_dec,
-        };
+        let operands = operands(f, d, 1);
+        let p = host_params(&operands);
         let x = values(n * d, 5);
         let mut encoder = HostEncoder::default();
         let by_token = encoder.affinities(&p, &x, n).to_vec();
@@ -260,14 +267,8 @@ mod tests {
     #[test]
     fn the_same_bits_for_any_number_of_threads() {
         let (n, d, f) = (96, 70, 513);
-        let (w_enc, w_dec) = (values(f * d, 6), values(f * d, 7));
-        let (b_enc, b_dec) = (values(f, 8), values(d, 9));
-        let p = HostParams {
-            w_enc: &w_enc,
-            b_enc: &b_enc,
-            w_dec: &w_dec,
-            b_dec: &b_dec,
-        };
+        let operands = operands(f, d, 6);
+        let p = host_params(&operands);
         let x = values(n * d, 10);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
