@@ -33,7 +33,11 @@ pub trait Sparsifier: Debug + Send + Sync {
     }
 
     /// The built-in rule this sparsifier computes for a batch of `rows` tokens, if any, so
-    /// device paths can run it natively; `None` means only [`Sparsifier::select`] is available.
+    /// device paths and the CPU step can run it natively; `None` means only
+    /// [`Sparsifier::select`] is available. Where it is `Some`, `select` must return exactly
+    /// that rule's selection: the steps may run the rule instead of calling `select` (the CPU
+    /// step does for Feature Choice, on feature-major affinities), and they take the
+    /// selection's scores as the affinities of its pairs.
     fn builtin(&self, _rows: usize, _stats: &FeatureStats) -> Result<Option<BuiltinRule>> {
         Ok(None)
     }

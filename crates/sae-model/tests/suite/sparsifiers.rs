@@ -1,7 +1,13 @@
 //! The paper's sparsifiers: budgets, per-token and per-feature limits, Zipf warm-up.
 
-use sae_model::sae_alloc::ScoreMatrix;
-use sae_model::{FeatureChoice, FeatureStats, MutualChoice, Sparsifier, StatsConfig, TopK};
+use crate::common;
+
+use sae_model::sae_alloc::{
+    ScoreMatrix, column_topm, column_topm_transposed, global_topk, row_topk,
+};
+use sae_model::{
+    BuiltinRule, FeatureChoice, FeatureStats, MutualChoice, Sparsifier, StatsConfig, TopK,
+};
 
 const N: usize = 16;
 const F: usize = 8;
@@ -10,6 +16,51 @@ fn scores() -> Vec<f32> {
     (0..N * F)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0)
         .collect()
+}
+
+/// A built-in sparsifier's `select` is its `builtin()` rule's selection, scores included, bit
+/// for bit: the steps run the rule in its place (the CPU step runs Feature Choice on the
+/// feature-major matrix) and take the scores as the affinities of the pairs.
+#[test]
+fn select_is_the_builtin_rules_selection_with_the_affinities_as_scores() {
+    let mut z = common::random(N * F, 4);
+    z[5] = -0.0;
+    z[9] = 0.0;
+    let m = ScoreMatrix::new(&z, N, F).unwrap();
+    let by_feature: Vec<f32> = (0..F)
+        .flat_map(|f| (0..N).map(move |t| (t, f)))
+        .map(|(t, f)| z[t * F + f])
+        .collect();
+    let stats = FeatureStats::new(F, StatsConfig::default());
+    for sparsifier in common::builtin_sparsifiers(2) {
+        let name = sparsifier.name().to_owned();
+        let got = sparsifier.select(&m, &stats).unwrap();
+        let rule = sparsifier
+            .builtin(N, &stats)
+            .unwrap()
+            .expect("a built-in rule");
+        let want = match &rule {
+            BuiltinRule::RowTopK { k } => row_topk(&m, *k).unwrap(),
+            BuiltinRule::GlobalTopK { budget } => global_topk(&m, *budget).unwrap(),
+            BuiltinRule::ColumnTopM { capacities } => {
+                let transposed = ScoreMatrix::new(&by_feature, F, N).unwrap();
+                let on_transpose = column_topm_transposed(&transposed, capacities).unwrap();
+                assert_eq!(on_transpose, column_topm(&m, capacities).unwrap(), "{name}");
+                on_transpose
+            }
+        };
+        assert_eq!(got, want, "{name}");
+        for t in 0..N {
+            let (features, scores) = got.row(t);
+            for (&f, &score) in features.iter().zip(scores) {
+                assert_eq!(
+                    score.to_bits(),
+                    z[t * F + f as usize].to_bits(),
+                    "{name} ({t}, {f})"
+                );
+            }
+        }
+    }
 }
 
 #[test]
