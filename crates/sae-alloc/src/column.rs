@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use crate::key::{rank_index, rank_key, rank_score};
+use crate::matrix::has_nan;
 use crate::row::top_of_slice;
 use crate::{AllocError, Capacities, ScoreMatrix, Selection};
 
@@ -60,11 +61,6 @@ pub fn column_topm_transposed(
 ) -> Result<Selection, AllocError> {
     let (cols, rows) = (by_feature.rows(), by_feature.cols());
     let caps = capacities.for_shape(rows, cols)?;
-    let mut starts = Vec::with_capacity(cols + 1);
-    starts.push(0);
-    for &c in caps {
-        starts.push(starts.last().unwrap() + c as usize);
-    }
     let width = cols
         .div_ceil(BLOCKS_PER_THREAD * rayon::current_num_threads())
         .max(1);
@@ -72,12 +68,13 @@ pub fn column_topm_transposed(
         .into_par_iter()
         .map(|block| {
             let features = block * width..((block + 1) * width).min(cols);
-            let mut keys = Vec::with_capacity(starts[features.end] - starts[features.start]);
+            let kept = caps[features.clone()].iter().map(|&c| c as usize).sum();
+            let mut keys = Vec::with_capacity(kept);
             let mut buf = Vec::new();
             for f in features {
                 let scores = by_feature.row(f);
                 match caps[f] {
-                    0 if scores.iter().any(|x| x.is_nan()) => return None,
+                    0 if has_nan(scores) => return None,
                     0 => {}
                     cap if top_of_slice(scores, cap as usize, &mut buf) => {
                         keys.extend_from_slice(&buf);

@@ -63,8 +63,7 @@ impl<'a> ScoreMatrix<'a> {
 
     /// Error for the first NaN of `slice`, which starts at flat index `start`, if it has one.
     pub(crate) fn check_no_nan(&self, slice: &[f32], start: usize) -> Result<(), AllocError> {
-        // `fold` without short-circuit so the common (clean) case vectorises.
-        if !slice.iter().fold(false, |nan, x| nan | x.is_nan()) {
+        if !has_nan(slice) {
             return Ok(());
         }
         let offset = slice
@@ -77,4 +76,11 @@ impl<'a> ScoreMatrix<'a> {
             col: flat % self.cols,
         })
     }
+}
+
+/// Whether `slice` holds a NaN (a `fold` without short-circuit, so the common clean case
+/// vectorises).
+#[inline(always)]
+pub(crate) fn has_nan(slice: &[f32]) -> bool {
+    slice.iter().fold(false, |nan, x| nan | x.is_nan())
 }

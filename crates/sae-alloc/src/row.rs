@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use crate::key::{admission_threshold, keep_largest, rank_index, rank_key};
+use crate::matrix::has_nan;
 use crate::{AllocError, ScoreMatrix, Selection};
 
 /// Rows handed to one rayon task: enough work to amortise scheduling, few enough to balance.
@@ -125,11 +126,6 @@ fn group_maxima(slice: &[f32], buf: &mut Vec<u64>) -> bool {
         buf.extend((first..).zip(max).map(|(g, m)| rank_key(m, g)));
     }
     !nan.contains(&true)
-}
-
-/// Whether `slice` holds a NaN (without short-circuit, so it vectorises).
-fn has_nan(slice: &[f32]) -> bool {
-    slice.iter().fold(false, |nan, x| nan | x.is_nan())
 }
 
 /// Adds to `buf` every score of `scores` (whose first index is `start`) strictly above a bar

@@ -1,5 +1,8 @@
 //! Each bad input is a typed error naming the argument at fault, never a panic.
 
+mod common;
+
+use common::transpose;
 use sae_alloc::*;
 
 fn ok_matrix(data: &[f32]) -> ScoreMatrix<'_> {
@@ -29,13 +32,6 @@ fn shape_errors() {
     assert!(err.to_string().contains("5 values"));
 }
 
-/// The `rows` x `cols` row-major `data` held feature-major.
-fn transposed(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    (0..cols)
-        .flat_map(|c| (0..rows).map(move |r| data[r * cols + c]))
-        .collect()
-}
-
 /// Feature Choice on a feature-major matrix names the first NaN of the token-major matrix,
 /// as `column_topm` does: several NaNs, in columns of any capacity (0 included), long columns
 /// taking the group-maxima bound and short ones.
@@ -53,7 +49,7 @@ fn column_topm_transposed_names_the_first_nan_in_row_major_order() {
             for &(r, c) in &nans {
                 data[r * cols + c] = f32::NAN;
             }
-            let t = transposed(&data, rows, cols);
+            let t = transpose(&data, rows, cols);
             let m = ScoreMatrix::new(&data, rows, cols).unwrap();
             let want = column_topm(&m, &caps).unwrap_err();
             assert!(matches!(want, AllocError::NanScore { .. }));
@@ -75,7 +71,7 @@ fn nan_is_reported_with_its_position_by_every_rule() {
     assert_eq!(global_topk(&m, 0).unwrap_err(), want);
     let caps = Capacities::uniform(2, 3, 2).unwrap();
     assert_eq!(column_topm(&m, &caps).unwrap_err(), want);
-    let t = transposed(&data, 2, 3);
+    let t = transpose(&data, 2, 3);
     let by_feature = ScoreMatrix::new(&t, 3, 2).unwrap();
     assert_eq!(
         column_topm_transposed(&by_feature, &caps).unwrap_err(),
