@@ -177,6 +177,7 @@ pub fn gemm_abt(
 #[cfg(test)]
 mod tests {
     use super::super::test_values as values;
+    use super::super::{host_params, test_params};
     use super::*;
 
     /// Affinities in f64, written from the definition.
@@ -197,25 +198,6 @@ mod tests {
         z
     }
 
-    /// Encoder and decoder weights (`[f, d]`) and biases from consecutive seeds from `seed`.
-    fn operands(f: usize, d: usize, seed: u32) -> [Vec<f32>; 4] {
-        [
-            values(f * d, seed),
-            values(f, seed + 2),
-            values(f * d, seed + 1),
-            values(d, seed + 3),
-        ]
-    }
-
-    fn host_params([w_enc, b_enc, w_dec, b_dec]: &[Vec<f32>; 4]) -> HostParams<'_> {
-        HostParams {
-            w_enc,
-            b_enc,
-            w_dec,
-            b_dec,
-        }
-    }
-
     #[test]
     fn matches_the_definition_on_odd_shapes_and_reuses_its_buffers() {
         let mut encoder = HostEncoder::default();
@@ -227,8 +209,8 @@ mod tests {
             (37, 9, 130),
             (64, 67, 300),
         ] {
-            let operands = operands(f, d, 1);
-            let p = host_params(&operands);
+            let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d, 1);
+            let p = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
             let x = values(n * d, 5);
             let out = encoder.affinities(&p, &x, n);
             let want = oracle(&p, &x, n);
@@ -247,8 +229,8 @@ mod tests {
     #[test]
     fn feature_major_is_the_transpose_bit_for_bit() {
         let (n, d, f) = (37, 67, 300);
-        let operands = operands(f, d, 1);
-        let p = host_params(&operands);
+        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d, 1);
+        let p = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
         let x = values(n * d, 5);
         let mut encoder = HostEncoder::default();
         let by_token = encoder.affinities(&p, &x, n).to_vec();
@@ -267,8 +249,8 @@ mod tests {
     #[test]
     fn the_same_bits_for_any_number_of_threads() {
         let (n, d, f) = (96, 70, 513);
-        let operands = operands(f, d, 6);
-        let p = host_params(&operands);
+        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d, 6);
+        let p = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
         let x = values(n * d, 10);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()

@@ -680,9 +680,9 @@ mod tests {
     use sae_alloc::{Capacities, ScoreMatrix, column_topm, global_topk, row_topk};
     use sae_simd::{Level, capped};
 
-    use super::super::bits;
     use super::super::test_values as values;
     use super::super::update::first_non_finite;
+    use super::super::{bits, host_params, test_params};
     use super::*;
     use crate::rule::Activation;
 
@@ -690,29 +690,24 @@ mod tests {
     const F: usize = 16;
     const D: usize = 5;
 
-    /// Test values for `w_enc`, `b_enc`, `w_dec`, `b_dec` of `f` features of width `d`.
-    fn test_params(f: usize, d: usize) -> [Vec<f32>; 4] {
-        [
-            values(f * d, 1),
-            values(f, 2),
-            values(f * d, 3),
-            values(d, 4),
-        ]
-    }
-
-    fn host_params<'a>([w_enc, b_enc, w_dec, b_dec]: [&'a [f32]; 4]) -> HostParams<'a> {
-        HostParams {
-            w_enc,
-            b_enc,
-            w_dec,
-            b_dec,
+    /// The bits of every loss and gradient of `got` are those of `want`.
+    fn assert_same_bits(got: &HostLossAndGrads, want: &HostLossAndGrads, at: &str) {
+        assert_eq!(got.sse.to_bits(), want.sse.to_bits(), "sse, {at}");
+        assert_eq!(got.aux.to_bits(), want.aux.to_bits(), "aux, {at}");
+        for (g, w, what) in [
+            (&got.w_enc, &want.w_enc, "w_enc"),
+            (&got.b_enc, &want.b_enc, "b_enc"),
+            (&got.w_dec, &want.w_dec, "w_dec"),
+            (&got.b_dec, &want.b_dec, "b_dec"),
+        ] {
+            assert_eq!(bits(g), bits(w), "{what}, {at}");
         }
     }
 
     /// Loss and gradients of a 3-token batch `x` whose tokens keep 2 of 16 features each (by
     /// fixed scores), with encoder weights `w_enc` and the other parameters fixed.
     fn loss_and_grads(w_enc: &[f32], x: &[f32], selection: &Selection) -> HostLossAndGrads {
-        let [_, b_enc, w_dec, b_dec] = test_params(F, D);
+        let [_, b_enc, w_dec, b_dec] = test_params(F, D, 1);
         let params = host_params([w_enc, &b_enc, &w_dec, &b_dec]);
         let spec = HostLossSpec {
             selection,
@@ -765,7 +760,7 @@ mod tests {
         let scores = values(N * F, 9);
         let selection = row_topk(&ScoreMatrix::new(&scores, N, F).unwrap(), 2).unwrap();
         let aux = row_topk(&ScoreMatrix::new(&values(N * F, 11), N, F).unwrap(), 3).unwrap();
-        let [w_enc, b_enc, w_dec, b_dec] = test_params(F, D);
+        let [w_enc, b_enc, w_dec, b_dec] = test_params(F, D, 1);
         let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
         let spec = |aux_selection| HostLossSpec {
             selection: &selection,
@@ -787,16 +782,7 @@ mod tests {
                 &mut WholeBatch,
             )
             .unwrap();
-            assert_eq!(reused.sse.to_bits(), fresh.sse.to_bits());
-            assert_eq!(reused.aux.to_bits(), fresh.aux.to_bits());
-            for (got, want) in [
-                (&reused.w_enc, &fresh.w_enc),
-                (&reused.b_enc, &fresh.b_enc),
-                (&reused.w_dec, &fresh.w_dec),
-                (&reused.b_dec, &fresh.b_dec),
-            ] {
-                assert_eq!(bits(got), bits(want), "x seed {x_seed}");
-            }
+            assert_same_bits(&reused, &fresh, &format!("x seed {x_seed}"));
         }
     }
 
@@ -806,7 +792,7 @@ mod tests {
     #[test]
     fn selection_scores_give_the_matrixs_codes() {
         let (n, f, d) = (24, 96, 37);
-        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d);
+        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d, 1);
         let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
         let x = values(n * d, 5);
         let mut z = values(n * f, 9);
@@ -845,16 +831,7 @@ mod tests {
                     run(PairAffinities::Matrix(&z)),
                     run(PairAffinities::SelectionScores),
                 );
-                assert_eq!(taken.sse.to_bits(), read.sse.to_bits(), "{activation:?}");
-                assert_eq!(taken.aux.to_bits(), read.aux.to_bits(), "{activation:?}");
-                for (got, want) in [
-                    (&taken.w_enc, &read.w_enc),
-                    (&taken.b_enc, &read.b_enc),
-                    (&taken.w_dec, &read.w_dec),
-                    (&taken.b_dec, &read.b_dec),
-                ] {
-                    assert_eq!(bits(got), bits(want), "{activation:?}");
-                }
+                assert_same_bits(&taken, &read, &format!("{activation:?}"));
             }
         }
     }
@@ -866,7 +843,7 @@ mod tests {
     #[test]
     fn the_widest_passes_compute_the_baselines_bits() {
         let (n, f, d) = (40, 130, 389);
-        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d);
+        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d, 1);
         let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
         let x = values(n * d, 5);
         let scores = values(n * f, 9);

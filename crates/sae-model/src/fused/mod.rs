@@ -36,3 +36,26 @@ fn test_values(len: usize, seed: u32) -> Vec<f32> {
 fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|x| x.to_bits()).collect()
 }
+
+/// Test values for `w_enc`, `b_enc`, `w_dec`, `b_dec` of `f` features of width `d`, from the
+/// seeds `seed..seed + 4`.
+#[cfg(test)]
+fn test_params(f: usize, d: usize, seed: u32) -> [Vec<f32>; 4] {
+    [
+        test_values(f * d, seed),
+        test_values(f, seed + 1),
+        test_values(f * d, seed + 2),
+        test_values(d, seed + 3),
+    ]
+}
+
+/// Host parameters over `w_enc`, `b_enc`, `w_dec`, `b_dec`.
+#[cfg(test)]
+fn host_params<'a>([w_enc, b_enc, w_dec, b_dec]: [&'a [f32]; 4]) -> HostParams<'a> {
+    HostParams {
+        w_enc,
+        b_enc,
+        w_dec,
+        b_dec,
+    }
+}

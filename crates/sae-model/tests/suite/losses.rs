@@ -100,10 +100,7 @@ fn aux_selection_on_feature_major_affinities_is_the_same() {
             *v = 0.25;
         }
     }
-    let by_feature: Vec<f32> = (0..f)
-        .flat_map(|j| (0..n).map(move |t| (t, j)))
-        .map(|(t, j)| z[t * f + j])
-        .collect();
+    let by_feature = common::feature_major(&z, n, f);
     let weights: Vec<f32> = (0..f).map(|j| [0.0, 1.0, 0.5][j % 3]).collect();
     for activation in [Activation::Relu, Activation::Identity] {
         for k_aux in [1, 3, 20] {

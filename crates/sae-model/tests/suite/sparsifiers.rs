@@ -27,10 +27,7 @@ fn select_is_the_builtin_rules_selection_with_the_affinities_as_scores() {
     z[5] = -0.0;
     z[9] = 0.0;
     let m = ScoreMatrix::new(&z, N, F).unwrap();
-    let by_feature: Vec<f32> = (0..F)
-        .flat_map(|f| (0..N).map(move |t| (t, f)))
-        .map(|(t, f)| z[t * F + f])
-        .collect();
+    let by_feature = common::feature_major(&z, N, F);
     let stats = FeatureStats::new(F, StatsConfig::default());
     for sparsifier in common::builtin_sparsifiers(2) {
         let name = sparsifier.name().to_owned();
