@@ -118,11 +118,16 @@ impl<B: AutodiffBackend> TrainStep<B> {
         let activation = self.sparsifier.activation();
         let host = HostParams::from(&*params);
         let rule = self.sparsifier.builtin(batch_rows, &self.stats)?;
+        // Over several peers the rule must be built in: known before any compute.
+        let sharded = match peers.peers() {
+            1 => None,
+            _ => Some(self.sharded(rule.as_ref())?),
+        };
         // Feature Choice on one peer selects each feature's tokens: it holds the affinities
         // feature-major, so that they are contiguous. Every other case holds them
         // token-major, as sparsifiers and the sharded rules read them.
         let capacities = match &rule {
-            Some(BuiltinRule::ColumnTopM { capacities }) if peers.peers() == 1 => Some(capacities),
+            Some(BuiltinRule::ColumnTopM { capacities }) if sharded.is_none() => Some(capacities),
             _ => None,
         };
         let layout = match capacities {
@@ -130,13 +135,13 @@ impl<B: AutodiffBackend> TrainStep<B> {
             None => AffinityLayout::TokenMajor,
         };
         let affinities = encoder.affinities_in(layout, &host, x, n);
-        let selection = match capacities {
-            Some(capacities) => {
+        let selection = match (capacities, sharded) {
+            (Some(capacities), _) => {
                 column_topm_transposed(&ScoreMatrix::new(affinities, f, n)?, capacities)
                     .map_err(|e| nan_is_bad_input(e.into()))?
             }
-            None if peers.peers() == 1 => self.host_select(affinities, n, f)?,
-            None => self.sharded_select(affinities, [n, batch_rows], f, peers)?,
+            (None, Some(rule)) => self.sharded_select(affinities, n, f, rule, peers)?,
+            (None, None) => self.host_select(affinities, n, f)?,
         };
         let aux_selection = match aux {
             Some((weights, k_aux)) => Some(aux_selection_in(

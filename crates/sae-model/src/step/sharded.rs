@@ -62,29 +62,32 @@ impl<B: AutodiffBackend> TrainStep<B> {
     /// The built-in rule of a batch of `batch_rows` rows over all peers: a sharded step needs
     /// one (plug-ins choose pairs on their own terms, which cannot be split by rows).
     pub(super) fn sharded_rule(&self, batch_rows: usize) -> Result<BuiltinRule> {
-        self.sparsifier
-            .builtin(batch_rows, &self.stats)?
-            .ok_or_else(|| {
-                SaeError::Config(format!(
-                    "sparsifier {:?} has no built-in rule; training over several peers needs one",
-                    self.sparsifier.name()
-                ))
-            })
+        self.sharded(self.sparsifier.builtin(batch_rows, &self.stats)?)
     }
 
-    /// The training rule's selection of this peer's `n` rows, made over the whole batch of
-    /// `batch_rows`. (Every peer has rows: `train_step_sharded` agreed on that.)
+    /// The sparsifier's built-in `rule`, or the error of a sharded step without one.
+    pub(super) fn sharded<R>(&self, rule: Option<R>) -> Result<R> {
+        rule.ok_or_else(|| {
+            SaeError::Config(format!(
+                "sparsifier {:?} has no built-in rule; training over several peers needs one",
+                self.sparsifier.name()
+            ))
+        })
+    }
+
+    /// The selection of this peer's `n` rows by `rule`, the training rule of the whole batch
+    /// over all peers. (Every peer has rows: `train_step_sharded` agreed on that.)
     pub(super) fn sharded_select(
         &self,
         affinities: &[f32],
-        [n, batch_rows]: [usize; 2],
+        n: usize,
         f: usize,
+        rule: &BuiltinRule,
         peers: &mut dyn Collective,
     ) -> Result<Selection> {
-        let rule = self.sharded_rule(batch_rows)?;
         let scores = ScoreMatrix::new(affinities, n, f)?;
         let exchange = &mut PeerSums(peers);
-        selection_of(match &rule {
+        selection_of(match rule {
             BuiltinRule::RowTopK { k } => row_topk_sharded(&scores, *k, exchange),
             BuiltinRule::GlobalTopK { budget } => global_topk_sharded(&scores, *budget, exchange),
             BuiltinRule::ColumnTopM { capacities } => {
