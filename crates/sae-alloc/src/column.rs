@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use crate::key::{rank_index, rank_key, rank_score};
 use crate::matrix::has_nan;
-use crate::row::top_of_slice;
+use crate::row::{SliceTop, top_of_slice};
 use crate::{AllocError, Capacities, ScoreMatrix, Selection};
 
 /// Widest column block of one task: each row contributes one sequential run of up to 8 KiB,
@@ -52,7 +52,7 @@ pub fn column_topm(scores: &ScoreMatrix, capacities: &Capacities) -> Result<Sele
 /// errors included, is that of the token-major matrix, the same as `column_topm` gives.
 ///
 /// Each feature's scores are contiguous here, so every feature takes row top-k's path with
-/// `k = m_f` (a lower bound from group maxima, then one admitting pass) instead of a strided
+/// `k = m_f` (a lower bound from block maxima, then one admitting pass) instead of a strided
 /// scan with a heap per column; features are independent, so the result does not depend on
 /// the thread count.
 pub fn column_topm_transposed(
@@ -70,14 +70,14 @@ pub fn column_topm_transposed(
             let features = block * width..((block + 1) * width).min(cols);
             let kept = caps[features.clone()].iter().map(|&c| c as usize).sum();
             let mut keys = Vec::with_capacity(kept);
-            let mut buf = Vec::new();
+            let mut top = SliceTop::default();
             for f in features {
                 let scores = by_feature.row(f);
                 match caps[f] {
                     0 if has_nan(scores) => return None,
                     0 => {}
-                    cap if top_of_slice(scores, cap as usize, &mut buf) => {
-                        keys.extend_from_slice(&buf);
+                    cap if top_of_slice(scores, cap as usize, &mut top) => {
+                        keys.extend_from_slice(&top.keys);
                     }
                     _ => return None,
                 }

@@ -27,8 +27,8 @@ pub fn row_topk(scores: &ScoreMatrix, k: usize) -> Result<Selection, AllocError>
             .zip(values.par_chunks_mut(k * ROWS_PER_TASK))
             .enumerate()
             .try_for_each_init(
-                || Vec::with_capacity(2 * k.max(8) + LANE),
-                |buf, (task, (feat_out, val_out))| {
+                || SliceTop::with_capacity(k),
+                |top, (task, (feat_out, val_out))| {
                     let first = task * ROWS_PER_TASK;
                     for (i, (f, v)) in feat_out
                         .chunks_mut(k)
@@ -36,11 +36,11 @@ pub fn row_topk(scores: &ScoreMatrix, k: usize) -> Result<Selection, AllocError>
                         .enumerate()
                     {
                         let row = scores.row(first + i);
-                        if !top_of_slice(row, k, buf) {
+                        if !top_of_slice(row, k, top) {
                             scores.check_no_nan(row, (first + i) * cols)?;
                             unreachable!("the row holds a NaN");
                         }
-                        write_by_index(buf, row, f, v);
+                        write_by_index(&mut top.keys, row, f, v);
                     }
                     Ok::<(), AllocError>(())
                 },
@@ -55,77 +55,131 @@ pub fn row_topk(scores: &ScoreMatrix, k: usize) -> Result<Selection, AllocError>
     ))
 }
 
-/// Fills `buf` with the rank keys of the `k` (1 <= k <= len) largest values of `slice`,
-/// indices relative to the slice, in no particular order; returns `false`, with `buf` in no
+/// The working memory of [`top_of_slice`], reused from slice to slice: rank keys and block
+/// maxima.
+#[derive(Debug, Default)]
+pub(crate) struct SliceTop {
+    /// The top `k` rank keys of the last slice (indices relative to it), in no order.
+    pub(crate) keys: Vec<u64>,
+    maxima: Vec<f32>,
+}
+
+impl SliceTop {
+    /// Room for the candidates of a top `k` without reallocation.
+    pub(crate) fn with_capacity(k: usize) -> Self {
+        Self {
+            keys: Vec::with_capacity(2 * k.max(8) + LANE),
+            maxima: Vec::new(),
+        }
+    }
+}
+
+/// Fills `top.keys` with the rank keys of the `k` (1 <= k <= len) largest values of `slice`,
+/// indices relative to the slice, in no particular order; returns `false`, with `top` in no
 /// particular state, if the slice holds a NaN.
 ///
-/// Long slices first bound the answer from below. The scores are split into groups and the
-/// `k`-th largest of the group maxima is at most the `k`-th largest score (the `k` groups with
-/// the largest maxima each hold a score at least that large), so one more pass admitting only
-/// the scores at or above it keeps every score of the top `k`, usually with few others. Any
-/// partition into groups bounds alike; [`group_maxima`]'s is the one that vectorises.
-pub(crate) fn top_of_slice(slice: &[f32], k: usize, buf: &mut Vec<u64>) -> bool {
-    buf.clear();
-    let groups = slice.len() / SPAN * LANE;
-    if k > 0 && groups >= GROUPS_PER_SELECTED * k {
-        if !group_maxima(slice, buf) {
+/// Long slices first bound the answer from below. The scores are split into blocks of
+/// [`BLOCK`] and the `k`-th largest of the block maxima is at most the `k`-th largest score
+/// (the `k` blocks with the largest maxima each hold a score at least that large), so every
+/// score of the top `k` lies in a block whose maximum reaches that bound. The second pass
+/// visits only those blocks, usually about `k` of them, and the scores after the last full
+/// block.
+pub(crate) fn top_of_slice(slice: &[f32], k: usize, top: &mut SliceTop) -> bool {
+    let SliceTop { keys, maxima } = top;
+    keys.clear();
+    let blocks = slice.len() / BLOCK;
+    if k > 0 && blocks >= BLOCKS_PER_SELECTED * k {
+        maxima.clear();
+        if !block_maxima(slice, maxima) {
             return false;
         }
-        // The k-th largest group maximum; ties among maxima do not matter for a bound.
-        keep_largest(buf, k);
-        let bound = admission_threshold(buf);
-        buf.clear();
+        keys.extend((0..).zip(maxima.iter()).map(|(b, &m)| rank_key(m, b)));
+        // The k-th largest block maximum; ties among maxima do not matter for a bound.
+        keep_largest(keys, k);
+        let bound = admission_threshold(keys);
+        keys.clear();
         // Scores equal to the bound are candidates too: admit above the float just below it.
         // A bound of -inf bounds nothing (and has no float below it).
         if bound > f32::NEG_INFINITY {
-            admit_from(slice, 0, k, bound.next_down(), buf);
+            admit_from_blocks(slice, maxima, k, bound.next_down(), keys);
             return true;
         }
     } else if has_nan(slice) {
         return false;
     }
     for (i, &x) in slice[..k].iter().enumerate() {
-        buf.push(rank_key(x, i as u32));
+        keys.push(rank_key(x, i as u32));
     }
     // Later scores have higher indices, so one equal to the k-th largest so far loses its tie.
-    let threshold = admission_threshold(buf);
-    admit_from(&slice[k..], k, k, threshold, buf);
+    let threshold = admission_threshold(keys);
+    admit_from(&slice[k..], k, k, threshold, keys);
     true
 }
 
 /// Scores compared per branch-free test.
 const LANE: usize = 16;
-/// Scores per span of [`group_maxima`]: [`LANE`] groups of 64 scores each.
-const SPAN: usize = 64 * LANE;
-/// Groups per selected score from which a slice takes the lower bound: with fewer, the
+/// Scores per block of the lower bound: a few lanes, whose maximum is one vertical maximum
+/// of the lanes and one horizontal of the result.
+const BLOCK: usize = 4 * LANE;
+/// Blocks per selected score from which a slice takes the lower bound: with fewer, the
 /// bound passes too many scores to pay for its extra pass.
-const GROUPS_PER_SELECTED: usize = 4;
+const BLOCKS_PER_SELECTED: usize = 4;
 
-/// Pushes the rank keys of the maxima of the groups of `slice`'s full [`SPAN`]s (the group
-/// as index) to `buf`; `false` if the slice holds a NaN (the scores after the last full span
-/// included). Group `LANE * s + j` holds the scores of
-/// span `s` at positions `j` mod [`LANE`], so each span is one elementwise maximum of its
-/// lanes, without a horizontal step. A NaN never wins a comparison and is found by its own
-/// test in the same pass.
-fn group_maxima(slice: &[f32], buf: &mut Vec<u64>) -> bool {
-    let spans = slice.chunks_exact(SPAN);
-    if has_nan(spans.remainder()) {
+/// Pushes the maximum of each full [`BLOCK`] of `slice` to `maxima`; `false` if the slice
+/// holds a NaN (the scores after the last full block included). A NaN never wins a
+/// comparison and is found by its own test in the same pass.
+fn block_maxima(slice: &[f32], maxima: &mut Vec<f32>) -> bool {
+    let blocks = slice.chunks_exact(BLOCK);
+    if has_nan(blocks.remainder()) {
         return false;
     }
     let mut nan = [false; LANE];
-    for (s, span) in spans.enumerate() {
+    maxima.extend(blocks.map(|block| {
         let mut max = [f32::NEG_INFINITY; LANE];
-        for lane in span.chunks_exact(LANE) {
+        for lane in block.chunks_exact(LANE) {
             for j in 0..LANE {
                 let x = lane[j];
                 max[j] = if x > max[j] { x } else { max[j] };
                 nan[j] |= x.is_nan();
             }
         }
-        let first = (s * LANE) as u32;
-        buf.extend((first..).zip(max).map(|(g, m)| rank_key(m, g)));
-    }
+        // Halve the lanes until one holds the block's maximum.
+        let mut width = LANE / 2;
+        while width > 0 {
+            for j in 0..width {
+                max[j] = if max[j + width] > max[j] {
+                    max[j + width]
+                } else {
+                    max[j]
+                };
+            }
+            width /= 2;
+        }
+        max[0]
+    }));
     !nan.contains(&true)
+}
+
+/// [`admit_from`] on the whole of `slice` (first index 0), visiting only the blocks whose
+/// maximum (`maxima`, one per full [`BLOCK`]) beats the running threshold, and then the
+/// scores after the last full block. Blocks go in index order, so ties break as in
+/// [`admit_from`].
+fn admit_from_blocks(slice: &[f32], maxima: &[f32], k: usize, threshold: f32, buf: &mut Vec<u64>) {
+    let cap = 2 * k.max(8);
+    let mut threshold = threshold;
+    for (b, &max) in maxima.iter().enumerate() {
+        if max > threshold {
+            let start = b * BLOCK;
+            admit(&slice[start..start + BLOCK], start, threshold, buf);
+            if buf.len() >= cap {
+                keep_largest(buf, k);
+                threshold = admission_threshold(buf);
+            }
+        }
+    }
+    let tail = maxima.len() * BLOCK;
+    admit(&slice[tail..], tail, threshold, buf);
+    keep_largest(buf, k);
 }
 
 /// Adds to `buf` every score of `scores` (whose first index is `start`) strictly above a bar
@@ -153,13 +207,28 @@ fn admit_from(scores: &[f32], start: usize, k: usize, threshold: f32, buf: &mut 
     keep_largest(buf, k);
 }
 
-/// Pushes the rank keys of the scores of `lane` (starting at index `start`) above
-/// `threshold`.
+/// Pushes the rank keys of the scores of `scores` (starting at index `start`) above
+/// `threshold`, in index order. Each [`LANE`] is compared at once into a bit mask, whose set
+/// bits are then visited: no branch per score to mispredict.
 #[inline]
-fn admit(lane: &[f32], start: usize, threshold: f32, buf: &mut Vec<u64>) {
-    for (j, &x) in lane.iter().enumerate() {
+fn admit(scores: &[f32], start: usize, threshold: f32, buf: &mut Vec<u64>) {
+    let mut lanes = scores.chunks_exact(LANE);
+    for (l, lane) in lanes.by_ref().enumerate() {
+        let lane: &[f32; LANE] = lane.try_into().expect("exact chunk");
+        let mut above = (0..LANE).fold(0u32, |bits, j| {
+            bits | (u32::from(lane[j] > threshold) << j)
+        });
+        while above != 0 {
+            let j = above.trailing_zeros() as usize;
+            buf.push(rank_key(lane[j], (start + l * LANE + j) as u32));
+            above &= above - 1;
+        }
+    }
+    let tail = lanes.remainder();
+    let first = start + scores.len() - tail.len();
+    for (j, &x) in tail.iter().enumerate() {
         if x > threshold {
-            buf.push(rank_key(x, (start + j) as u32));
+            buf.push(rank_key(x, (first + j) as u32));
         }
     }
 }

@@ -34,7 +34,7 @@ fn shape_errors() {
 
 /// Feature Choice on a feature-major matrix names the first NaN of the token-major matrix,
 /// as `column_topm` does: several NaNs, in columns of any capacity (0 included), long columns
-/// taking the group-maxima bound and short ones.
+/// taking the block-maxima bound and short ones.
 #[test]
 fn column_topm_transposed_names_the_first_nan_in_row_major_order() {
     for (rows, cols) in [(5, 4), (1100, 3)] {
@@ -87,10 +87,10 @@ fn nan_is_reported_with_its_position_by_every_rule() {
     assert!(want.to_string().contains("row 1, column 1"));
 }
 
-/// Row top-k names a NaN wherever it is in a long row (at least 4 groups of 64 scores per
-/// selected one, 16 groups per full span of 1024: the rows that take the group-maxima bound):
-/// in the first or a middle span, in the tail after the last full span, as the row's first
-/// or last score; and so it does with k = 9, where the same rows take the other path.
+/// Row top-k names a NaN wherever it is in a long row (at least 4 blocks of 64 scores per
+/// selected one: the rows that take the block-maxima bound): in the first or a middle block,
+/// in the tail after the last full block, as the row's first or last score; and so it does
+/// with k = 9, where the same rows take the other path.
 #[test]
 fn nan_in_long_rows_is_reported_with_its_position() {
     let (rows, cols) = (3, 1024 * 2 + 5);

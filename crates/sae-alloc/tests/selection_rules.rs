@@ -14,11 +14,11 @@ fn capacities(rows: usize, cols: usize) -> impl Strategy<Value = Vec<u32>> {
     prop::collection::vec(0..=rows as u32, cols)
 }
 
-/// A long row whose `k`-th largest group maximum is -inf (one finite score): the lower bound
+/// A long row whose `k`-th largest block maximum is -inf (one finite score): the lower bound
 /// bounds nothing and the row takes the running threshold; the -inf scores tie by index.
 #[test]
 fn long_row_with_a_bound_of_minus_infinity() {
-    // One span of 1024 scores (16 groups of 64) and a tail: enough groups for k = 3.
+    // 17 blocks of 64 scores and a tail: enough blocks for k = 3.
     let (rows, cols, k) = (2, 1100, 3);
     let mut data = vec![f32::NEG_INFINITY; rows * cols];
     data[300] = 1.0;
@@ -31,7 +31,7 @@ fn long_row_with_a_bound_of_minus_infinity() {
 }
 
 /// Scores for long rows. Those of `score()` would fill every top `k` of a long row with
-/// +inf; these have a top of distinct values, so the `k`-th largest is often a group's
+/// +inf; these have a top of distinct values, so the `k`-th largest is often a block's
 /// maximum and equals the bound, with some ties and -inf below.
 fn long_row_score() -> impl Strategy<Value = f32> {
     prop_oneof![
@@ -56,9 +56,9 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 
-    /// Rows long enough for the group-maxima lower bound (at least 4 groups of 64 scores per
-    /// selected one, 16 groups per full span of 1024), with a ragged tail after the last
-    /// span, and `k` on both sides of the rows' switch to it.
+    /// Rows long enough for the block-maxima lower bound (at least 4 blocks of 64 scores per
+    /// selected one), with a ragged tail after the last full block, and `k` on both sides of
+    /// the rows' switch to it.
     #[test]
     fn long_row_topk_matches_oracle(
         ((data, rows, cols), k) in (1..=3usize, 256..=2200usize).prop_flat_map(|(rows, cols)| (
@@ -100,9 +100,9 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 
-    /// Feature-major columns long enough for the group-maxima bound (16 groups per 1024
-    /// tokens, at least 4 per kept token), with a ragged tail, capacities on both sides of
-    /// the switch to it, and capacity 0.
+    /// Feature-major columns long enough for the block-maxima bound (a block per 64 tokens,
+    /// at least 4 per kept token), with a ragged tail, capacities on both sides of the switch
+    /// to it, and capacity 0.
     #[test]
     fn column_topm_transposed_matches_oracle_on_long_columns(
         (data, rows, cols) in (256..=2200usize, 1..4usize).prop_flat_map(|(r, c)| {
