@@ -114,3 +114,37 @@ macro_rules! widest {
         }
     };
 }
+
+/// Bytes per cache line assumed by [`prefetch`].
+const CACHE_LINE: usize = 64;
+
+/// Asks the CPU to start loading every cache line of `data` into its caches, for a read
+/// soon after. A hint only: it changes no value, and does nothing on targets other than
+/// x86-64. Loops that gather rows by an index known ahead (a selected feature's decoder row)
+/// call it a few rows early, so the loads overlap the work on the rows before.
+///
+/// ```
+/// let rows = vec![0.5f32; 4 * 384];
+/// // Row 2's cache lines start loading; any slice will do, an empty one too.
+/// sae_simd::prefetch(&rows[2 * 384..3 * 384]);
+/// sae_simd::prefetch::<f32>(&[]);
+/// assert!(rows.iter().all(|&x| x == 0.5));
+/// ```
+#[inline(always)]
+pub fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let start = data.as_ptr().cast::<i8>();
+        for offset in (0..std::mem::size_of_val(data)).step_by(CACHE_LINE) {
+            // SAFETY: a prefetch reads nothing a program can observe and never faults, and
+            // the address is inside `data`.
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset));
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}

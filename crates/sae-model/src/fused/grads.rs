@@ -31,6 +31,10 @@ const TOKEN_BLOCK: usize = 32;
 const FEATURE_BLOCK: usize = 64;
 /// Encoder rows per partial sum of the `b_dec` gradient's encoder part.
 const ENCODER_BLOCK: usize = 1024;
+/// How many pairs ahead pass 1 prefetches the decoder row a pair gathers: each is a random
+/// row of a matrix that the affinities have pushed out of the caches, and a few pairs' work
+/// hides most of its load.
+const ROWS_AHEAD: usize = 4;
 
 /// Parameters as host slices (`w_enc`, `w_dec`: `[F, d]` row-major).
 #[derive(Debug, Clone, Copy)]
@@ -217,7 +221,10 @@ fn encode_token(
     sum: &mut [f32],
     out: &mut PairValues,
 ) {
-    for (&f, &score) in pairs.0.iter().zip(pairs.1) {
+    for (i, (&f, &score)) in pairs.0.iter().zip(pairs.1).enumerate() {
+        if let Some(&ahead) = pairs.0.get(i + ROWS_AHEAD) {
+            sae_simd::prefetch(params.dec_row(ahead));
+        }
         let u = match affinities {
             PairAffinities::SelectionScores => score,
             PairAffinities::Matrix(row) => row[f as usize],
@@ -265,7 +272,7 @@ fn token_block(
     let mut centred = vec![0.0f32; d];
     let main_scale = (-2.0 * spec.recon_scale) as f32;
     let features = params.b_enc.len();
-    for (i, t) in rows.enumerate() {
+    for (i, t) in rows.clone().enumerate() {
         let x_t = &x[t * d..(t + 1) * d];
         // `Matrix` narrowed to the token's row.
         let z_t = match spec.affinities {
@@ -276,6 +283,12 @@ fn token_block(
         };
         for ((c, xi), b) in centred.iter_mut().zip(x_t).zip(params.b_dec) {
             *c = xi - b;
+        }
+        // The next token's first decoder rows load while this token is worked on.
+        if t + 1 < rows.end {
+            for &f in spec.selection.row(t + 1).0.iter().take(ROWS_AHEAD) {
+                sae_simd::prefetch(params.dec_row(f));
+            }
         }
         // err_t = x_t - b_dec - sum_p v_p w_dec[f] = c_t - sum.
         let e = &mut err[i * d..(i + 1) * d];
