@@ -74,10 +74,7 @@ impl Adam {
         assert!(param.len() == grad.len() && m.len() == grad.len() && v.len() == grad.len());
         let c = self.constants();
         for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m).zip(v) {
-            *v = *v * c.beta2 + g * g * c.one_minus_beta2;
-            *m = *m * c.beta1 + g * c.one_minus_beta1;
-            let step = 1.0 / ((*v * c.inv_correction2).sqrt() + c.eps) * *m * c.step_scale;
-            *p -= step;
+            update_element(&c, p, g, m, v);
         }
     }
 
@@ -94,6 +91,16 @@ impl Adam {
             eps: self.eps as f32,
         }
     }
+}
+
+/// One element of [`Adam::update_slice`]: the moments and the parameter moved by gradient
+/// `g`, with the same `f32` operations in the same order.
+#[inline(always)]
+pub(crate) fn update_element(c: &AdamConstants, p: &mut f32, g: f32, m: &mut f32, v: &mut f32) {
+    *v = *v * c.beta2 + g * g * c.one_minus_beta2;
+    *m = *m * c.beta1 + g * c.one_minus_beta1;
+    let step = 1.0 / ((*v * c.inv_correction2).sqrt() + c.eps) * *m * c.step_scale;
+    *p -= step;
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::grads::{HostLossAndGrads, any_non_finite, dot, first_flagged};
-use crate::adam::Adam;
+use crate::adam::{Adam, update_element};
 use crate::sae::SaeParams;
 
 /// Parameter rows per parallel task (and per call of a `widest!` function).
@@ -28,12 +28,11 @@ pub(crate) fn first_non_finite(grads: &HostLossAndGrads) -> Option<&'static str>
     ])
 }
 
-/// One update of `params` and the moments `m`, `v` with the gradients `grads` (the decoder's
-/// gradient rows are projected in place).
+/// One update of `params` and the moments `m`, `v` with the gradients `grads`.
 pub(crate) fn update(
     adam: &Adam,
     params: &mut SaeParams,
-    grads: &mut HostLossAndGrads,
+    grads: &HostLossAndGrads,
     m: &mut SaeParams,
     v: &mut SaeParams,
 ) {
@@ -42,7 +41,7 @@ pub(crate) fn update(
     params
         .w_dec
         .par_chunks_mut(task)
-        .zip(grads.w_dec.par_chunks_mut(task))
+        .zip(grads.w_dec.par_chunks(task))
         .zip(m.w_dec.par_chunks_mut(task))
         .zip(v.w_dec.par_chunks_mut(task))
         .for_each(|(((w, g), m), v)| decoder_rows_widest(adam, d, w, g, m, v));
@@ -58,16 +57,18 @@ pub(crate) fn update(
 }
 
 /// The update of decoder rows of width `d`, each in turn: the gradient's component along the
-/// row removed, Adam, and the row rescaled to unit norm.
+/// row removed, Adam, and the row rescaled to unit norm. The projected gradient is formed
+/// element by element as Adam takes it, and never stored.
 #[inline(always)]
-fn decoder_rows(adam: &Adam, d: usize, w: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32]) {
-    let rows = w.chunks_mut(d).zip(g.chunks_mut(d));
+fn decoder_rows(adam: &Adam, d: usize, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    let c = adam.constants();
+    let rows = w.chunks_mut(d).zip(g.chunks(d));
     for ((w, g), (m, v)) in rows.zip(m.chunks_mut(d).zip(v.chunks_mut(d))) {
         let parallel = dot(g, w);
-        for (gi, wi) in g.iter_mut().zip(w.iter()) {
-            *gi -= wi * parallel;
+        for (((wi, &gi), mi), vi) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let projected = gi - *wi * parallel;
+            update_element(&c, wi, projected, mi, vi);
         }
-        adam.update_slice(w, g, m, v);
         let norm = dot(w, w).sqrt().max(f32::MIN_POSITIVE);
         for wi in w.iter_mut() {
             *wi /= norm;
@@ -80,7 +81,7 @@ sae_simd::widest! {
         adam: &Adam,
         d: usize,
         w: &mut [f32],
-        g: &mut [f32],
+        g: &[f32],
         m: &mut [f32],
         v: &mut [f32],
     ) -> () = decoder_rows;
@@ -144,14 +145,14 @@ mod tests {
             tensor(&m.w_enc, f, d),
             tensor(&v.w_enc, f, d),
         );
-        let mut grads = HostLossAndGrads {
+        let grads = HostLossAndGrads {
             w_enc: g.w_enc.clone(),
             b_enc: g.b_enc.clone(),
             w_dec: g.w_dec.clone(),
             b_dec: g.b_dec.clone(),
             ..HostLossAndGrads::default()
         };
-        update(&adam, &mut p, &mut grads, &mut m, &mut v);
+        update(&adam, &mut p, &grads, &mut m, &mut v);
         // The backends' SIMD reciprocal (in Adam's denominator) is approximate, to about 1e-5
         // relative; the host update divides exactly. The zero row is all Adam step, so it
         // shows that error in full once normalised.
@@ -203,15 +204,15 @@ mod tests {
         ];
         let g = values(len, 7);
         for level in sae_simd::Level::ALL {
-            let [mut w, mut dw, mut m, mut v] = start.clone();
-            let [mut wide_w, mut wide_dw, mut wide_m, mut wide_v] = start.clone();
-            decoder_rows(&adam, d, &mut w, &mut dw, &mut m, &mut v);
+            let [mut w, dw, mut m, mut v] = start.clone();
+            let [mut wide_w, _, mut wide_m, mut wide_v] = start.clone();
+            decoder_rows(&adam, d, &mut w, &dw, &mut m, &mut v);
             sae_simd::capped(level, || {
-                let (dw, m, v) = (&mut wide_dw, &mut wide_m, &mut wide_v);
-                decoder_rows_widest(&adam, d, &mut wide_w, dw, m, v)
+                let (m, v) = (&mut wide_m, &mut wide_v);
+                decoder_rows_widest(&adam, d, &mut wide_w, &dw, m, v)
             });
-            let rows = [(&wide_w, &w), (&wide_dw, &dw), (&wide_m, &m), (&wide_v, &v)];
-            for ((got, want), what) in rows.into_iter().zip(["row", "gradient", "m", "v"]) {
+            let rows = [(&wide_w, &w), (&wide_m, &m), (&wide_v, &v)];
+            for ((got, want), what) in rows.into_iter().zip(["row", "m", "v"]) {
                 assert_eq!(bits(got), bits(want), "decoder {what}, {level:?}");
             }
             adam.update_slice(&mut w, &g, &mut m, &mut v);
