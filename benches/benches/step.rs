@@ -4,6 +4,10 @@
 //! Backend from `SAE_BENCH_BACKEND` (`flex`, the default, `ndarray`, `wgpu`, `cuda` with the
 //! `cuda` feature). Shape from `SAE_BENCH_N`, `SAE_BENCH_D`, `SAE_BENCH_F`, `SAE_BENCH_K`
 //! (default 4096, 384, 16384, 32).
+//!
+//! After criterion's benches, `SAE_BENCH_ROUNDS` paired rounds (default 10; 0 skips them)
+//! time each sparsifier's step between two runs of the GEMM and print the median, least and
+//! largest ratio: the ratio measured with both under the same load.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -29,6 +33,9 @@ use sae_train::tensor::to_device;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 static TIMES: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
+
+/// Per step variant, its ratio to the GEMM in each paired round ([`paired_rounds`]).
+static PAIRED: Mutex<BTreeMap<String, Vec<f64>>> = Mutex::new(BTreeMap::new());
 
 /// Benchmarks `f` as `group/id`, keeping each sample's time per iteration under `id`.
 fn timed(c: &mut Criterion, group: &str, id: &str, mut f: impl FnMut()) {
@@ -91,8 +98,14 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
     // crate, bias folded in, output buffer reused), beside burn's `matmul` of the same
     // operands; on the others burn's `matmul`.
     let on_host = StepPath::Auto.resolve::<Inner>(&device) == StepPath::Fused;
-    if on_host {
-        let mut encoder = StepEncoderGemm::new(f, d, 2);
+    let mut encoder = StepEncoderGemm::new(f, d, 2);
+    let burn_matmul = || {
+        let y = x.clone().matmul(w.clone().transpose());
+        Inner::sync(&device).unwrap();
+        black_box(y);
+    };
+    // The step's GEMM, kept for the paired rounds after the steps' benches.
+    let mut gemm: Box<dyn FnMut() + '_> = if on_host {
         timed(c, "train_step", "gemm_encoder", || {
             black_box(encoder.run(&x_host, n));
         });
@@ -101,17 +114,14 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
         timed(c, "train_step", "gemm_encoder_feature_major", || {
             black_box(encoder.run_in(AffinityLayout::FeatureMajor, &x_host, n));
         });
-    }
-    let burn_id = if on_host {
-        "burn_matmul"
+        timed(c, "train_step", "burn_matmul", burn_matmul);
+        Box::new(|| {
+            black_box(encoder.run(&x_host, n));
+        })
     } else {
-        "gemm_encoder"
+        timed(c, "train_step", "gemm_encoder", burn_matmul);
+        Box::new(burn_matmul)
     };
-    timed(c, "train_step", burn_id, || {
-        let y = x.clone().matmul(w.clone().transpose());
-        Inner::sync(&device).unwrap();
-        black_box(y);
-    });
 
     let sae = Sae::<Inner>::init(
         &SaeConfig {
@@ -123,6 +133,7 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
         &device,
     )
     .unwrap();
+    let mut paired: Vec<Timed<'_>> = Vec::new();
     for (id, sparsifier, path) in step_variants(k, on_host) {
         let config = TrainConfig {
             path,
@@ -133,12 +144,22 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
             TrainStep::<Autodiff<Inner>>::new(&sae, sparsifier, config, &device).unwrap();
         // The batch reaches the step as in training: the host batch moved into a tensor of its
         // own (one copy), which the host path takes back without another.
-        timed(c, "train_step", id, || {
-            let xb = to_device::<Autodiff<Inner>>(&x_host, n, d, &device);
+        let (x_host, device) = (&x_host, &device);
+        let mut run = move || {
+            let xb = to_device::<Autodiff<Inner>>(x_host, n, d, device);
             let out = step.train_step(xb).unwrap();
             black_box(out.loss);
-        });
+        };
+        timed(c, "train_step", id, &mut run);
+        if path == StepPath::Auto && was_timed(id) {
+            paired.push((id, Box::new(run)));
+        }
     }
+    if was_timed("gemm_encoder") {
+        paired_rounds(env_or("SAE_BENCH_ROUNDS", 10), &mut *gemm, &mut paired);
+    }
+    drop(paired);
+    drop(gemm);
 
     // The same steps over two peers of this machine (threads summing through
     // burn-collective), each on half of the batch's rows: the collective's cost per step,
@@ -207,6 +228,43 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
             Inner::sync(&device).unwrap();
             black_box((v, i));
         });
+    }
+}
+
+/// A bench's id and one run of it.
+type Timed<'a> = (&'static str, Box<dyn FnMut() + 'a>);
+
+/// Whether criterion ran the bench `id` (a filter may leave it out).
+fn was_timed(id: &str) -> bool {
+    TIMES.lock().unwrap().contains_key(id)
+}
+
+/// Paired rounds: each step variant timed once per round between two runs of the GEMM, its
+/// ratio taken to the mean of those two, the variants' order rotated from round to round.
+/// Criterion times each bench for seconds on end, so a change of the machine's load between
+/// the GEMM's bench and a step's moves their ratio; within a round the load is nearly the
+/// same for both.
+fn paired_rounds(
+    rounds: usize,
+    gemm: &mut dyn FnMut(),
+    steps: &mut [Timed<'_>],
+) {
+    let once = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64()
+    };
+    let mut paired = PAIRED.lock().unwrap();
+    for round in 0..rounds {
+        let mut before = once(gemm);
+        for j in 0..steps.len() {
+            let (id, step) = &mut steps[(round + j) % steps.len()];
+            let time = once(step);
+            let after = once(gemm);
+            let ratio = time / ((before + after) / 2.0);
+            paired.entry((*id).to_owned()).or_default().push(ratio);
+            before = after;
+        }
     }
 }
 
@@ -330,6 +388,17 @@ fn print_summary(Shape { n, d, f, k }: Shape, backend: &str) {
         if times.contains_key(id) || !id.ends_with("choice_gather") {
             println!("{:<26} {:>10.4} {:>8.2}", id, med(id), med(id) / gemm);
         }
+    }
+    let paired = PAIRED.lock().unwrap();
+    if let Some(rounds) = paired.values().next().map(Vec::len) {
+        println!("\npaired rounds ({rounds}): step / GEMM of the same round");
+        println!("{:<26} {:>8} {:>8} {:>8}", "bench", "median", "min", "max");
+        for (id, ratios) in paired.iter() {
+            let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            println!("{:<26} {:>8.3} {:>8.3} {:>8.3}", id, median(ratios), min, max);
+        }
+        println!();
     }
     // Over two peers: the ratio is to the same rule's one-device step.
     for (id, one) in [
