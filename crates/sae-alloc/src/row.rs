@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::key::{admission_threshold, keep_largest, rank_index, rank_key};
+use crate::key::{admission_threshold, keep_largest, key_score, rank_index, rank_key, score_key};
 use crate::matrix::has_nan;
 use crate::{AllocError, ScoreMatrix, Selection};
 
@@ -62,6 +62,8 @@ pub(crate) struct SliceTop {
     /// The top `k` rank keys of the last slice (indices relative to it), in no order.
     pub(crate) keys: Vec<u64>,
     maxima: Vec<f32>,
+    /// The score keys of `maxima`, for the selection of the bound.
+    maxima_keys: Vec<u32>,
 }
 
 impl SliceTop {
@@ -69,7 +71,7 @@ impl SliceTop {
     pub(crate) fn with_capacity(k: usize) -> Self {
         Self {
             keys: Vec::with_capacity(2 * k.max(8) + LANE),
-            maxima: Vec::new(),
+            ..Self::default()
         }
     }
 }
@@ -85,7 +87,11 @@ impl SliceTop {
 /// visits only those blocks, usually about `k` of them, and the scores after the last full
 /// block.
 pub(crate) fn top_of_slice(slice: &[f32], k: usize, top: &mut SliceTop) -> bool {
-    let SliceTop { keys, maxima } = top;
+    let SliceTop {
+        keys,
+        maxima,
+        maxima_keys,
+    } = top;
     keys.clear();
     let blocks = slice.len() / BLOCK;
     if k > 0 && blocks >= BLOCKS_PER_SELECTED * k {
@@ -93,11 +99,12 @@ pub(crate) fn top_of_slice(slice: &[f32], k: usize, top: &mut SliceTop) -> bool 
         if !block_maxima(slice, maxima) {
             return false;
         }
-        keys.extend((0..).zip(maxima.iter()).map(|(b, &m)| rank_key(m, b)));
-        // The k-th largest block maximum; ties among maxima do not matter for a bound.
-        keep_largest(keys, k);
-        let bound = admission_threshold(keys);
-        keys.clear();
+        // The k-th largest block maximum; ties among maxima do not matter for a bound, so
+        // it is selected on score keys alone (half the width of rank keys).
+        maxima_keys.clear();
+        maxima_keys.extend(maxima.iter().map(|&m| score_key(m)));
+        let (_, &mut kth, _) = maxima_keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+        let bound = key_score(kth);
         // Scores equal to the bound are candidates too: admit above the float just below it.
         // A bound of -inf bounds nothing (and has no float below it).
         if bound > f32::NEG_INFINITY {
