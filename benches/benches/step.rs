@@ -21,9 +21,9 @@ use sae_benches::{
     StepEncoderGemm, backend_from_env, backend_name, env_or, median, on_backend, uniform_values,
 };
 use sae_model::fused::AffinityLayout;
-use sae_model::sae_alloc::ScoreMatrix;
+use sae_model::sae_alloc::{ScoreMatrix, column_topm_transposed};
 use sae_model::{
-    AuxLoss, FeatureChoice, FeatureStats, MutualChoice, Sae, SaeConfig, Sparsifier, StatsConfig,
+    AuxLoss, BuiltinRule, FeatureChoice, FeatureStats, MutualChoice, Sae, SaeConfig, Sparsifier, StatsConfig,
     StepPath, TopK, TrainConfig, TrainStep, select_on_backend,
 };
 use sae_train::peers::{Group, Peers};
@@ -196,20 +196,28 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
 
     // Each rule of ours against burn's `topk` doing the same job on the same affinities. On
     // the CPU backends ours is sae-alloc on the host values (the copy to the host is not timed;
-    // the step makes it once either way); on cubecl backends it is the step's own
+    // the step makes it once either way), on the layout the step holds them in: Feature
+    // Choice's on the transpose (`column_topm_transposed`), which the step's GEMM writes
+    // directly, the others token-major. On cubecl backends it is the step's own
     // `select_on_backend`: the sae-kernels kernel on the device buffer, with the selection read
     // back (burn's result stays on the device).
     let scores = sae.affinities(x);
     let host = on_host.then(|| scores.clone().into_data().into_vec::<f32>().unwrap());
+    let by_feature = host.as_deref().map(|h| transpose(h, n, f));
     let stats = FeatureStats::new(f, StatsConfig::default());
     for rule in SelectRule::ALL {
         let sparsifier = rule.sparsifier(k);
-        timed(c, "select_k", rule.ours(), || match &host {
-            Some(host) => {
+        let builtin = sparsifier.builtin(n, &stats).unwrap();
+        timed(c, "select_k", rule.ours(), || match (&host, &by_feature, &builtin) {
+            (_, Some(by_feature), Some(BuiltinRule::ColumnTopM { capacities })) => {
+                let m = ScoreMatrix::new(by_feature, f, n).unwrap();
+                black_box(column_topm_transposed(&m, capacities).unwrap());
+            }
+            (Some(host), ..) => {
                 let m = ScoreMatrix::new(host, n, f).unwrap();
                 black_box(sparsifier.select(&m, &stats).unwrap());
             }
-            None => {
+            (None, ..) => {
                 black_box(select_on_backend(scores.clone(), &*sparsifier, &stats).unwrap());
             }
         });
@@ -233,6 +241,23 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
 
 /// A bench's id and one run of it.
 type Timed<'a> = (&'static str, Box<dyn FnMut() + 'a>);
+
+/// The `[cols, rows]` transpose of the row-major `[rows, cols]` matrix `m`, in tiles that
+/// stay in cache.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 64;
+    let mut t = vec![0.0; m.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    t[c * rows + r] = m[r * cols + c];
+                }
+            }
+        }
+    }
+    t
+}
 
 /// Whether criterion ran the bench `id` (a filter may leave it out).
 fn was_timed(id: &str) -> bool {
