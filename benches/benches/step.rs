@@ -23,8 +23,8 @@ use sae_benches::{
 use sae_model::fused::AffinityLayout;
 use sae_model::sae_alloc::{ScoreMatrix, column_topm_transposed};
 use sae_model::{
-    AuxLoss, BuiltinRule, FeatureChoice, FeatureStats, MutualChoice, Sae, SaeConfig, Sparsifier, StatsConfig,
-    StepPath, TopK, TrainConfig, TrainStep, select_on_backend,
+    AuxLoss, BuiltinRule, FeatureChoice, FeatureStats, MutualChoice, Sae, SaeConfig, Sparsifier,
+    StatsConfig, StepPath, TopK, TrainConfig, TrainStep, select_on_backend,
 };
 use sae_train::peers::{Group, Peers};
 use sae_train::tensor::to_device;
@@ -208,17 +208,19 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
     for rule in SelectRule::ALL {
         let sparsifier = rule.sparsifier(k);
         let builtin = sparsifier.builtin(n, &stats).unwrap();
-        timed(c, "select_k", rule.ours(), || match (&host, &by_feature, &builtin) {
-            (_, Some(by_feature), Some(BuiltinRule::ColumnTopM { capacities })) => {
-                let m = ScoreMatrix::new(by_feature, f, n).unwrap();
-                black_box(column_topm_transposed(&m, capacities).unwrap());
-            }
-            (Some(host), ..) => {
-                let m = ScoreMatrix::new(host, n, f).unwrap();
-                black_box(sparsifier.select(&m, &stats).unwrap());
-            }
-            (None, ..) => {
-                black_box(select_on_backend(scores.clone(), &*sparsifier, &stats).unwrap());
+        timed(c, "select_k", rule.ours(), || {
+            match (&host, &by_feature, &builtin) {
+                (_, Some(by_feature), Some(BuiltinRule::ColumnTopM { capacities })) => {
+                    let m = ScoreMatrix::new(by_feature, f, n).unwrap();
+                    black_box(column_topm_transposed(&m, capacities).unwrap());
+                }
+                (Some(host), ..) => {
+                    let m = ScoreMatrix::new(host, n, f).unwrap();
+                    black_box(sparsifier.select(&m, &stats).unwrap());
+                }
+                (None, ..) => {
+                    black_box(select_on_backend(scores.clone(), &*sparsifier, &stats).unwrap());
+                }
             }
         });
         timed(c, "select_k", rule.burn(), || {
@@ -269,11 +271,7 @@ fn was_timed(id: &str) -> bool {
 /// Criterion times each bench for seconds on end, so a change of the machine's load between
 /// the GEMM's bench and a step's moves their ratio; within a round the load is nearly the
 /// same for both.
-fn paired_rounds(
-    rounds: usize,
-    gemm: &mut dyn FnMut(),
-    steps: &mut [Timed<'_>],
-) {
+fn paired_rounds(rounds: usize, gemm: &mut dyn FnMut(), steps: &mut [Timed<'_>]) {
     let once = |f: &mut dyn FnMut()| {
         let start = Instant::now();
         f();
@@ -421,7 +419,13 @@ fn print_summary(Shape { n, d, f, k }: Shape, backend: &str) {
         for (id, ratios) in paired.iter() {
             let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
             let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            println!("{:<26} {:>8.3} {:>8.3} {:>8.3}", id, median(ratios), min, max);
+            println!(
+                "{:<26} {:>8.3} {:>8.3} {:>8.3}",
+                id,
+                median(ratios),
+                min,
+                max
+            );
         }
         println!();
     }

@@ -222,9 +222,8 @@ fn admit(scores: &[f32], start: usize, threshold: f32, buf: &mut Vec<u64>) {
     let mut lanes = scores.chunks_exact(LANE);
     for (l, lane) in lanes.by_ref().enumerate() {
         let lane: &[f32; LANE] = lane.try_into().expect("exact chunk");
-        let mut above = (0..LANE).fold(0u32, |bits, j| {
-            bits | (u32::from(lane[j] > threshold) << j)
-        });
+        let mut above =
+            (0..LANE).fold(0u32, |bits, j| bits | (u32::from(lane[j] > threshold) << j));
         while above != 0 {
             let j = above.trailing_zeros() as usize;
             buf.push(rank_key(lane[j], (start + l * LANE + j) as u32));
