@@ -203,7 +203,9 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
     // back (burn's result stays on the device).
     let scores = sae.affinities(x);
     let host = on_host.then(|| scores.clone().into_data().into_vec::<f32>().unwrap());
-    let by_feature = host.as_deref().map(|h| transpose(h, n, f));
+    let by_feature = host
+        .as_deref()
+        .map(|h| ScoreMatrix::new(h, n, f).unwrap().transposed());
     let stats = FeatureStats::new(f, StatsConfig::default());
     for rule in SelectRule::ALL {
         let sparsifier = rule.sparsifier(k);
@@ -243,23 +245,6 @@ fn bench_on<Inner: Backend>(c: &mut Criterion, Shape { n, d, f, k }: Shape) {
 
 /// A bench's id and one run of it.
 type Timed<'a> = (&'static str, Box<dyn FnMut() + 'a>);
-
-/// The `[cols, rows]` transpose of the row-major `[rows, cols]` matrix `m`, in tiles that
-/// stay in cache.
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 64;
-    let mut t = vec![0.0; m.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    t[c * rows + r] = m[r * cols + c];
-                }
-            }
-        }
-    }
-    t
-}
 
 /// Whether criterion ran the bench `id` (a filter may leave it out).
 fn was_timed(id: &str) -> bool {

@@ -82,10 +82,7 @@ fn bench(c: &mut Criterion) {
         });
         // The same matrix held feature-major, as the CPU training step holds it for Feature
         // Choice.
-        let by_feature: Vec<f32> = (0..cols)
-            .flat_map(|f| (0..rows).map(move |r| (r, f)))
-            .map(|(r, f)| data[r * cols + f])
-            .collect();
+        let by_feature = matrix.transposed();
         let transposed = ScoreMatrix::new(&by_feature, cols, rows).unwrap();
         for (name, caps) in [("uniform", &uniform), ("zipf", &zipf)] {
             group.bench_function(BenchmarkId::new("column_topm", name), |b| {

@@ -61,6 +61,25 @@ impl<'a> ScoreMatrix<'a> {
         &self.data[i * self.cols..(i + 1) * self.cols]
     }
 
+    /// The values held the other way round, `[cols, rows]` row-major: a token-major matrix's
+    /// feature-major copy, which [`column_topm_transposed`](crate::column_topm_transposed)
+    /// reads. Copied in square tiles, so that reads and writes both stay in cache.
+    pub fn transposed(&self) -> Vec<f32> {
+        const TILE: usize = 64;
+        let (rows, cols) = (self.rows, self.cols);
+        let mut t = vec![0.0; self.data.len()];
+        for r0 in (0..rows).step_by(TILE) {
+            for c0 in (0..cols).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    for c in c0..(c0 + TILE).min(cols) {
+                        t[c * rows + r] = self.data[r * cols + c];
+                    }
+                }
+            }
+        }
+        t
+    }
+
     /// Error for the first NaN of `slice`, which starts at flat index `start`, if it has one.
     pub(crate) fn check_no_nan(&self, slice: &[f32], start: usize) -> Result<(), AllocError> {
         if !has_nan(slice) {
@@ -83,4 +102,28 @@ impl<'a> ScoreMatrix<'a> {
 #[inline(always)]
 pub(crate) fn has_nan(slice: &[f32]) -> bool {
     slice.iter().fold(false, |nan, x| nan | x.is_nan())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every value lands at its transposed place, on shapes that end inside a tile.
+    #[test]
+    fn transposed_moves_each_value_to_its_place() {
+        for (rows, cols) in [(1, 1), (3, 200), (130, 70), (64, 128)] {
+            let data: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = ScoreMatrix::new(&data, rows, cols).unwrap().transposed();
+            assert_eq!(t.len(), data.len());
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        data[r * cols + c],
+                        "{rows} x {cols}: ({r}, {c})"
+                    );
+                }
+            }
+        }
+    }
 }

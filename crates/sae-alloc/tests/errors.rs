@@ -2,7 +2,6 @@
 
 mod common;
 
-use common::transpose;
 use sae_alloc::*;
 
 fn ok_matrix(data: &[f32]) -> ScoreMatrix<'_> {
@@ -49,8 +48,8 @@ fn column_topm_transposed_names_the_first_nan_in_row_major_order() {
             for &(r, c) in &nans {
                 data[r * cols + c] = f32::NAN;
             }
-            let t = transpose(&data, rows, cols);
             let m = ScoreMatrix::new(&data, rows, cols).unwrap();
+            let t = m.transposed();
             let want = column_topm(&m, &caps).unwrap_err();
             assert!(matches!(want, AllocError::NanScore { .. }));
             let got = column_topm_transposed(&ScoreMatrix::new(&t, cols, rows).unwrap(), &caps);
@@ -71,7 +70,7 @@ fn nan_is_reported_with_its_position_by_every_rule() {
     assert_eq!(global_topk(&m, 0).unwrap_err(), want);
     let caps = Capacities::uniform(2, 3, 2).unwrap();
     assert_eq!(column_topm(&m, &caps).unwrap_err(), want);
-    let t = transpose(&data, 2, 3);
+    let t = m.transposed();
     let by_feature = ScoreMatrix::new(&t, 3, 2).unwrap();
     assert_eq!(
         column_topm_transposed(&by_feature, &caps).unwrap_err(),

@@ -94,7 +94,7 @@ proptest! {
         let want = oracle_columns(&data, rows, cols, &caps);
         prop_assert_eq!(got.counts_per_feature(), caps);
         prop_assert_eq!(total(&got), total(&want));
-        let by_feature = transpose(&data, rows, cols);
+        let by_feature = matrix.transposed();
         let transposed = ScoreMatrix::new(&by_feature, cols, rows).unwrap();
         prop_assert_eq!(&column_topm_transposed(&transposed, &capacities).unwrap(), &want);
         prop_assert_eq!(got, want);
@@ -113,7 +113,7 @@ proptest! {
         let caps: Vec<u32> = (0..cols as u32).map(|c| (cap + 5 * c) % 25).collect();
         let budget = caps.iter().map(|&c| c as usize).sum();
         let capacities = Capacities::from_vec(caps.clone(), budget).unwrap();
-        let by_feature = transpose(&data, rows, cols);
+        let by_feature = ScoreMatrix::new(&data, rows, cols).unwrap().transposed();
         let transposed = ScoreMatrix::new(&by_feature, cols, rows).unwrap();
         prop_assert_eq!(
             column_topm_transposed(&transposed, &capacities).unwrap(),

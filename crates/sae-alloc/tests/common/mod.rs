@@ -100,10 +100,3 @@ pub fn total(selection: &Selection) -> (usize, usize, f64) {
         finite,
     )
 }
-
-/// The `rows` x `cols` row-major `data` held feature-major (`cols` x `rows`).
-pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    (0..cols)
-        .flat_map(|c| (0..rows).map(move |r| data[r * cols + c]))
-        .collect()
-}

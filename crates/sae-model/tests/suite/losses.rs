@@ -100,7 +100,7 @@ fn aux_selection_on_feature_major_affinities_is_the_same() {
             *v = 0.25;
         }
     }
-    let by_feature = common::feature_major(&z, n, f);
+    let by_feature = ScoreMatrix::new(&z, n, f).unwrap().transposed();
     let weights: Vec<f32> = (0..f).map(|j| [0.0, 1.0, 0.5][j % 3]).collect();
     for activation in [Activation::Relu, Activation::Identity] {
         for k_aux in [1, 3, 20] {

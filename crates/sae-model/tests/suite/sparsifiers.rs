@@ -27,7 +27,7 @@ fn select_is_the_builtin_rules_selection_with_the_affinities_as_scores() {
     z[5] = -0.0;
     z[9] = 0.0;
     let m = ScoreMatrix::new(&z, N, F).unwrap();
-    let by_feature = common::feature_major(&z, N, F);
+    let by_feature = m.transposed();
     let stats = FeatureStats::new(F, StatsConfig::default());
     for sparsifier in common::builtin_sparsifiers(2) {
         let name = sparsifier.name().to_owned();

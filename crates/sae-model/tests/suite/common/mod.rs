@@ -39,13 +39,6 @@ pub fn all_dead_config(aux: AuxLoss) -> TrainConfig {
 }
 
 /// Uniform values in [-1, 1).
-/// The `[n, f]` row-major affinities `z` held feature-major (`[f, n]`).
-pub fn feature_major(z: &[f32], n: usize, f: usize) -> Vec<f32> {
-    (0..f)
-        .flat_map(|j| (0..n).map(move |t| z[t * f + j]))
-        .collect()
-}
-
 pub fn random(len: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..len).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
