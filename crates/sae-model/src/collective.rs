@@ -9,7 +9,7 @@
 //!
 //! Everything built on these two sums is the same on every peer: the selection is the one the
 //! single-device rule makes on the whole batch (`sae_alloc::sharded`), loss terms are summed in
-//! peer order in `f64` ([`PeerSums`]), and the gradients are one all-reduced tensor that every
+//! peer order in `f64` (`PeerSums`), and the gradients are one all-reduced tensor that every
 //! peer receives, so every peer applies the same update and keeps the same parameters.
 
 use std::fmt;
@@ -76,7 +76,7 @@ pub(crate) fn gather(peers: &mut dyn Collective, values: &[f32]) -> Result<Vec<f
 
 /// Each peer's `counts` in its own slot of a zeroed `[peers, counts.len()]` buffer, summed:
 /// every peer receives all peers' counts unchanged, row `p` peer `p`'s (the count twin of
-/// [`gather`]).
+/// `gather`).
 pub fn gather_counts(peers: &mut dyn Collective, counts: &[u64]) -> Result<Vec<u64>> {
     let (peer, len) = (peers.peer(), counts.len());
     let mut slots = vec![0u64; peers.peers() * len];

@@ -49,7 +49,7 @@ impl Activation {
 }
 
 /// A selection rule a device backend may run natively instead of calling
-/// [`Sparsifier::select`] on the host (GPU kernels slot in here).
+/// [`Sparsifier::select`](crate::Sparsifier::select) on the host (GPU kernels slot in here).
 #[derive(Debug, Clone, PartialEq)]
 pub enum BuiltinRule {
     /// Each row keeps its `k` largest affinities.

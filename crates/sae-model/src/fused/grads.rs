@@ -28,7 +28,7 @@ use crate::sae::SaeParams;
 /// Tokens per block of the first pass.
 const TOKEN_BLOCK: usize = 32;
 /// Features per block of the second pass.
-const FEATURE_BLOCK: usize = 64;
+pub(crate) const FEATURE_BLOCK: usize = 64;
 /// Encoder rows per partial sum of the `b_dec` gradient's encoder part.
 const ENCODER_BLOCK: usize = 1024;
 /// How many pairs ahead pass 1 prefetches the decoder row a pair gathers: each is a random
@@ -128,9 +128,6 @@ pub struct HostLossAndGrads {
     /// summed, while the block is in cache, so no second pass reads them. On a batch split
     /// over peers it describes this peer's part only.
     pub non_finite: Option<&'static str>,
-    /// The token pass's error rows, kept from step to step: a fresh `[N, d]` buffer costs
-    /// its page faults on every step.
-    pub(super) residuals: Residuals,
 }
 
 /// The first of [`PARAMETERS`] whose flag is set.
@@ -147,10 +144,24 @@ pub(crate) fn any_non_finite(values: &[f32]) -> bool {
     values.iter().fold(false, |bad, v| bad | !v.is_finite())
 }
 
+/// The largest of the magnitudes of `max` and of `values`; NaN if one of them is NaN.
+///
+/// Taken on bit patterns: with the sign bit cleared, they order as the magnitudes do, and a
+/// NaN's lie above infinity's. An integer maximum vectorises without a NaN test.
+#[inline(always)]
+fn max_abs(max: f32, values: &[f32]) -> f32 {
+    const MAGNITUDE: u32 = !(1 << 31);
+    let bits = values.iter().fold(max.to_bits() & MAGNITUDE, |m, v| {
+        m.max(v.to_bits() & MAGNITUDE)
+    });
+    f32::from_bits(bits)
+}
+
 /// Per-token rows of the batch's error `x - x_hat` and of the auxiliary residual's error,
-/// `[N, d]` each (the second empty without auxiliary pairs).
+/// `[N, d]` each (the second empty without auxiliary pairs): the token pass's output, kept
+/// from step to step, since a fresh `[N, d]` buffer costs its page faults on every step.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Residuals {
+pub struct Residuals {
     main: Vec<f32>,
     aux: Vec<f32>,
 }
@@ -208,6 +219,9 @@ struct TokenBlock {
     /// encoder's part, `-sum_p dL/du_p w_enc[f]`, is `-W_enc^T` times the `b_enc` gradient,
     /// formed once after pass 2).
     b_dec_main: Vec<f32>,
+    /// The largest magnitude in the block's error rows, auxiliary error rows and centred
+    /// tokens `x_t - b_dec` (NaN if one holds a NaN): what bounds the weight gradients.
+    max_abs: [f32; 3],
 }
 
 /// Codes of one token's pairs, accumulated into `sum` (`sum += v w_dec[f]`).
@@ -284,6 +298,7 @@ fn token_block(
         for ((c, xi), b) in centred.iter_mut().zip(x_t).zip(params.b_dec) {
             *c = xi - b;
         }
+        block.max_abs[2] = max_abs(block.max_abs[2], &centred);
         // The next token's first decoder rows load while this token is worked on.
         if t + 1 < rows.end {
             for &f in spec.selection.row(t + 1).0.iter().take(ROWS_AHEAD) {
@@ -308,6 +323,7 @@ fn token_block(
             *ei = c - *ei;
         }
         block.sse += e.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+        block.max_abs[0] = max_abs(block.max_abs[0], e);
         // G_t = -2 s err_t.
         axpy(main_scale, e, &mut block.b_dec_main);
         let slopes = &mut block.main.grads[start..];
@@ -331,6 +347,7 @@ fn token_block(
             }
             block.aux_num += a.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
             block.aux_den += e.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+            block.max_abs[1] = max_abs(block.max_abs[1], a);
             let slopes = &mut block.aux.grads[start..];
             pair_grads(params, pairs.0, a, 1.0, slopes);
         }
@@ -373,6 +390,11 @@ struct PairRecord {
 }
 
 impl<'a> FeaturePairs<'a> {
+    /// The pairs of feature `f`, in token order.
+    fn of_feature(&self, f: usize) -> &[PairRecord] {
+        &self.pairs[self.offsets[f]..self.offsets[f + 1]]
+    }
+
     fn new(
         selection: &Selection,
         values: &PairValues,
@@ -400,7 +422,7 @@ impl<'a> FeaturePairs<'a> {
     }
 }
 
-/// Pass 2 for feature `f`: adds its pairs' contributions to the gradient rows.
+/// Pass 2 for feature `f`: adds its pairs' contributions to its weight gradient rows.
 #[inline(always)]
 fn feature_grads(
     pairs: &FeaturePairs<'_>,
@@ -409,10 +431,9 @@ fn feature_grads(
     b_dec: &[f32],
     g_enc: &mut [f32],
     g_dec: &mut [f32],
-    g_bias: &mut f32,
 ) {
     let d = b_dec.len();
-    for pair in &pairs.pairs[pairs.offsets[f]..pairs.offsets[f + 1]] {
+    for pair in pairs.of_feature(f) {
         let t = pair.token as usize;
         axpy(
             pairs.row_scale * pair.value,
@@ -421,7 +442,6 @@ fn feature_grads(
         );
         let gu = pairs.grad_scale * pair.grad;
         if gu != 0.0 {
-            *g_bias += gu;
             for ((g, xi), b) in g_enc.iter_mut().zip(&x[t * d..(t + 1) * d]).zip(b_dec) {
                 *g += gu * (xi - b);
             }
@@ -429,43 +449,74 @@ fn feature_grads(
     }
 }
 
-/// Pass 2 for the block `b` of [`FEATURE_BLOCK`] features: clears and sums its gradient rows
-/// (`enc`, `dec`: `[FEATURE_BLOCK, d]`, `bias`: `[FEATURE_BLOCK]`) over every set of pairs,
-/// and says which of them hold a non-finite value, checked while they are in cache.
+/// Pass 2 for the block `b` of [`FEATURE_BLOCK`] features: clears and sums its weight
+/// gradient rows (`enc`, `dec`: `[FEATURE_BLOCK, d]`, fewer in the last block) over every
+/// set of pairs, and says whether each holds a non-finite value, checked while in cache.
 #[inline(always)]
 fn feature_block(
     b: usize,
     enc: &mut [f32],
     dec: &mut [f32],
-    bias: &mut [f32],
     sets: &[FeaturePairs<'_>],
     x: &[f32],
     b_dec: &[f32],
-) -> [bool; 3] {
+) -> [bool; 2] {
     let d = b_dec.len();
-    for (i, g_bias) in bias.iter_mut().enumerate() {
+    for (i, (enc, dec)) in enc.chunks_mut(d).zip(dec.chunks_mut(d)).enumerate() {
         let f = b * FEATURE_BLOCK + i;
-        let rows = i * d..(i + 1) * d;
-        enc[rows.clone()].fill(0.0);
-        dec[rows.clone()].fill(0.0);
-        *g_bias = 0.0;
+        enc.fill(0.0);
+        dec.fill(0.0);
         for set in sets {
-            feature_grads(
-                set,
-                f,
-                x,
-                b_dec,
-                &mut enc[rows.clone()],
-                &mut dec[rows.clone()],
-                g_bias,
-            );
+            feature_grads(set, f, x, b_dec, enc, dec);
         }
     }
-    [
-        any_non_finite(enc),
-        any_non_finite(bias),
-        any_non_finite(dec),
-    ]
+    [any_non_finite(enc), any_non_finite(dec)]
+}
+
+/// The `b_enc` gradient of the features of `bias`, the block `b` of [`FEATURE_BLOCK`]:
+/// `dL/du` summed over each feature's pairs in the order of pass 2. Returns a bound on the
+/// magnitude of every value pass 2 forms for these features' weight rows (NaN if a term is
+/// NaN), given `row_bounds[s]`, the largest magnitude in the rows of `sets[s]`, and
+/// `centred_bound`, that of the centred tokens: a row's gradient is a sum of products of
+/// one of those rows with a pair's factor, so it is at most the sum of the factors'
+/// magnitudes times the largest row magnitude (at least 1, which also bounds the factors).
+fn bias_block(
+    b: usize,
+    bias: &mut [f32],
+    sets: &[FeaturePairs<'_>],
+    row_bounds: &[f32],
+    centred_bound: f32,
+) -> f64 {
+    let mut bound = 0.0f64;
+    for (i, g_bias) in bias.iter_mut().enumerate() {
+        let f = b * FEATURE_BLOCK + i;
+        *g_bias = 0.0;
+        let (mut enc, mut dec) = (0.0f64, 0.0f64);
+        for (set, &row_bound) in sets.iter().zip(row_bounds) {
+            let mut factors = 0.0f64;
+            for pair in set.of_feature(f) {
+                factors += f64::from((set.row_scale * pair.value).abs());
+                let gu = set.grad_scale * pair.grad;
+                if gu != 0.0 {
+                    *g_bias += gu;
+                    enc += f64::from(gu.abs());
+                }
+            }
+            dec += factors * f64::from(row_bound.max(1.0));
+        }
+        enc *= f64::from(centred_bound.max(1.0));
+        bound = max_or_nan(max_or_nan(bound, enc), dec);
+    }
+    bound
+}
+
+/// The larger of `a` and `b`, NaN if either is.
+fn max_or_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
 }
 
 sae_simd::widest! {
@@ -473,11 +524,10 @@ sae_simd::widest! {
         b: usize,
         enc: &mut [f32],
         dec: &mut [f32],
-        bias: &mut [f32],
         sets: &[FeaturePairs<'_>],
         x: &[f32],
         b_dec: &[f32],
-    ) -> [bool; 3] = feature_block;
+    ) -> [bool; 2] = feature_block;
 }
 
 /// `sum_i weights[i] rows[i]` over the `d`-wide rows of `rows`, in row order.
@@ -563,14 +613,16 @@ pub fn host_loss_and_grads(
         aux_selection: spec.aux_selection.filter(|a| a.nnz() > 0),
         ..*spec
     };
-    match host_loss_and_grads_into(params, x, &spec, &mut out, &mut WholeBatch) {
+    let mut residuals = Residuals::default();
+    match host_loss_and_grads_into(params, x, &spec, &mut out, &mut residuals, &mut WholeBatch) {
         Ok(()) => out,
         Err(_) => unreachable!("a whole batch needs no exchange"),
     }
 }
 
-/// [`host_loss_and_grads`] into `out`, whose buffers are reused when they have the
-/// parameters' sizes (every value is overwritten): a training step allocates no gradient.
+/// [`host_loss_and_grads`] into `out` and `residuals`, whose buffers are reused when they
+/// have the right sizes (every value is overwritten): a training step allocates no
+/// gradient.
 ///
 /// When the batch's rows are split over peers, `x` and the selections are this peer's rows,
 /// `sums` adds the loss terms over the peers (the auxiliary loss is normalised by the whole
@@ -581,8 +633,53 @@ pub fn host_loss_and_grads_into(
     x: &[f32],
     spec: &HostLossSpec<'_>,
     out: &mut HostLossAndGrads,
+    residuals: &mut Residuals,
     sums: &mut dyn BatchSums,
 ) -> crate::Result<()> {
+    token_pass(params, x, spec, residuals, sums)?.gradients_into(x, params.b_dec, out);
+    Ok(())
+}
+
+/// Weight gradient bound below which no sum of pass 2 can overflow `f32` (whose largest
+/// value is about `3.4e38`), even with the rounding of a million terms.
+const FINITE_BOUND: f64 = 1e37;
+
+/// A batch after the token pass: its loss terms, the bias gradients, and the pairs from
+/// which pass 2 sums the weight gradients, either into buffers
+/// ([`gradients_into`](Self::gradients_into)) or block by block into an update that never
+/// stores them.
+pub struct TokenPass<'a> {
+    sets: Vec<FeaturePairs<'a>>,
+    /// The batch's (this peer's) sum of squared reconstruction errors.
+    sse: f64,
+    /// The auxiliary loss before its coefficient (0 without auxiliary pairs).
+    aux: f64,
+    b_enc: Vec<f32>,
+    b_dec: Vec<f32>,
+    /// A bound on every value pass 2 forms (NaN if a term was NaN).
+    weight_bound: f64,
+}
+
+impl std::fmt::Debug for TokenPass<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPass")
+            .field("sse", &self.sse)
+            .field("aux", &self.aux)
+            .field("weight_bound", &self.weight_bound)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pass 1 over the tokens of `x` (`[N, d]`): the loss terms, each pair's code and `dL/du`,
+/// the error rows (into `residuals`), the bias gradients and, for pass 2, each feature's
+/// pairs. See [`host_loss_and_grads_into`] for `sums`.
+pub fn token_pass<'r>(
+    params: &HostParams<'_>,
+    x: &[f32],
+    spec: &HostLossSpec<'_>,
+    residuals: &'r mut Residuals,
+    sums: &mut dyn BatchSums,
+) -> crate::Result<TokenPass<'r>> {
     let d = params.d();
     let n = spec.selection.rows();
     let features = params.b_enc.len();
@@ -591,7 +688,7 @@ pub fn host_loss_and_grads_into(
     let Residuals {
         main: err,
         aux: aux_err,
-    } = &mut out.residuals;
+    } = residuals;
     err.resize(n * d, 0.0);
     aux_err.resize(if aux.is_some() { n * d } else { 0 }, 0.0);
     let block_len = TOKEN_BLOCK * d;
@@ -616,6 +713,7 @@ pub fn host_loss_and_grads_into(
     // [sse, aux numerator, aux denominator]
     let mut terms = [0.0f64; 3];
     let mut g_b_dec = vec![0.0f32; d];
+    let mut maxima = [0.0f32; 3];
     for block in blocks {
         main.values.extend(block.main.values);
         main.grads.extend(block.main.grads);
@@ -625,6 +723,9 @@ pub fn host_loss_and_grads_into(
         terms[1] += block.aux_num;
         terms[2] += block.aux_den;
         axpy(1.0, &block.b_dec_main, &mut g_b_dec);
+        for (max, block_max) in maxima.iter_mut().zip(block.max_abs) {
+            *max = max_abs(*max, &[block_max]);
+        }
     }
     sums.sum(&mut terms)?;
     let [sse, aux_num, aux_den] = terms;
@@ -636,56 +737,145 @@ pub fn host_loss_and_grads_into(
     let mut sets = vec![FeaturePairs::new(
         spec.selection,
         &main,
-        (err, main_scale),
+        (&err[..], main_scale),
         1.0,
     )];
     if let Some(a) = aux {
         sets.push(FeaturePairs::new(
             a,
             &aux_values,
-            (aux_err, aux_scale),
+            (&aux_err[..], aux_scale),
             aux_scale,
         ));
     }
-    // Sized once; each row is cleared right before its pairs are summed into it.
-    out.w_enc.resize(features * d, 0.0);
-    out.w_dec.resize(features * d, 0.0);
-    out.b_enc.resize(features, 0.0);
-    // Each block's rows are checked for non-finite values while they are in cache.
-    let [bad_w_enc, bad_b_enc, bad_w_dec] = out
-        .w_enc
-        .par_chunks_mut(FEATURE_BLOCK * d)
-        .zip(out.w_dec.par_chunks_mut(FEATURE_BLOCK * d))
-        .zip(out.b_enc.par_chunks_mut(FEATURE_BLOCK))
+    let [err_max, aux_err_max, centred_max] = maxima;
+    let row_bounds = [err_max, aux_err_max];
+    let mut b_enc = vec![0.0f32; features];
+    let weight_bound = b_enc
+        .par_chunks_mut(FEATURE_BLOCK)
         .enumerate()
-        .map(|(b, ((enc, dec), bias))| {
-            feature_block_widest(b, enc, dec, bias, &sets, x, params.b_dec)
-        })
-        .reduce(
-            || [false; 3],
-            |a, b| [a[0] | b[0], a[1] | b[1], a[2] | b[2]],
-        );
+        .map(|(b, bias)| bias_block(b, bias, &sets, &row_bounds, centred_max))
+        .reduce(|| 0.0, max_or_nan);
     // The encoder's part of the `b_dec` gradient: `u = (x - b_dec) . w_enc[f] + b_enc[f]`, so
     // it is `-sum_f (dL/db_enc)[f] w_enc[f]`, one pass over `w_enc` instead of a row per pair.
     // Fixed blocks summed in order: the same bits for any number of threads.
     let partials: Vec<Vec<f32>> = params
         .w_enc
         .par_chunks(ENCODER_BLOCK * d)
-        .zip(out.b_enc.par_chunks(ENCODER_BLOCK))
+        .zip(b_enc.par_chunks(ENCODER_BLOCK))
         .map(|(rows, g_bias)| weighted_row_sum_widest(rows, g_bias, d))
         .collect();
     for partial in &partials {
         axpy(-1.0, partial, &mut g_b_dec);
     }
-    out.sse = sse;
-    out.aux = if aux.is_some() {
-        aux_num / aux_den
-    } else {
-        0.0
-    };
-    out.non_finite = first_flagged([bad_w_enc, bad_b_enc, bad_w_dec, any_non_finite(&g_b_dec)]);
-    out.b_dec = g_b_dec;
-    Ok(())
+    Ok(TokenPass {
+        sets,
+        sse,
+        aux: if aux.is_some() {
+            aux_num / aux_den
+        } else {
+            0.0
+        },
+        b_enc,
+        b_dec: g_b_dec,
+        weight_bound,
+    })
+}
+
+impl TokenPass<'_> {
+    /// The batch's (this peer's) sum of squared reconstruction errors.
+    pub fn sse(&self) -> f64 {
+        self.sse
+    }
+
+    /// The auxiliary loss before its coefficient (0 without auxiliary pairs).
+    pub fn aux(&self) -> f64 {
+        self.aux
+    }
+
+    /// The gradient of `b_enc`.
+    pub fn b_enc(&self) -> &[f32] {
+        &self.b_enc
+    }
+
+    /// The gradient of `b_dec`.
+    pub fn b_dec(&self) -> &[f32] {
+        &self.b_dec
+    }
+
+    /// Whether every gradient is known to be finite before pass 2 runs: the bias gradients
+    /// are, and the bound on the weight gradients' sums is below `1e37`. When it
+    /// is not known, [`gradients_into`](Self::gradients_into) finds out.
+    pub fn finite_by_bound(&self) -> bool {
+        self.weight_bound < FINITE_BOUND
+            && !any_non_finite(&self.b_enc)
+            && !any_non_finite(&self.b_dec)
+    }
+
+    /// Pass 2 into `out` (its buffers reused when they have the parameters' sizes), with the
+    /// loss terms, the bias gradients and the first non-finite gradient. `x` and `b_dec`
+    /// are the batch and the decoder bias the token pass saw.
+    pub fn gradients_into(self, x: &[f32], b_dec: &[f32], out: &mut HostLossAndGrads) {
+        let d = b_dec.len();
+        let features = self.b_enc.len();
+        // Sized once; each row is cleared right before its pairs are summed into it.
+        out.w_enc.resize(features * d, 0.0);
+        out.w_dec.resize(features * d, 0.0);
+        // Each block's rows are checked for non-finite values while they are in cache.
+        let [bad_w_enc, bad_w_dec] = out
+            .w_enc
+            .par_chunks_mut(FEATURE_BLOCK * d)
+            .zip(out.w_dec.par_chunks_mut(FEATURE_BLOCK * d))
+            .enumerate()
+            .map(|(b, (enc, dec))| feature_block_widest(b, enc, dec, &self.sets, x, b_dec))
+            .reduce(|| [false; 2], |a, b| [a[0] | b[0], a[1] | b[1]]);
+        out.sse = self.sse;
+        out.aux = self.aux;
+        out.non_finite = first_flagged([
+            bad_w_enc,
+            any_non_finite(&self.b_enc),
+            bad_w_dec,
+            any_non_finite(&self.b_dec),
+        ]);
+        out.b_enc = self.b_enc;
+        out.b_dec = self.b_dec;
+    }
+
+    /// Pass 2 block by block, each block of `FEATURE_BLOCK` features summed into a buffer
+    /// of its own and handed, while in cache, to `apply` with the next item of `blocks` (one
+    /// per block, in order) as `apply(item, enc_rows, dec_rows)`: the weight gradients
+    /// without ever being stored whole. Only for a batch whose gradients are
+    /// [finite by bound](Self::finite_by_bound), so that nothing applied needs to be undone.
+    ///
+    /// # Panics
+    ///
+    /// If the gradients are not finite by bound.
+    pub(crate) fn for_each_block<T: Send>(
+        &self,
+        x: &[f32],
+        b_dec: &[f32],
+        blocks: impl IndexedParallelIterator<Item = T>,
+        apply: impl Fn(T, &[f32], &[f32]) + Sync,
+    ) {
+        assert!(self.finite_by_bound(), "the gradients may not be finite");
+        let d = b_dec.len();
+        let features = self.b_enc.len();
+        assert_eq!(
+            blocks.len(),
+            features.div_ceil(FEATURE_BLOCK),
+            "one item per block"
+        );
+        let block_len = FEATURE_BLOCK * d;
+        blocks.enumerate().for_each_init(
+            || (vec![0.0f32; block_len], vec![0.0f32; block_len]),
+            |(enc, dec), (b, item)| {
+                let rows = FEATURE_BLOCK.min(features - b * FEATURE_BLOCK);
+                let (enc, dec) = (&mut enc[..rows * d], &mut dec[..rows * d]);
+                feature_block_widest(b, enc, dec, &self.sets, x, b_dec);
+                apply(item, enc, dec);
+            },
+        );
+    }
 }
 
 #[cfg(test)]
@@ -784,6 +974,7 @@ mod tests {
             affinities: PairAffinities::Recomputed,
         };
         let mut reused = HostLossAndGrads::default();
+        let mut residuals = Residuals::default();
         for (x_seed, aux_selection) in [(5, Some(&aux)), (6, None), (7, Some(&aux))] {
             let x = values(N * D, x_seed);
             let fresh = host_loss_and_grads(&params, &x, &spec(aux_selection));
@@ -792,6 +983,7 @@ mod tests {
                 &x,
                 &spec(aux_selection),
                 &mut reused,
+                &mut residuals,
                 &mut WholeBatch,
             )
             .unwrap();
@@ -916,16 +1108,14 @@ mod tests {
                 let rows = FEATURE_BLOCK.min(f - b * FEATURE_BLOCK);
                 let [mut enc, mut dec, mut wide_enc, mut wide_dec] =
                     std::array::from_fn(|_| vec![1.0; rows * d]);
-                let (mut bias, mut wide_bias) = (vec![1.0; rows], vec![1.0; rows]);
-                let flags = feature_block(b, &mut enc, &mut dec, &mut bias, &sets, &x, &b_dec);
+                let flags = feature_block(b, &mut enc, &mut dec, &sets, &x, &b_dec);
                 let wide_flags = capped(level, || {
-                    let (enc, dec, bias) = (&mut wide_enc, &mut wide_dec, &mut wide_bias);
-                    feature_block_widest(b, enc, dec, bias, &sets, &x, &b_dec)
+                    let (enc, dec) = (&mut wide_enc, &mut wide_dec);
+                    feature_block_widest(b, enc, dec, &sets, &x, &b_dec)
                 });
                 assert_eq!(wide_flags, flags, "block {b}, {at}");
                 assert_eq!(bits(&wide_enc), bits(&enc), "w_enc, block {b}, {at}");
                 assert_eq!(bits(&wide_dec), bits(&dec), "w_dec, block {b}, {at}");
-                assert_eq!(bits(&wide_bias), bits(&bias), "b_enc, block {b}, {at}");
             }
             let weights = values(f, 12);
             assert_eq!(
@@ -935,6 +1125,167 @@ mod tests {
                 bits(&weighted_row_sum(&w_enc, &weights, d)),
                 "{at}"
             );
+        }
+    }
+
+    /// The bias gradients of pass 1 are the sums of `dL/du` over each feature's pairs, by
+    /// brute force over the pairs in token order; the bound covers every weight gradient
+    /// element; and the weight gradients summed by blocks are those written to buffers.
+    #[test]
+    fn bias_gradients_bound_and_blocks_agree_with_the_buffers() {
+        let (n, f, d) = (40, 130, 19);
+        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d, 1);
+        let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
+        let x = values(n * d, 5);
+        let scores = values(n * f, 9);
+        let selection = row_topk(&ScoreMatrix::new(&scores, n, f).unwrap(), 5).unwrap();
+        let aux = row_topk(&ScoreMatrix::new(&values(n * f, 11), n, f).unwrap(), 3).unwrap();
+        let spec = HostLossSpec {
+            selection: &selection,
+            aux_selection: Some(&aux),
+            activation: Activation::Identity,
+            recon_scale: 0.5,
+            aux_coef: 1.0 / 32.0,
+            affinities: PairAffinities::Recomputed,
+        };
+        let mut residuals = Residuals::default();
+        let pass = token_pass(&params, &x, &spec, &mut residuals, &mut WholeBatch).unwrap();
+        assert!(pass.finite_by_bound());
+        // dL/du of each pair, from the buffers' own definition: dL/db_enc sums them.
+        let mut want = vec![0.0f32; f];
+        for set in &pass.sets {
+            for (feature, sum) in want.iter_mut().enumerate() {
+                for pair in set.of_feature(feature) {
+                    let gu = set.grad_scale * pair.grad;
+                    if gu != 0.0 {
+                        *sum += gu;
+                    }
+                }
+            }
+        }
+        assert_eq!(bits(pass.b_enc()), bits(&want));
+        let bound = pass.weight_bound;
+        let mut blocks = vec![(Vec::new(), Vec::new()); f.div_ceil(FEATURE_BLOCK)];
+        let slots = std::sync::Mutex::new(&mut blocks);
+        pass.for_each_block(
+            &x,
+            &b_dec,
+            (0..f.div_ceil(FEATURE_BLOCK)).into_par_iter(),
+            |b, enc, dec| slots.lock().unwrap()[b] = (enc.to_vec(), dec.to_vec()),
+        );
+        let mut out = HostLossAndGrads::default();
+        pass.gradients_into(&x, &b_dec, &mut out);
+        let (enc, dec): (Vec<f32>, Vec<f32>) =
+            blocks
+                .into_iter()
+                .fold((Vec::new(), Vec::new()), |(mut e, mut d), (be, bd)| {
+                    e.extend(be);
+                    d.extend(bd);
+                    (e, d)
+                });
+        assert_eq!(bits(&enc), bits(&out.w_enc));
+        assert_eq!(bits(&dec), bits(&out.w_dec));
+        let largest = out
+            .w_enc
+            .iter()
+            .chain(&out.w_dec)
+            .fold(0.0f32, |m, g| m.max(g.abs()));
+        assert!(
+            largest > 0.0 && f64::from(largest) <= bound,
+            "{largest} vs {bound}"
+        );
+    }
+
+    /// Gradients are finite by bound only when they are finite: batches scaled up to where
+    /// the sums overflow, an infinite or NaN token, and an infinite encoder row of an
+    /// unselected feature (which reaches `b_dec` alone). A batch whose gradients the bound
+    /// cannot vouch for is left to the buffers' exact check.
+    #[test]
+    fn finite_by_bound_only_when_every_gradient_is_finite() {
+        let scores = values(N * F, 9);
+        let selection = row_topk(&ScoreMatrix::new(&scores, N, F).unwrap(), 2).unwrap();
+        let [w_enc, b_enc, w_dec, b_dec] = test_params(F, D, 1);
+        let check = |w_enc: &[f32], x: &[f32], recon_scale: f64| {
+            let params = host_params([w_enc, &b_enc, &w_dec, &b_dec]);
+            let spec = HostLossSpec {
+                selection: &selection,
+                aux_selection: None,
+                activation: Activation::Identity,
+                recon_scale,
+                aux_coef: 0.0,
+                affinities: PairAffinities::Recomputed,
+            };
+            let mut residuals = Residuals::default();
+            let pass = token_pass(&params, x, &spec, &mut residuals, &mut WholeBatch).unwrap();
+            let by_bound = pass.finite_by_bound();
+            let mut out = HostLossAndGrads::default();
+            pass.gradients_into(x, &b_dec, &mut out);
+            (by_bound, out.non_finite)
+        };
+        let x = values(N * D, 5);
+        assert_eq!(check(&w_enc, &x, 1.0), (true, None));
+        let mut vouched = 0;
+        for exponent in 0..40 {
+            let scale = 10f32.powi(exponent);
+            let big: Vec<f32> = x.iter().map(|v| v * scale).collect();
+            let (by_bound, non_finite) = check(&w_enc, &big, 1.0);
+            if by_bound {
+                vouched += 1;
+                assert_eq!(non_finite, None, "x scaled by {scale}");
+            }
+        }
+        assert!(vouched >= 5, "the bound vouched for {vouched} of 40 scales");
+        // Gradients that overflow are never vouched for.
+        let huge: Vec<f32> = x.iter().map(|v| v * 1e30).collect();
+        let (by_bound, non_finite) = check(&w_enc, &huge, 1e10);
+        assert!(non_finite.is_some() && !by_bound);
+        for bad in [f32::INFINITY, f32::NAN] {
+            let mut token = x.clone();
+            token[D + 1] = bad;
+            assert!(!check(&w_enc, &token, 1.0).0, "{bad} in a token");
+        }
+        let unselected = (0..F as u32)
+            .find(|f| !selection.features().contains(f))
+            .expect("at most 6 of 16 features are selected") as usize;
+        let mut infinite_row = w_enc.clone();
+        infinite_row[unselected * D] = f32::INFINITY;
+        assert_eq!(check(&infinite_row, &x, 1.0), (false, Some("b_dec")));
+    }
+
+    /// `max_abs` is the largest magnitude, NaN when a NaN is among the values or is the
+    /// running maximum, by brute force over signed zeros, subnormals, infinities and NaNs.
+    #[test]
+    fn max_abs_is_the_largest_magnitude_or_nan() {
+        let specials = [
+            0.0,
+            -0.0,
+            1e-40,
+            -3.0,
+            2.5,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        for (i, &start) in specials.iter().enumerate() {
+            for len in [0, 1, 17, 40] {
+                let mut v = values(len, i as u32);
+                for (j, x) in v.iter_mut().enumerate() {
+                    if j % 7 == 3 {
+                        *x = specials[(i + j) % specials.len()];
+                    }
+                }
+                let got = max_abs(start, &v);
+                let all = v.iter().chain([&start]);
+                if all.clone().any(|x| x.is_nan()) {
+                    assert!(got.is_nan(), "{start}, {v:?}: {got}");
+                } else {
+                    let want = all.map(|x| x.abs()).fold(0.0f32, f32::max);
+                    assert_eq!(got.to_bits(), want.to_bits(), "{start}, {v:?}");
+                }
+            }
         }
     }
 }

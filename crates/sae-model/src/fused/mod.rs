@@ -4,9 +4,11 @@
 //! - [`encode`]: the encoder GEMM `z' = (x - b_dec) W_enc^T + b_enc` in one call of the `gemm`
 //!   crate, the bias folded into the product, into a buffer reused from step to step;
 //! - [`grads`]: loss and exact gradients over the selected pairs in two passes of plain loops,
-//!   with no `[P, d]` intermediate;
+//!   with no `[P, d]` intermediate: a token pass ([`token_pass`]), then a feature pass that
+//!   sums the weight gradients;
 //! - [`update`]: parallel-gradient removal, Adam and the decoder's renormalisation in one
-//!   pass over each parameter.
+//!   pass over each parameter; on one device, inside the feature pass, each block of weight
+//!   rows updated as its gradients are summed, so that the weight gradients are never stored.
 //!
 //! Every sum has a fixed order, so results do not depend on the number of threads.
 
@@ -16,8 +18,8 @@ pub mod update;
 
 pub use encode::{AffinityLayout, HostEncoder, gemm_abt};
 pub use grads::{
-    HostLossAndGrads, HostLossSpec, HostParams, PairAffinities, host_loss_and_grads,
-    host_loss_and_grads_into, total_variance,
+    HostLossAndGrads, HostLossSpec, HostParams, PairAffinities, Residuals, TokenPass,
+    host_loss_and_grads, host_loss_and_grads_into, token_pass, total_variance,
 };
 
 /// Deterministic test values in `[-0.5, 0.5)` (a multiplicative hash of the index).

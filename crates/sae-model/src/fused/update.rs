@@ -8,7 +8,9 @@
 
 use rayon::prelude::*;
 
-use super::grads::{HostLossAndGrads, any_non_finite, dot, first_flagged};
+use super::grads::{
+    FEATURE_BLOCK, HostLossAndGrads, TokenPass, any_non_finite, dot, first_flagged,
+};
 use crate::adam::{Adam, update_element};
 use crate::sae::SaeParams;
 
@@ -54,6 +56,43 @@ pub(crate) fn update(
         .for_each(|(((w, g), m), v)| adam_widest(adam, w, g, m, v));
     adam.update_slice(&mut params.b_enc, &grads.b_enc, &mut m.b_enc, &mut v.b_enc);
     adam.update_slice(&mut params.b_dec, &grads.b_dec, &mut m.b_dec, &mut v.b_dec);
+}
+
+/// [`update`] with the weight gradients of `pass`, each block of features' rows applied as
+/// pass 2 sums them, while they are in cache: they are never written out, nor read back.
+/// The same bits as [`TokenPass::gradients_into`] followed by [`update`]. `x` is the batch
+/// of the token pass; `params` are the parameters it saw.
+///
+/// # Panics
+///
+/// If the gradients of `pass` are not [finite by bound](TokenPass::finite_by_bound).
+pub(crate) fn update_in_pass(
+    adam: &Adam,
+    pass: &TokenPass<'_>,
+    x: &[f32],
+    params: &mut SaeParams,
+    m: &mut SaeParams,
+    v: &mut SaeParams,
+) {
+    let d = params.d_model;
+    // Pass 2 reads the decoder bias of the token pass, which is updated last.
+    let b_dec = params.b_dec.clone();
+    let block = FEATURE_BLOCK * d;
+    let blocks = params
+        .w_dec
+        .par_chunks_mut(block)
+        .zip(m.w_dec.par_chunks_mut(block))
+        .zip(v.w_dec.par_chunks_mut(block))
+        .zip(params.w_enc.par_chunks_mut(block))
+        .zip(m.w_enc.par_chunks_mut(block))
+        .zip(v.w_enc.par_chunks_mut(block));
+    pass.for_each_block(x, &b_dec, blocks, |item, g_enc, g_dec| {
+        let (((((w_dec, m_dec), v_dec), w_enc), m_enc), v_enc) = item;
+        decoder_rows_widest(adam, d, w_dec, g_dec, m_dec, v_dec);
+        adam_widest(adam, w_enc, g_enc, m_enc, v_enc);
+    });
+    adam.update_slice(&mut params.b_enc, pass.b_enc(), &mut m.b_enc, &mut v.b_enc);
+    adam.update_slice(&mut params.b_dec, pass.b_dec(), &mut m.b_dec, &mut v.b_dec);
 }
 
 /// The update of decoder rows of width `d`, each in turn: the gradient's component along the
@@ -222,6 +261,86 @@ mod tests {
             let rows = [(&wide_w, &w), (&wide_m, &m), (&wide_v, &v)];
             for ((got, want), what) in rows.into_iter().zip(["row", "m", "v"]) {
                 assert_eq!(bits(got), bits(want), "encoder {what}, {level:?}");
+            }
+        }
+    }
+
+    /// The update applied block by block as pass 2 sums the gradients gives the bits of the
+    /// gradients written out and then applied, for both activations, with and without
+    /// auxiliary pairs, over a last block of fewer features, under every vector width.
+    #[test]
+    fn the_update_in_pass_equals_the_update_of_stored_gradients() {
+        use sae_alloc::{ScoreMatrix, row_topk};
+
+        use super::super::grads::{
+            HostLossSpec, HostParams, PairAffinities, Residuals, WholeBatch, token_pass,
+        };
+        use crate::rule::Activation;
+
+        let (n, f, d) = (40, 130, 389);
+        let mut start = params(f, d, 1);
+        start.w_dec = host_vec(normalize_rows(tensor(&start.w_dec, f, d)));
+        let moments = |seed| {
+            let mut m = params(f, d, seed);
+            for x in m.w_enc.iter_mut().chain(&mut m.w_dec) {
+                *x = x.abs();
+            }
+            m
+        };
+        let x = values(n * d, 5);
+        let scores = values(n * f, 9);
+        let selection = row_topk(&ScoreMatrix::new(&scores, n, f).unwrap(), 5).unwrap();
+        let aux = row_topk(&ScoreMatrix::new(&values(n * f, 11), n, f).unwrap(), 3).unwrap();
+        let adam = Adam::new(1e-3, 0.9, 0.999, 1e-8, 3);
+        for level in sae_simd::Level::ALL {
+            for activation in [Activation::Relu, Activation::Identity] {
+                for aux_selection in [None, Some(&aux)] {
+                    let spec = HostLossSpec {
+                        selection: &selection,
+                        aux_selection,
+                        activation,
+                        recon_scale: 0.5,
+                        aux_coef: 1.0 / 32.0,
+                        affinities: PairAffinities::Recomputed,
+                    };
+                    let run = |in_pass: bool| {
+                        let (mut p, mut m, mut v) = (start.clone(), moments(20), moments(30));
+                        let mut residuals = Residuals::default();
+                        let old = p.clone();
+                        let pass = token_pass(
+                            &HostParams::from(&old),
+                            &x,
+                            &spec,
+                            &mut residuals,
+                            &mut WholeBatch,
+                        )
+                        .unwrap();
+                        assert!(pass.finite_by_bound());
+                        sae_simd::capped(level, || {
+                            if in_pass {
+                                update_in_pass(&adam, &pass, &x, &mut p, &mut m, &mut v);
+                            } else {
+                                let mut grads = HostLossAndGrads::default();
+                                pass.gradients_into(&x, &old.b_dec, &mut grads);
+                                update(&adam, &mut p, &grads, &mut m, &mut v);
+                            }
+                        });
+                        [p, m, v]
+                    };
+                    let (fused, stored) = (run(true), run(false));
+                    let at = format!("{level:?}, {activation:?}, aux {}", aux_selection.is_some());
+                    for ((got, want), what) in fused.iter().zip(&stored).zip(["p", "m", "v"]) {
+                        assert_eq!(bits(&got.w_enc), bits(&want.w_enc), "{what} w_enc, {at}");
+                        assert_eq!(bits(&got.b_enc), bits(&want.b_enc), "{what} b_enc, {at}");
+                        assert_eq!(bits(&got.w_dec), bits(&want.w_dec), "{what} w_dec, {at}");
+                        assert_eq!(bits(&got.b_dec), bits(&want.b_dec), "{what} b_dec, {at}");
+                    }
+                    assert_ne!(
+                        bits(&fused[0].w_enc),
+                        bits(&start.w_enc),
+                        "{at}: nothing moved"
+                    );
+                }
             }
         }
     }

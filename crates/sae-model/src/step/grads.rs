@@ -10,7 +10,7 @@ use crate::dense::dense_decode;
 use crate::error::Result;
 use crate::fused::grads::{BatchSums, WholeBatch, batch_variance};
 use crate::fused::{
-    HostLossAndGrads, HostLossSpec, HostParams, PairAffinities, host_loss_and_grads_into,
+    HostLossAndGrads, HostLossSpec, HostParams, PairAffinities, Residuals, TokenPass, token_pass,
 };
 use crate::loss::{aux_normalised, fvu, mse};
 use crate::rule::Activation;
@@ -75,28 +75,28 @@ pub(super) struct HostLoss {
     pub(super) aux: f32,
 }
 
-/// The loss of `spec` and its gradients by the fused host code, for the batch `x` (`[N, d]`
-/// row-major) and parameters on the host.
+/// The loss of `spec` by the fused host code's token pass, for the batch `x` (`[N, d]`
+/// row-major) and parameters on the host, and the pass from which its gradients follow.
 ///
-/// The gradients go into `grads` (its buffers reused); `affinities` says where each selected
-/// pair's affinity comes from. The auxiliary loss is on when
-/// `spec` has an auxiliary selection (see [`HostLossSpec::aux_selection`]). On a batch split
-/// over peers, `sums` makes the losses the whole batch's and the gradients this peer's part.
-pub(super) fn host_loss(
+/// The error rows go into `residuals` (its buffers reused); `affinities` says where each
+/// selected pair's affinity comes from. The auxiliary loss is on when `spec` has an
+/// auxiliary selection (see [`HostLossSpec::aux_selection`]). On a batch split over peers,
+/// `sums` makes the losses the whole batch's and the gradients this peer's part.
+pub(super) fn host_loss<'r>(
     params: &HostParams<'_>,
     x: &[f32],
     spec: &LossSpec<'_>,
     affinities: PairAffinities<'_>,
-    grads: &mut HostLossAndGrads,
+    residuals: &'r mut Residuals,
     sums: &mut dyn BatchSums,
-) -> Result<HostLoss> {
+) -> Result<(HostLoss, TokenPass<'r>)> {
     let d = params.b_dec.len();
     let (total, n) = batch_variance(x, d, sums)?;
     let recon_scale = match spec.recon_loss {
         ReconLoss::Fvu => 1.0 / total,
         ReconLoss::Mse => 1.0 / (n * d) as f64,
     };
-    host_loss_and_grads_into(
+    let pass = token_pass(
         params,
         x,
         &HostLossSpec {
@@ -107,16 +107,17 @@ pub(super) fn host_loss(
             aux_coef: spec.aux_coef,
             affinities,
         },
-        grads,
+        residuals,
         sums,
     )?;
-    let recon = grads.sse * recon_scale;
-    Ok(HostLoss {
-        loss: (recon + f64::from(spec.aux_coef) * grads.aux) as f32,
-        mse: (grads.sse / (n * d) as f64) as f32,
-        fvu: (grads.sse / total) as f32,
-        aux: grads.aux as f32,
-    })
+    let (sse, aux) = (pass.sse(), pass.aux());
+    let loss = HostLoss {
+        loss: (sse * recon_scale + f64::from(spec.aux_coef) * aux) as f32,
+        mse: (sse / (n * d) as f64) as f32,
+        fvu: (sse / total) as f32,
+        aux: aux as f32,
+    };
+    Ok((loss, pass))
 }
 
 /// [`loss_and_grads`] on the fused host path.
@@ -133,14 +134,17 @@ fn fused_loss_and_grads<B: Backend>(
         aux_selection: spec.aux_selection.filter(|a| a.nnz() > 0),
         ..*spec
     };
-    let out = host_loss(
-        &HostParams::from(&p),
+    let mut residuals = Residuals::default();
+    let host = HostParams::from(&p);
+    let (out, pass) = host_loss(
+        &host,
         &x,
         &spec,
         PairAffinities::Recomputed,
-        &mut g,
+        &mut residuals,
         &mut WholeBatch,
     )?;
+    pass.gradients_into(&x, host.b_dec, &mut g);
     let grads = SaeParams {
         d_model: p.d_model,
         features: p.features,

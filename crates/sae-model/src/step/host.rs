@@ -6,10 +6,15 @@
 //! Feature Choice on one peer, whose selection reads each feature's scores, token-major
 //! otherwise), the sparsifier selects on them, the fused code takes the codes from the
 //! selection's scores (a built-in rule's are the affinities; a plug-in's are read from the
-//! matrix) and computes the loss and the gradients into buffers also kept from step to step
-//! ([`HostBuffers`]), and one pass per parameter applies Adam and the decoder constraint
-//! ([`crate::fused::update`]). Nothing is converted to a tensor until the step is done. A
-//! non-finite loss or gradient leaves the state unchanged.
+//! matrix) and computes the loss in a token pass, into buffers also kept from step to step
+//! ([`HostBuffers`]). On one peer, when the gradients are known to be finite before they are
+//! summed (a bound from the token pass, [`crate::fused::TokenPass::finite_by_bound`]), the feature pass
+//! applies Adam and the decoder constraint to each block of weight rows as it sums their
+//! gradients ([`update_in_pass`]): the weight gradients, the size of the weights, are never
+//! stored. Otherwise (several peers, whose gradients are summed first, or a gradient that
+//! may not be finite) the gradients go into buffers, are checked, and one pass per parameter
+//! applies the update ([`crate::fused::update`]). Nothing is converted to a tensor until the
+//! step is done. A non-finite loss or gradient leaves the state unchanged.
 
 use std::fmt;
 
@@ -22,18 +27,22 @@ use super::{LossSpec, StepOutput, StepPath, TrainStep};
 use crate::adam::Adam;
 use crate::collective::{Collective, PeerSums};
 use crate::error::{Result, SaeError, nan_is_bad_input};
-use crate::fused::update::{first_non_finite, update};
-use crate::fused::{AffinityLayout, HostEncoder, HostLossAndGrads, HostParams, PairAffinities};
+use crate::fused::update::{first_non_finite, update, update_in_pass};
+use crate::fused::{
+    AffinityLayout, HostEncoder, HostLossAndGrads, HostParams, PairAffinities, Residuals,
+};
 use crate::loss::aux_selection_in;
 use crate::rule::BuiltinRule;
 use crate::sae::{SaeParams, SaeTensors, host_vec};
 
-/// What the host path keeps from step to step: the encoder's operands and output, and the
-/// gradients (at N = 4096, F = 16384, d = 384 about 300 MiB, whose fresh allocation would
-/// cost its page faults on every step).
+/// What the host path keeps from step to step: the encoder's operands and output, the
+/// token pass's error rows and, where they are stored, the gradients (at N = 4096,
+/// F = 16384, d = 384 about 300 MiB, whose fresh allocation would cost its page faults on
+/// every step).
 #[derive(Default)]
 pub(super) struct HostBuffers {
     encoder: HostEncoder,
+    residuals: Residuals,
     grads: HostLossAndGrads,
 }
 
@@ -111,7 +120,11 @@ impl<B: AutodiffBackend> TrainStep<B> {
         aux: Option<(Vec<f32>, usize)>,
         lr: f64,
         [params, m, v]: &mut [SaeParams; 3],
-        HostBuffers { encoder, grads }: &mut HostBuffers,
+        HostBuffers {
+            encoder,
+            residuals,
+            grads,
+        }: &mut HostBuffers,
         peers: &mut dyn Collective,
     ) -> Result<(HostLoss, Selection)> {
         let f = params.features;
@@ -160,7 +173,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
             Some(_) => PairAffinities::SelectionScores,
             None => PairAffinities::Matrix(affinities),
         };
-        let loss = host_loss(
+        let (loss, pass) = host_loss(
             &host,
             x,
             &LossSpec {
@@ -172,7 +185,7 @@ impl<B: AutodiffBackend> TrainStep<B> {
                 path: StepPath::Fused,
             },
             codes,
-            grads,
+            residuals,
             &mut PeerSums(&mut *peers),
         )?;
         if !loss.loss.is_finite() {
@@ -181,6 +194,16 @@ impl<B: AutodiffBackend> TrainStep<B> {
                 loss: loss.loss,
             });
         }
+        let c = &self.config;
+        // On one peer, with gradients known to be finite before they are summed, each block
+        // of weight rows is updated as its gradients are summed: they are never stored.
+        if peers.peers() == 1 && pass.finite_by_bound() {
+            self.step += 1;
+            let adam = Adam::new(lr, c.beta1, c.beta2, c.eps, self.step);
+            update_in_pass(&adam, &pass, x, params, m, v);
+            return Ok((loss, selection));
+        }
+        pass.gradients_into(x, host.b_dec, grads);
         // The batch's gradients: the sum of every peer's part, in one exchange.
         peers.sum_values(&mut [
             &mut grads.w_enc,
@@ -201,7 +224,6 @@ impl<B: AutodiffBackend> TrainStep<B> {
             });
         }
         self.step += 1;
-        let c = &self.config;
         let adam = Adam::new(lr, c.beta1, c.beta2, c.eps, self.step);
         update(&adam, params, grads, m, v);
         Ok((loss, selection))
