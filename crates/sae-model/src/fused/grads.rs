@@ -14,9 +14,12 @@
 //!
 //! and the same for the auxiliary pairs, whose target is the detached residual.
 //!
-//! Pass 1 runs over token blocks (values, reconstruction, residuals, `dL/du`), pass 2 over
-//! feature blocks (the weight gradients, each feature's pairs in token order). Every sum has
-//! a fixed order, so results do not depend on the number of threads.
+//! Pass 1 takes each pair's code by blocks of tokens, then the reconstruction feature by
+//! feature (`w_dec` read in order, each token's sum still in ascending feature order), the
+//! errors and loss terms by blocks of tokens, and each pair's `dL/du` feature by feature
+//! again; pass 2 runs over feature blocks (the weight gradients, each feature's pairs in
+//! token order). Every sum has a fixed order, so results do not depend on the number of
+//! threads.
 
 use rayon::prelude::*;
 use sae_alloc::Selection;
@@ -27,14 +30,13 @@ use crate::sae::SaeParams;
 
 /// Tokens per block of the first pass.
 const TOKEN_BLOCK: usize = 32;
+/// Least tokens per range of the reconstruction by feature: at k = 32 and F = 16384, 512
+/// tokens use each decoder row once on average.
+const RANGE_TOKENS: usize = 512;
 /// Features per block of the second pass.
 pub(crate) const FEATURE_BLOCK: usize = 64;
 /// Encoder rows per partial sum of the `b_dec` gradient's encoder part.
 const ENCODER_BLOCK: usize = 1024;
-/// How many pairs ahead pass 1 prefetches the decoder row a pair gathers: each is a random
-/// row of a matrix that the affinities have pushed out of the caches, and a few pairs' work
-/// hides most of its load.
-const ROWS_AHEAD: usize = 4;
 
 /// Parameters as host slices (`w_enc`, `w_dec`: `[F, d]` row-major).
 #[derive(Debug, Clone, Copy)]
@@ -67,10 +69,6 @@ impl HostParams<'_> {
     fn enc_row(&self, f: u32) -> &[f32] {
         let d = self.d();
         &self.w_enc[f as usize * d..(f as usize + 1) * d]
-    }
-    fn dec_row(&self, f: u32) -> &[f32] {
-        let d = self.d();
-        &self.w_dec[f as usize * d..(f as usize + 1) * d]
     }
 }
 
@@ -200,18 +198,245 @@ fn activate(activation: Activation, u: f32) -> (f32, f32) {
     }
 }
 
-/// Per pair of one selection: code and `dL/du` (or its unscaled form, see pass 1).
+/// Per pair of one selection, in the selection's (token-major) order: the code `v_p` and
+/// the activation's slope `act'(u_p)`.
 #[derive(Debug, Default)]
-struct PairValues {
+struct PairCodes {
     values: Vec<f32>,
-    grads: Vec<f32>,
+    slopes: Vec<f32>,
 }
 
-/// What pass 1 produces for one token block.
+/// The codes and slopes of the pairs of the tokens `rows` of `selection`.
+#[inline(always)]
+fn codes_block(
+    params: &HostParams<'_>,
+    x: &[f32],
+    rows: std::ops::Range<usize>,
+    selection: &Selection,
+    affinities: PairAffinities<'_>,
+    activation: Activation,
+) -> PairCodes {
+    let d = params.d();
+    let features = params.b_enc.len();
+    let mut out = PairCodes::default();
+    let mut centred = vec![0.0f32; d];
+    for t in rows {
+        let (pairs, scores) = selection.row(t);
+        if let PairAffinities::Recomputed = affinities {
+            for ((c, xi), b) in centred
+                .iter_mut()
+                .zip(&x[t * d..(t + 1) * d])
+                .zip(params.b_dec)
+            {
+                *c = xi - b;
+            }
+        }
+        for (&f, &score) in pairs.iter().zip(scores) {
+            let u = match affinities {
+                PairAffinities::SelectionScores => score,
+                PairAffinities::Matrix(z) => z[t * features + f as usize],
+                PairAffinities::Recomputed => {
+                    dot(&centred, params.enc_row(f)) + params.b_enc[f as usize]
+                }
+            };
+            let (v, slope) = activate(activation, u);
+            out.values.push(v);
+            out.slopes.push(slope);
+        }
+    }
+    out
+}
+
+sae_simd::widest! {
+    fn codes_block_widest(
+        params: &HostParams<'_>,
+        x: &[f32],
+        rows: std::ops::Range<usize>,
+        selection: &Selection,
+        affinities: PairAffinities<'_>,
+        activation: Activation,
+    ) -> PairCodes = codes_block;
+}
+
+/// The codes and slopes of every pair of `selection`, by blocks of tokens.
+fn pair_codes(
+    params: &HostParams<'_>,
+    x: &[f32],
+    selection: &Selection,
+    affinities: PairAffinities<'_>,
+    activation: Activation,
+) -> PairCodes {
+    let n = selection.rows();
+    let blocks: Vec<PairCodes> = (0..n.div_ceil(TOKEN_BLOCK))
+        .into_par_iter()
+        .map(|b| {
+            let rows = b * TOKEN_BLOCK..((b + 1) * TOKEN_BLOCK).min(n);
+            codes_block_widest(params, x, rows, selection, affinities, activation)
+        })
+        .collect();
+    let mut codes = PairCodes::default();
+    for block in blocks {
+        codes.values.extend(block.values);
+        codes.slopes.extend(block.slopes);
+    }
+    codes
+}
+
+/// What the passes read of one pair.
+#[derive(Debug, Clone, Copy)]
+struct PairRecord {
+    token: u32,
+    /// The code `v_p`.
+    value: f32,
+    /// `dL/du_p / grad_scale` once pass 1 is done; the slope `act'(u_p)` until then.
+    grad: f32,
+}
+
+/// One selection's pairs by feature, each feature's in token order, as records read in
+/// sequence: by the reconstruction, by the `dL/du` of pass 1 and by pass 2.
+struct ByFeature {
+    offsets: Vec<usize>,
+    pairs: Vec<PairRecord>,
+}
+
+impl ByFeature {
+    fn new(selection: &Selection, codes: &PairCodes) -> Self {
+        let (offsets, ids) = selection.feature_major();
+        let tokens = selection.token_ids();
+        let pairs = ids
+            .par_iter()
+            .with_min_len(1 << 12)
+            .map(|&p| PairRecord {
+                token: tokens[p as usize],
+                value: codes.values[p as usize],
+                grad: codes.slopes[p as usize],
+            })
+            .collect();
+        Self { offsets, pairs }
+    }
+
+    fn features(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// The pairs of feature `f`, in token order.
+    fn of_feature(&self, f: usize) -> &[PairRecord] {
+        &self.pairs[self.offsets[f]..self.offsets[f + 1]]
+    }
+
+    /// Turns each pair's slope into `act'(u_p) (dot_scale (r_t . w_dec[f]))`, `r_t` its
+    /// token's row of `rows`, by blocks of features ([`grads_block`]).
+    fn take_grads(&mut self, rows: &[f32], w_dec: &[f32], dot_scale: f32) {
+        let features = self.features();
+        let mut blocks = Vec::with_capacity(features.div_ceil(FEATURE_BLOCK));
+        let mut rest = &mut self.pairs[..];
+        for first in (0..features).step_by(FEATURE_BLOCK) {
+            let end = (first + FEATURE_BLOCK).min(features);
+            let (block, tail) = rest.split_at_mut(self.offsets[end] - self.offsets[first]);
+            blocks.push((first..end, block));
+            rest = tail;
+        }
+        let offsets = &self.offsets;
+        blocks.into_par_iter().for_each(|(features, pairs)| {
+            grads_block_widest(features, offsets, pairs, rows, w_dec, dot_scale);
+        });
+    }
+}
+
+/// [`ByFeature::take_grads`] for the features `features`, whose pairs are `pairs`: feature
+/// by feature, so that `w_dec` is read in order.
+#[inline(always)]
+fn grads_block(
+    features: std::ops::Range<usize>,
+    offsets: &[usize],
+    pairs: &mut [PairRecord],
+    rows: &[f32],
+    w_dec: &[f32],
+    dot_scale: f32,
+) {
+    let d = w_dec.len() / (offsets.len() - 1);
+    let first = offsets[features.start];
+    for f in features {
+        let w = &w_dec[f * d..(f + 1) * d];
+        for pair in &mut pairs[offsets[f] - first..offsets[f + 1] - first] {
+            let t = pair.token as usize;
+            pair.grad *= dot_scale * dot(&rows[t * d..(t + 1) * d], w);
+        }
+    }
+}
+
+sae_simd::widest! {
+    fn grads_block_widest(
+        features: std::ops::Range<usize>,
+        offsets: &[usize],
+        pairs: &mut [PairRecord],
+        rows: &[f32],
+        w_dec: &[f32],
+        dot_scale: f32,
+    ) -> () = grads_block;
+}
+
+/// The reconstruction sums `sum_p v_p w_dec[f]` of the tokens `tokens` into `rows` (a
+/// `d`-wide row per token), feature by feature: `w_dec` is read once and in order, where a
+/// loop over tokens would gather a random row per pair, and each token's sum still adds its
+/// features in ascending order (a selection's rows are sorted), so the bits are a per-token
+/// loop's.
+#[inline(always)]
+fn reconstruct_range(
+    w_dec: &[f32],
+    by_feature: &ByFeature,
+    tokens: std::ops::Range<usize>,
+    rows: &mut [f32],
+) {
+    let d = rows.len() / tokens.len().max(1);
+    rows.fill(0.0);
+    for f in 0..by_feature.features() {
+        let pairs = by_feature.of_feature(f);
+        let first = pairs.partition_point(|pair| (pair.token as usize) < tokens.start);
+        let w = &w_dec[f * d..(f + 1) * d];
+        for pair in &pairs[first..] {
+            let t = pair.token as usize;
+            if t >= tokens.end {
+                break;
+            }
+            let i = t - tokens.start;
+            axpy(pair.value, w, &mut rows[i * d..(i + 1) * d]);
+        }
+    }
+}
+
+sae_simd::widest! {
+    fn reconstruct_range_widest(
+        w_dec: &[f32],
+        by_feature: &ByFeature,
+        tokens: std::ops::Range<usize>,
+        rows: &mut [f32],
+    ) -> () = reconstruct_range;
+}
+
+/// [`reconstruct_range`] over all the tokens of `rows` (`[N, d]`), one range of tokens per
+/// thread, each range at least [`RANGE_TOKENS`] long: each range reads all of `w_dec`, which
+/// pays while its tokens use each row a few times. The split changes no bit.
+fn reconstruct(w_dec: &[f32], d: usize, by_feature: &ByFeature, rows: &mut [f32]) {
+    let n = rows.len() / d.max(1);
+    if n == 0 {
+        return;
+    }
+    let per_range = n
+        .div_ceil(rayon::current_num_threads().max(1))
+        .max(RANGE_TOKENS);
+    rows.par_chunks_mut(per_range * d)
+        .enumerate()
+        .for_each(|(r, chunk)| {
+            let start = r * per_range;
+            let tokens = start..start + chunk.len() / d;
+            reconstruct_range_widest(w_dec, by_feature, tokens, chunk);
+        });
+}
+
+/// What pass 1 sums over one block of tokens.
 #[derive(Debug, Default)]
 struct TokenBlock {
-    main: PairValues,
-    aux: PairValues,
     sse: f64,
     aux_num: f64,
     aux_den: f64,
@@ -224,101 +449,32 @@ struct TokenBlock {
     max_abs: [f32; 3],
 }
 
-/// Codes of one token's pairs, accumulated into `sum` (`sum += v w_dec[f]`).
-#[inline(always)]
-fn encode_token(
-    params: &HostParams<'_>,
-    centred: &[f32],
-    affinities: PairAffinities<'_>,
-    pairs: (&[u32], &[f32]),
-    activation: Activation,
-    sum: &mut [f32],
-    out: &mut PairValues,
-) {
-    for (i, (&f, &score)) in pairs.0.iter().zip(pairs.1).enumerate() {
-        if let Some(&ahead) = pairs.0.get(i + ROWS_AHEAD) {
-            sae_simd::prefetch(params.dec_row(ahead));
-        }
-        let u = match affinities {
-            PairAffinities::SelectionScores => score,
-            PairAffinities::Matrix(row) => row[f as usize],
-            PairAffinities::Recomputed => {
-                dot(centred, params.enc_row(f)) + params.b_enc[f as usize]
-            }
-        };
-        let (v, slope) = activate(activation, u);
-        out.values.push(v);
-        out.grads.push(slope);
-        axpy(v, params.dec_row(f), sum);
-    }
-}
-
-/// Turns the stored slopes of one token's pairs into `scale * (g . w_dec[f]) * slope`.
-#[inline(always)]
-fn pair_grads(
-    params: &HostParams<'_>,
-    features: &[u32],
-    g: &[f32],
-    scale: f32,
-    slopes: &mut [f32],
-) {
-    for (&f, slope) in features.iter().zip(slopes) {
-        *slope *= scale * dot(g, params.dec_row(f));
-    }
-}
-
-/// Pass 1 over the tokens `rows`: writes each token's error `x - x_hat` into `err` and, with
-/// auxiliary pairs, `e - e_hat` into `aux_err`.
+/// Pass 1 for the tokens `rows`, whose reconstruction sums are in `err` and, with auxiliary
+/// pairs (`aux_err` not empty), the auxiliary ones in `aux_err`: turns them into each
+/// token's error `x - x_hat` and the auxiliary residual's error `e - e_hat`, and sums the
+/// loss terms.
 #[inline(always)]
 fn token_block(
-    params: &HostParams<'_>,
     x: &[f32],
+    b_dec: &[f32],
     rows: std::ops::Range<usize>,
-    spec: &HostLossSpec<'_>,
+    main_scale: f32,
     err: &mut [f32],
     aux_err: &mut [f32],
 ) -> TokenBlock {
-    let d = params.d();
+    let d = b_dec.len();
     let mut block = TokenBlock {
         b_dec_main: vec![0.0; d],
         ..TokenBlock::default()
     };
     let mut centred = vec![0.0f32; d];
-    let main_scale = (-2.0 * spec.recon_scale) as f32;
-    let features = params.b_enc.len();
-    for (i, t) in rows.clone().enumerate() {
-        let x_t = &x[t * d..(t + 1) * d];
-        // `Matrix` narrowed to the token's row.
-        let z_t = match spec.affinities {
-            PairAffinities::Matrix(z) => {
-                PairAffinities::Matrix(&z[t * features..(t + 1) * features])
-            }
-            other => other,
-        };
-        for ((c, xi), b) in centred.iter_mut().zip(x_t).zip(params.b_dec) {
+    for (i, t) in rows.enumerate() {
+        for ((c, xi), b) in centred.iter_mut().zip(&x[t * d..(t + 1) * d]).zip(b_dec) {
             *c = xi - b;
         }
         block.max_abs[2] = max_abs(block.max_abs[2], &centred);
-        // The next token's first decoder rows load while this token is worked on.
-        if t + 1 < rows.end {
-            for &f in spec.selection.row(t + 1).0.iter().take(ROWS_AHEAD) {
-                sae_simd::prefetch(params.dec_row(f));
-            }
-        }
         // err_t = x_t - b_dec - sum_p v_p w_dec[f] = c_t - sum.
         let e = &mut err[i * d..(i + 1) * d];
-        e.fill(0.0);
-        let main = spec.selection.row(t);
-        let start = block.main.values.len();
-        encode_token(
-            params,
-            &centred,
-            z_t,
-            main,
-            spec.activation,
-            e,
-            &mut block.main,
-        );
         for (ei, c) in e.iter_mut().zip(&centred) {
             *ei = c - *ei;
         }
@@ -326,30 +482,14 @@ fn token_block(
         block.max_abs[0] = max_abs(block.max_abs[0], e);
         // G_t = -2 s err_t.
         axpy(main_scale, e, &mut block.b_dec_main);
-        let slopes = &mut block.main.grads[start..];
-        pair_grads(params, main.0, e, main_scale, slopes);
-        if let Some(aux) = spec.aux_selection {
+        if !aux_err.is_empty() {
             let a = &mut aux_err[i * d..(i + 1) * d];
-            a.fill(0.0);
-            let pairs = aux.row(t);
-            let start = block.aux.values.len();
-            encode_token(
-                params,
-                &centred,
-                z_t,
-                pairs,
-                spec.activation,
-                a,
-                &mut block.aux,
-            );
             for (ai, ei) in a.iter_mut().zip(e.iter()) {
                 *ai = ei - *ai;
             }
             block.aux_num += a.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
             block.aux_den += e.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
             block.max_abs[1] = max_abs(block.max_abs[1], a);
-            let slopes = &mut block.aux.grads[start..];
-            pair_grads(params, pairs.0, a, 1.0, slopes);
         }
     }
     block
@@ -357,68 +497,30 @@ fn token_block(
 
 sae_simd::widest! {
     fn token_block_widest(
-        params: &HostParams<'_>,
         x: &[f32],
+        b_dec: &[f32],
         rows: std::ops::Range<usize>,
-        spec: &HostLossSpec<'_>,
+        main_scale: f32,
         err: &mut [f32],
         aux_err: &mut [f32],
     ) -> TokenBlock = token_block;
 }
 
-/// One selection's pairs, flattened for pass 2: each feature's pairs in token order, with
-/// what pass 2 reads of them side by side, so that it reads them in sequence.
+/// One selection's pairs as pass 2 reads them, with the rows their weight gradients sum.
 struct FeaturePairs<'a> {
-    offsets: Vec<usize>,
-    pairs: Vec<PairRecord>,
+    by_feature: ByFeature,
     /// Per-token rows `dL/dx_hat_t / row_scale` (`[N, d]`).
     rows: &'a [f32],
     /// Scale turning `rows` into `dL/dx_hat`.
     row_scale: f32,
-    /// Scale turning `grads` into `dL/du`.
+    /// Scale turning each record's `grad` into `dL/du`.
     grad_scale: f32,
 }
 
-/// What pass 2 reads of one pair.
-#[derive(Debug, Clone, Copy)]
-struct PairRecord {
-    token: u32,
-    /// The code `v_p`.
-    value: f32,
-    /// `dL/du_p / grad_scale`.
-    grad: f32,
-}
-
-impl<'a> FeaturePairs<'a> {
+impl FeaturePairs<'_> {
     /// The pairs of feature `f`, in token order.
     fn of_feature(&self, f: usize) -> &[PairRecord] {
-        &self.pairs[self.offsets[f]..self.offsets[f + 1]]
-    }
-
-    fn new(
-        selection: &Selection,
-        values: &PairValues,
-        rows: (&'a [f32], f32),
-        grad_scale: f32,
-    ) -> Self {
-        let (offsets, ids) = selection.feature_major();
-        let tokens = selection.token_ids();
-        let pairs = ids
-            .par_iter()
-            .with_min_len(1 << 12)
-            .map(|&p| PairRecord {
-                token: tokens[p as usize],
-                value: values.values[p as usize],
-                grad: values.grads[p as usize],
-            })
-            .collect();
-        Self {
-            offsets,
-            pairs,
-            rows: rows.0,
-            row_scale: rows.1,
-            grad_scale,
-        }
+        self.by_feature.of_feature(f)
     }
 }
 
@@ -691,6 +793,18 @@ pub fn token_pass<'r>(
     } = residuals;
     err.resize(n * d, 0.0);
     aux_err.resize(if aux.is_some() { n * d } else { 0 }, 0.0);
+    // The codes of every pair, then the reconstruction sums, feature by feature.
+    let by_feature = |selection| {
+        let codes = pair_codes(params, x, selection, spec.affinities, spec.activation);
+        ByFeature::new(selection, &codes)
+    };
+    let mut main = by_feature(spec.selection);
+    reconstruct(params.w_dec, d, &main, err);
+    let aux_pairs = aux.map(by_feature);
+    if let Some(pairs) = &aux_pairs {
+        reconstruct(params.w_dec, d, pairs, aux_err);
+    }
+    let main_scale = (-2.0 * spec.recon_scale) as f32;
     let block_len = TOKEN_BLOCK * d;
     let mut aux_chunks: Vec<&mut [f32]> = if aux.is_some() {
         aux_err.chunks_mut(block_len).collect()
@@ -703,22 +817,16 @@ pub fn token_pass<'r>(
         .enumerate()
         .map(|(b, (e, a))| {
             let rows = b * TOKEN_BLOCK..((b + 1) * TOKEN_BLOCK).min(n);
-            token_block_widest(params, x, rows, spec, e, a)
+            token_block_widest(x, params.b_dec, rows, main_scale, e, a)
         })
         .collect();
     drop(aux_chunks);
 
-    let mut main = PairValues::default();
-    let mut aux_values = PairValues::default();
     // [sse, aux numerator, aux denominator]
     let mut terms = [0.0f64; 3];
     let mut g_b_dec = vec![0.0f32; d];
     let mut maxima = [0.0f32; 3];
     for block in blocks {
-        main.values.extend(block.main.values);
-        main.grads.extend(block.main.grads);
-        aux_values.values.extend(block.aux.values);
-        aux_values.grads.extend(block.aux.grads);
         terms[0] += block.sse;
         terms[1] += block.aux_num;
         terms[2] += block.aux_den;
@@ -732,21 +840,23 @@ pub fn token_pass<'r>(
     // dL/de_hat_t = -2 coef (e - e_hat)_t / sum ||e||^2.
     let aux_scale = (-2.0 * f64::from(spec.aux_coef) / aux_den) as f32;
 
-    let main_scale = (-2.0 * spec.recon_scale) as f32;
-    // Pass 1 stored the main pairs' dL/du scaled, the auxiliary ones before `aux_scale`.
-    let mut sets = vec![FeaturePairs::new(
-        spec.selection,
-        &main,
-        (&err[..], main_scale),
-        1.0,
-    )];
-    if let Some(a) = aux {
-        sets.push(FeaturePairs::new(
-            a,
-            &aux_values,
-            (&aux_err[..], aux_scale),
-            aux_scale,
-        ));
+    // Each pair's dL/du, feature by feature: the main pairs' scaled, the auxiliary ones'
+    // before `aux_scale`.
+    main.take_grads(err, params.w_dec, main_scale);
+    let mut sets = vec![FeaturePairs {
+        by_feature: main,
+        rows: &err[..],
+        row_scale: main_scale,
+        grad_scale: 1.0,
+    }];
+    if let Some(mut pairs) = aux_pairs {
+        pairs.take_grads(aux_err, params.w_dec, 1.0);
+        sets.push(FeaturePairs {
+            by_feature: pairs,
+            rows: &aux_err[..],
+            row_scale: aux_scale,
+            grad_scale: aux_scale,
+        });
     }
     let [err_max, aux_err_max, centred_max] = maxima;
     let row_bounds = [err_max, aux_err_max];
@@ -1077,20 +1187,44 @@ mod tests {
                 aux_coef: 1.0 / 32.0,
                 affinities,
             };
+            let (activation, affinities) = (spec.activation, spec.affinities);
+            let codes = [&selection, &aux].map(|s| {
+                let base = codes_block(&params, &x, 0..n, s, affinities, activation);
+                let wide = capped(level, || {
+                    codes_block_widest(&params, &x, 0..n, s, affinities, activation)
+                });
+                assert_eq!(bits(&wide.values), bits(&base.values), "codes, {at}");
+                assert_eq!(bits(&wide.slopes), bits(&base.slopes), "slopes, {at}");
+                base
+            });
+            let [mut main_pairs, mut aux_pairs] =
+                [(&selection, &codes[0]), (&aux, &codes[1])].map(|(s, c)| ByFeature::new(s, c));
+            // Sums over a range of tokens that starts and ends inside the batch, and over all.
             let [mut err, mut wide_err, mut aux_err, mut wide_aux_err] =
-                std::array::from_fn(|_| vec![0.0; n * d]);
-            let base = token_block(&params, &x, 0..n, &spec, &mut err, &mut aux_err);
+                std::array::from_fn(|_| vec![1.0; n * d]);
+            for (rows, wide_rows, pairs) in [
+                (&mut err, &mut wide_err, &main_pairs),
+                (&mut aux_err, &mut wide_aux_err, &aux_pairs),
+            ] {
+                for tokens in [3..n - 5, 0..n] {
+                    let part = tokens.start * d..tokens.end * d;
+                    reconstruct_range(&w_dec, pairs, tokens.clone(), &mut rows[part.clone()]);
+                    capped(level, || {
+                        let rows = &mut wide_rows[part.clone()];
+                        reconstruct_range_widest(&w_dec, pairs, tokens.clone(), rows)
+                    });
+                    assert_eq!(bits(wide_rows), bits(rows), "sums of {tokens:?}, {at}");
+                }
+            }
+            let base = token_block(&x, &b_dec, 0..n, 0.3, &mut err, &mut aux_err);
             let wide = capped(level, || {
-                token_block_widest(&params, &x, 0..n, &spec, &mut wide_err, &mut wide_aux_err)
+                token_block_widest(&x, &b_dec, 0..n, 0.3, &mut wide_err, &mut wide_aux_err)
             });
             for (got, want, what) in [
-                (&wide.main.values, &base.main.values, "codes"),
-                (&wide.main.grads, &base.main.grads, "dL/du"),
-                (&wide.aux.values, &base.aux.values, "aux codes"),
-                (&wide.aux.grads, &base.aux.grads, "aux dL/du"),
                 (&wide.b_dec_main, &base.b_dec_main, "b_dec part"),
                 (&wide_err, &err, "errors"),
                 (&wide_aux_err, &aux_err, "aux errors"),
+                (&wide.max_abs.to_vec(), &base.max_abs.to_vec(), "maxima"),
             ] {
                 assert_eq!(bits(got), bits(want), "{what}, {at}");
             }
@@ -1099,10 +1233,46 @@ mod tests {
                 [base.sse, base.aux_num, base.aux_den].map(f64::to_bits),
                 "{at}"
             );
+            for (pairs, rows) in [(&mut main_pairs, &err), (&mut aux_pairs, &aux_err)] {
+                let fields = |r: &[PairRecord]| {
+                    r.iter()
+                        .map(|p| [p.token, p.value.to_bits(), p.grad.to_bits()])
+                        .collect::<Vec<_>>()
+                };
+                let mut wide = pairs.pairs.clone();
+                for b in 0..f.div_ceil(FEATURE_BLOCK) {
+                    let features = b * FEATURE_BLOCK..((b + 1) * FEATURE_BLOCK).min(f);
+                    let block = pairs.offsets[features.start]..pairs.offsets[features.end];
+                    let (offsets, block_pairs) = (&pairs.offsets, &mut pairs.pairs[block.clone()]);
+                    grads_block(features.clone(), offsets, block_pairs, rows, &w_dec, 0.3);
+                    capped(level, || {
+                        let block_pairs = &mut wide[block.clone()];
+                        grads_block_widest(
+                            features.clone(),
+                            offsets,
+                            block_pairs,
+                            rows,
+                            &w_dec,
+                            0.3,
+                        )
+                    });
+                }
+                assert_eq!(fields(&wide), fields(&pairs.pairs), "dL/du, {at}");
+            }
 
             let sets = [
-                FeaturePairs::new(&selection, &base.main, (&err, 0.3), 1.0),
-                FeaturePairs::new(&aux, &base.aux, (&aux_err, 0.7), 0.7),
+                FeaturePairs {
+                    by_feature: main_pairs,
+                    rows: &err,
+                    row_scale: 0.3,
+                    grad_scale: 1.0,
+                },
+                FeaturePairs {
+                    by_feature: aux_pairs,
+                    rows: &aux_err,
+                    row_scale: 0.7,
+                    grad_scale: 0.7,
+                },
             ];
             for b in 0..f.div_ceil(FEATURE_BLOCK) {
                 let rows = FEATURE_BLOCK.min(f - b * FEATURE_BLOCK);
@@ -1286,6 +1456,87 @@ mod tests {
                     assert_eq!(got.to_bits(), want.to_bits(), "{start}, {v:?}");
                 }
             }
+        }
+    }
+
+    /// Pass 1 by feature computes the bits of a loop over tokens: each token's error is its
+    /// centred row minus its pairs' decoder rows added in ascending feature order, the
+    /// auxiliary error the same from the error, and each pair's `dL/du` (before the
+    /// auxiliary scale) is `act'(u) (scale (e_t . w_dec[f]))`; for one thread and three
+    /// (one range of tokens and three).
+    #[test]
+    fn pass_one_by_feature_gives_the_bits_of_a_loop_over_tokens() {
+        // Long enough for three ranges of the reconstruction on three threads.
+        let (n, f, d) = (2 * RANGE_TOKENS + 76, 130, 19);
+        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d, 1);
+        let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
+        let x = values(n * d, 5);
+        let scores = values(n * f, 9);
+        let selection = row_topk(&ScoreMatrix::new(&scores, n, f).unwrap(), 5).unwrap();
+        let aux = row_topk(&ScoreMatrix::new(&values(n * f, 11), n, f).unwrap(), 3).unwrap();
+        let spec = HostLossSpec {
+            selection: &selection,
+            aux_selection: Some(&aux),
+            activation: Activation::Relu,
+            recon_scale: 0.5,
+            aux_coef: 1.0 / 32.0,
+            affinities: PairAffinities::SelectionScores,
+        };
+        // The loop over tokens: error rows, and dL/du per pair in the selection's order.
+        let per_token = |sel: &Selection, from: &[f32], scale: f32| {
+            let (mut rows, mut grads) = (vec![0.0f32; n * d], Vec::new());
+            for t in 0..n {
+                let mut sum = vec![0.0f32; d];
+                let (features, scores) = sel.row(t);
+                let mut slopes = Vec::new();
+                for (&j, &u) in features.iter().zip(scores) {
+                    let (v, slope) = activate(Activation::Relu, u);
+                    axpy(v, &w_dec[j as usize * d..(j as usize + 1) * d], &mut sum);
+                    slopes.push(slope);
+                }
+                let row = &mut rows[t * d..(t + 1) * d];
+                for ((r, base), s) in row.iter_mut().zip(&from[t * d..(t + 1) * d]).zip(&sum) {
+                    *r = base - s;
+                }
+                for (&j, slope) in features.iter().zip(slopes) {
+                    let w = &w_dec[j as usize * d..(j as usize + 1) * d];
+                    grads.push(slope * (scale * dot(row, w)));
+                }
+            }
+            (rows, grads)
+        };
+        let centred: Vec<f32> = x
+            .chunks(d)
+            .flat_map(|row| row.iter().zip(&b_dec).map(|(xi, b)| xi - b))
+            .collect();
+        let (err, grads) = per_token(&selection, &centred, -1.0);
+        let (aux_err, aux_grads) = per_token(&aux, &err, 1.0);
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut residuals = Residuals::default();
+            pool.install(|| {
+                let pass = token_pass(&params, &x, &spec, &mut residuals, &mut WholeBatch).unwrap();
+                for (set, sel, want) in [
+                    (&pass.sets[0], &selection, &grads),
+                    (&pass.sets[1], &aux, &aux_grads),
+                ] {
+                    let (offsets, ids) = sel.feature_major();
+                    for j in 0..f {
+                        let got: Vec<u32> =
+                            set.of_feature(j).iter().map(|r| r.grad.to_bits()).collect();
+                        let want: Vec<u32> = ids[offsets[j]..offsets[j + 1]]
+                            .iter()
+                            .map(|&p| want[p as usize].to_bits())
+                            .collect();
+                        assert_eq!(got, want, "feature {j}, {threads} threads");
+                    }
+                }
+            });
+            assert_eq!(bits(&residuals.main), bits(&err), "{threads} threads");
+            assert_eq!(bits(&residuals.aux), bits(&aux_err), "{threads} threads");
         }
     }
 }
