@@ -60,23 +60,6 @@ fn map_file(path: &Path) -> Result<(File, Mmap), DataError> {
     Ok((file, map))
 }
 
-#[inline(always)]
-#[allow(unsafe_code)]
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in bytes.chunks(64) {
-        // SAFETY: a prefetch is only a hint; it never faults, reads nothing into the program
-        // and the pointer comes from a live slice anyway.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            );
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
-}
-
 impl Shard {
     /// Opens a `.safetensors` (tensor `tensor`) or `.npy` file and checks its header.
     ///
@@ -230,7 +213,7 @@ impl Shard {
     pub(crate) fn prefetch_row(&self, row: u64) {
         let row_bytes = self.layout.d * self.layout.dtype.size();
         let begin = self.layout.data_start + row as usize * row_bytes;
-        prefetch(&self.map[begin..begin + row_bytes]);
+        sae_simd::prefetch(&self.map[begin..begin + row_bytes]);
     }
 
     /// Checks that `values`, the decoded rows from `start` on, are finite.

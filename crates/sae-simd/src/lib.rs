@@ -120,7 +120,7 @@ const CACHE_LINE: usize = 64;
 
 /// Asks the CPU to start loading every cache line of `data` into its caches, for a read
 /// soon after. A hint only: it changes no value, and does nothing on targets other than
-/// x86-64. Loops that gather rows by an index known ahead (a selected feature's decoder row)
+/// x86-64. Loops that gather rows by an index known ahead (the rows of a shuffled batch)
 /// call it a few rows early, so the loads overlap the work on the rows before.
 ///
 /// ```
