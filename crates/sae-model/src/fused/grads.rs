@@ -1003,6 +1003,25 @@ mod tests {
     const F: usize = 16;
     const D: usize = 5;
 
+    /// Test parameters of `f` features of width `d`, a batch of `n` tokens, scores for them,
+    /// each token's top 5 of those and a top 3 of other scores as auxiliary pairs.
+    fn batch(
+        n: usize,
+        f: usize,
+        d: usize,
+    ) -> ([Vec<f32>; 4], Vec<f32>, Vec<f32>, Selection, Selection) {
+        let scores = values(n * f, 9);
+        let selection = row_topk(&ScoreMatrix::new(&scores, n, f).unwrap(), 5).unwrap();
+        let aux = row_topk(&ScoreMatrix::new(&values(n * f, 11), n, f).unwrap(), 3).unwrap();
+        (
+            test_params(f, d, 1),
+            values(n * d, 5),
+            scores,
+            selection,
+            aux,
+        )
+    }
+
     /// The bits of every loss and gradient of `got` are those of `want`.
     fn assert_same_bits(got: &HostLossAndGrads, want: &HostLossAndGrads, at: &str) {
         assert_eq!(got.sse.to_bits(), want.sse.to_bits(), "sse, {at}");
@@ -1158,12 +1177,8 @@ mod tests {
     #[test]
     fn the_widest_passes_compute_the_baselines_bits() {
         let (n, f, d) = (40, 130, 389);
-        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d, 1);
+        let ([w_enc, b_enc, w_dec, b_dec], x, scores, selection, aux) = batch(n, f, d);
         let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
-        let x = values(n * d, 5);
-        let scores = values(n * f, 9);
-        let selection = row_topk(&ScoreMatrix::new(&scores, n, f).unwrap(), 5).unwrap();
-        let aux = row_topk(&ScoreMatrix::new(&values(n * f, 11), n, f).unwrap(), 3).unwrap();
         let sources = [
             PairAffinities::Recomputed,
             PairAffinities::Matrix(&scores),
@@ -1304,12 +1319,8 @@ mod tests {
     #[test]
     fn bias_gradients_bound_and_blocks_agree_with_the_buffers() {
         let (n, f, d) = (40, 130, 19);
-        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d, 1);
+        let ([w_enc, b_enc, w_dec, b_dec], x, _, selection, aux) = batch(n, f, d);
         let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
-        let x = values(n * d, 5);
-        let scores = values(n * f, 9);
-        let selection = row_topk(&ScoreMatrix::new(&scores, n, f).unwrap(), 5).unwrap();
-        let aux = row_topk(&ScoreMatrix::new(&values(n * f, 11), n, f).unwrap(), 3).unwrap();
         let spec = HostLossSpec {
             selection: &selection,
             aux_selection: Some(&aux),
@@ -1468,12 +1479,8 @@ mod tests {
     fn pass_one_by_feature_gives_the_bits_of_a_loop_over_tokens() {
         // Long enough for three ranges of the reconstruction on three threads.
         let (n, f, d) = (2 * RANGE_TOKENS + 76, 130, 19);
-        let [w_enc, b_enc, w_dec, b_dec] = test_params(f, d, 1);
+        let ([w_enc, b_enc, w_dec, b_dec], x, _, selection, aux) = batch(n, f, d);
         let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
-        let x = values(n * d, 5);
-        let scores = values(n * f, 9);
-        let selection = row_topk(&ScoreMatrix::new(&scores, n, f).unwrap(), 5).unwrap();
-        let aux = row_topk(&ScoreMatrix::new(&values(n * f, 11), n, f).unwrap(), 3).unwrap();
         let spec = HostLossSpec {
             selection: &selection,
             aux_selection: Some(&aux),
