@@ -8,10 +8,11 @@
 //! selection's scores (a built-in rule's are the affinities; a plug-in's are read from the
 //! matrix) and computes the loss in a token pass, into buffers also kept from step to step
 //! ([`HostBuffers`]). On one peer, when the gradients are known to be finite before they are
-//! summed (a bound from the token pass, [`crate::fused::TokenPass::finite_by_bound`]), the feature pass
-//! applies Adam and the decoder constraint to each block of weight rows as it sums their
-//! gradients ([`update_in_pass`]): the weight gradients, the size of the weights, are never
-//! stored. Otherwise (several peers, whose gradients are summed first, or a gradient that
+//! summed (a bound from the token pass,
+//! [`TokenPass::finite_by_bound`](crate::fused::TokenPass::finite_by_bound)), the feature
+//! pass applies Adam and the decoder constraint to each block of weight rows as it sums
+//! their gradients ([`update_in_pass`]): the weight gradients, the size of the weights, are
+//! never stored. Otherwise (several peers, whose gradients are summed first, or a gradient that
 //! may not be finite) the gradients go into buffers, are checked, and one pass per parameter
 //! applies the update ([`crate::fused::update`]). Nothing is converted to a tensor until the
 //! step is done. A non-finite loss or gradient leaves the state unchanged.
