@@ -442,7 +442,7 @@ struct TokenBlock {
     aux_den: f64,
     /// `sum_t G_t` over the block's tokens: the decoder's part of the `b_dec` gradient (the
     /// encoder's part, `-sum_p dL/du_p w_enc[f]`, is `-W_enc^T` times the `b_enc` gradient,
-    /// formed once after pass 2).
+    /// formed once that is summed from the pairs, before pass 2).
     b_dec_main: Vec<f32>,
     /// The largest magnitude in the block's error rows, auxiliary error rows and centred
     /// tokens `x_t - b_dec` (NaN if one holds a NaN): what bounds the weight gradients.
@@ -995,7 +995,7 @@ mod tests {
 
     use super::super::test_values as values;
     use super::super::update::first_non_finite;
-    use super::super::{bits, host_params, test_params};
+    use super::super::{bits, host_params, test_params, test_spec};
     use super::*;
     use crate::rule::Activation;
 
@@ -1094,13 +1094,13 @@ mod tests {
         let aux = row_topk(&ScoreMatrix::new(&values(N * F, 11), N, F).unwrap(), 3).unwrap();
         let [w_enc, b_enc, w_dec, b_dec] = test_params(F, D, 1);
         let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
-        let spec = |aux_selection| HostLossSpec {
-            selection: &selection,
-            aux_selection,
-            activation: Activation::Relu,
-            recon_scale: 0.5,
-            aux_coef: 1.0 / 32.0,
-            affinities: PairAffinities::Recomputed,
+        let spec = |aux_selection| {
+            test_spec(
+                &selection,
+                aux_selection,
+                Activation::Relu,
+                PairAffinities::Recomputed,
+            )
         };
         let mut reused = HostLossAndGrads::default();
         let mut residuals = Residuals::default();
@@ -1151,14 +1151,7 @@ mod tests {
                 column_topm(&matrix, &capacities).unwrap(),
             ] {
                 let run = |affinities| {
-                    let spec = HostLossSpec {
-                        selection: &selection,
-                        aux_selection: Some(&aux),
-                        activation,
-                        recon_scale: 0.5,
-                        aux_coef: 1.0 / 32.0,
-                        affinities,
-                    };
+                    let spec = test_spec(&selection, Some(&aux), activation, affinities);
                     host_loss_and_grads(&params, &x, &spec)
                 };
                 let (read, taken) = (
@@ -1194,14 +1187,7 @@ mod tests {
                 PairAffinities::SelectionScores => "scores",
             };
             let at = format!("{level:?}, codes {source}");
-            let spec = HostLossSpec {
-                selection: &selection,
-                aux_selection: Some(&aux),
-                activation: Activation::Relu,
-                recon_scale: 0.5,
-                aux_coef: 1.0 / 32.0,
-                affinities,
-            };
+            let spec = test_spec(&selection, Some(&aux), Activation::Relu, affinities);
             let (activation, affinities) = (spec.activation, spec.affinities);
             let codes = [&selection, &aux].map(|s| {
                 let base = codes_block(&params, &x, 0..n, s, affinities, activation);
@@ -1321,14 +1307,12 @@ mod tests {
         let (n, f, d) = (40, 130, 19);
         let ([w_enc, b_enc, w_dec, b_dec], x, _, selection, aux) = batch(n, f, d);
         let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
-        let spec = HostLossSpec {
-            selection: &selection,
-            aux_selection: Some(&aux),
-            activation: Activation::Identity,
-            recon_scale: 0.5,
-            aux_coef: 1.0 / 32.0,
-            affinities: PairAffinities::Recomputed,
-        };
+        let spec = test_spec(
+            &selection,
+            Some(&aux),
+            Activation::Identity,
+            PairAffinities::Recomputed,
+        );
         let mut residuals = Residuals::default();
         let pass = token_pass(&params, &x, &spec, &mut residuals, &mut WholeBatch).unwrap();
         assert!(pass.finite_by_bound());
@@ -1481,14 +1465,12 @@ mod tests {
         let (n, f, d) = (2 * RANGE_TOKENS + 76, 130, 19);
         let ([w_enc, b_enc, w_dec, b_dec], x, _, selection, aux) = batch(n, f, d);
         let params = host_params([&w_enc, &b_enc, &w_dec, &b_dec]);
-        let spec = HostLossSpec {
-            selection: &selection,
-            aux_selection: Some(&aux),
-            activation: Activation::Relu,
-            recon_scale: 0.5,
-            aux_coef: 1.0 / 32.0,
-            affinities: PairAffinities::SelectionScores,
-        };
+        let spec = test_spec(
+            &selection,
+            Some(&aux),
+            Activation::Relu,
+            PairAffinities::SelectionScores,
+        );
         // The loop over tokens: error rows, and dL/du per pair in the selection's order.
         let per_token = |sel: &Selection, from: &[f32], scale: f32| {
             let (mut rows, mut grads) = (vec![0.0f32; n * d], Vec::new());

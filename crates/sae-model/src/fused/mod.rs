@@ -61,3 +61,22 @@ fn host_params<'a>([w_enc, b_enc, w_dec, b_dec]: [&'a [f32]; 4]) -> HostParams<'
         b_dec,
     }
 }
+
+/// The test loss of `selection` with the auxiliary pairs `aux`: reconstruction scale 0.5 and
+/// auxiliary coefficient 1/32.
+#[cfg(test)]
+fn test_spec<'a>(
+    selection: &'a sae_alloc::Selection,
+    aux: Option<&'a sae_alloc::Selection>,
+    activation: crate::rule::Activation,
+    affinities: PairAffinities<'a>,
+) -> HostLossSpec<'a> {
+    HostLossSpec {
+        selection,
+        aux_selection: aux,
+        activation,
+        recon_scale: 0.5,
+        aux_coef: 1.0 / 32.0,
+        affinities,
+    }
+}

@@ -272,9 +272,8 @@ mod tests {
     fn the_update_in_pass_equals_the_update_of_stored_gradients() {
         use sae_alloc::{ScoreMatrix, row_topk};
 
-        use super::super::grads::{
-            HostLossSpec, HostParams, PairAffinities, Residuals, WholeBatch, token_pass,
-        };
+        use super::super::grads::{HostParams, PairAffinities, Residuals, WholeBatch, token_pass};
+        use super::super::test_spec;
         use crate::rule::Activation;
 
         let (n, f, d) = (40, 130, 389);
@@ -295,14 +294,12 @@ mod tests {
         for level in sae_simd::Level::ALL {
             for activation in [Activation::Relu, Activation::Identity] {
                 for aux_selection in [None, Some(&aux)] {
-                    let spec = HostLossSpec {
-                        selection: &selection,
+                    let spec = test_spec(
+                        &selection,
                         aux_selection,
                         activation,
-                        recon_scale: 0.5,
-                        aux_coef: 1.0 / 32.0,
-                        affinities: PairAffinities::Recomputed,
-                    };
+                        PairAffinities::Recomputed,
+                    );
                     let run = |in_pass: bool| {
                         let (mut p, mut m, mut v) = (start.clone(), moments(20), moments(30));
                         let mut residuals = Residuals::default();
